@@ -1,0 +1,109 @@
+"""Input validation shared by every public function.
+
+Errors name the argument, what was expected and what was given (DESIGN.md, "Errors"). These run on
+concrete arrays at the API boundary; under `jax.jit` tracing the value checks (NaN/inf, PSD) are
+skipped because values are unknown, while shape and dtype checks still apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    """True when `x` holds values (not a tracer inside jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_float_array(name: str, x, *, ndim: int | Sequence[int] | None = None,
+                   finite: bool = True) -> jax.Array:
+    """Convert `x` to a floating JAX array, checking rank, dtype and finiteness.
+
+    Integer/bool inputs are rejected rather than silently cast (a common mistake is passing labels).
+    """
+    if x is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name}: expected a numeric array, got {type(x).__name__}")
+    try:
+        arr = jnp.asarray(x)
+    except TypeError as e:
+        raise TypeError(f"{name}: expected a numeric array, got {type(x).__name__}") from e
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating dtype (float32/float64), got {arr.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if arr.ndim not in allowed:
+            exp = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name}: expected rank {exp}, got shape {tuple(arr.shape)}")
+    if finite and is_concrete(arr) and arr.size and not bool(jnp.all(jnp.isfinite(arr))):
+        bad = int(jnp.sum(~jnp.isfinite(arr)))
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
+    return arr
+
+
+def same_dtype(**arrays) -> jnp.dtype:
+    """Check that all given arrays share one floating dtype; return it."""
+    dtypes = {k: jnp.asarray(v).dtype for k, v in arrays.items() if v is not None}
+    if len(set(dtypes.values())) > 1:
+        desc = ", ".join(f"{k}={d}" for k, d in dtypes.items())
+        raise TypeError(f"mixed dtypes: expected one floating dtype for all of "
+                        f"{', '.join(dtypes)}, got {desc}")
+    return next(iter(dtypes.values()))
+
+
+def positive_int(name: str, v, *, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {v!r}")
+    if v < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {v}")
+    return int(v)
+
+
+def positive_float(name: str, v, *, allow_zero: bool = False):
+    """Check a positive scalar; traced values pass through (they may be vmapped/differentiated)."""
+    if isinstance(v, bool) or v is None:
+        raise TypeError(f"{name}: expected a positive number, got {v!r}")
+    if is_concrete(v):
+        try:
+            fv = float(v)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name}: expected a positive number, got {v!r}") from e
+        if not np.isfinite(fv) or fv < 0 or (fv == 0 and not allow_zero):
+            rel = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"{name}: expected a finite number {rel}, got {v!r}")
+    return v
+
+
+def choice(name: str, v, valid: Sequence[str]) -> str:
+    if v not in valid:
+        raise ValueError(f"{name}: unknown value {v!r}; valid choices are {sorted(valid)}")
+    return v
+
+
+def stacked_views(name: str, f, *, ndim: int | Sequence[int] = 2) -> jax.Array:
+    """Check an array in stacked view order `(2n, ...)`: leading dimension even and >= 4 (n >= 2)."""
+    arr = as_float_array(name, f, ndim=ndim)
+    if arr.shape[0] % 2 or arr.shape[0] < 4:
+        raise ValueError(f"{name}: expected stacked views [a_1..a_n, b_1..b_n] with an even leading "
+                         f"dimension 2n >= 4, got shape {tuple(arr.shape)}")
+    return arr
+
+
+def square_kernel(name: str, K, *, sym_tol: float | None = None) -> jax.Array:
+    """Check a square symmetric kernel matrix `(N, N)`; symmetry checked to round-off."""
+    arr = as_float_array(name, K, ndim=2)
+    if arr.shape[0] != arr.shape[1]:
+        raise ValueError(f"{name}: expected a square (N, N) kernel, got shape {tuple(arr.shape)}")
+    if is_concrete(arr):
+        tol = sym_tol if sym_tol is not None else 100 * float(jnp.finfo(arr.dtype).eps)
+        scale = float(jnp.max(jnp.abs(arr))) or 1.0
+        asym = float(jnp.max(jnp.abs(arr - arr.T))) / scale
+        if asym > tol:
+            raise ValueError(f"{name}: expected a symmetric kernel, got max |K - K^T|/max|K| = "
+                             f"{asym:.3g} > {tol:.1g}")
+    return arr
