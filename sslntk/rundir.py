@@ -1,0 +1,110 @@
+"""A run directory: resumable parts, atomic results, and "same config → no work".
+
+Layout of `DIR/`:
+  `config.json`      the validated config and its hash (written first; identifies the run)
+  `parts/NAME.npz`   one finished unit of work each (a kernel, one (width, seed) training, ...),
+                     written atomically, so a killed run resumes from the parts it finished
+  `results.json`     config, versions, device, timings, headline numbers (written last, atomically)
+  `arrays.npz`       the arrays behind the figures
+  `*.png`, `*.pdf`   figures
+A second run of the same config into the same DIR finds `results.json` with its hash and does no work;
+a different config into a DIR that holds another run is refused (nothing is overwritten).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from sslntk import _io
+from sslntk.config import config_hash
+
+
+class RunDirError(RuntimeError):
+    """The output directory holds a different run."""
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("sslntk", "jax", "jaxlib", "neural-tangents", "flax", "optax", "diffrax", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def device() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()}"
+
+
+class RunDir:
+    """Manage one run directory for a validated config `cfg`."""
+
+    def __init__(self, out: str | Path, cfg: dict):
+        self.path = Path(out)
+        self.cfg = cfg
+        self.hash = config_hash(cfg)
+        self.parts = self.path / "parts"
+        self.timings: dict[str, float] = {}
+        self.computed: list[str] = []   # parts computed in this process (not loaded)
+
+    # -- state -------------------------------------------------------------------------------
+    def _stored_hash(self) -> str | None:
+        f = self.path / "config.json"
+        if not f.exists():
+            return None
+        try:
+            return json.loads(f.read_text()).get("hash")
+        except (json.JSONDecodeError, OSError):
+            return None
+
+    def is_done(self) -> bool:
+        f = self.path / "results.json"
+        if not f.exists() or self._stored_hash() != self.hash:
+            return False
+        try:
+            return json.loads(f.read_text()).get("config_hash") == self.hash
+        except json.JSONDecodeError:
+            return False
+
+    def open(self) -> RunDir:
+        """Claim the directory for this config (refuse one that holds another config's run)."""
+        stored = self._stored_hash()
+        if stored is not None and stored != self.hash:
+            raise RunDirError(f"--out {str(self.path)!r} holds a run of a different config "
+                              f"(hash {stored}, this config {self.hash}); use another directory")
+        if stored is None and self.path.exists() and any(self.path.iterdir()):
+            raise RunDirError(f"--out {str(self.path)!r} exists and is not an sslntk run directory; "
+                              "use an empty or new directory")
+        _io.atomic_write_json(self.path / "config.json", {"hash": self.hash, "config": self.cfg})
+        return self
+
+    # -- parts -------------------------------------------------------------------------------
+    def part(self, name: str, compute: Callable[[], dict]) -> dict:
+        """Load `parts/NAME.npz` if a previous run finished it, else compute, save atomically, return."""
+        f = self.parts / f"{name}.npz"
+        if f.exists():
+            return _io.load_npz(f)
+        t0 = time.perf_counter()
+        arrays = compute()
+        self.timings[name] = time.perf_counter() - t0
+        _io.atomic_write_npz(f, **arrays)
+        self.computed.append(name)
+        return _io.load_npz(f)   # the same dtype/rounding whether computed now or resumed
+
+    def write_results(self, headline: dict, arrays: dict | None = None) -> dict:
+        if arrays:
+            _io.atomic_write_npz(self.path / "arrays.npz", **arrays)
+        res = {"config": self.cfg, "config_hash": self.hash, "versions": versions(),
+               "device": device(), "timings_s": self.timings, "headline": headline,
+               "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _io.atomic_write_json(self.path / "results.json", res)
+        return res
