@@ -10,6 +10,7 @@ kernel of a k-output network is `K ⊗ I_k`. NTK parametrisation throughout.
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 # so an empty stand-in module is registered first to keep tensorflow out of the process.
 sys.modules.setdefault("neural_tangents.experimental", types.ModuleType("neural_tangents.experimental"))
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import neural_tangents as nt  # noqa: E402
 from neural_tangents import stax  # noqa: E402
 
@@ -111,3 +114,123 @@ def stax_network(arch: Arch, width: int = 512, out_dim: int = 1):
         layers.append(stax.GlobalAvgPool())
     layers.append(stax.Dense(out_dim, W_std=arch.W_std, b_std=arch.b_std))
     return stax.serial(*layers)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference wrappers around neural-tangents ("the peer" for tests and benchmarks)
+# ------------------------------------------------------------------------------------------------
+
+_EMPIRICAL_IMPLEMENTATIONS = (1, 2)
+
+
+@functools.lru_cache(maxsize=64)
+def _empirical_ntk_jit(apply_fn, implementation: int):
+    return jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), implementation=implementation))
+
+
+def reference_empirical_ntk(apply_fn, params, x1, x2=None, implementation: int = 2) -> jax.Array:
+    """Empirical NTK of a finite network from neural-tangents, `(n1, n2)`, ONE-output convention.
+
+    `apply_fn(params, x) -> (N, k)` (e.g. from `stax_network(arch, width, out_dim=k)`).
+    neural-tangents' `empirical_ntk_fn(..., trace_axes=(-1,))` contracts the output pair of axes and
+    divides by `k` (`_trace_and_diagonal` returns `trace / contract_size`), so the result is the MEAN
+    over outputs of the per-output kernels, `(1/k) Σ_j J_j(x1) J_j(x2)ᵀ` — the single-output kernel
+    `K` of the convention "full kernel = K ⊗ I_k" (exactly so at infinite width, where the
+    output-output blocks are `K δ_jj'`). For `k = 1` it is `J(x1) J(x2)ᵀ` exactly.
+
+    `implementation`: 1 (Jacobian contraction) or 2 (NTK-vector products). neural-tangents'
+    implementations 0 (auto) and 3 (structured derivatives) fail on the pinned JAX 0.5.3 and are
+    rejected. `x2=None` means `x2 = x1`.
+    """
+    if isinstance(implementation, bool) or implementation not in _EMPIRICAL_IMPLEMENTATIONS:
+        raise ValueError(f"implementation: expected 1 (Jacobian contraction) or 2 (NTK-vector "
+                         f"products), got {implementation!r}; neural-tangents' 0 (auto) and 3 "
+                         f"(structured derivatives) are broken on JAX 0.5.3")
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn: expected a callable apply_fn(params, x), got "
+                        f"{type(apply_fn).__name__}")
+    x1 = V.as_float_array("x1", x1)
+    if x1.ndim < 2 or x1.shape[0] == 0:
+        raise ValueError(f"x1: expected a non-empty batch (N, ...), got shape {tuple(x1.shape)}")
+    if x2 is not None:
+        x2 = V.as_float_array("x2", x2)
+        if x2.shape[1:] != x1.shape[1:] or x2.shape[0] == 0:
+            raise ValueError(f"x2: expected a non-empty batch with per-example shape "
+                             f"{tuple(x1.shape[1:])} like x1, got shape {tuple(x2.shape)}")
+        V.same_dtype(x1=x1, x2=x2)
+    out = jax.eval_shape(apply_fn, params, x1[:1])
+    if not hasattr(out, "shape") or len(out.shape) != 2:
+        raise ValueError(f"apply_fn: expected outputs of shape (N, k), got {out}")
+    return _empirical_ntk_jit(apply_fn, int(implementation))(x1, x2, params)
+
+
+def _as_pytree_callable(fn):
+    """A pytree for `jax.jit`: `Loss` objects (constants as leaves) pass through; an opaque
+    callable becomes a `Partial` (the function itself is static)."""
+    if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(fn)):
+        return jax.tree_util.Partial(fn)
+    return fn
+
+
+@jax.jit
+def _nt_gradient_descent(loss, K, f0, ts, K_test_train, f0_test):
+    predict_fn = nt.predict.gradient_descent(
+        lambda fx, y: loss(fx), K, jnp.zeros_like(f0), learning_rate=1.0, trace_axes=(-1,))
+    if K_test_train is None:
+        return predict_fn(ts, f0), None
+    return predict_fn(ts, f0, f0_test, K_test_train)
+
+
+def reference_gradient_descent(loss, K, f0, ts, K_test_train=None, f0_test=None):
+    """Kernel gradient flow by neural-tangents' `predict.gradient_descent` (the reference peer).
+
+    Solves `df/dt = -K ∇_f L(f)` (and `df_test/dt = -K_test_train ∇_f L(f)`) over the full `(2n, k)`
+    system with JAX's Dormand–Prince `odeint` at neural-tangents' fixed tolerances (rtol = atol =
+    1.4e-8, no step limit). `learning_rate=1`, so `t` is in units of learning-rate × steps
+    (DESIGN.md "Time"). `trace_axes=(-1,)`: `K` is the one-output kernel, applied to each output.
+
+    Args:
+      loss: `loss(f) -> scalar` on `(2n, k)` embeddings (an `sslntk.losses.Loss` or any callable);
+        adapted to neural-tangents' `loss(fx, y)` with an unused dummy target.
+      K: `(2n, 2n)` symmetric kernel over the stacked views. f0: `(2n, k)` initial embeddings.
+      ts: `(T,)` non-negative, strictly increasing times.
+      K_test_train: `(m, 2n)` cross kernel and f0_test: `(m, k)` initial test outputs (both or none).
+
+    Returns:
+      `(f_t, f_test_t)`: `(T, 2n, k)` and `(T, m, k)` (or None without test points). jitted.
+    """
+    if not callable(loss):
+        raise TypeError(f"loss: expected a callable loss(f) -> scalar, got {type(loss).__name__}")
+    f0 = V.stacked_views("f0", f0, ndim=2)
+    K = V.square_kernel("K", K)
+    if K.shape[0] != f0.shape[0]:
+        raise ValueError(f"K: expected shape ({f0.shape[0]}, {f0.shape[0]}) to match f0 "
+                         f"{tuple(f0.shape)}, got {tuple(K.shape)}")
+    ts = _check_times("ts", ts)
+    if (K_test_train is None) != (f0_test is None):
+        raise ValueError("K_test_train and f0_test: expected both or neither, got "
+                         f"K_test_train={'None' if K_test_train is None else 'array'}, "
+                         f"f0_test={'None' if f0_test is None else 'array'}")
+    if K_test_train is not None:
+        K_test_train = V.as_float_array("K_test_train", K_test_train, ndim=2)
+        f0_test = V.as_float_array("f0_test", f0_test, ndim=2)
+        if K_test_train.shape[1] != K.shape[0]:
+            raise ValueError(f"K_test_train: expected shape (m, {K.shape[0]}), got "
+                             f"{tuple(K_test_train.shape)}")
+        if f0_test.shape != (K_test_train.shape[0], f0.shape[1]):
+            raise ValueError(f"f0_test: expected shape ({K_test_train.shape[0]}, {f0.shape[1]}), "
+                             f"got {tuple(f0_test.shape)}")
+    V.same_dtype(K=K, f0=f0, ts=ts, K_test_train=K_test_train, f0_test=f0_test)
+    return _nt_gradient_descent(_as_pytree_callable(loss), K, f0, ts, K_test_train, f0_test)
+
+
+def _check_times(name: str, ts) -> jax.Array:
+    ts = V.as_float_array(name, ts, ndim=1)
+    if ts.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one time, got an empty array")
+    if V.is_concrete(ts):
+        if bool(jnp.any(ts < 0)):
+            raise ValueError(f"{name}: expected non-negative times, got min {float(jnp.min(ts))}")
+        if ts.shape[0] > 1 and not bool(jnp.all(jnp.diff(ts) > 0)):
+            raise ValueError(f"{name}: expected strictly increasing times, got {ts}")
+    return ts

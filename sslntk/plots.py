@@ -1,0 +1,154 @@
+"""Figures (matplotlib, Agg): each function takes plain arrays and writes `NAME.png` and `NAME.pdf`.
+
+Axes carry units: time is "t (learning rate × steps)", deviations are relative (dimensionless).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sslntk import _io  # noqa: E402
+
+TIME_LABEL = "t  (learning rate × steps)"
+
+
+def _save(fig, out: str | Path, name: str) -> list[Path]:
+    out = Path(out)
+    paths = []
+    for ext in ("png", "pdf"):
+        import io
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
+        paths.append(_io.atomic_write_bytes(out / f"{name}.{ext}", buf.getvalue()))
+    plt.close(fig)
+    return paths
+
+
+def staircase(out, name, ts, loss, predicted_steps, *, loss_theory=None, simulated_steps=None,
+              title="Barlow Twins loss staircase"):
+    """Loss vs time with the predicted step times as dashed verticals (and the theory curve)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(ts, loss, lw=2, label="simulated (kernel dynamics)")
+    if loss_theory is not None:
+        ax.plot(ts, loss_theory, "k--", lw=1, label="stepwise theory")
+    for j, t in enumerate(np.asarray(predicted_steps)):
+        if np.isfinite(t):
+            ax.axvline(t, color="C3", ls=":", lw=1, label="predicted step times" if j == 0 else None)
+    if simulated_steps is not None:
+        st = np.asarray(simulated_steps)
+        st = st[np.isfinite(st)]
+        ax.plot(st, np.interp(st, ts, loss), "o", ms=4, color="C2", label="measured step times")
+    ax.set_xlabel(TIME_LABEL)
+    ax.set_ylabel("loss  L(t)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, out, name)
+
+
+def eigenvalues(out, name, ts, c_sim, c_theory=None, *, ylabel="eigenvalues of C(t)",
+                title="Embedding eigenvalues"):
+    """Per-mode eigenvalue trajectories `(T, k)`: simulated solid, theory dashed, log-time axis."""
+    c_sim = np.asarray(c_sim)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for j in range(c_sim.shape[1]):
+        ax.plot(ts, c_sim[:, j], color=f"C{j % 10}", lw=2,
+                label="simulated" if j == 0 else None)
+        if c_theory is not None:
+            ax.plot(ts, np.asarray(c_theory)[:, j], color="k", ls="--", lw=0.8,
+                    label="theory (logistic)" if j == 0 else None)
+    ax.set_xlabel(TIME_LABEL)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, out, name)
+
+
+def spectrum(out, name, gammas, *, k=None, title="Contrastive-kernel spectrum"):
+    """Eigenvalues γ_j of M = K^{1/2} Z K^{1/2}/2n (log scale, positive part), top-k highlighted."""
+    g = np.asarray(gammas)
+    j = np.arange(1, len(g) + 1)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    pos = g > 0
+    ax.semilogy(j[pos], g[pos], ".", ms=3, color="C0", label="γ_j > 0")
+    if k:
+        ax.semilogy(j[:k][pos[:k]], g[:k][pos[:k]], "o", ms=5, color="C3", label=f"top {k} (learned)")
+    ax.set_xlabel("index j")
+    ax.set_ylabel("γ_j  (eigenvalue of M)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, out, name)
+
+
+def deviation_vs_width(out, name, widths, deviations, *, slope=None, ci=None, intercept=None,
+                       ylabel="relative function deviation  ‖f_net − f_ntk‖/‖f_ntk‖",
+                       title="Finite width vs NTK"):
+    """Log–log deviation against width: per-seed points, mean, and the fitted power law."""
+    w = np.asarray(widths, float)
+    d = np.asarray(deviations, float)          # (W, S)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for s in range(d.shape[1]):
+        ax.loglog(w, d[:, s], "o", color="C0", alpha=0.4, ms=4, label="seeds" if s == 0 else None)
+    ax.loglog(w, np.exp(np.mean(np.log(d), axis=1)), "s-", color="C0", label="geometric mean")
+    if slope is not None and intercept is not None:
+        lab = f"fit: width^{slope:.2f}"
+        if ci is not None:
+            lab += f"  (95% CI [{ci[0]:.2f}, {ci[1]:.2f}])"
+        ax.loglog(w, np.exp(intercept) * w**slope, "k--", lw=1, label=lab)
+    ax.set_xlabel("hidden width")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, out, name)
+
+
+def phase_diagram(out, name, xs, gammas, rank, *, predicted_rank=None, xlabel="augmentation strength σ²",
+                  ylabel="weight decay γ", title="Collapse phase diagram"):
+    """Measured rank as an image over (x, γ); predicted boundaries as contour lines."""
+    xs, gammas, rank = np.asarray(xs), np.asarray(gammas), np.asarray(rank)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    dx = (xs[1] - xs[0]) / 2 if len(xs) > 1 else 0.5
+    dg = (gammas[1] - gammas[0]) / 2 if len(gammas) > 1 else 0.5
+    im = ax.imshow(rank.T, origin="lower", aspect="auto", cmap="viridis",
+                   extent=(xs[0] - dx, xs[-1] + dx, gammas[0] - dg, gammas[-1] + dg))
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label("measured rank of the representation")
+    if predicted_rank is not None:
+        levels = np.arange(0.5, float(np.max(predicted_rank)) + 0.5)
+        if len(levels):
+            cs = ax.contour(xs, gammas, np.asarray(predicted_rank).T, levels=levels, colors="w",
+                            linewidths=1.5, linestyles="--")
+            cs.collections[0].set_label("predicted boundary") if hasattr(cs, "collections") else None
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + "  (dashed: theory)")
+    return _save(fig, out, name)
+
+
+def hypergradient(out, name, xs, outcome, *, grad_at=None, grad=None, xlabel="augmentation noise",
+                  ylabel="outcome", title="Outcome vs hyperparameter with its autodiff tangent"):
+    """Outcome curve with the autodiff tangent line at one point."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(xs, outcome, "o-", ms=3, label="outcome")
+    if grad_at is not None and grad is not None:
+        x0 = float(grad_at)
+        y0 = float(np.interp(x0, xs, outcome))
+        span = (np.max(xs) - np.min(xs)) * 0.25
+        xx = np.array([x0 - span, x0 + span])
+        ax.plot(xx, y0 + grad * (xx - x0), "k--", label=f"jax.grad tangent (slope {grad:.3g})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, out, name)
