@@ -1,7 +1,22 @@
 """SSL losses as pure functions of embeddings `f: (2n, k)` in stacked view order `[a_1..a_n, b_1..b_n]`.
 
-`get(name, **constants)` returns a `Loss`: a pytree whose constants are leaves (so `jax.vmap` and
-`jax.grad` over loss constants work) and whose name is static. Call it as `loss(f) -> scalar`.
+`get(name, **constants)` returns a `Loss`: a pytree whose numeric constants are leaves (so `jax.vmap`
+and `jax.grad` over loss constants work) and whose name and string options (e.g. SimCLR's
+`similarity`) are static (hashed by `jax.jit`, never traced). Call it as `loss(f) -> scalar`.
+
+| name | constants (default) | static options | `cross_moment_only` |
+| --- | --- | --- | --- |
+| `barlow_twins` | `lam` (1.0) | | True |
+| `barlow_twins_standardized` | `lam` (5e-3), `eps` (1e-5) | | False |
+| `vicreg` | `lam_inv` (25), `mu` (25), `nu` (1), `eps` (1e-4), `gamma` (1) | | False |
+| `simclr` | `temperature` (0.5) | `similarity` ("cosine" / "dot") | False |
+| `spectral` | | | False |
+| `kernel_pca` | | | True |
+| `naive` | | `negatives` ("none" / "shift") | True for "none" |
+
+Notation used in every docstring: `f_a = f[:n]`, `f_b = f[n:]` (row i of each is the embedding of
+the two views of source sample i); `C = (f_aᵀ f_b + f_bᵀ f_a) / (2n) = fᵀ Z f / (2n)` is the
+symmetrised, uncentred cross-correlation (`cross_correlation`), `Z = [[0, I],[I, 0]]`.
 """
 
 from __future__ import annotations
@@ -31,28 +46,188 @@ def cross_correlation(f: jax.Array) -> jax.Array:
     return (fa.T @ fb + fb.T @ fa) / n2
 
 
-def barlow_twins(f: jax.Array, lam=1.0) -> jax.Array:
-    """Barlow Twins, theory form (DESIGN.md): `L = Σ_i (C_ii − 1)² + λ Σ_{i≠j} C_ij²`,
-    `C = (f_aᵀ f_b + f_bᵀ f_a)/(2n)`. λ = 1 is the rotation-invariant case the stepwise theory solves
-    (then `L = ‖C − I‖_F²`, ∇_W L = 4 (C − I) W Γ, stepwise digest §2)."""
-    C = cross_correlation(f)
+def _bt_from_c(C: jax.Array, lam) -> jax.Array:
     d = jnp.diagonal(C)
     off = jnp.sum(C**2) - jnp.sum(d**2)
     return jnp.sum((d - 1.0) ** 2) + lam * off
 
 
+def barlow_twins(f: jax.Array, lam=1.0) -> jax.Array:
+    """Barlow Twins, theory form (DESIGN.md): `L = Σ_i (C_ii − 1)² + λ Σ_{i≠j} C_ij²`,
+    `C = (f_aᵀ f_b + f_bᵀ f_a)/(2n)`. λ = 1 is the rotation-invariant case the stepwise theory solves
+    (then `L = ‖C − I‖_F²`, ∇_W L = 4 (C − I) W Γ, stepwise digest §2; in function space
+    `∇_f L = (2/n)·Z f (C − I)` at λ = 1). No centring, no standardisation (stepwise digest §10)."""
+    return _bt_from_c(cross_correlation(f), lam)
+
+
+def _standardize(x: jax.Array, eps) -> jax.Array:
+    # BatchNorm1d(affine=False) in training mode: biased batch variance, eps inside the sqrt.
+    mu = jnp.mean(x, axis=0)
+    var = jnp.mean((x - mu) ** 2, axis=0)
+    return (x - mu) / jnp.sqrt(var + eps)
+
+
+def barlow_twins_standardized(f: jax.Array, lam=5e-3, eps=1e-5) -> jax.Array:
+    """Barlow Twins, practical form (Zbontar et al. 2021; stepwise digest §8 "Standard loss forms").
+
+    Each view is standardised per embedding dimension over the batch, as `BatchNorm1d(affine=False)`
+    in training mode does: `z_a = (f_a − mean_a) / sqrt(var_a + eps)` with the biased (1/n) batch
+    variance, likewise `z_b`. Then `C = z_aᵀ z_b / n` (not symmetrised, as in the official code) and
+    `L = Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²`.
+
+    Constants: `lam` = λ (default 5e-3; the paper's value, 0.0051 in the official code),
+    `eps` (default 1e-5, the BatchNorm default). A different dynamical system from the theory form:
+    near small initialisation the standardisation divides by tiny standard deviations.
+    """
+    fa, fb = split_views(f)
+    n = fa.shape[0]
+    C = _standardize(fa, eps).T @ _standardize(fb, eps) / n
+    return _bt_from_c(C, lam)
+
+
+def _vicreg_var_cov(x: jax.Array, eps, gamma) -> tuple[jax.Array, jax.Array]:
+    n, k = x.shape
+    xc = x - jnp.mean(x, axis=0)
+    cov = xc.T @ xc / (n - 1)                         # unbiased, as in the paper
+    std = jnp.sqrt(jnp.diagonal(cov) + eps)
+    v = jnp.mean(jax.nn.relu(gamma - std))
+    c = (jnp.sum(cov**2) - jnp.sum(jnp.diagonal(cov) ** 2)) / k
+    return v, c
+
+
+def vicreg(f: jax.Array, lam_inv=25.0, mu=25.0, nu=1.0, eps=1e-4, gamma=1.0) -> jax.Array:
+    """VICReg (Bardes et al. 2022; stepwise digest §8), with `Z = f_a`, `Z' = f_b`, `d = k`:
+
+        L = lam_inv · s(Z, Z') + mu · [v(Z) + v(Z')] + nu · [c(Z) + c(Z')]
+        s(Z, Z') = (1/n) Σ_i ‖z_i − z'_i‖²                          (invariance)
+        v(Z)     = (1/d) Σ_j max(0, gamma − sqrt(Var(z^j) + eps))   (variance hinge)
+        c(Z)     = (1/d) Σ_{i≠j} Cov(Z)_ij²                          (covariance)
+
+    `Var`/`Cov` are the unbiased (1/(n−1)) batch estimates of the centred embeddings.
+    Defaults: lam_inv = 25, mu = 25, nu = 1, eps = 1e-4, gamma = 1 (the paper's values). This is
+    the paper's formula; the official code differs by constant factors (its invariance term is
+    `mse_loss`, i.e. additionally divided by d, and it halves the variance term).
+    """
+    fa, fb = split_views(f)
+    n = fa.shape[0]
+    inv = jnp.sum((fa - fb) ** 2) / n
+    va, ca = _vicreg_var_cov(fa, eps, gamma)
+    vb, cb = _vicreg_var_cov(fb, eps, gamma)
+    return lam_inv * inv + mu * (va + vb) + nu * (ca + cb)
+
+
+SIMILARITIES = ("cosine", "dot")
+
+
+def simclr(f: jax.Array, temperature=0.5, similarity: str = "cosine") -> jax.Array:
+    """SimCLR / NT-Xent / InfoNCE (Chen et al. 2020; stepwise digest §8), over all 2n anchors:
+
+        s(u, v) = z_uᵀ z_v,  z_u = f_u/‖f_u‖ ("cosine", default) or z_u = f_u ("dot")
+        ℓ_u = −s(u, p(u))/τ + log Σ_{v≠u} exp(s(u, v)/τ),    L = (1/2n) Σ_u ℓ_u
+
+    where `p(u)` is the other view of the same sample (`u ± n`) and the sum runs over the 2n − 1
+    other views (the positive included). Constant: `temperature` τ (default 0.5, the SimCLR CIFAR
+    value; 0.1–0.5 is typical). Option (static): `similarity`. With "cosine" the loss is invariant
+    under `f_u → c_u f_u` for every `c_u > 0`; a zero row has no direction and gives NaN.
+    """
+    n2 = f.shape[0]
+    n = n2 // 2
+    if similarity == "cosine":
+        z = f * jax.lax.rsqrt(jnp.sum(f * f, axis=1, keepdims=True))
+    else:
+        z = f
+    s = (z @ z.T) / temperature
+    pos = jnp.concatenate([jnp.arange(n, n2), jnp.arange(n)])
+    s_pos = s[jnp.arange(n2), pos]
+    s_neg = jnp.where(jnp.eye(n2, dtype=bool), -jnp.inf, s)
+    return jnp.mean(jax.nn.logsumexp(s_neg, axis=1) - s_pos)
+
+
+def spectral(f: jax.Array) -> jax.Array:
+    """Spectral contrastive loss (HaoChen et al. 2021), `−2 E[f(x)ᵀ f(x⁺)] + E[(f(x)ᵀ f(x'))²]`.
+
+    Estimator (plug-in for the empirical distribution of the 2n augmented views):
+    - positive pairs `(x, x⁺)` are the n pairs `(a_i, b_i)` (either order), so
+      `E[f(x)ᵀ f(x⁺)] = (1/n) Σ_i f(a_i)ᵀ f(b_i) = tr(C)`;
+    - `x, x'` are independent draws from the 2n views, all `(2n)²` ordered pairs including `x = x'`
+      (a V-statistic), so `E[(f(x)ᵀ f(x'))²] = ‖fᵀ f‖_F² / (2n)²`.
+
+    Hence `L = −2 tr(C) + ‖S‖_F²` with `S = fᵀ f / (2n)`; no constants. Equivalently
+    `L = ‖f fᵀ/(2n) − Z‖_F² − 2n`: a rank-k approximation of the pair matrix Z (HaoChen's
+    matrix-factorisation view). Depends on f through second moments (C and S), not through C
+    alone, so `cross_moment_only` is False.
+    """
+    n2 = f.shape[0]
+    S = f.T @ f / n2
+    return -2.0 * jnp.trace(cross_correlation(f)) + jnp.sum(S**2)
+
+
+def kernel_pca(f: jax.Array) -> jax.Array:
+    """Kernel-PCA objective of the contrastive kernel: `L = −tr(C) = −(1/n) Σ_i f(a_i)ᵀ f(b_i)`.
+
+    Why this is the kernel-PCA objective BT reduces to (stepwise digest §6): write the outputs on the
+    2n views as `f = K a` (RKHS coefficients `a`); then `tr(C) = tr(aᵀ K^Γ_XX a)` with
+    `K^Γ_XX = K Z K / (2n)` the contrastive kernel, and the RKHS Gram of the k output functions is
+    `aᵀ K a = fᵀ K⁻¹ f`. Maximising `tr(C)` over RKHS-orthonormal outputs (`fᵀ K⁻¹ f = I`) is kernel
+    PCA with the pair matrix Z in place of the identity: the optimum spans the top-k eigenvectors of
+    `M = K^{1/2} Z K^{1/2} / (2n)`, the same subspace the BT (λ = 1) flow learns at infinite width from
+    small initialisation (BT then whitens it to C = I; kernel PCA leaves it orthonormal).
+
+    Meaningful only with that constraint: use it with `dynamics.solve(..., method="constrained")`.
+    Without the constraint it is unbounded below and the flow collapses to rank one (it is then
+    Esser's naive loss, `naive` with `negatives="none"`, the same function of f).
+    """
+    return -jnp.trace(cross_correlation(f))
+
+
+NEGATIVES = ("none", "shift")
+
+
+def naive(f: jax.Array, negatives: str = "none") -> jax.Array:
+    """Esser et al.'s naive dot-product SSL loss (Esser digest §1.3), unconstrained it collapses.
+
+    - `negatives="none"` (default): non-contrastive `L_N = −(1/n) Σ_i f(x_i)ᵀ f(x_i⁺) = −tr(C)`
+      (`x_i = a_i`, `x_i⁺ = b_i`), i.e. `L = −Tr(Wᵀ M W)` with `M = Φ S_N Φᵀ`, `S_N = Z/(2n)`.
+    - `negatives="shift"`: contrastive `L_C = −(1/n) Σ_i [f(a_i)ᵀ f(b_i) − f(a_i)ᵀ f(b_{π(i)})]` with
+      the fixed derangement `π(i) = i + 1 mod n` (negative = the other view of the next sample).
+
+    No constants. Under the plain flow `df/dt = −K ∇L` the embedding grows like `e^{2 λ_1 t}` and
+    becomes rank one (Esser digest §2: "trivial scalar representation"); under the orthogonality
+    constraint (`method="constrained"`) it converges to the top-k eigenspace (Esser digest §3).
+    """
+    L = kernel_pca(f)
+    if negatives == "shift":
+        fa, fb = split_views(f)
+        L = L + jnp.sum(fa * jnp.roll(fb, -1, axis=0)) / fa.shape[0]
+    return L
+
+
 @dataclass(frozen=True)
 class _Spec:
     fn: Callable
-    defaults: dict
-    # True when the loss depends on f only through view cross-moments (f_aᵀf_b, f_aᵀf_a, ...), so the
-    # eigen-reduced solver may project onto eigenpairs of M = K^{1/2} Z K^{1/2}/2n (issue [F]).
-    cross_moment_only: bool = False
-    checks: dict = dataclasses.field(default_factory=dict)  # constant -> "positive" | "nonnegative"
+    defaults: dict                         # numeric constants (pytree leaves)
+    # True when the loss depends on f only through the symmetrised cross-view moment
+    # C = (f_aᵀf_b + f_bᵀf_a)/2n (see `Loss.cross_moment_only`). A callable gets the static options.
+    cross_moment_only: bool | Callable = False
+    checks: dict = dataclasses.field(default_factory=dict)   # constant -> "positive" | "nonnegative"
+    options: dict = dataclasses.field(default_factory=dict)  # static option -> (default, choices)
 
 
 _REGISTRY: dict[str, _Spec] = {
     "barlow_twins": _Spec(barlow_twins, {"lam": 1.0}, True, {"lam": "nonnegative"}),
+    "barlow_twins_standardized": _Spec(
+        barlow_twins_standardized, {"lam": 5e-3, "eps": 1e-5}, False,
+        {"lam": "nonnegative", "eps": "nonnegative"}),
+    "vicreg": _Spec(
+        vicreg, {"lam_inv": 25.0, "mu": 25.0, "nu": 1.0, "eps": 1e-4, "gamma": 1.0}, False,
+        {"lam_inv": "nonnegative", "mu": "nonnegative", "nu": "nonnegative",
+         "eps": "nonnegative", "gamma": "nonnegative"}),
+    "simclr": _Spec(simclr, {"temperature": 0.5}, False, {"temperature": "positive"},
+                    {"similarity": ("cosine", SIMILARITIES)}),
+    "spectral": _Spec(spectral, {}, False),
+    "kernel_pca": _Spec(kernel_pca, {}, True),
+    "naive": _Spec(naive, {}, lambda o: o["negatives"] == "none", {},
+                   {"negatives": ("none", NEGATIVES)}),
 }
 
 
@@ -63,13 +238,19 @@ def names() -> list[str]:
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class Loss:
-    """A named SSL loss with its constants. `loss(f)` with `f: (2n, k)` → scalar."""
+    """A named SSL loss with its constants. `loss(f)` with `f: (2n, k)` → scalar.
+
+    `constants` (dict of numbers/arrays) are pytree leaves: `jax.vmap`/`jax.grad` over them work.
+    `name` and `options` (a sorted tuple of `(option, value)` string pairs) are static pytree
+    metadata: they select code paths and are hashed by `jax.jit`, never traced. Build with `get`.
+    """
 
     constants: dict
     name: str = dataclasses.field(default="barlow_twins", metadata=dict(static=True))
+    options: tuple = dataclasses.field(default=(), metadata=dict(static=True))
 
     def __call__(self, f: jax.Array) -> jax.Array:
-        return _REGISTRY[self.name].fn(f, **self.constants)
+        return _REGISTRY[self.name].fn(f, **self.constants, **dict(self.options))
 
     def grad(self, f: jax.Array) -> jax.Array:
         """∇_f L, `(2n, k)`."""
@@ -77,19 +258,52 @@ class Loss:
 
     @property
     def cross_moment_only(self) -> bool:
-        return _REGISTRY[self.name].cross_moment_only
+        """True iff L depends on f only through the k×k cross-view moment `f_aᵀ f_b` (symmetrised:
+        `C = fᵀ Z f/(2n)`). Then `∇_f L = Z f G(C)` for a k×k `G`, and the kernel flow
+        `d(K^{-1/2} f)/dt = −2n·M (K^{-1/2} f) G` keeps every eigenspace of
+        `M = K^{1/2} Z K^{1/2}/(2n)` invariant, which is what the eigen-reduced solver needs.
+        False for losses that also use `f_aᵀf_a`, `f_bᵀf_b` (e.g. `spectral`: K and M do not
+        commute), means (standardised BT, VICReg) or per-sample nonlinearities (SimCLR)."""
+        flag = _REGISTRY[self.name].cross_moment_only
+        return bool(flag(dict(self.options)) if callable(flag) else flag)
+
+    def __repr__(self) -> str:
+        items = [f"{k}={v!r}" for k, v in {**self.constants, **dict(self.options)}.items()]
+        return f"Loss({self.name!r}{', ' if items else ''}{', '.join(items)})"
 
 
 def get(name: str, **constants) -> Loss:
-    """Build the loss `name` with `constants` (defaults filled in). Unknown names or constants raise
-    errors listing the valid choices; non-numeric or out-of-range constants raise naming the constant."""
+    """Build the loss `name` with `constants` (numeric constants and static string options; defaults
+    filled in). Unknown names, constants or option values raise `ValueError` listing the valid
+    choices; non-numeric or out-of-range constants raise naming the constant."""
+    if isinstance(name, Loss):
+        raise TypeError("name: expected a loss name (str), got a Loss; use it directly")
     V.choice("name", name, names())
     spec = _REGISTRY[name]
-    unknown = set(constants) - set(spec.defaults)
+    valid = set(spec.defaults) | set(spec.options)
+    unknown = set(constants) - valid
     if unknown:
         raise ValueError(f"{name}: unknown constant(s) {sorted(unknown)}; valid constants are "
-                         f"{sorted(spec.defaults)}")
-    c = {**spec.defaults, **constants}
+                         f"{sorted(spec.defaults)}"
+                         + (f" and options {sorted(spec.options)}" if spec.options else ""))
+    c = {k: constants.get(k, v) for k, v in spec.defaults.items()}
     for k, rule in spec.checks.items():
         V.positive_float(f"{name}.{k}", c[k], allow_zero=(rule == "nonnegative"))
-    return Loss(constants=c, name=name)
+    opts = []
+    for k, (default, choices) in spec.options.items():
+        v = constants.get(k, default)
+        if not isinstance(v, str):
+            raise TypeError(f"{name}.{k}: expected a string option, one of {list(choices)}; "
+                            f"got {v!r}")
+        opts.append((k, V.choice(f"{name}.{k}", v, choices)))
+    return Loss(constants=c, name=name, options=tuple(sorted(opts)))
+
+
+def as_loss(loss) -> Loss:
+    """Accept a `Loss` or a registered name (built with default constants)."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str):
+        return get(loss)
+    raise TypeError(f"loss: expected a sslntk.losses.Loss or a loss name {names()}, "
+                    f"got {type(loss).__name__}")

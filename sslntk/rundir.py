@@ -100,11 +100,13 @@ class RunDir:
         self.computed.append(name)
         return _io.load_npz(f)   # the same dtype/rounding whether computed now or resumed
 
-    def write_results(self, headline: dict, arrays: dict | None = None) -> dict:
+    def write_results(self, headline: dict, arrays: dict | None = None,
+                      summary_lines: list[str] | None = None) -> dict:
         if arrays:
             _io.atomic_write_npz(self.path / "arrays.npz", **arrays)
         res = {"config": self.cfg, "config_hash": self.hash, "versions": versions(),
                "device": device(), "timings_s": self.timings, "headline": headline,
+               "summary_lines": summary_lines or [],
                "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         _io.atomic_write_json(self.path / "results.json", res)
         return res

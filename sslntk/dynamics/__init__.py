@@ -1,0 +1,160 @@
+"""Kernel-regime training dynamics of SSL losses → `Trajectory` (DESIGN.md, "Solvers").
+
+    traj = solve(K, loss, f0, ts, method="auto", *, K_test_train=None, f0_test=None,
+                 progress=False, **options)
+
+integrates the gradient flow `df/dt = −K ∇_f L(f)` of an SSL loss (`sslntk.losses`) on the 2n
+stacked views, with `t` in units of learning-rate × steps. Methods (one signature, one `Trajectory`):
+
+| method | module | what |
+| --- | --- | --- |
+| `ode` | `_ode.solve_ode` | full (2n, k) flow, diffrax adaptive (the reference) |
+| `gd` | `_gd.solve_gd` | discrete GD `f ← f − lr·K ∇L(f)`, what a finite network does |
+| `constrained` | `_constrained.solve_constrained` | RKHS-orthonormal (Grassmannian) flow, Esser §3 |
+| `closed_form` | `_closed_form.solve_closed_form` | stepwise BT closed form (λ = 1) |
+| `eigen` | `_eigen.solve_eigen` | eigen-reduced ODE on the top-m eigenpairs |
+
+Methods are resolved lazily (`importlib`): a method whose module is not installed raises a clear
+error when asked for. `method="auto"` picks one with `choose_method` and records it on
+`Trajectory.method`.
+
+Status semantics (`Trajectory.status`, int, per batch element under vmap):
+  SUCCESS (0)   every requested time reached, all saved values finite;
+  MAX_STEPS (1) the step budget (`max_steps`) ran out; times not reached hold NaN;
+  NONFINITE (2) NaN/inf appeared in the state, its derivative or the loss; the solve stopped there
+                (ode/constrained) and later times hold NaN, or (gd) values after the blow-up are
+                whatever the iteration produced (NaN/inf);
+  FAILED (3)    any other solver failure (e.g. implicit-solver non-convergence).
+Outside jit, `solve` warns (RuntimeWarning) when a solve did not succeed; call
+`traj.raise_if_failed()` to turn that into an error.
+
+Jit/vmap/grad: `solve` is traceable. Array arguments (K, f0, ts, test arrays) and numeric loss
+constants may be traced; string/int options (`solver`, `max_steps`, loss names and string options,
+`progress`) are static. Value checks (PSD, NaN, ordering) run only on concrete inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+from sslntk import _validate as V
+from sslntk.dynamics import _common
+from sslntk.dynamics._trajectory import (
+    FAILED,
+    MAX_STEPS,
+    NONFINITE,
+    STATUS_NAMES,
+    SUCCESS,
+    Trajectory,
+)
+
+__all__ = ["solve", "choose_method", "available_methods", "METHODS", "Trajectory", "SUCCESS",
+           "MAX_STEPS", "NONFINITE", "FAILED", "STATUS_NAMES"]
+
+# method -> "module.function" inside this package, imported on first use.
+METHODS = {
+    "ode": "_ode.solve_ode",
+    "gd": "_gd.solve_gd",
+    "constrained": "_constrained.solve_constrained",
+    "closed_form": "_closed_form.solve_closed_form",
+    "eigen": "_eigen.solve_eigen",
+}
+
+_COMMON_KW = ("K_test_train", "f0_test", "progress")
+
+
+def _module_name(method: str) -> str:
+    return f"{__name__}.{METHODS[method].split('.')[0]}"
+
+
+def _installed(method: str) -> bool:
+    return importlib.util.find_spec(_module_name(method)) is not None
+
+
+def available_methods() -> list[str]:
+    """Methods whose module is installed (the others raise when requested)."""
+    return [m for m in METHODS if _installed(m)]
+
+
+def _resolve(method: str):
+    V.choice("method", method, list(METHODS) + ["auto"])
+    modname, fname = _module_name(method), METHODS[method].split(".")[1]
+    if not _installed(method):
+        raise NotImplementedError(
+            f"method {method!r} is not available: its module {modname} is not installed in this "
+            f"version of sslntk; available methods are {available_methods()}")
+    fn = getattr(importlib.import_module(modname), fname, None)
+    if fn is None:
+        raise NotImplementedError(f"method {method!r}: module {modname} has no {fname}()")
+    return fn
+
+
+def choose_method(K, loss, f0, ts) -> str:
+    """The method `method="auto"` uses: `closed_form` for Barlow Twins (theory form) with a concrete
+    λ = 1 when that module is installed, else `ode` (the reference). Inputs as for `solve`."""
+    from sslntk.losses import as_loss
+
+    loss = as_loss(loss)
+    if loss.name == "barlow_twins" and _installed("closed_form"):
+        lam = loss.constants["lam"]
+        if V.is_concrete(lam) and jnp.ndim(lam) == 0 and float(lam) == 1.0:
+            return "closed_form"
+    return "ode"
+
+
+def _check_options(method: str, fn, options: dict) -> None:
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [k for k, p in params.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in _COMMON_KW]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"method {method!r}: unknown option(s) {unknown}; valid options are "
+                         f"{sorted(valid)}")
+
+
+def solve(K, loss, f0, ts, method: str = "auto", *, K_test_train=None, f0_test=None,
+          progress: bool = False, check_psd: bool = True, **options) -> Trajectory:
+    """Kernel-regime training trajectory of `loss` from `f0`, saved at times `ts`.
+
+    Args:
+      K: `(2n, 2n)` kernel over the stacked views `[a_1..a_n, b_1..b_n]` (NTK of one output),
+        symmetric PSD (checked to round-off when concrete; `check_psd=False` skips the O(n³)
+        eigenvalue check).
+      loss: a `sslntk.losses.Loss` (`losses.get(name, **constants)`) or a registered loss name.
+      f0: `(2n, k)` embeddings at t = 0, same dtype as K.
+      ts: `(T,)` non-decreasing times ≥ 0 (units of learning-rate × steps); integration starts at 0.
+      method: "auto" (see `choose_method`) or a key of `METHODS`.
+      K_test_train, f0_test: `(m, 2n)` cross kernel and `(m, k)` test embeddings at t = 0 (both or
+        neither); then `Trajectory.f_test (T, m, k)` holds the kernel-regime predictions
+        `f_test(t) = f0_test − K_test_train ∫₀ᵗ ∇_f L ds` (constrained: its own flow, see there).
+      progress: print progress of long solves.
+      **options: method options (e.g. `rtol`, `max_steps`, `solver` for "ode"; `lr` for "gd");
+        unknown ones raise `ValueError` listing the valid ones.
+
+    Returns a `Trajectory` (`ts`, `f (T, 2n, k)`, `loss (T,)`, `status`, `n_steps`, `f_test`,
+    `method`); see the module docstring for the status semantics.
+    """
+    V.choice("method", method, list(METHODS) + ["auto"])
+    inp = _common.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=check_psd)
+    if method == "auto":
+        method = choose_method(inp.K, inp.loss, inp.f0, inp.ts)
+    fn = _resolve(method)
+    _check_options(method, fn, options)
+    traj = fn(inp.K, inp.loss, inp.f0, inp.ts, K_test_train=inp.K_test_train,
+              f0_test=inp.f0_test, progress=progress, **options)
+    traj = _common.with_method(traj, method)
+    if V.is_concrete(traj.status) and not isinstance(traj.status, jax.core.Tracer) \
+            and not traj.ok:
+        warnings.warn(f"sslntk.dynamics.solve: method {method!r} did not succeed "
+                      f"(status={traj.status_name}, n_steps={jnp.asarray(traj.n_steps).tolist()});"
+                      f" call .raise_if_failed() to make this an error", RuntimeWarning,
+                      stacklevel=2)
+    return traj

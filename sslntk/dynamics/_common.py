@@ -1,0 +1,290 @@
+"""Shared pieces of the kernel-regime solvers: input validation at the `solve` boundary, the diffrax
+driver (status mapping, non-finite detection, optional retraction), loss evaluation along a
+trajectory and the assembly of a `Trajectory`.
+
+Solver contract (every `solve_<method>` in this package):
+
+    solve_<method>(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False, **options)
+        -> Trajectory
+
+`sslntk.dynamics.solve` validates with `validate_inputs` before dispatching, so solvers receive
+`K (2n, 2n)`, `f0 (2n, k)`, `ts (T,)` (sorted, ≥ 0, K's dtype), a `losses.Loss`, and either both or
+neither of `K_test_train (m, 2n)`, `f0_test (m, k)`, all of one floating dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslntk import _validate as V
+from sslntk import losses as _losses
+from sslntk.dynamics._trajectory import FAILED, MAX_STEPS, NONFINITE, SUCCESS, Trajectory
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def mm(a, b):
+    """Matrix product at full float32 precision on accelerators (no TF32/bf16 passes)."""
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+class Inputs(NamedTuple):
+    K: jax.Array
+    loss: _losses.Loss
+    f0: jax.Array
+    ts: jax.Array
+    K_test_train: jax.Array | None
+    f0_test: jax.Array | None
+
+
+def psd_tolerance(K: jax.Array) -> float:
+    """Relative round-off allowance for the smallest kernel eigenvalue: `10·N·eps`."""
+    return 10.0 * K.shape[0] * float(jnp.finfo(K.dtype).eps)
+
+
+def check_psd(K: jax.Array, name: str = "K") -> float | None:
+    """Raise if the concrete kernel `K` has an eigenvalue below `−psd_tolerance(K)·max|λ|`.
+
+    Returns the smallest eigenvalue (None when `K` is traced: values unknown under jit)."""
+    if not V.is_concrete(K):
+        return None
+    lam = np.linalg.eigvalsh(np.asarray(K, dtype=np.float64))
+    scale = float(np.max(np.abs(lam))) or 1.0
+    if lam[0] < -psd_tolerance(K) * scale:
+        raise ValueError(f"{name}: expected a positive semi-definite kernel (up to round-off "
+                         f"{psd_tolerance(K):.1g}·max|λ|), got smallest eigenvalue {lam[0]:.3g} "
+                         f"(largest |λ| = {scale:.3g})")
+    return float(lam[0])
+
+
+def validate_inputs(K, loss, f0, ts, K_test_train=None, f0_test=None, *,
+                    check_psd_: bool = True) -> Inputs:
+    """Check and convert the common solver inputs (see module docstring); clear errors otherwise."""
+    loss = _losses.as_loss(loss)
+    K = V.square_kernel("K", K)
+    f0 = V.stacked_views("f0", f0, ndim=2)
+    if f0.shape[0] != K.shape[0]:
+        raise ValueError(f"f0: expected shape (2n, k) = ({K.shape[0]}, k) to match K "
+                         f"{tuple(K.shape)}, got {tuple(f0.shape)}")
+    if (K_test_train is None) != (f0_test is None):
+        raise ValueError("K_test_train and f0_test: expected both (test predictions) or neither, "
+                         f"got K_test_train={'None' if K_test_train is None else 'array'}, "
+                         f"f0_test={'None' if f0_test is None else 'array'}")
+    if K_test_train is not None:
+        K_test_train = V.as_float_array("K_test_train", K_test_train, ndim=2)
+        f0_test = V.as_float_array("f0_test", f0_test, ndim=2)
+        if K_test_train.shape[1] != K.shape[0]:
+            raise ValueError(f"K_test_train: expected shape (m, 2n) = (m, {K.shape[0]}), got "
+                             f"{tuple(K_test_train.shape)}")
+        if f0_test.shape != (K_test_train.shape[0], f0.shape[1]):
+            raise ValueError(f"f0_test: expected shape (m, k) = ({K_test_train.shape[0]}, "
+                             f"{f0.shape[1]}), got {tuple(f0_test.shape)}")
+    V.same_dtype(K=K, f0=f0, K_test_train=K_test_train, f0_test=f0_test)
+    ts = _times(ts, K.dtype)
+    if check_psd_:
+        check_psd(K)
+    return Inputs(K, loss, f0, ts, K_test_train, f0_test)
+
+
+def _times(ts, dtype) -> jax.Array:
+    if ts is None or isinstance(ts, (str, bytes)):
+        raise TypeError(f"ts: expected a 1-D array of times, got {ts!r}")
+    arr = jnp.asarray(ts)
+    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)) \
+            or arr.dtype == jnp.bool_:
+        raise TypeError(f"ts: expected real times, got dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.shape[0] < 1:
+        raise ValueError(f"ts: expected a non-empty 1-D array of times, got shape "
+                         f"{tuple(arr.shape)}")
+    arr = arr.astype(dtype)
+    if V.is_concrete(arr):
+        a = np.asarray(arr)
+        if not np.all(np.isfinite(a)):
+            raise ValueError("ts: expected finite times, got NaN/inf")
+        if a[0] < 0:
+            raise ValueError(f"ts: expected times >= 0 (t = 0 is f0), got ts[0] = {a[0]}")
+        if np.any(np.diff(a) < 0):
+            i = int(np.argmax(np.diff(a) < 0))
+            raise ValueError(f"ts: expected non-decreasing times, got ts[{i}] = {a[i]} > "
+                             f"ts[{i + 1}] = {a[i + 1]}")
+    return arr
+
+
+def default_rtol(dtype) -> float:
+    """Default relative tolerance: 1e-8 in float64, 1e-5 in float32 (see `_ode` for the choice)."""
+    return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-5
+
+
+# ----------------------------------------------------------------------------------------------
+# diffrax driver
+
+SOLVERS = {
+    "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8,
+    "bosh3": diffrax.Bosh3, "heun": diffrax.Heun, "kvaerno3": diffrax.Kvaerno3,
+    "kvaerno4": diffrax.Kvaerno4, "kvaerno5": diffrax.Kvaerno5,
+}
+
+
+def make_solver(solver) -> diffrax.AbstractSolver:
+    """A diffrax solver from a name in `SOLVERS` or an `AbstractAdaptiveSolver` instance."""
+    if isinstance(solver, str):
+        V.choice("solver", solver, list(SOLVERS))
+        return SOLVERS[solver]()
+    if isinstance(solver, diffrax.AbstractAdaptiveSolver):
+        return solver
+    raise TypeError(f"solver: expected one of {sorted(SOLVERS)} or an adaptive diffrax solver "
+                    f"instance, got {solver!r}")
+
+
+class _Retracted(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
+    """Wraps an adaptive solver and maps every accepted-or-not step end point `y1` back onto a
+    manifold with `retract` (error estimates are the wrapped solver's). The first stage is always
+    re-evaluated (`made_jump=True`) so FSAL methods never reuse a derivative taken off the manifold.
+    A projection of an O(h^{p+1})-accurate point onto the manifold moves it by at most its distance
+    to the manifold, so the local order of the wrapped method is kept (Hairer–Lubich–Wanner,
+    Geometric Numerical Integration, §IV.4, "projection methods")."""
+
+    solver: diffrax.AbstractSolver
+    retract: Any = eqx.field(static=True)
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return self.solver.interpolation_cls
+
+    @property
+    def term_compatible_contr_kwargs(self):
+        return self.solver.term_compatible_contr_kwargs
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        y1, y_error, dense_info, solver_state, result = self.solver.step(
+            terms, t0, t1, y0, args, solver_state, True)
+        return self.retract(y1), y_error, dense_info, solver_state, result
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+class Integrated(NamedTuple):
+    ys: Any               # pytree, leading axis T; NaN at times the solver did not reach
+    status: jax.Array     # SUCCESS / MAX_STEPS / NONFINITE / FAILED (values checked later too)
+    n_steps: jax.Array    # accepted steps
+    reached: jax.Array    # (T,) bool
+
+
+def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps, pcoeff, icoeff,
+              adjoint, progress: bool, retract=None) -> Integrated:
+    """Integrate `dy/dt = vector_field(t, y, args)` from t = 0 and save at `ts` (diffrax).
+
+    Non-finite detection: the vector field is guarded — when any entry of `vector_field(t, y)` is
+    NaN/inf the derivative is replaced by 0 and a scalar flag (extra state, d(flag)/dt = 1) is
+    raised; a diffrax `Event` terminates the solve at the first accepted step with flag > 0, so a
+    blow-up ends in a few steps with status NONFINITE instead of shrinking dt until `max_steps`.
+    Status: diffrax `successful` → SUCCESS, the flag event → NONFINITE, `max_steps_reached` →
+    MAX_STEPS, anything else (e.g. implicit-solver divergence) → FAILED. `throw=False` throughout.
+    """
+    dtype = jax.tree_util.tree_leaves(y0)[0].dtype
+
+    def guarded(t, y, args):
+        state, _ = y
+        dy = vector_field(t, state, args)
+        ok = _all_finite(dy)
+        dy = jax.tree_util.tree_map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), dy)
+        return dy, jnp.where(ok, 0.0, 1.0).astype(dtype)
+
+    inner = make_solver(solver)
+    if retract is not None:
+        inner = _Retracted(inner, lambda y: (retract(y[0]), y[1]))
+    event = diffrax.Event(lambda t, y, args, **kw: y[1] > 0)
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff)
+    meter = diffrax.TextProgressMeter(minimum_increase=0.05) if progress \
+        else diffrax.NoProgressMeter()
+    t1 = ts[-1]
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(guarded), inner, t0=jnp.zeros((), ts.dtype), t1=t1, dt0=dt0,
+        y0=(y0, jnp.zeros((), dtype)), args=args, saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=controller, max_steps=max_steps, adjoint=adjoint, event=event,
+        throw=False, progress_meter=meter)
+    res = sol.result
+    reached = jnp.isfinite(sol.ts)
+    status = jnp.where(res == diffrax.RESULTS.successful, SUCCESS,
+                       jnp.where(res == diffrax.RESULTS.event_occurred, NONFINITE,
+                                 jnp.where(res == diffrax.RESULTS.max_steps_reached, MAX_STEPS,
+                                           FAILED)))
+    ys = jax.tree_util.tree_map(lambda y: nan_unreached(y, reached), sol.ys[0])
+    return Integrated(ys, status, sol.stats["num_accepted_steps"], reached)
+
+
+def nan_unreached(y: jax.Array, reached: jax.Array) -> jax.Array:
+    mask = reached.reshape(reached.shape + (1,) * (y.ndim - 1))
+    return jnp.where(mask, y, jnp.nan)
+
+
+def ode_defaults(f0: jax.Array, rtol, atol):
+    """Resolve default tolerances. `atol=None` → `rtol · RMS(f0)` (floored at the dtype's tiny):
+    absolute errors scale with the initial embedding, so a small initialisation (α ≪ 1) is
+    integrated to the same relative accuracy in its early, exponential phase as later on."""
+    if rtol is None:
+        rtol = default_rtol(f0.dtype)
+    if atol is None:
+        scale = jnp.sqrt(jnp.mean(f0**2))
+        atol = rtol * jnp.maximum(scale, jnp.finfo(f0.dtype).tiny ** 0.5)
+    return rtol, atol
+
+
+# ----------------------------------------------------------------------------------------------
+# Trajectory assembly
+
+
+def loss_along(loss: _losses.Loss, fs: jax.Array) -> jax.Array:
+    """`loss(f)` at every saved time, `(T,)`."""
+    return jax.vmap(loss)(fs)
+
+
+def finish(method: str, loss: _losses.Loss, ts, fs, status, n_steps, *, f_test=None,
+           reached=None, bound=None) -> Trajectory:
+    """Evaluate the loss, turn non-finite reached values into NONFINITE, build the Trajectory."""
+    L = loss_along(loss, fs)
+    if reached is None:
+        reached = jnp.ones(ts.shape, bool)
+    vals = [fs, L[:, None]] + ([f_test] if f_test is not None else [])
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v.reshape(v.shape[0], -1)) | ~reached[:, None])
+                                for v in vals]))
+    status = jnp.where((status == SUCCESS) & ~finite, NONFINITE, status).astype(jnp.int32)
+    return Trajectory(ts=ts, f=fs, loss=L, status=status, n_steps=jnp.asarray(n_steps, jnp.int32),
+                      f_test=f_test, bound=bound, method=method)
+
+
+def with_method(traj: Trajectory, method: str) -> Trajectory:
+    return traj if traj.method == method else dataclasses.replace(traj, method=method)

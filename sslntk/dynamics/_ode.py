@@ -1,0 +1,101 @@
+"""Full kernel-regime ODE (the reference solver), integrated with diffrax.
+
+    df/dt = −K ∇_f L(f),      f(0) = f0                                    (DESIGN.md "Time")
+    dI/dt = ∇_f L(f),         I(0) = 0       (only with test points)
+    f_test(t) = f0_test − K_test_train I(t)                              (no K⁻¹ anywhere)
+
+Solver choice (default `solver="tsit5"`, PID-free I-controller, rtol 1e-8 f64 / 1e-5 f32,
+atol = rtol·RMS(f0)). The BT staircase is "stiff" only mildly: after mode j has saturated it sits in
+a stable equilibrium with rate 8γ_j, so an explicit method's step is bounded by ~3.3/(8γ_1) while
+the run lasts ln(1/α)/(4γ_k); the number of explicit steps grows like ln(1/α)·γ_1/γ_k. An implicit
+method (Kvaerno5) avoids that bound but needs a dense (2nk × 2nk) Jacobian and LU per step, O((nk)³).
+Measured (float64, CPU, BT λ=1, random PSD K with 2n = 48, k = 4, α = 1e-6, spectra with
+γ_1/γ_k ≈ 4 and ≈ 60, rtol 1e-8; see `benchmarks/bench_ode_solvers.py`): the numbers are recorded in
+`_SOLVER_NOTE` below. Tsit5 is the default: fewest right-hand-side evaluations at this accuracy for
+all measured spectra, and the only choice that scales to 2n in the thousands; Kvaerno5 stays
+available (`solver="kvaerno5"`) for strongly stiff small problems.
+
+Gradients: `adjoint=diffrax.RecursiveCheckpointAdjoint()` (the default) differentiates the
+discretised solve exactly (discretise-then-optimise) with O(√max_steps) memory, so `jax.grad` of any
+scalar outcome w.r.t. K, f0 (hence α) and the loss constants works; it requires a finite
+`max_steps`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import diffrax
+import jax
+import jax.numpy as jnp
+
+from sslntk import _validate as V
+from sslntk.dynamics import _common as C
+from sslntk.dynamics._trajectory import Trajectory
+
+DEFAULT_MAX_STEPS = 100_000
+
+_SOLVER_NOTE = "filled in by benchmarks/bench_ode_solvers.py measurements (see module docstring)"
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "max_steps", "adjoint", "progress",
+                                             "has_dt0"))
+def _core(K, loss, f0, ts, K_tx, f0_test, rtol, atol, dt0, pcoeff, icoeff, *, solver, max_steps,
+          adjoint, progress, has_dt0):
+    has_test = K_tx is not None
+
+    def vf(t, y, args):
+        K, loss_ = args
+        if has_test:
+            f, _ = y
+        else:
+            f = y
+        g = jax.grad(loss_)(f)
+        df = -C.mm(K, g)
+        return (df, g) if has_test else df
+
+    y0 = (f0, jnp.zeros_like(f0)) if has_test else f0
+    out = C.integrate(vf, y0, ts, (K, loss), solver=solver, rtol=rtol, atol=atol,
+                      dt0=dt0 if has_dt0 else None, max_steps=max_steps, pcoeff=pcoeff,
+                      icoeff=icoeff, adjoint=adjoint, progress=progress)
+    if has_test:
+        fs, Is = out.ys
+        f_test = f0_test[None] - jnp.einsum("mi,tik->tmk", K_tx, Is, precision=C.HIGHEST)
+    else:
+        fs, f_test = out.ys, None
+    return C.finish("ode", loss, ts, fs, out.status, out.n_steps, f_test=f_test,
+                    reached=out.reached)
+
+
+def solve_ode(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False,
+              solver="tsit5", rtol=None, atol=None, dt0=None, max_steps=DEFAULT_MAX_STEPS,
+              pcoeff=0.0, icoeff=1.0, adjoint=None) -> Trajectory:
+    """Integrate the kernel gradient flow `df/dt = −K ∇_f L(f)` with diffrax (adaptive steps).
+
+    Options:
+      solver: a name in `_common.SOLVERS` ("tsit5" default, "dopri5", "dopri8", "bosh3", "heun",
+        "kvaerno3/4/5") or an adaptive diffrax solver instance.
+      rtol, atol: PID controller tolerances on the state (f, and I when test points are given);
+        defaults rtol = 1e-8 (float64) / 1e-5 (float32), atol = rtol·RMS(f0).
+      dt0: initial step (None: diffrax chooses from the tolerances).
+      max_steps: solver step budget (default 100_000); running out gives status MAX_STEPS and NaN
+        at the times not reached.
+      pcoeff, icoeff: PID coefficients (defaults 0, 1: the classic I-controller).
+      adjoint: diffrax adjoint (default `RecursiveCheckpointAdjoint()`).
+    Saved at exactly `ts` (`SaveAt(ts=...)`, dense interpolation between steps). `n_steps` is the
+    number of accepted steps. Inputs are assumed validated (`sslntk.dynamics.solve` does it).
+    """
+    max_steps = V.positive_int("max_steps", max_steps)
+    rtol = V.positive_float("rtol", rtol) if rtol is not None else None
+    atol = V.positive_float("atol", atol) if atol is not None else None
+    if dt0 is not None:
+        V.positive_float("dt0", dt0)
+    C.make_solver(solver)  # validates the name
+    rtol, atol = C.ode_defaults(f0, rtol, atol)
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    dt = f0.dtype
+    as_t = lambda x: jnp.asarray(x, dt)
+    return _core(K, loss, f0, ts, K_test_train, f0_test, as_t(rtol), as_t(atol),
+                 as_t(0.0 if dt0 is None else dt0), as_t(pcoeff), as_t(icoeff), solver=solver,
+                 max_steps=max_steps, adjoint=adjoint, progress=bool(progress),
+                 has_dt0=dt0 is not None)

@@ -1,0 +1,44 @@
+"""Finite-width networks on the same architectures, losses and time axis as the kernel regime.
+
+- `network(arch, width, out_dim, *, key, in_shape, alpha=1.0, dtype=float32)`: Flax NNX network
+  from a `sslntk.kernels.Arch` (NTK parametrisation, drawn exactly as neural-tangents' stax) with
+  the small-init construction `f = g_θ − (1 − α)·g_θ₀`; `to_nt_params` / `from_nt_params`.
+- `train(model, views, loss, *, lr, steps, ...)`: optax GD / SGD / Adam, t = lr·steps, checkpoints.
+- `empirical_ntk(model, x1, x2=None)`: blocked Jacobian-contraction NTK (one-output convention);
+  `linearize(model)`: the first-order Taylor expansion in θ around init.
+- `width_sweep(arch, views, loss, widths, seeds, ...)`: finite nets vs the kernel trajectory from
+  the same f₀, deviation over time, kernel drift, spectra, step times, fitted width exponent.
+"""
+
+from sslntk.finite._network import (  # noqa: F401
+    SUPPORTED_ACTIVATIONS,
+    Frozen,
+    Linearized,
+    Network,
+    activation_fn,
+    forward,
+    from_nt_params,
+    linearize,
+    n_params,
+    network,
+    to_nt_params,
+)
+from sslntk.finite._ntk import empirical_ntk  # noqa: F401
+from sslntk.finite._train import (  # noqa: F401
+    MAX_LR_RATE,
+    OPTIMIZERS,
+    TrainResult,
+    flow_rate,
+    save_steps,
+    stack_models,
+    train,
+    train_batched,
+    unstack_model,
+)
+from sslntk.finite._sweep import (  # noqa: F401
+    ExponentFit,
+    WidthSweep,
+    fit_exponent,
+    relative_deviation,
+    width_sweep,
+)

@@ -1,0 +1,320 @@
+"""Flax NNX networks built from a `sslntk.kernels.Arch` spec, identical to neural-tangents' stax nets.
+
+Parametrisation (NTK, exactly `stax.Dense` / `stax.Conv` with `parameterization="ntk"`):
+
+- Dense: `W ~ N(0, 1)` of shape `(fan_in, out)`, `b ~ N(0, 1)` of shape `(1, out)`;
+  `z = (W_std / sqrt(fan_in)) · (x @ W) + b_std · b`.
+- Conv (NHWC input, HWIO kernel `(fh, fw, C_in, out)`, stride 1, padding SAME / VALID / CIRCULAR):
+  `fan_in = C_in · fh · fw`; `z = (W_std / sqrt(fan_in)) · conv(x, W) + b_std · b`, `b: (1, 1, 1, out)`.
+- MLP = Flatten, `depth` × (Dense(width) → act), Dense(out_dim).
+  CNN = `depth` × (Conv(width) → act), global average pool, Dense(out_dim).
+
+The parameters are stored exactly in neural-tangents' layout (one `(W, b)` pair per affine layer), and
+`network(..., key=key)` draws them with the same random stream as the matching
+`kernels.stax_network(arch, width, out_dim)[0](key, (-1, *in_shape))` (stax's `serial` splits the key
+once per layer, parameter-free layers included; each affine layer splits its key into W and b), so
+`to_nt_params(network(..., key=k)) == init_fn(k, ...)[1]` bit for bit when the dtypes agree.
+
+Small initialisation (DESIGN.md): the trained function is `f_θ(x) = g_θ(x) − (1 − α)·g_θ₀(x)` with a
+frozen copy θ₀ of the initial parameters (stored as `Frozen` variables, never differentiated). At init
+`f = α·g_θ₀`; the tangent kernel `∂f/∂θ = ∂g/∂θ` does not depend on α.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sslntk import _validate as V
+from sslntk import kernels
+
+# Activations exactly as neural-tangents' stax defines them (elementwise.py): ABRelu(a, b) is
+# `a·min(x, 0) + b·max(x, 0)`; Relu = ABRelu(0, 1), LeakyRelu(s) = ABRelu(s, 1), Abs = ABRelu(-1, 1);
+# `abs_relu` is ABRelu(-leaky_slope, 1) (kernels.activation_layer); Erf() = 1·erf(1·x) + 0;
+# Gelu() is the EXACT gelu (approximate=False).
+
+
+def _abrelu(a: float, b: float):
+    return lambda x: a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0)
+
+
+def activation_fn(arch: kernels.Arch):
+    """The elementwise function of `arch.activation`, matching `kernels.activation_layer(arch)`."""
+    a = arch.activation
+    if a == "relu":
+        return _abrelu(0.0, 1.0)
+    if a == "leaky_relu":
+        return _abrelu(arch.leaky_slope, 1.0)
+    if a == "abs":
+        return _abrelu(-1.0, 1.0)
+    if a == "abs_relu":
+        return _abrelu(-arch.leaky_slope, 1.0)
+    if a == "erf":
+        return lambda x: 1.0 * jax.scipy.special.erf(1.0 * x) + 0.0
+    if a == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    raise ValueError(f"activation: sslntk.finite has no network for {a!r}; known: "
+                     f"{list(SUPPORTED_ACTIVATIONS)}")
+
+
+SUPPORTED_ACTIVATIONS = ("relu", "leaky_relu", "abs", "abs_relu", "erf", "gelu")
+
+
+class Frozen(nnx.Variable):
+    """θ₀: the frozen copy of the initial parameters (not an `nnx.Param`, so never trained)."""
+
+
+class Affine(nnx.Module):
+    """One Dense or Conv layer's parameters in neural-tangents' layout: `W`, `b` (trained, `Param`)
+    and `W0`, `b0` (the init, `Frozen`)."""
+
+    def __init__(self, W, b, W0, b0):
+        self.W, self.b = nnx.Param(W), nnx.Param(b)
+        self.W0, self.b0 = Frozen(W0), Frozen(b0)
+
+
+def _layer_plan(arch: kernels.Arch, width: int, out_dim: int, in_shape: tuple[int, ...]):
+    """The stax layer sequence as `(kind, W_shape, b_shape)` per layer (`kind` None for
+    parameter-free layers: Flatten, activations, pooling), in `stax.serial` order."""
+    plan = []
+    if arch.kind == "mlp":
+        plan.append((None, None, None))                                   # Flatten
+        fan = int(np.prod(in_shape))
+        for _ in range(arch.depth):
+            plan += [("dense", (fan, width), (1, width)), (None, None, None)]
+            fan = width
+    else:
+        c = in_shape[-1]
+        for _ in range(arch.depth):
+            plan += [("conv", (*arch.filter_shape, c, width), (1, 1, 1, width)), (None, None, None)]
+            c = width
+        plan.append((None, None, None))                                   # GlobalAvgPool
+        fan = width
+    plan.append(("dense", (fan, out_dim), (1, out_dim)))
+    return plan
+
+
+def _conv(arch: kernels.Arch, x, W):
+    dn = ("NHWC", "HWIO", "NHWC")
+    pad = arch.padding
+    if pad == "CIRCULAR":  # stax: wrap-pad as SAME would, then a VALID convolution
+        pads = jax.lax.padtype_to_pads(x.shape[1:3], arch.filter_shape, (1, 1), "SAME")
+        x = jnp.pad(x, [(0, 0), *pads, (0, 0)], mode="wrap")
+        pad = "VALID"
+    return jax.lax.conv_general_dilated(x, W, (1, 1), pad, dimension_numbers=dn)
+
+
+def forward(arch: kernels.Arch, theta: Sequence[tuple], x: jax.Array) -> jax.Array:
+    """`g_θ(x)`: the stax network's `apply_fn` with `theta` = the list of `(W, b)` pairs of the affine
+    layers (in order), on a batch `x: (N, *in_shape)` → `(N, out_dim)`. Pure; jit/vmap/grad-able."""
+    act = activation_fn(arch)
+    h = x.reshape(x.shape[0], -1) if arch.kind == "mlp" else x
+    for i, (W, b) in enumerate(theta):
+        last = i == len(theta) - 1
+        if arch.kind == "cnn" and not last:
+            fan_in = h.shape[-1] * int(np.prod(arch.filter_shape))
+            h = (arch.W_std / fan_in**0.5) * _conv(arch, h, W) + arch.b_std * b
+        else:
+            if arch.kind == "cnn":
+                h = jnp.mean(h, axis=(1, 2))                                # GlobalAvgPool
+            h = (arch.W_std / h.shape[-1] ** 0.5) * (h @ W) + arch.b_std * b
+        if not last:
+            h = act(h)
+    return h
+
+
+class Network(nnx.Module):
+    """A kernel-regime network `f_θ = g_θ − (1 − α)·g_θ₀` (build it with `network(...)`).
+
+    Attributes: `arch`, `width`, `out_dim`, `in_shape` (per-example input shape), `alpha`,
+    `layers` (one `Affine` per Dense/Conv layer). Methods:
+      `g(x)` = g_θ(x); `g0(x)` = g_θ₀(x); `trainable(x)` = the θ-dependent part (here g_θ);
+      `offset(x)` = the constant part subtracted from it ((1 − α)·g_θ₀); `__call__(x)` = f_θ(x).
+    Inputs are batches `(N, *in_shape)`; outputs `(N, out_dim)`.
+    """
+
+    def __init__(self, arch: kernels.Arch, width: int, out_dim: int, in_shape: tuple[int, ...],
+                 theta: Sequence[tuple], theta0: Sequence[tuple], alpha: float = 1.0):
+        self.arch, self.width, self.out_dim = arch, int(width), int(out_dim)
+        self.in_shape, self.alpha = tuple(int(s) for s in in_shape), float(alpha)
+        self.layers = [Affine(W, b, W0, b0) for (W, b), (W0, b0) in zip(theta, theta0, strict=True)]
+
+    @property
+    def theta(self) -> list[tuple]:
+        return [(layer.W.value, layer.b.value) for layer in self.layers]
+
+    @property
+    def theta0(self) -> list[tuple]:
+        return [(layer.W0.value, layer.b0.value) for layer in self.layers]
+
+    @property
+    def dtype(self):
+        return self.layers[0].W.value.dtype
+
+    def _check_input(self, x):
+        if not hasattr(x, "shape") or tuple(x.shape[1:]) != self.in_shape:
+            got = tuple(getattr(x, "shape", ()))
+            hint = (" (a CNN needs NHWC images, not flat vectors)"
+                    if self.arch.kind == "cnn" and len(got) == 2 else "")
+            raise ValueError(f"x: expected a batch of shape (N, {', '.join(map(str, self.in_shape))})"
+                             f" for this {self.arch.kind} network, got {got}{hint}")
+
+    def g(self, x):
+        self._check_input(x)
+        return forward(self.arch, self.theta, x)
+
+    def g0(self, x):
+        self._check_input(x)
+        return forward(self.arch, self.theta0, x)
+
+    def trainable(self, x):
+        return self.g(x)
+
+    def offset(self, x):
+        if self.alpha == 1.0:
+            return jnp.zeros((x.shape[0], self.out_dim), self.dtype)
+        return (1.0 - self.alpha) * self.g0(x)
+
+    def __call__(self, x):
+        return self.trainable(x) - self.offset(x)
+
+
+class Linearized(Network):
+    """First-order Taylor expansion in θ of a `Network` around its init θ₀:
+    `g_lin(x) = g_θ₀(x) + J_g(θ₀)(x)·(θ − θ₀)` and `f = g_lin − (1 − α)·g_θ₀`, so at θ = θ₀ it equals
+    the network (`α·g_θ₀`) and its tangent kernel is the network's at init, constant in θ.
+    Build it with `linearize(model)`; train it with `train` like any network."""
+
+    def g(self, x):
+        self._check_input(x)
+        delta = jax.tree.map(lambda a, b: a - b, self.theta, self.theta0)
+        g0, dg = jax.jvp(lambda th: forward(self.arch, th, x), (self.theta0,), (delta,))
+        return g0 + dg
+
+
+def _check_key(key):
+    if not (isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                            or (key.dtype == jnp.uint32 and key.shape == (2,)))):
+        raise TypeError(f"key: expected a jax.random key (jax.random.key(seed)), got {key!r}")
+    return key
+
+
+def _check_in_shape(arch: kernels.Arch, in_shape) -> tuple[int, ...]:
+    try:
+        shp = tuple(int(s) for s in in_shape)
+    except TypeError as e:
+        raise TypeError(f"in_shape: expected the per-example input shape as a tuple of ints, got "
+                        f"{in_shape!r}") from e
+    if not shp or any(s < 1 for s in shp):
+        raise ValueError(f"in_shape: expected a non-empty tuple of positive ints, got {in_shape!r}")
+    if arch.kind == "cnn":
+        if len(shp) != 3:
+            raise ValueError(f"in_shape: a cnn needs NHWC images, i.e. in_shape = (H, W, C), got "
+                             f"{shp} (flat inputs need kernels.mlp)")
+        if arch.padding == "VALID" and (shp[0] - arch.depth * (arch.filter_shape[0] - 1) < 1
+                                        or shp[1] - arch.depth * (arch.filter_shape[1] - 1) < 1):
+            raise ValueError(f"in_shape: {shp[:2]} images are too small for {arch.depth} VALID "
+                             f"convolutions with filter {arch.filter_shape}")
+    return shp
+
+
+def _check_alpha(alpha) -> float:
+    V.positive_float("alpha", alpha, allow_zero=True)
+    return float(alpha)
+
+
+def network(arch: kernels.Arch, width: int, out_dim: int, *, key, in_shape, alpha: float = 1.0,
+            dtype=jnp.float32) -> Network:
+    """The Flax NNX network of `arch` at hidden width `width` with `out_dim` outputs.
+
+    Args:
+      arch: a `sslntk.kernels.Arch` (`kernels.mlp(...)` / `kernels.cnn(...)`), the SAME spec the
+        kernels use. width: hidden width (channels for a CNN), >= 1. out_dim: embedding dim k >= 1.
+      key: a `jax.random` key; parameters are drawn as `stax_network(arch, width, out_dim)`'s
+        `init_fn(key, (-1, *in_shape))` draws them (same key → same parameters as neural-tangents,
+        drawn in JAX's default float dtype and then cast to `dtype`).
+      in_shape: per-example input shape, e.g. `(64,)` or `(8, 8, 1)` (NHWC) — needed to size the
+        first layer; a CNN requires `(H, W, C)`.
+      alpha: small-init scale α >= 0: `f_θ = g_θ − (1 − α)·g_θ₀`, so `f = α·g_θ₀` at init.
+      dtype: float32 (default) or float64.
+    """
+    if not isinstance(arch, kernels.Arch):
+        raise TypeError(f"arch: expected a sslntk.kernels.Arch (kernels.mlp/cnn), got "
+                        f"{type(arch).__name__}")
+    V.positive_int("width", width)
+    V.positive_int("out_dim", out_dim)
+    _check_key(key)
+    shp = _check_in_shape(arch, in_shape)
+    alpha = _check_alpha(alpha)
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.float32, jnp.float64):
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    if arch.activation not in SUPPORTED_ACTIVATIONS:
+        activation_fn(arch)  # raises naming the activation
+    default = jnp.zeros(()).dtype  # what stax's random.normal draws (float64 under x64)
+    theta, rng = [], key
+    for kind, wshape, bshape in _layer_plan(arch, int(width), int(out_dim), shp):
+        rng, layer_rng = jax.random.split(rng)
+        if kind is None:
+            continue
+        k1, k2 = jax.random.split(layer_rng)
+        theta.append((jax.random.normal(k1, wshape, default).astype(dtype),
+                      jax.random.normal(k2, bshape, default).astype(dtype)))
+    return Network(arch, width, out_dim, shp, theta, theta, alpha)
+
+
+def linearize(model: Network) -> Linearized:
+    """The first-order Taylor expansion in θ of `model` around its init θ₀ (see `Linearized`).
+    Its trainable parameters start at the model's current θ; `model` is not modified."""
+    if not isinstance(model, Network):
+        raise TypeError(f"model: expected a sslntk.finite Network, got {type(model).__name__}")
+    return Linearized(model.arch, model.width, model.out_dim, model.in_shape, model.theta,
+                      model.theta0, model.alpha)
+
+
+def _nt_layout(model: Network) -> list:
+    return _layer_plan(model.arch, model.width, model.out_dim, model.in_shape)
+
+
+def to_nt_params(model: Network, *, init: bool = False) -> list:
+    """The parameters (θ, or θ₀ with `init=True`) as neural-tangents' `init_fn` params pytree for
+    `kernels.stax_network(model.arch, model.width, model.out_dim)`: a list with `(W, b)` per
+    Dense/Conv layer and `()` per parameter-free layer."""
+    it = iter(model.theta0 if init else model.theta)
+    return [() if kind is None else tuple(next(it)) for kind, _, _ in _nt_layout(model)]
+
+
+def from_nt_params(model: Network, params, *, init: bool = True) -> Network:
+    """Load neural-tangents `init_fn` params into `model` in place (θ; and θ₀ too when `init=True`,
+    so that the loaded point is the network's initialisation). Shapes are checked; values are cast
+    to the model's dtype. Returns `model`."""
+    plan = _nt_layout(model)
+    if not isinstance(params, (list, tuple)) or len(params) != len(plan):
+        raise ValueError(f"params: expected the neural-tangents params list of {len(plan)} layers "
+                         f"for this {model.arch.kind} (width {model.width}), got "
+                         f"{type(params).__name__} of length {len(params) if hasattr(params, '__len__') else '?'}")
+    layers = iter(model.layers)
+    for i, ((kind, wshape, bshape), p) in enumerate(zip(plan, params)):
+        if kind is None:
+            continue
+        if not isinstance(p, (list, tuple)) or len(p) != 2:
+            raise ValueError(f"params[{i}]: expected a (W, b) pair, got {type(p).__name__}")
+        W, b = (jnp.asarray(a) for a in p)
+        if W.shape != wshape or b.shape != bshape:
+            raise ValueError(f"params[{i}]: expected W {wshape} and b {bshape}, got W "
+                             f"{W.shape} and b {b.shape}")
+        layer = next(layers)
+        layer.W.value, layer.b.value = W.astype(model.dtype), b.astype(model.dtype)
+        if init:
+            layer.W0.value, layer.b0.value = W.astype(model.dtype), b.astype(model.dtype)
+    return model
+
+
+def n_params(model: Network) -> int:
+    """Number of trainable scalars."""
+    return int(sum(math.prod(a.shape) for pair in model.theta for a in pair))

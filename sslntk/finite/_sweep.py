@@ -1,0 +1,328 @@
+"""Width sweeps: how far finite networks leave the kernel prediction, and how that scales with width.
+
+For every width and seed: build `network(arch, width, k, alpha=α)`, train it by `train` (GD by
+default), solve the kernel dynamics `sslntk.dynamics.solve(K, loss, f₀, ts)` with
+`K = kernels.ntk(arch, views)` and the SAME `f₀` = the network's own initial function (and
+`K_test_train`, `f0_test` on held-out points), and compare on the same `ts` grid:
+
+- relative function deviation `δ(t) = ‖f_net(t) − f_ker(t)‖_F / ‖f_ker(t)‖_F` (train views and
+  held-out points);
+- kernel drift `‖Θ_T − Θ_0‖_F / ‖Θ_0‖_F` (empirical NTK at the end vs init) and the init error
+  `‖Θ_0 − K‖_F / ‖K‖_F` against the analytic NTK (on the first `drift_points` views);
+- eigenvalues of the cross-correlation `C(t)` (`metrics.cross_correlation_spectrum`) and the step
+  times (`metrics.step_times`) of both;
+- the fitted exponent `b` of `max_{t ≤ window} δ(t) ∝ width^b` (`fit_exponent`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+
+from sslntk import _io, dynamics, kernels, metrics
+from sslntk import _validate as V
+from sslntk._progress import Progress
+from sslntk.finite._network import network
+from sslntk.finite._ntk import empirical_ntk
+from sslntk.finite._train import (
+    _check_loss,
+    _stacked_inputs,
+    save_steps,
+    stack_models,
+    train,
+    train_batched,
+    unstack_model,
+)
+
+
+def relative_deviation(f, f_ref) -> jax.Array:
+    """`‖f − f_ref‖_F / ‖f_ref‖_F` over the last two axes, `(..., N, k)` → `(...,)`."""
+    f, f_ref = jnp.asarray(f), jnp.asarray(f_ref)
+    num = jnp.sqrt(jnp.sum((f - f_ref) ** 2, axis=(-2, -1)))
+    return num / jnp.sqrt(jnp.sum(f_ref**2, axis=(-2, -1)))
+
+
+@dataclass(frozen=True)
+class ExponentFit:
+    """`log δ = a + b·log width` fitted by least squares over all (width, seed) points.
+
+    slope: b. intercept: a. ci_t: 95 % t-interval of b (OLS standard error, df = N − 2).
+    ci_boot: 95 % percentile interval of b from `n_boot` bootstrap resamples of the seeds within
+    each width (captures the seed-to-seed spread without assuming Gaussian residuals).
+    """
+
+    slope: float
+    intercept: float
+    ci_t: tuple[float, float]
+    ci_boot: tuple[float, float]
+    n_points: int
+
+    def as_dict(self) -> dict:
+        return dict(slope=self.slope, intercept=self.intercept, ci_t=list(self.ci_t),
+                    ci_boot=list(self.ci_boot), n_points=self.n_points)
+
+
+def fit_exponent(widths, dev, *, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> ExponentFit:
+    """Fit `dev ∝ width^b`: `widths (W,)`, `dev (W, S)` positive deviations (seeds along axis 1).
+    Returns an `ExponentFit` with the OLS slope, its t-interval and a seed-bootstrap interval."""
+    w = np.asarray(widths, dtype=np.float64)
+    d = np.asarray(dev, dtype=np.float64)
+    if d.ndim == 1:
+        d = d[:, None]
+    if w.ndim != 1 or d.shape[0] != w.shape[0] or w.shape[0] < 2:
+        raise ValueError(f"widths, dev: expected (W,) with W >= 2 and (W, S), got {w.shape}, "
+                         f"{d.shape}")
+    if not (np.all(np.isfinite(d)) and np.all(d > 0) and np.all(w > 0)):
+        raise ValueError("dev: expected finite, positive deviations (a failed run leaves NaN)")
+    S = d.shape[1]
+    X = np.repeat(np.log(w), S)
+    Y = np.log(d).ravel()
+    N = X.size
+
+    def ols(x, y):
+        xm = x.mean()
+        b = np.sum((x - xm) * (y - y.mean())) / np.sum((x - xm) ** 2)
+        return b, y.mean() - b * xm
+
+    b, a = ols(X, Y)
+    if N > 2:
+        resid = Y - (a + b * X)
+        se = np.sqrt(np.sum(resid**2) / (N - 2) / np.sum((X - X.mean()) ** 2))
+        q = scipy.stats.t.ppf(0.5 + level / 2, N - 2)
+        ci_t = (float(b - q * se), float(b + q * se))
+    else:
+        ci_t = (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    logd = np.log(d)
+    for i in range(n_boot):
+        idx = rng.integers(0, S, size=d.shape)
+        boots[i] = ols(X, np.take_along_axis(logd, idx, axis=1).ravel())[0]
+    lo, hi = np.quantile(boots, [0.5 - level / 2, 0.5 + level / 2])
+    return ExponentFit(float(b), float(a), ci_t, (float(lo), float(hi)), int(N))
+
+
+@dataclass(frozen=True)
+class WidthSweep:
+    """Result of `width_sweep` (arrays indexed [width, seed, time, ...]).
+
+    widths (W,), seeds (S,), ts (T,) times (t = lr·step); method: the kernel solver used.
+    dev_train, dev_test: (W, S, T) relative function deviation (dev_test None without x_test).
+    deviation: (W, S) max of dev_train over t ≤ window (window = ts[-1] unless given).
+    kernel_drift: (W, S) ‖Θ_end − Θ_0‖_F/‖Θ_0‖_F. init_kernel_error: (W, S) ‖Θ_0 − K‖_F/‖K‖_F.
+    spectra_net, spectra_ker: (W, S, T, k) eigenvalues of C(t). step_times_net, step_times_ker:
+    (W, S, k). loss_net, loss_ker: (W, S, T). exponent: `ExponentFit` of `deviation` vs width
+    (None with one width). seconds: (W,) wall time per width. lr_rate: (W, S) lr·ρ.
+    """
+
+    widths: np.ndarray
+    seeds: np.ndarray
+    ts: np.ndarray
+    method: str
+    window: float
+    dev_train: np.ndarray
+    dev_test: np.ndarray | None
+    deviation: np.ndarray
+    kernel_drift: np.ndarray
+    init_kernel_error: np.ndarray
+    spectra_net: np.ndarray
+    spectra_ker: np.ndarray
+    step_times_net: np.ndarray
+    step_times_ker: np.ndarray
+    loss_net: np.ndarray
+    loss_ker: np.ndarray
+    seconds: np.ndarray
+    lr_rate: np.ndarray
+    exponent: ExponentFit | None = None
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-ready summary (per-width means/max and the exponent)."""
+        out = dict(widths=self.widths.tolist(), seeds=self.seeds.tolist(), method=self.method,
+                   window=self.window,
+                   deviation_mean=self.deviation.mean(1).tolist(),
+                   deviation_max=self.deviation.max(1).tolist(),
+                   kernel_drift_mean=self.kernel_drift.mean(1).tolist(),
+                   init_kernel_error_mean=self.init_kernel_error.mean(1).tolist(),
+                   seconds=self.seconds.tolist())
+        if self.dev_test is not None:
+            w = self.ts <= self.window
+            out["deviation_test_mean"] = self.dev_test[:, :, w].max(-1).mean(1).tolist()
+        if self.exponent is not None:
+            out["exponent"] = self.exponent.as_dict()
+        return out
+
+
+_FIELDS = ("dev_train", "dev_test", "kernel_drift", "init_kernel_error", "spectra_net",
+           "spectra_ker", "step_times_net", "step_times_ker", "loss_net", "loss_ker", "lr_rate")
+
+
+def _default_method():
+    return "gd" if importlib.util.find_spec("sslntk.dynamics._gd") is not None else "ode"
+
+
+def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *, alpha: float,
+                lr: float, steps: int, ts=None, x_test=None, out_dim: int = 4,
+                method: str | None = None, window: float | None = None, optimizer: str = "gd",
+                batch_size: int | None = None, vmap_seeds: bool = True, drift_points: int = 256,
+                solve_options: dict | None = None, checkpoint=None,
+                progress: bool = True) -> WidthSweep:
+    """Finite networks of several widths × seeds against the kernel trajectory from the same f₀.
+
+    Args:
+      arch: `sslntk.kernels.Arch`. views: `Views` or stacked `(2n, *in_shape)` (dtype sets the
+        network dtype). loss: `Loss`/name. widths: increasing positive ints. seeds: an int S (seeds
+        0..S−1) or a sequence of ints; network `(w, s)` is drawn from
+        `fold_in(jax.random.key(s), w)`.
+      alpha: small-init scale (DESIGN.md). lr, steps, ts, optimizer, batch_size: as `train`
+        (the save grid is `lr·rint(ts/lr)`, shared with the kernel solve).
+      x_test: held-out inputs `(m, *in_shape)`. out_dim: embedding dimension k.
+      method: kernel solver for `dynamics.solve`: default "gd" at the same `lr` when installed
+        (isolates the finite-width effect from time discretisation), else "ode" (gradient flow).
+      window: summary `deviation = max_{t ≤ window} dev_train` (default: the last time).
+      vmap_seeds: train all seeds of a width together (`jax.vmap`); False: one after another.
+      drift_points: number of train views (the first ones) for the empirical-NTK drift/init error.
+      solve_options: extra options for `dynamics.solve` (e.g. `rtol`).
+      checkpoint: a directory; each finished width is saved (atomically) and skipped on resume.
+    """
+    if not isinstance(arch, kernels.Arch):
+        raise TypeError(f"arch: expected a sslntk.kernels.Arch, got {type(arch).__name__}")
+    widths = [V.positive_int("widths[i]", w) for w in widths]
+    if not widths or any(b <= a for a, b in zip(widths, widths[1:])):
+        raise ValueError(f"widths: expected a non-empty increasing sequence, got {widths}")
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        seeds = list(range(V.positive_int("seeds", seeds)))
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected a count >= 1 or distinct ints, got {seeds}")
+    out_dim = V.positive_int("out_dim", out_dim)
+    x = getattr(views, "stacked", views)
+    x = V.stacked_views("views", x, ndim=range(2, 6))
+    in_shape = tuple(x.shape[1:])
+    probe = network(arch, 1, out_dim, key=jax.random.key(0), in_shape=in_shape, alpha=alpha,
+                    dtype=x.dtype)
+    x = _stacked_inputs(views, probe)
+    loss = _check_loss(loss, x, probe)
+    V.positive_float("lr", lr)
+    steps = V.positive_int("steps", steps)
+    s_save = save_steps(float(lr), steps, ts)
+    tgrid = s_save * float(lr)
+    method = _default_method() if method is None else method
+    V.choice("method", method, list(dynamics.METHODS))
+    opts = dict(solve_options or {})
+    if method == "gd":
+        opts.setdefault("lr", float(lr))
+    window = float(tgrid[-1]) if window is None else float(V.positive_float("window", window))
+    xt = None if x_test is None else V.as_float_array("x_test", x_test)
+    if xt is not None and xt.shape[1:] != x.shape[1:]:
+        raise ValueError(f"x_test: expected shape (m, {', '.join(map(str, in_shape))}), got "
+                         f"{tuple(xt.shape)}")
+    nd = min(V.positive_int("drift_points", drift_points), x.shape[0])
+
+    K = _ntk(arch, x)
+    Ktt = None if xt is None else _ntk(arch, xt, x)
+    K_drift = K[:nd, :nd]
+    ckdir = Path(checkpoint) if checkpoint is not None else None
+    W, S, T = len(widths), len(seeds), len(s_save)
+    res: dict[str, list] = {name: [] for name in _FIELDS}
+    seconds = []
+
+    with Progress(W, "width sweep", enabled=progress) as prog:
+        for w in widths:
+            cfile = None if ckdir is None else ckdir / f"width_{w}.npz"
+            if cfile is not None and cfile.exists():
+                z = _io.load_npz(cfile)
+                if (z["seeds"].tolist() == seeds and np.array_equal(z["ts"], tgrid)
+                        and str(z["tag"]) == _tag(arch, loss, alpha, lr, optimizer, method, x)):
+                    for name in _FIELDS:
+                        res[name].append(z[name] if name in z else None)
+                    seconds.append(float(z["seconds"]))
+                    prog.update(1, width=w, resumed=1)
+                    continue
+            t0 = time.perf_counter()
+            models = [network(arch, w, out_dim, key=jax.random.fold_in(jax.random.key(s), w),
+                              in_shape=in_shape, alpha=alpha, dtype=x.dtype) for s in seeds]
+            keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 10**9 + w) for s in seeds])
+            kw = dict(lr=lr, steps=steps, optimizer=optimizer, batch_size=batch_size, ts=tgrid,
+                      x_test=xt, progress=False)
+            if vmap_seeds and S > 1:
+                r = train_batched(stack_models(models), x, loss, keys=keys, **kw)
+                f_net = np.moveaxis(np.asarray(r.f), 1, 0)                 # (S, T, 2n, k)
+                ft_net = None if xt is None else np.moveaxis(np.asarray(r.f_test), 1, 0)
+                l_net = np.asarray(r.loss).T
+                trained = [unstack_model(r.params, i) for i in range(S)]
+                rate = np.asarray(r.lr_rate) if r.lr_rate is not None else np.full(S, np.nan)
+            else:
+                rs = [train(m, x, loss, key=k, **kw) for m, k in zip(models, keys)]
+                f_net = np.stack([np.asarray(r.f) for r in rs])
+                ft_net = None if xt is None else np.stack([np.asarray(r.f_test) for r in rs])
+                l_net = np.stack([np.asarray(r.loss) for r in rs])
+                trained = [r.model for r in rs]
+                rate = np.array([np.nan if r.lr_rate is None else float(r.lr_rate) for r in rs])
+            f_ker, ft_ker, l_ker, drift, err0 = [], [], [], [], []
+            for m, mt in zip(models, trained):
+                f0 = m(x)
+                f0t = None if xt is None else m(xt)
+                traj = dynamics.solve(K, loss, f0, jnp.asarray(tgrid, x.dtype), method=method,
+                                      K_test_train=Ktt, f0_test=f0t, **opts)
+                f_ker.append(np.asarray(traj.f))
+                ft_ker.append(None if xt is None else np.asarray(traj.f_test))
+                l_ker.append(np.asarray(traj.loss))
+                th0 = np.asarray(empirical_ntk(m, x[:nd]))
+                th1 = np.asarray(empirical_ntk(mt, x[:nd]))
+                drift.append(np.linalg.norm(th1 - th0) / np.linalg.norm(th0))
+                err0.append(np.linalg.norm(th0 - np.asarray(K_drift)) / np.linalg.norm(K_drift))
+            f_ker = np.stack(f_ker)
+            res["dev_train"].append(np.asarray(relative_deviation(f_net, f_ker)))
+            res["dev_test"].append(None if xt is None else
+                                   np.asarray(relative_deviation(ft_net, np.stack(ft_ker))))
+            res["kernel_drift"].append(np.array(drift))
+            res["init_kernel_error"].append(np.array(err0))
+            sn = np.asarray(metrics.cross_correlation_spectrum(jnp.asarray(f_net)))
+            sk = np.asarray(metrics.cross_correlation_spectrum(jnp.asarray(f_ker)))
+            res["spectra_net"].append(sn)
+            res["spectra_ker"].append(sk)
+            res["step_times_net"].append(np.asarray(metrics.step_times(sn, tgrid)))
+            res["step_times_ker"].append(np.asarray(metrics.step_times(sk, tgrid)))
+            res["loss_net"].append(l_net)
+            res["loss_ker"].append(np.stack(l_ker))
+            res["lr_rate"].append(rate)
+            seconds.append(time.perf_counter() - t0)
+            if cfile is not None:
+                arrays = {n: res[n][-1] for n in _FIELDS if res[n][-1] is not None}
+                _io.atomic_write_npz(cfile, seeds=np.array(seeds), ts=tgrid,
+                                     seconds=np.array(seconds[-1]),
+                                     tag=np.array(_tag(arch, loss, alpha, lr, optimizer, method,
+                                                       x)), **arrays)
+            prog.update(1, width=w, dev=float(np.max(res["dev_train"][-1][:, tgrid <= window])))
+    arr = {n: (None if res[n][0] is None else np.stack(res[n])) for n in _FIELDS}
+    wmask = tgrid <= window
+    deviation = arr["dev_train"][:, :, wmask].max(-1)
+    fit = None
+    if W >= 2 and np.all(np.isfinite(deviation)) and np.all(deviation > 0):
+        fit = fit_exponent(widths, deviation)
+    return WidthSweep(widths=np.array(widths), seeds=np.array(seeds), ts=tgrid, method=method,
+                      window=window, deviation=deviation, seconds=np.array(seconds),
+                      exponent=fit, **arr)
+
+
+def _ntk(arch, x1, x2=None):
+    if hasattr(kernels, "ntk"):
+        return kernels.ntk(arch, x1, x2)
+    return kernels.stax_network(arch)[2](x1, x2, "ntk")  # TEMP until kernels.ntk lands
+
+
+def _tag(arch, loss, alpha, lr, optimizer, method, x) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(np.asarray(x)).tobytes()).hexdigest()[:16]
+    return f"{arch!r}|{loss!r}|{alpha!r}|{lr!r}|{optimizer}|{method}|{h}"
+

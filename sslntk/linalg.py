@@ -1,0 +1,316 @@
+"""Top-m eigensolvers for kernel matrices and a reusable decomposition for the eigen-reduced solver.
+
+Two eigenproblems appear in the kernel-regime dynamics (DESIGN.md "Solvers", issue [F]):
+
+* ``kind="kernel"``: the top-m eigenpairs of the kernel ``K`` itself, ``K u = λ u``.
+* ``kind="contrastive"``: the top-m eigenpairs of ``M = K^{1/2} Z K^{1/2} / 2n`` (stepwise digest §6),
+  computed WITHOUT ``K^{1/2}`` as the K-self-adjoint pencil ``(K Z K / 2n) a = γ K a`` — equivalently
+  ``(Z K / 2n) a = γ a`` with ``aᵀ K a = 1``. The eigenvectors of ``M`` are ``b = K^{1/2} a``.
+
+Both are stored in one form, :class:`EigenDecomposition`, built around a pair ``(A, E)`` of
+``(2n, m)`` matrices with ``E = K A`` and ``Aᵀ K A = I_m``:
+
+* kernel kind:       ``A = U Λ^{-1/2}``, ``E = U Λ^{1/2}`` (``U`` orthonormal eigenvectors of ``K``);
+* contrastive kind:  ``A`` = K-orthonormal generalised eigenvectors, ``E = K A`` (``EᵀZE/2n = Γ``).
+
+In both, ``K_m = E Eᵀ`` is a rank-m kernel with ``K − K_m ⪰ 0`` (``K^{1/2} A`` has orthonormal
+columns), and the eigen-reduced dynamics of ``sslntk.dynamics`` are the EXACT kernel flow under
+``K_m`` (see ``sslntk/dynamics/_eigen.py``).
+
+Algorithms (all jittable, static sizes):
+
+* ``method="eigh"``: dense ``jnp.linalg.eigh`` (kernel kind: one ``eigh`` of ``K``; contrastive
+  kind: ``eigh(K)`` for ``K^{1/2}`` with a round-off cut-off, then ``eigh(M)``). O(N³); exact.
+* ``method="krylov"``: randomised block Krylov (block Lanczos with full re-orthogonalisation and a
+  Rayleigh–Ritz step; Musco & Musco 2015, "Randomized block Krylov methods for stronger and faster
+  approximate SVD"). The Krylov space of ``T = Z K / 2n`` (or ``K``) is built with a Euclidean
+  orthonormal basis ``Q`` (robust QR) and ONE product ``K @ block`` per block; the Rayleigh–Ritz
+  step solves the small generalised problem ``(Pᵀ Z P / 2n) v = θ (Qᵀ P) v`` with ``P = K Q``.
+  Cost ``(depth + 1)`` products ``K @ (N, b)`` plus ``O(N (depth·b)²)``: no O(N³) work.
+* ``method="subspace"``: randomised subspace iteration (the same, keeping only the last block;
+  Halko, Martinsson & Tropp 2011, Alg. 4.4) — slower to converge, kept for comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from sslntk import _validate as V
+
+KINDS = ("kernel", "contrastive")
+METHODS = ("auto", "eigh", "krylov", "subspace")
+
+# Below this size "auto" uses the dense eigh (exact and, at this size, about as fast).
+DENSE_MAX_N = 1024
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class EigenDecomposition:
+    """Top-m eigenpairs of a kernel (``kind="kernel"``) or of its contrastive matrix
+    ``M = K^{1/2} Z K^{1/2}/2n`` (``kind="contrastive"``), in the form the eigen-reduced solver uses.
+
+    Compute it once per kernel with :func:`eigen_decomposition` and pass it as ``decomposition=``
+    to every solve that shares the kernel (it does not depend on ``f0``, ``α`` or loss constants).
+
+    Attributes:
+      values: ``(m,)`` eigenvalues, descending (``λ_j`` of K, or ``γ_j`` of M).
+      vectors: ``(N, m)`` the matrix ``A`` (reduced coordinates are ``w = Aᵀ f``), ``Aᵀ K A = I``.
+      lift: ``(N, m)`` the matrix ``E = K A`` (``f = f₀ + E (w − w₀)``); ``K_m = E Eᵀ``.
+      trace: ``tr K``.
+      tail_norm: estimate of ``‖K − E Eᵀ‖₂`` (block power iteration on the PSD remainder; from below,
+        converged to ~1e-3 relative), used by the solver's discarded-spectrum bound.
+      residual: ``(m,)`` relative eigen-residuals ``‖T a − θ a‖ / (|θ| ‖a‖ + ‖T‖·eps)`` with
+        ``T = Z K/2n`` or ``K`` (computed from stored products; a convergence diagnostic).
+      kind: ``"kernel"`` or ``"contrastive"`` (static).
+      method: the algorithm that produced it (static).
+    """
+
+    values: jax.Array
+    vectors: jax.Array
+    lift: jax.Array
+    trace: jax.Array
+    tail_norm: jax.Array
+    residual: jax.Array
+    kind: str = dataclasses.field(default="contrastive", metadata=dict(static=True))
+    method: str = dataclasses.field(default="eigh", metadata=dict(static=True))
+
+    @property
+    def m(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def n_points(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def discarded_mass(self) -> jax.Array:
+        """``tr(K − E Eᵀ) = tr K − ‖E‖_F²`` ≥ ``tail_norm`` (the kernel mass the reduction drops)."""
+        return self.trace - jnp.sum(self.lift**2)
+
+
+def pair_flip(X: jax.Array) -> jax.Array:
+    """``Z @ X`` for the positive-pair matrix ``Z = [[0, I], [I, 0]]`` (swaps the two view halves)."""
+    n = X.shape[0] // 2
+    return jnp.concatenate([X[n:], X[:n]], axis=0)
+
+
+def _descending_eigh(S):
+    w, V_ = jnp.linalg.eigh(S)
+    return w[::-1], V_[:, ::-1]
+
+
+def _whitened_rayleigh_ritz(S, G, cut):
+    """Eigenpairs of the small pencil ``S v = θ G v`` (``G`` PSD, possibly singular).
+
+    ``G`` is whitened by its eigendecomposition; directions with ``g < cut·max g`` (numerically
+    dependent basis vectors) are dropped by giving them θ = −inf, so sizes stay static."""
+    g, Vg = jnp.linalg.eigh(G)
+    keep = g > cut * jnp.max(g)
+    W = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, g, 1.0)), 0.0)
+    Wm = Vg * W
+    St = Wm.T @ S @ Wm
+    St = 0.5 * (St + St.T)
+    th, Vt = jnp.linalg.eigh(St)
+    # Dropped directions have zero rows/cols in St: push their eigenvalues to the bottom.
+    dead = jnp.sum(Vt**2 * (~keep)[:, None], axis=0) > 0.5
+    th = jnp.where(dead, -jnp.inf, th)
+    order = jnp.argsort(-th)
+    return th[order], (Wm @ Vt)[:, order]
+
+
+def _kernel_pair(lam, U):
+    """``(A, E) = (U Λ^{-1/2}, U Λ^{1/2})`` (``Aᵀ K A = I``, ``E = K A``); eigenvalues at round-off
+    level (``λ <= 0``) give zero columns: those directions are K's null space, frozen by the flow."""
+    pos = lam > 0
+    sq = jnp.sqrt(jnp.where(pos, lam, 1.0))
+    return U * jnp.where(pos, 1.0 / sq, 0.0), U * jnp.where(pos, sq, 0.0)
+
+
+def _orthonormalize(Y, Q_prev):
+    """Euclidean block Gram–Schmidt of ``Y`` against ``Q_prev`` (twice: "twice is enough"), then QR."""
+    for _ in range(2):
+        if Q_prev is not None:
+            Y = Y - Q_prev @ (Q_prev.T @ Y)
+        Y, _ = jnp.linalg.qr(Y)
+    return Y
+
+
+@partial(jax.jit, static_argnames=("m", "kind", "block", "depth", "krylov"))
+def _krylov(K, key, *, m, kind, block, depth, krylov):
+    N = K.shape[0]
+    dtype = K.dtype
+    n2 = jnp.asarray(N, dtype)
+    Y = jax.random.normal(key, (N, block), dtype)
+    Qs, Ps = [], []
+    Q = _orthonormalize(Y, None)
+    for it in range(depth + 1):
+        P = K @ Q                                    # the one O(N² b) product per block
+        if krylov:
+            Qs.append(Q)
+            Ps.append(P)
+        else:
+            Qs, Ps = [Q], [P]
+        if it == depth:
+            break
+        Y = pair_flip(P) / n2 if kind == "contrastive" else P
+        Q = _orthonormalize(Y, jnp.concatenate(Qs, axis=1) if krylov else None)
+    Qa = jnp.concatenate(Qs, axis=1)
+    Pa = jnp.concatenate(Ps, axis=1)
+    eps = jnp.finfo(dtype).eps
+    if kind == "contrastive":
+        S = Pa.T @ pair_flip(Pa) / n2                # Qᵀ K Z K Q / 2n
+        G = Qa.T @ Pa                                # Qᵀ K Q
+        S, G = 0.5 * (S + S.T), 0.5 * (G + G.T)
+        th, Vv = _whitened_rayleigh_ritz(S, G, cut=100 * eps)
+        th, Vv = th[:m], Vv[:, :m]
+        A = Qa @ Vv
+        E = Pa @ Vv
+        # Re-impose Aᵀ K A = I exactly (cheap: m x m) so that K − E Eᵀ is PSD.
+        Gm = A.T @ E
+        Gm = 0.5 * (Gm + Gm.T)
+        Lc = jnp.linalg.cholesky(Gm)
+        A = jax.scipy.linalg.solve_triangular(Lc, A.T, lower=True).T
+        E = jax.scipy.linalg.solve_triangular(Lc, E.T, lower=True).T
+        res_vec = pair_flip(E) / n2 - A * th             # T a − θ a with T = Z K / 2n
+        a_norm = jnp.linalg.norm(A, axis=0)
+        T_norm = jnp.max(jnp.abs(th))
+        res = jnp.linalg.norm(res_vec, axis=0) / (jnp.abs(th) * a_norm + T_norm * eps * a_norm)
+        return th, A, E, res
+    S = Qa.T @ Pa
+    S = 0.5 * (S + S.T)
+    th, Vv = _descending_eigh(S)
+    th, Vv = th[:m], Vv[:, :m]
+    U = Qa @ Vv
+    KU = Pa @ Vv
+    res = jnp.linalg.norm(KU - U * th, axis=0) / (jnp.abs(th) + jnp.max(jnp.abs(th)) * eps)
+    A, E = _kernel_pair(th, U)
+    return th, A, E, res
+
+
+@partial(jax.jit, static_argnames=("m", "kind"))
+def _dense(K, *, m, kind):
+    N = K.shape[0]
+    dtype = K.dtype
+    eps = jnp.finfo(dtype).eps
+    lam, U = _descending_eigh(0.5 * (K + K.T))
+    if kind == "kernel":
+        lam, U = lam[:m], U[:, :m]
+        A, E = _kernel_pair(lam, U)
+        return lam, A, E, jnp.zeros((m,), dtype)
+    # Contrastive: K^{1/2} with a round-off cut-off (eigenvalues below N·eps·λ_max are K's null
+    # space, frozen under the flow anyway), M = K^{1/2} Z K^{1/2}/2n, then A = K^{+1/2} B.
+    keep = lam > N * eps * lam[0]
+    sq = jnp.where(keep, jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
+    isq = jnp.where(keep, 1.0 / jnp.where(keep, sq, 1.0), 0.0)
+    Kh = (U * sq) @ U.T
+    Mx = Kh @ pair_flip(Kh) / N
+    gam, B = _descending_eigh(0.5 * (Mx + Mx.T))
+    gam, B = gam[:m], B[:, :m]
+    UtB = U.T @ B
+    A = U @ (isq[:, None] * UtB)
+    E = U @ (sq[:, None] * UtB)
+    res = jnp.zeros((m,), dtype)
+    return gam, A, E, res
+
+
+@partial(jax.jit, static_argnames=("iters", "block"))
+def _tail_norm(K, E, key, *, iters=30, block=4):
+    """‖K − E Eᵀ‖₂ by block power iteration (the remainder is PSD, so the estimate is from below)."""
+    X = jax.random.normal(key, (K.shape[0], block), K.dtype)
+
+    def body(X, _):
+        Y = K @ X - E @ (E.T @ X)
+        Q, _ = jnp.linalg.qr(Y)
+        return Q, None
+
+    X, _ = jax.lax.scan(body, jnp.linalg.qr(X)[0], None, length=iters)
+    Y = K @ X - E @ (E.T @ X)
+    S = X.T @ Y
+    return jnp.max(jnp.linalg.eigvalsh(0.5 * (S + S.T)))
+
+
+def default_block(m: int, N: int) -> int:
+    """Krylov block size: m plus an oversampling of max(8, m/4), at most N."""
+    return int(min(N, m + max(8, m // 4)))
+
+
+def eigen_decomposition(K, m: int, kind: str = "contrastive", *, method: str = "auto",
+                        key: jax.Array | None = None, block: int | None = None,
+                        depth: int | None = None, tail_iters: int = 30) -> EigenDecomposition:
+    """Top-``m`` eigenpairs of ``K`` (``kind="kernel"``) or of ``M = K^{1/2} Z K^{1/2}/2n``
+    (``kind="contrastive"``), as a reusable :class:`EigenDecomposition`.
+
+    Args:
+      K: ``(N, N)`` symmetric PSD kernel over stacked views ``[a_1..a_n, b_1..b_n]`` (``N = 2n``).
+      m: number of eigenpairs, ``1 <= m <= N``.
+      kind: ``"contrastive"`` (for losses that depend on ``f`` only through
+        ``C = fᵀ Z f / 2n``) or ``"kernel"`` (any loss).
+      method: ``"eigh"`` (dense, exact, O(N³)), ``"krylov"`` (randomised block Krylov, default for
+        ``N > 1024``), ``"subspace"`` (randomised subspace iteration) or ``"auto"``.
+      key: PRNG key for the random start block (``"krylov"``/``"subspace"`` and the tail-norm
+        estimate); default ``jax.random.PRNGKey(0)``. Same key, same result.
+      block: Krylov block size (default ``m + max(8, m/4)``).
+      depth: number of Krylov blocks after the first (default 6 for krylov, 30 for subspace).
+      tail_iters: power iterations for ``tail_norm``.
+
+    Returns:
+      :class:`EigenDecomposition` with ``values`` descending. Under ``jax.jit`` pass ``m``, ``kind``,
+      ``method``, ``block`` and ``depth`` as static values.
+    """
+    K = V.square_kernel("K", K)
+    N = K.shape[0]
+    V.choice("kind", kind, KINDS)
+    V.choice("method", method, METHODS)
+    m = V.positive_int("m", m)
+    if m > N:
+        raise ValueError(f"m: expected 1 <= m <= N = {N} (the kernel's size), got m={m}")
+    if kind == "contrastive" and (N % 2 or N < 4):
+        raise ValueError(f"K: the contrastive kind needs stacked views [a_1..a_n, b_1..b_n] with an "
+                         f"even size N = 2n >= 4, got N={N}")
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    if method == "auto":
+        method = "eigh" if N <= DENSE_MAX_N else "krylov"
+    k_eig, k_tail = jax.random.split(key)
+    if method == "eigh":
+        vals, A, E, res = _dense(K, m=m, kind=kind)
+    else:
+        b = default_block(m, N) if block is None else V.positive_int("block", block)
+        if b < m:
+            raise ValueError(f"block: expected a Krylov block size >= m = {m}, got {b}")
+        b = min(b, N)
+        d = (6 if method == "krylov" else 30) if depth is None else V.positive_int(
+            "depth", depth, minimum=0)
+        if method == "krylov":
+            d = max(0, min(d, N // b - 1))            # the Krylov space cannot exceed N
+        vals, A, E, res = _krylov(K, k_eig, m=m, kind=kind, block=b, depth=d,
+                                  krylov=(method == "krylov"))
+    if m < N and tail_iters > 0:
+        tail = _tail_norm(K, E, k_tail, iters=int(tail_iters))
+    else:
+        tail = jnp.zeros((), K.dtype)
+    return EigenDecomposition(values=vals, vectors=A, lift=E, trace=jnp.trace(K),
+                              tail_norm=jnp.maximum(tail, 0.0), residual=res, kind=kind,
+                              method=method)
+
+
+def top_eigh(K, m: int, *, method: str = "auto", key=None, **kw) -> tuple[jax.Array, jax.Array]:
+    """Top-``m`` eigenpairs ``(λ (m,), U (N, m))`` of a symmetric PSD ``K``, descending."""
+    d = eigen_decomposition(K, m, "kernel", method=method, key=key, tail_iters=0, **kw)
+    # E = U Λ^{1/2}  →  U = E Λ^{-1/2}
+    return d.values, d.lift / jnp.sqrt(jnp.where(d.values > 0, d.values, 1.0))
+
+
+def contrastive_eigh(K, m: int, *, method: str = "auto", key=None, **kw
+                     ) -> tuple[jax.Array, jax.Array]:
+    """Top-``m`` eigenpairs of the contrastive problem, descending: ``(γ (m,), A (N, m))`` with
+    ``(Z K / 2n) A = A diag(γ)`` and ``Aᵀ K A = I``. The orthonormal eigenvectors of
+    ``M = K^{1/2} Z K^{1/2}/2n`` are ``B = K^{1/2} A`` (not formed here: sslntk never needs them)."""
+    d = eigen_decomposition(K, m, "contrastive", method=method, key=key, tail_iters=0, **kw)
+    return d.values, d.vectors

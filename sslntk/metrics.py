@@ -1,0 +1,581 @@
+"""Representation metrics: spectra, rank measures, alignment/uniformity, stability, step times and
+principal angles.
+
+Conventions (DESIGN.md):
+
+- **Batched over time.** Every function takes any number of leading batch axes (time, seeds, grid
+  points): `f: (..., N, k)` → `(...,)` or `(..., k)`. `f[t]` of a trajectory's `(T, 2n, k)` is one
+  frame; a whole trajectory is one call.
+- **Stacked views.** Functions that need the positive pairs (`alignment`, `uniformity`,
+  `cross_correlation_spectrum`, `group_views`) take `(..., 2n, k)` in the order
+  `[a_1..a_n, b_1..b_n]`; those that need several augmentations per sample (`stability`, `lidar`,
+  `center_vector`, `sample_means`) take grouped `(..., N, K, d)`; `group_views` converts.
+- **dtype-preserving, jittable.** float32 in, float32 out; every function can be called inside
+  `jax.jit`/`jax.vmap` (Python-level options are static). Value checks (NaN/inf, full column rank,
+  increasing times) run only on concrete arrays at the API boundary; shape/dtype checks always run.
+- **Undefined is NaN, documented.** An entropy rank of an all-zero spectrum (e.g. the embeddings
+  of an α = 0 initialisation, or a constant matrix after centring) is NaN, never 0/0 by accident:
+  means are taken relative to the first sample, so a constant input centres to exact zeros.
+
+Sources: `../shared/papers/jha2024_stability.md` (cited "Jha §x.y", with its tags [PAPER] /
+[REVIEW] / [RECON]), `simon2023_stepwise.md` (§8–§10, which "embedding eigenvalues"), and the
+metric papers named per function.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import solve_triangular
+from jax.scipy.special import logsumexp, xlogy
+
+from sslntk import _validate as V
+from sslntk.losses import cross_correlation
+
+__all__ = [
+    "Stability",
+    "alignment",
+    "alpha_req",
+    "center_vector",
+    "cross_correlation_spectrum",
+    "effective_rank",
+    "embedding_spectrum",
+    "group_views",
+    "lidar",
+    "principal_angles",
+    "rankme",
+    "sample_means",
+    "stability",
+    "step_times",
+    "uniformity",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# validation (on top of sslntk._validate; every check names the argument)
+
+
+def _batched(name: str, x, *, core: str, min_rows: int = 2, finite: bool = True) -> jax.Array:
+    """Float array of shape `(..., *core)`; the axis before the last (`N`) needs >= `min_rows`."""
+    arr = V.as_float_array(name, x, finite=finite)
+    ncore = len(core.split(","))
+    if arr.ndim < ncore:
+        raise ValueError(f"{name}: expected rank >= {ncore}, shape (..., {core}), got shape "
+                         f"{tuple(arr.shape)}")
+    if arr.shape[-1] < 1:
+        raise ValueError(f"{name}: expected a last axis of size >= 1, shape (..., {core}), "
+                         f"got shape {tuple(arr.shape)}")
+    if arr.shape[-2] < min_rows:
+        ax = core.split(",")[-2].strip()
+        raise ValueError(f"{name}: expected at least {min_rows} samples along {ax} (axis -2) of "
+                         f"shape (..., {core}), got shape {tuple(arr.shape)}")
+    return arr
+
+
+def _embeddings(name: str, f) -> jax.Array:
+    """`(..., N, k)` with N >= 2."""
+    return _batched(name, f, core="N, k")
+
+
+def _stacked(name: str, f) -> jax.Array:
+    """`(..., 2n, k)` in stacked view order with n >= 2 (as `_validate.stacked_views`, on axis -2)."""
+    arr = _batched(name, f, core="2n, k")
+    if arr.shape[-2] % 2 or arr.shape[-2] < 4:
+        raise ValueError(f"{name}: expected stacked views [a_1..a_n, b_1..b_n] with an even "
+                         f"axis -2 of size 2n >= 4, shape (..., 2n, k), got shape "
+                         f"{tuple(arr.shape)}")
+    return arr
+
+
+def _grouped(name: str, z, *, min_views: int) -> jax.Array:
+    """`(..., N, K, d)` with N >= 2 samples and K >= `min_views` views each."""
+    arr = V.as_float_array(name, z)
+    if arr.ndim < 3:
+        raise ValueError(f"{name}: expected rank >= 3, shape (..., N, K, d) (N samples x K "
+                         f"augmentations x d dims), got shape {tuple(arr.shape)}")
+    N, K, d = arr.shape[-3:]
+    if N < 2:
+        raise ValueError(f"{name}: expected at least 2 samples N (axis -3) of shape (..., N, K, d), "
+                         f"got shape {tuple(arr.shape)}")
+    if K < min_views:
+        raise ValueError(f"{name}: expected at least {min_views} augmentations K (axis -2) of "
+                         f"shape (..., N, K, d), got shape {tuple(arr.shape)}")
+    if d < 1:
+        raise ValueError(f"{name}: expected d >= 1 (axis -1), got shape {tuple(arr.shape)}")
+    return arr
+
+
+def _flag(name: str, v) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {v!r}")
+    return bool(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared numerics
+
+
+def _mean(x: jax.Array, axis: int) -> jax.Array:
+    """Mean along `axis` (kept), taken relative to the first entry: exact for constant input, so a
+    constant array centres to exact zeros (not to round-off that an entropy would call 'rank')."""
+    x0 = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+    return x0 + jnp.mean(x - x0, axis=axis, keepdims=True)
+
+
+def _center(x: jax.Array, axis: int) -> jax.Array:
+    return x - _mean(x, axis)
+
+
+def _unit_rows(f: jax.Array) -> jax.Array:
+    """`f / ||f||` along the last axis (rescaled first, so tiny embeddings do not underflow).
+    All-zero rows stay zero, as `torch.nn.functional.normalize` leaves them."""
+    m = jnp.max(jnp.abs(f), axis=-1, keepdims=True)
+    g = f / jnp.where(m > 0, m, 1)
+    nrm = jnp.linalg.norm(g, axis=-1, keepdims=True)
+    return g / jnp.where(nrm > 0, nrm, 1)
+
+
+def _pad_last(x: jax.Array, size: int) -> jax.Array:
+    """Zero-pad the last axis to `size` (spectra of N < k samples have only N values)."""
+    extra = size - x.shape[-1]
+    return x if extra <= 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
+
+
+def _entropy_rank(values: jax.Array, eps) -> jax.Array:
+    """`exp(-Σ p_i log p_i)`, `p_i = v_i / ||v||_1 + eps` over the last axis (0 log 0 = 0).
+
+    The shared core of effective rank (eps = 0), RankMe and LiDAR. NaN where `Σ v = 0`."""
+    total = jnp.sum(values, axis=-1, keepdims=True)
+    ok = total > 0
+    p = values / jnp.where(ok, total, 1) + eps
+    h = -jnp.sum(xlogy(p, p), axis=-1)
+    return jnp.where(ok[..., 0], jnp.exp(h), jnp.nan)
+
+
+def _singular_values(x: jax.Array) -> jax.Array:
+    return jnp.linalg.svd(x, compute_uv=False)
+
+
+def _covariance_spectrum(f: jax.Array, center: bool) -> jax.Array:
+    x = _center(f, -2) if center else f
+    ev = _singular_values(x) ** 2 / f.shape[-2]
+    return _pad_last(ev, f.shape[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# spectra
+
+
+def embedding_spectrum(f, *, center: bool = True) -> jax.Array:
+    """Eigenvalues (descending) of the embedding covariance, `(..., N, k)` → `(..., k)`.
+
+    `Σ = (1/N) Σ_i (f_i − f̄)(f_i − f̄)ᵀ` with `f̄ = (1/N) Σ_i f_i` (`center=True`, Jing et al. 2022,
+    Jha §3.4), or the uncentred second moment `(1/N) Σ_i f_i f_iᵀ` (`center=False`). Computed as
+    `σ²/N` from the singular values σ of the (centred) `(N, k)` matrix, not by `eigh` of `Σ`, so
+    small eigenvalues keep their relative accuracy (a rank-r input has k − r eigenvalues at
+    ~(eps·σ_max)²/N). When N < k the missing eigenvalues are exact zeros.
+
+    This is the "embedding covariance" of the stepwise paper's ResNet experiments (stepwise digest
+    §8 [V: blog], §9 check 12); for the eigenvalues the stepwise theory predicts (→ 1 each), see
+    `cross_correlation_spectrum` (stepwise §10: the two agree only if Σ and Γ commute).
+    """
+    f = _embeddings("f", f)
+    return _covariance_spectrum(f, _flag("center", center))
+
+
+def _cc_spectrum(f):
+    return jnp.linalg.eigvalsh(cross_correlation(f))[::-1]
+
+
+def cross_correlation_spectrum(f) -> jax.Array:
+    """Eigenvalues (descending) of the stepwise theory's cross-correlation, `(..., 2n, k)` → `(..., k)`.
+
+    `C = (f_aᵀ f_b + f_bᵀ f_a) / (2n)` (`sslntk.losses.cross_correlation`; DESIGN.md "Barlow Twins
+    (theory form)"; stepwise digest §2, §9 checks 1–2: eig(C) follows the logistic
+    `1/(1 + (1/c_j(0) − 1) e^{−8γ_j t})` and tends to 1 for each learned mode). Uncentred and not
+    standardised (stepwise §10). C is symmetric but may be indefinite: eigenvalues can be negative.
+    """
+    f = _stacked("f", f)
+    lead = f.shape[:-2]
+    flat = f.reshape((-1,) + f.shape[-2:])
+    return jax.vmap(_cc_spectrum)(flat).reshape(lead + f.shape[-1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# rank measures
+
+
+def effective_rank(f, *, center: bool = False) -> jax.Array:
+    """Effective rank of Roy & Vetterli (EUSIPCO 2007), `(..., N, k)` → `(...,)`.
+
+    `erank(F) = exp(−Σ_i p_i log p_i)`, `p_i = σ_i / Σ_j σ_j`, σ the `min(N, k)` singular values of F
+    (0 log 0 = 0; no ε). With `center=True` F is first centred over the N samples, which makes the
+    measure blind to the mean (then `σ_i = sqrt(N λ_i)` with λ from `embedding_spectrum`).
+    1 ≤ erank ≤ min(N, k); 1 for an exactly rank-one F. For i.i.d. isotropic Gaussian rows,
+    erank ≈ k (1 − k/(8N)) (Marchenko–Pastur spread of σ). NaN when all σ are 0 (F = 0, or a
+    constant F with `center=True`: Jha §4 check 13). RankMe (`rankme`) is this with ε = 1e-7.
+    """
+    f = _embeddings("f", f)
+    x = _center(f, -2) if _flag("center", center) else f
+    return _entropy_rank(_singular_values(x), 0.0)
+
+
+def rankme(f, *, eps: float = 1e-7) -> jax.Array:
+    """RankMe (Garrido, Balestriero, Najman, LeCun, ICML 2023), `(..., N, k)` → `(...,)`.
+
+    `p_k = σ_k(Z) / ||σ(Z)||_1 + ε`, `RankMe(Z) = exp(−Σ_{k=1}^{min(N,K)} p_k log p_k)` on the raw
+    embeddings, **no centring** (Jha §3.2; ε = 1e-7 as in common implementations, the paper's value
+    is not pinned down: record it with results). RankMe is therefore sensitive to the mean: an
+    isotropic N(0, I_128) batch shifted by +5 per coordinate drops from ≈ 127.8 to ≈ 52.8 (Jha §4
+    check 12); the mean-blind variant is `effective_rank(f, center=True)`. A rank-one matrix gives
+    ≈ 1 + (min(N,k) − 1)·ε·|log ε| (1.0002 for k = 128, check 10). NaN for an all-zero matrix.
+    The paper estimates it from 25,600 samples; compare only runs of the same method.
+    """
+    f = _embeddings("f", f)
+    V.positive_float("eps", eps, allow_zero=True)
+    return _entropy_rank(_singular_values(f), eps)
+
+
+def alpha_req(f, *, fit_range: tuple[int, int] | None = None, rtol=None) -> jax.Array:
+    """α-ReQ decay coefficient (Agrawal, Mondal, Ghosh, Richards, NeurIPS 2022), `(..., N, k)` → `(...,)`.
+
+    Fits a power law `λ_i ∝ i^{−α}` to the eigenvalues λ_1 ≥ … ≥ λ_k of the centred embedding
+    covariance (`embedding_spectrum(f)`; the paper's "eigenspectrum of the empirical feature
+    covariance") by ordinary least squares of `log λ_i` on `log i`, and returns `α = −slope`.
+
+    Not covered by the Jha digest (its README lists α-ReQ, its text does not): the fit details here
+    are ours. `fit_range=(lo, hi)` restricts to 1-based ranks lo..hi inclusive (default: all k);
+    the authors' library (reptrix) fits ranks 6..100 with 1/i weights, which matters for wide
+    embeddings and is a different estimator. Eigenvalues at or below `rtol·λ_1` are left out of the
+    fit (numerically zero: default `rtol = (max(N, k)·eps)²`, eps of the dtype, since σ_i, not λ_i,
+    is accurate to ~eps·σ_1). NaN when fewer than two eigenvalues remain.
+    """
+    f = _embeddings("f", f)
+    k = f.shape[-1]
+    lo, hi = (1, k) if fit_range is None else fit_range
+    if not (isinstance(lo, (int, np.integer)) and isinstance(hi, (int, np.integer))
+            and not isinstance(lo, bool) and not isinstance(hi, bool)):
+        raise TypeError(f"fit_range: expected a pair of integer ranks (lo, hi), got {fit_range!r}")
+    if not 1 <= lo < hi <= k:
+        raise ValueError(f"fit_range: expected 1 <= lo < hi <= k = {k} (1-based ranks), "
+                         f"got {fit_range!r}")
+    if rtol is None:
+        rtol = float(max(f.shape[-2], k) * jnp.finfo(f.dtype).eps) ** 2
+    V.positive_float("rtol", rtol, allow_zero=True)
+    lam = _covariance_spectrum(f, True)
+    ranks = jnp.arange(1, k + 1, dtype=f.dtype)
+    w = ((ranks >= lo) & (ranks <= hi) & (lam > rtol * lam[..., :1])).astype(f.dtype)
+    x = jnp.log(ranks)
+    y = jnp.log(jnp.where(w > 0, lam, 1))
+    cnt = jnp.sum(w, axis=-1, keepdims=True)
+    safe = jnp.where(cnt > 0, cnt, 1)
+    xc = x - jnp.sum(w * x, axis=-1, keepdims=True) / safe
+    yc = y - jnp.sum(w * y, axis=-1, keepdims=True) / safe
+    sxx = jnp.sum(w * xc * xc, axis=-1)
+    slope = jnp.sum(w * xc * yc, axis=-1) / jnp.where(sxx > 0, sxx, 1)
+    return jnp.where(cnt[..., 0] >= 2, -slope, jnp.nan)
+
+
+def lidar(e, *, delta: float = 1e-4, eps: float = 1e-8) -> jax.Array:
+    """LiDAR (Thilak et al., ICLR 2024), `e: (..., n, q, d)` → `(...,)`.
+
+    Input: `n` source samples (the surrogate classes, n >= 2), `q` augmentations of each (q >= 2),
+    `d`-dim embeddings; `group_views` turns stacked `(2n, d)` views into `(n, 2, d)`. With plug-in
+    means (Jha §3.3):
+    `μ_x = (1/q) Σ_j e_xj`, `μ = (1/n) Σ_x μ_x`, `Σ_b = (1/n) Σ_x (μ_x − μ)(μ_x − μ)ᵀ`,
+    `Σ_w = (1/(nq)) Σ_x Σ_j (e_xj − μ_x)(e_xj − μ_x)ᵀ + δ I_d`,
+    `Σ_lda = Σ_w^{−1/2} Σ_b Σ_w^{−1/2}` with eigenvalues λ_1..λ_d,
+    `p_i = λ_i / ||λ||_1 + ε`, `LiDAR = exp(−Σ_i p_i log p_i)`.
+    δ = 1e-4, ε = 1e-8 as in stable-pretraining (reptrix uses 1e-6 / 1e-7; the paper's values were
+    not confirmed: record them with results). The eigenvalues are computed as the squared singular
+    values of `L⁻¹ Bᵀ` (Σ_w = L Lᵀ Cholesky, Σ_b = BᵀB), which has the same spectrum.
+
+    LiDAR ≤ min(d, n − 1) up to ε, is invariant to rescaling `e` when δ is negligible against Σ_w,
+    and is ≈ d for pure isotropic noise *and* for a collapsed representation plus tiny noise (Jha
+    §4 check 15): never use it alone as a collapse detector. NaN for a constant input (Σ_b = 0,
+    check 16). With `delta=0` Σ_w must be full rank (else NaN from the Cholesky factor).
+    """
+    e = _grouped("e", e, min_views=2)
+    V.positive_float("delta", delta, allow_zero=True)
+    V.positive_float("eps", eps, allow_zero=True)
+    n, q, d = e.shape[-3:]
+    mu_x = _mean(e, -2)                                       # (..., n, 1, d)
+    within = (e - mu_x).reshape(e.shape[:-3] + (n * q, d))
+    between = _center(mu_x[..., 0, :], -2) / math.sqrt(n)       # B, Σ_b = BᵀB
+    sw = jnp.swapaxes(within, -1, -2) @ within / (n * q) + delta * jnp.eye(d, dtype=e.dtype)
+    chol = jnp.linalg.cholesky(sw)
+    x = solve_triangular(chol, jnp.swapaxes(between, -1, -2), lower=True)  # (..., d, n)
+    lam = _pad_last(_singular_values(x) ** 2, d)
+    return _entropy_rank(lam, eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# alignment / uniformity (Wang & Isola, ICML 2020; Jha §3.5)
+
+
+def _split(f):
+    n = f.shape[-2] // 2
+    return f[..., :n, :], f[..., n:, :]
+
+
+def group_views(f) -> jax.Array:
+    """Stacked views `(..., 2n, k)` `[a_1..a_n, b_1..b_n]` → grouped `(..., n, 2, k)` (`[..., i, 0]` is
+    `a_i`, `[..., i, 1]` is `b_i`), the input layout of `stability`, `lidar`, `center_vector`."""
+    f = _stacked("f", f)
+    return jnp.stack(_split(f), axis=-2)
+
+
+def alignment(f, *, alpha: float = 2.0) -> jax.Array:
+    """Alignment loss of Wang & Isola (ICML 2020), stacked views `(..., 2n, k)` → `(...,)`.
+
+    `L_align = (1/n) Σ_i ||z_{a_i} − z_{b_i}||_2^α`, `z = f / ||f||_2` (rows projected onto the unit
+    sphere as the authors' code does; an all-zero row stays zero), default α = 2 (Jha §3.5).
+    0 for exact duplicate views. With α = 2: `mean_i z_{a_i}·z_{b_i} = 1 − L_align/2` (Jha §4 check 5).
+    """
+    f = _stacked("f", f)
+    V.positive_float("alpha", alpha)
+    za, zb = _split(_unit_rows(f))
+    d2 = jnp.sum((za - zb) ** 2, axis=-1)
+    return jnp.mean(d2 ** (alpha / 2), axis=-1)
+
+
+def _uniformity(z: jax.Array, t) -> jax.Array:
+    """`log mean_{i<j} exp(−t ||z_i − z_j||²)` over the rows of `(..., M, k)`."""
+    m = z.shape[-2]
+    y = _center(z, -2)        # distances are shift-invariant; a collapsed batch gives exact zeros
+    g = y @ jnp.swapaxes(y, -1, -2)
+    sq = jnp.diagonal(g, axis1=-2, axis2=-1)
+    d2 = jnp.maximum(sq[..., :, None] + sq[..., None, :] - 2 * g, 0)
+    upper = jnp.triu(jnp.ones((m, m), dtype=bool), k=1)
+    v = jnp.where(upper, -t * d2, -jnp.inf)
+    return logsumexp(v, axis=(-2, -1)) - math.log(m * (m - 1) / 2)
+
+
+def uniformity(f, *, t: float = 2.0, stacked: bool = True) -> jax.Array:
+    """Uniformity loss of Wang & Isola (ICML 2020), `(..., M, k)` → `(...,)`.
+
+    `L_uniform(t) = log mean_{i<j} exp(−t ||z_i − z_j||_2²)`, `z = f / ||f||_2`, over distinct pairs
+    (`torch.pdist`, no self-pairs), default t = 2 (Jha §3.5). With `stacked=True` (default) `f` is
+    stacked views `(..., 2n, k)` and the result is the mean of the two views' uniformities, as in
+    the authors' training code (`(uniform(x) + uniform(y)) / 2`), so positive pairs are never
+    counted as independent; `stacked=False` pools all M rows (e.g. test points `(m, k)`).
+    0 for a collapsed batch; for z uniform on S^{k−1}, `−2t + log E[e^{2t u}]`, u = z·z'
+    (−3.9375 for k = 128, −3.875 for k = 64 at t = 2, Jha §4 check 18). Memory O(M²).
+    """
+    V.positive_float("t", t)
+    if _flag("stacked", stacked):
+        f = _stacked("f", f)
+        za, zb = _split(_unit_rows(f))
+        return (_uniformity(za, t) + _uniformity(zb, t)) / 2
+    f = _embeddings("f", f)
+    return _uniformity(_unit_rows(f), t)
+
+
+# ---------------------------------------------------------------------------------------------
+# stability (Jha et al. 2024: centre vector and per-sample augmentation means)
+
+
+class Stability(NamedTuple):
+    """Centre-vector diagnostics of Jha et al. (Jha §1.1, §1.3, §3.1), each `(...,)`.
+
+    With `z_nk` the (L2-normalised) embedding of view k of sample n, `μ̂_n = (1/K) Σ_k z_nk`,
+    `ŝ = (1/N) Σ_n μ̂_n`:
+
+    - `center_norm`: `||ŝ||`, the centre-vector magnitude (plug-in; ≈ 1/sqrt(N) floor).
+    - `center_norm_sq_u`: `||s||²_U = (1/(N(N−1))) Σ_{n≠m} μ̂_n·μ̂_m` (unbiased for `||s||²`).
+    - `mean_norm`: `E_n ||μ̂_n||` (plug-in; biased up by augmentation noise, ≈ 1/sqrt(K) without
+      invariance).
+    - `mean_norm_sq`: `E_n ||μ̂_n||²` (plug-in).
+    - `mean_norm_sq_u`: `E_n ||μ_n||²_U`, `||μ_n||²_U = (1/(K(K−1))) Σ_{k≠l} z_nk·z_nl` (unbiased;
+      ≈ 0 without invariance, 1 for perfect invariance; `= mean_n z_n1·z_n2` for K = 2).
+    - `ratio`: `R = ||ŝ|| / E_n ||μ̂_n||` ∈ [0, 1] (Jensen), 1 iff complete collapse (§1.3.5).
+    - `trace_between`: `tr Σ̂_b = (1/N) Σ_n ||μ̂_n − ŝ||²` (= `E||μ||² − ||s||²`, identities 3–4).
+    - `trace_within`: `tr Σ̂_w = (1/(NK)) Σ_{n,k} ||z_nk − μ̂_n||²`.
+
+    ANOVA identity (plug-in, exact): `center_norm² + trace_between + trace_within = mean ||z||²`
+    (= 1 on the sphere, check 4). Triplet loss with dot-product similarity over all pairs:
+    `L_tri = −(mean_norm_sq_u − center_norm_sq_u)` (§1.4(b), check 8).
+    """
+
+    center_norm: jax.Array
+    center_norm_sq_u: jax.Array
+    mean_norm: jax.Array
+    mean_norm_sq: jax.Array
+    mean_norm_sq_u: jax.Array
+    ratio: jax.Array
+    trace_between: jax.Array
+    trace_within: jax.Array
+
+
+def _grouped_unit(name, z, normalize, min_views):
+    z = _grouped(name, z, min_views=min_views)
+    return _unit_rows(z) if _flag("normalize", normalize) else z
+
+
+def sample_means(z, *, normalize: bool = True) -> jax.Array:
+    """Per-sample expected representation over augmentations, `(..., N, K, d)` → `(..., N, d)`.
+
+    `μ̂_n = (1/K) Σ_k g(ω_k(x_n))`, the plug-in estimate of `μ(x) = E_ω[g(ω(x))]` (Jha §1.1 [PAPER]
+    for the quantity, symbol μ and estimator from the digest [RECON] §3.1), with
+    `g = f/||f||` when `normalize=True` (the paper's space; `False` uses `z` as given, e.g. a
+    method-specific space — label which, Jha §5). K >= 1.
+    """
+    z = _grouped_unit("z", z, normalize, 1)
+    return _mean(z, -2)[..., 0, :]
+
+
+def center_vector(z, *, normalize: bool = True) -> jax.Array:
+    """Centre vector, `(..., N, K, d)` → `(..., d)`.
+
+    `ŝ = (1/N) Σ_n μ̂_n`, the plug-in estimate of `s = E_x E_ω[g(ω(x))]` (Jha §1.1 [PAPER], the
+    TL;DR's verbatim formula); `normalize` as in `sample_means`. K >= 1; with K = 1 (one view per
+    point) it is the batch mean of the normalised rows. Its norm has a ≈ 1/sqrt(N) floor even for a
+    perfect representation (Jha §5): compare at equal N or use `stability(...).center_norm_sq_u`.
+    """
+    return _mean(sample_means(z, normalize=normalize), -2)[..., 0, :]
+
+
+def stability(z, *, normalize: bool = True) -> Stability:
+    """Centre-vector stability diagnostics of Jha et al. 2024, `(..., N, K, d)` → `Stability` of `(...,)`.
+
+    See `Stability` for the fields and formulas (Jha §3.1 [RECON] estimators; the claim that SSL
+    methods keep `||s||` small while `E||μ||` grows is §1.2 [PAPER], a hypothesis to test).
+    `z_nk` is the embedding of view k of sample n, N >= 2 samples and K >= 2 views (the unbiased
+    estimators need two); stacked `(2n, d)` views become `(n, 2, d)` with `group_views`.
+    `normalize=True` (default) projects every row onto the unit sphere first, as the paper defines
+    `s` on `g = f/||f||`; with `False` the identities hold with `mean ||z||²` in place of 1.
+    A fixed probe set in eval mode is the intended input (Jha §5: batch and BN effects).
+    """
+    z = _grouped_unit("z", z, normalize, 2)
+    N, K = z.shape[-3:-1]
+    mu_k = _mean(z, -2)                                   # (..., N, 1, d)
+    mu = mu_k[..., 0, :]                                  # (..., N, d)
+    s = _mean(mu, -2)                                     # (..., 1, d)
+    mu_sq = jnp.sum(mu**2, axis=-1)                       # (..., N)
+    z_sq = jnp.sum(z**2, axis=-1)                         # (..., N, K)
+    s_sq = jnp.sum(s[..., 0, :] ** 2, axis=-1)
+    mean_norm = jnp.mean(jnp.sqrt(mu_sq), axis=-1)
+    center_norm = jnp.sqrt(s_sq)
+    return Stability(
+        center_norm=center_norm,
+        center_norm_sq_u=(N**2 * s_sq - jnp.sum(mu_sq, axis=-1)) / (N * (N - 1)),
+        mean_norm=mean_norm,
+        mean_norm_sq=jnp.mean(mu_sq, axis=-1),
+        mean_norm_sq_u=jnp.mean((K**2 * mu_sq - jnp.sum(z_sq, axis=-1)) / (K * (K - 1)), axis=-1),
+        ratio=center_norm / mean_norm,
+        trace_between=jnp.mean(jnp.sum((mu - s) ** 2, axis=-1), axis=-1),
+        trace_within=jnp.mean(jnp.sum((z - mu_k) ** 2, axis=-1), axis=(-2, -1)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# step times
+
+
+def step_times(spectra, ts, *, min_final: float = 0.0) -> jax.Array:
+    """When each eigenvalue first reaches half its final value, `spectra: (..., T, k)`, `ts: (T,)` →
+    `(..., k)`.
+
+    For mode j with final value `λ_j(t_{T−1}) = F_j`, returns the first time at which
+    `λ_j(t) >= F_j / 2`, linearly interpolated between the two saved times that bracket it:
+    `t = t_{i−1} + (F_j/2 − λ_{i−1}) / (λ_i − λ_{i−1}) · (t_i − t_{i−1})`. This is the step time of
+    the stepwise theory (stepwise digest §9 check 3: the logistic `c_j` crosses 1/2 at
+    `ln(1/c_j(0) − 1)/(8γ_j)`), read off any saved spectrum (eig(C), covariance, ...).
+
+    Edge cases (never an exception inside jit, never a silent NaN):
+    - `inf` when the mode is never learned: `F_j <= min_final` (default 0, so modes that end at or
+      below zero, e.g. γ_j <= 0 in eig(C)). Raise `min_final` (e.g. 1e-3·max F) to treat
+      noise-level modes as unlearned.
+    - `NaN` when `F_j` itself is NaN/inf (the final value, hence the level, is undefined).
+    - NaN/inf entries before the end count as "not reached"; if the sample just before the first
+      reaching one is non-finite, no interpolation is possible and that sample's time `t_i` is
+      returned.
+    - `ts[0]` when the mode is already at or above `F_j/2` at the first saved time.
+    `ts` must be finite, >= 0 and strictly increasing (checked on concrete input), T >= 2.
+    """
+    spectra = _batched("spectra", spectra, core="T, k", finite=False)
+    ts = V.as_float_array("ts", ts, ndim=1)
+    T = spectra.shape[-2]
+    if ts.shape[0] != T:
+        raise ValueError(f"ts: expected shape (T,) = ({T},) to match spectra (..., T, k), got "
+                         f"shape {tuple(ts.shape)}")
+    if V.is_concrete(ts) and not bool(jnp.all(ts >= 0) & jnp.all(jnp.diff(ts) > 0)):
+        raise ValueError(f"ts: expected times >= 0 and strictly increasing, got {np.asarray(ts)}")
+    V.positive_float("min_final", min_final, allow_zero=True)
+    dtype = jnp.result_type(spectra.dtype, ts.dtype)
+    s, ts = spectra.astype(dtype), ts.astype(dtype)
+
+    final = s[..., -1, :]                                  # (..., k)
+    level = final / 2
+    reached = jnp.isfinite(s) & (s >= level[..., None, :])
+    i = jnp.argmax(reached, axis=-2)                       # first reaching index, (..., k)
+    prev = jnp.maximum(i - 1, 0)
+    s_i = jnp.take_along_axis(s, i[..., None, :], axis=-2)[..., 0, :]
+    s_p = jnp.take_along_axis(s, prev[..., None, :], axis=-2)[..., 0, :]
+    t_i, t_p = ts[i], ts[prev]
+    # s_p < level <= s_i whenever the interpolation branch is taken, so the denominator is > 0.
+    denom = jnp.where(s_i > s_p, s_i - s_p, 1)
+    interp = t_p + (level - s_p) / denom * (t_i - t_p)
+    t = jnp.where(i == 0, ts[0], jnp.where(jnp.isfinite(s_p), interp, t_i))
+    learned = jnp.any(reached, axis=-2) & (final > min_final)
+    t = jnp.where(learned, t, jnp.inf)
+    return jnp.where(jnp.isfinite(final), t, jnp.nan)
+
+
+# ---------------------------------------------------------------------------------------------
+# principal angles
+
+
+def _check_full_rank(name: str, x: jax.Array) -> None:
+    if not V.is_concrete(x):
+        return
+    s = np.asarray(_singular_values(x))
+    tol = max(x.shape[-2:]) * np.finfo(s.dtype).eps
+    if s.size and np.any(s[..., -1] <= tol * s[..., 0]):
+        raise ValueError(f"{name}: expected full column rank (independent columns), got "
+                         f"smallest/largest singular value <= {tol:.2g} in shape {tuple(x.shape)}")
+
+
+def principal_angles(a, b) -> jax.Array:
+    """Principal angles between the column spaces of `a: (..., N, p)` and `b: (..., N, q)`, in radians,
+    ascending, `(..., min(p, q))`. Leading axes broadcast (one fixed subspace vs a trajectory).
+
+    Björck & Golub (1973) with both cosines and sines (Knyazev & Argentati 2002): orthonormal
+    bases `Q_a, Q_b` by QR; with q <= p (else a and b swap, angles are symmetric),
+    `cos θ_i` = singular values of `Q_aᵀ Q_b` (descending), `sin θ_i` = singular values of
+    `Q_b − Q_a (Q_aᵀ Q_b)` (ascending), and `θ_i = atan2(sin θ_i, cos θ_i)`. The arccos of the
+    cosines alone loses all accuracy below ~1e-8 rad; the sines keep relative accuracy for tiny
+    angles and the cosines near π/2. Used for "max principal angle < 1e-6 rad" (Esser digest §6
+    check 10) and subspace-error scalings (stepwise digest §9 check 7).
+
+    Both inputs need full column rank (checked on concrete input; a rank-deficient basis has no
+    well-defined orthonormal basis from QR) and p, q <= N; same dtype.
+    """
+    a = _batched("a", a, core="N, p", min_rows=1)
+    b = _batched("b", b, core="N, q", min_rows=1)
+    V.same_dtype(a=a, b=b)
+    if a.shape[-2] != b.shape[-2]:
+        raise ValueError(f"a, b: expected the same number of rows N (axis -2), got shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    try:
+        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError as err:
+        raise ValueError(f"a, b: leading (batch) axes must broadcast, got shapes {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}") from err
+    for name, x in (("a", a), ("b", b)):
+        if x.shape[-1] > x.shape[-2]:
+            raise ValueError(f"{name}: expected at most N columns (a basis of a subspace of R^N), "
+                             f"got shape {tuple(x.shape)}")
+        _check_full_rank(name, x)
+    if b.shape[-1] > a.shape[-1]:
+        a, b = b, a
+    qa = jnp.linalg.qr(a)[0]
+    qb = jnp.linalg.qr(b)[0]
+    m = jnp.swapaxes(qa, -1, -2) @ qb                       # (..., p, q)
+    cos = _singular_values(m)                               # descending
+    sin = _singular_values(qb - qa @ m)[..., ::-1]          # ascending
+    return jnp.arctan2(sin, cos)

@@ -1,0 +1,253 @@
+"""Collapse phase diagrams: simulate the linear SSL models over a grid and compare with theory.
+
+Sweeps (x, γ) where x is the augmentation strength σ² (B = σ² I) or the minority-class fraction p of a
+two-class mixture, and γ the weight decay; every cell trains the one-layer (M1) or encoder+projector
+(M2) linear model of ../shared/papers/ziyin2023_landscape.md by full-batch GD on its population
+landscape (`sslntk.theory.landscape`), **all cells in one jitted, doubly-vmapped call** (no Python loop
+over cells). The measured rank is compared with the predicted one (digest §2.1 rank law, §2.2
+thresholds γ_c / γ_s, §4.2 imbalance).
+
+Rank measurement (documented threshold, digest §5/§7.1): the number of eigenvalues of the
+augmented-view embedding covariance (`W Σ Wᵀ` for M1, `V Σ Vᵀ` with `V = UW` for M2) above
+`rtol · τ` — τ bounds every learned variance (digest §2.1–2.2), so a completely collapsed
+representation counts as rank 0.
+
+Initialisation (digest §2.2 hysteresis): M1 starts small (scale 1e-2; it has no spurious minima).
+M2 starts "large" — every singular value of V at `1.05 · max_i sqrt(a_i τ/3)/(a_i + b_i)`, above
+every barrier of the per-direction landscape — so it lands on the metastable branch: its rank is
+`#{γ < γ_s,i}`, which equals the global-minimum rank `#{γ < γ_c,i}` outside the hysteresis band
+`γ_c,i <= γ < γ_s,i`. (A small init with γ > 0 stays collapsed, digest check 9.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslntk import _validate as V
+from sslntk import data
+from sslntk.theory import _checks as C
+from sslntk.theory import landscape as L
+
+__all__ = ["PhaseDiagram", "phase_diagram", "MODELS", "X_AXES"]
+
+MODELS = ("one_layer", "two_layer")
+X_AXES = ("augmentation", "imbalance")
+
+
+@dataclass(frozen=True)
+class PhaseDiagram:
+    """Result of `phase_diagram` (numpy arrays; rows = x values, columns = γ values).
+
+    x: `(G1,)` augmentation variance σ² (`x_axis="augmentation"`) or minority fraction p
+        (`"imbalance"`). gamma: `(G2,)` weight decays.
+    measured_rank: `(G1, G2)` rank of the simulated representation (see module docstring).
+    predicted_rank: `(G1, G2)` rank of the predicted global minimum.
+    metastable_rank: `(G1, G2)` predicted rank of the state the chosen initialisation reaches
+        (= predicted_rank for M1; `#{γ < γ_s,i}` for M2 from the large init).
+    hysteresis: `(G1, G2)` bool, cells in the hysteresis band (metastable_rank != predicted_rank).
+    gamma_c, gamma_s: `(G1, d)` predicted per-direction thresholds (M1: both `a_i/τ`).
+    variances: `(G1, G2, k)` measured embedding-covariance eigenvalues, descending.
+    grad_norm, loss: `(G1, G2)` at the end of GD.
+    a: `(G1, d)` data-covariance eigenvalues per row. model, x_axis, tau, lr, steps, rtol: settings.
+    """
+
+    x: np.ndarray
+    gamma: np.ndarray
+    measured_rank: np.ndarray
+    predicted_rank: np.ndarray
+    metastable_rank: np.ndarray
+    hysteresis: np.ndarray
+    gamma_c: np.ndarray
+    gamma_s: np.ndarray
+    variances: np.ndarray
+    grad_norm: np.ndarray
+    loss: np.ndarray
+    a: np.ndarray
+    model: str
+    x_axis: str
+    tau: float
+    lr: float
+    steps: int
+    rtol: float
+
+    def boundary_agreement(self) -> np.ndarray:
+        """Per row (fixed x), the distance in grid cells between the measured and the predicted
+        boundary along γ, outside the hysteresis band, `(G1,)` floats.
+
+        Predicted boundaries sit between neighbouring cells whose predicted rank differs. Every cell
+        outside the band whose measured rank differs from the prediction is a displacement of a
+        boundary; its distance is `|j − b| + 1/2` cells to the nearest predicted boundary b (so a
+        boundary measured one cell off gives 1). The row's value is the largest such distance, 0
+        when all cells agree, and `inf` when a mismatch occurs in a row without predicted boundary.
+        """
+        out = np.zeros(self.x.shape[0])
+        for i in range(self.x.shape[0]):
+            pred = self.predicted_rank[i]
+            bad = np.flatnonzero((self.measured_rank[i] != pred) & ~self.hysteresis[i])
+            if bad.size == 0:
+                continue
+            bounds = np.flatnonzero(np.diff(pred) != 0) + 0.5
+            if bounds.size == 0:
+                out[i] = np.inf
+                continue
+            out[i] = max(float(np.min(np.abs(j - bounds))) + 0.5 for j in bad)
+        return out
+
+    def agreement(self) -> float:
+        """Fraction of cells outside the hysteresis band where measured == predicted rank."""
+        ok = ~self.hysteresis
+        return float(np.mean(self.measured_rank[ok] == self.predicted_rank[ok])) if ok.any() else 1.0
+
+    def metastable_agreement(self) -> float:
+        """Fraction of ALL cells where measured == metastable_rank (the prediction for the init)."""
+        return float(np.mean(self.measured_rank == self.metastable_rank))
+
+    def summary(self) -> dict:
+        ba = self.boundary_agreement()
+        return {"model": self.model, "x_axis": self.x_axis, "grid": list(self.measured_rank.shape),
+                "max_boundary_distance_cells": float(np.max(ba)) if ba.size else 0.0,
+                "agreement_outside_band": self.agreement(),
+                "metastable_agreement": self.metastable_agreement(),
+                "hysteresis_cells": int(self.hysteresis.sum()),
+                "max_grad_norm": float(np.max(self.grad_norm))}
+
+
+@partial(jax.jit, static_argnames=("model", "steps"))
+def _grid(As, Ss, gammas, tau, init, lr, *, model, steps):
+    """All cells at once: vmap over rows (A, Σ) and columns (γ); returns eigenvalues, loss, |grad|."""
+
+    def cell(A, S, gamma):
+        if model == "one_layer":
+            res = L._gd_core(lambda W: L._m1_loss(W, A, S, tau, gamma), init, lr, steps)
+            Vm = res.params
+        else:
+            res = L._gd_core(lambda p: L._m2_loss(p[0], p[1], A, S, tau, gamma), init, lr, steps)
+            Vm = res.params[0] @ res.params[1]
+        ev = jnp.linalg.eigvalsh(Vm @ S @ Vm.T)[::-1]
+        return ev, res.loss, res.grad_norm
+
+    return jax.vmap(jax.vmap(cell, (None, None, 0)), (0, 0, None))(As, Ss, gammas)
+
+
+def _covariances(x_axis, xs, *, spectrum, b, delta2, sigma_w2, dim, dtype, key):
+    """Per-row population covariances (A, B) from `sslntk.data` (spiked model / two-class mixture)."""
+    As, Bs = [], []
+    for x in xs:
+        if x_axis == "augmentation":
+            ds = data.load("spiked", n=2, key=key, spikes=tuple(spectrum), sigma=float(np.sqrt(x)),
+                           dtype=dtype)
+            As.append(np.asarray(ds.A, np.float64))
+            Bs.append(np.asarray(ds.B, np.float64))
+        else:
+            ds = data.load("gaussian_mixture", n=2, key=key, n_classes=2, dim=dim,
+                           separation=float(np.sqrt(delta2)), within_std=float(np.sqrt(sigma_w2)),
+                           weights=[float(x), 1.0 - float(x)], dtype=dtype)
+            A = np.asarray(ds.A, np.float64)
+            As.append(A)
+            Bs.append(b * np.eye(A.shape[0]))
+    return np.stack(As), np.stack(Bs)
+
+
+def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, gamma, key,
+                  spectrum=(4.0, 2.0, 1.0, 0.5), tau: float = 1.0, b: float = 1.0,
+                  delta2: float = 4.0, sigma_w2: float = 0.1, dim: int = 2,
+                  d_out: int | None = None, h: int | None = None, init_scale: float | None = None,
+                  lr: float | None = None, steps: int | None = None, rtol: float = 1e-6,
+                  dtype=jnp.float64) -> PhaseDiagram:
+    """Simulate and predict a collapse phase diagram over `x × gamma`.
+
+    model: `"one_layer"` (M1) or `"two_layer"` (M2, square `h = d_out = d` by default).
+    x_axis: `"augmentation"` — x = σ², `A = diag(spectrum)`, `B = σ² I` (`data.load("spiked")`);
+        `"imbalance"` — x = minority fraction p ∈ (0, 1), A the population covariance of a two-class
+        mixture in `dim` dimensions (`data.load("gaussian_mixture")`, squared mean gap `delta2`,
+        within-class variance `sigma_w2`), `B = b I` (b matters for M2 only).
+    gamma: weight decays (>= 0). tau: temperature of the canonical landscape.
+    key: a `jax.random` key for the random orthonormal initial frames (same key, same result).
+    lr, steps: GD settings; defaults `lr = 0.01 τ` (M1: 0.02 τ) and `steps` = 300 time units / lr.
+    rtol: rank threshold relative to τ (module docstring).
+
+    Predictions: M1 rank `min(d_out, #{a_i > γτ})` (digest §2.1, independent of σ²); M2 global rank
+    `#{γ < γ_c,i}` and metastable rank `#{γ < γ_s,i}` capped by `min(d_out, h)` (digest §2.2);
+    imbalance through `a_e = σ_w² + p(1−p)δ²` (digest §4.2).
+    """
+    V.choice("model", model, MODELS)
+    V.choice("x_axis", x_axis, X_AXES)
+    xs = np.asarray(C.nonneg("x", x), dtype=np.float64)
+    gs = np.asarray(C.nonneg("gamma", gamma), dtype=np.float64)
+    for nm, arr in (("x", xs), ("gamma", gs)):
+        if arr.ndim != 1 or arr.size < 1:
+            raise ValueError(f"{nm}: expected a non-empty 1-D grid, got shape {arr.shape}")
+    if x_axis == "imbalance" and (np.any(xs <= 0) or np.any(xs >= 1)):
+        raise ValueError(f"x: expected minority fractions p in (0, 1) for x_axis='imbalance', got "
+                         f"[{xs.min()}, {xs.max()}]")
+    tau = float(C.positive("tau", tau))
+    rtol = float(C.positive("rtol", rtol))
+    b = float(C.nonneg("b", b))
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
+    if x_axis == "augmentation":
+        spectrum = np.asarray(C.positive("spectrum", spectrum), dtype=np.float64)
+        if spectrum.ndim != 1:
+            raise ValueError(f"spectrum: expected a 1-D list of variances, got shape {spectrum.shape}")
+        d = spectrum.size
+    else:
+        C.positive("delta2", delta2)
+        C.positive("sigma_w2", sigma_w2)
+        d = V.positive_int("dim", dim)
+    d_out = d if d_out is None else V.positive_int("d_out", d_out)
+    h = d if h is None else V.positive_int("h", h)
+
+    As, Bs = _covariances(x_axis, xs, spectrum=spectrum if x_axis == "augmentation" else None,
+                          b=b, delta2=float(delta2), sigma_w2=float(sigma_w2), dim=d,
+                          dtype=dtype, key=key)
+    # eigenvalues in a common basis: A and B commute in both sweeps (B ∝ I, or A diagonal)
+    a = np.linalg.eigvalsh(As)[:, ::-1]
+    bvals = np.array([np.diag(Q.T @ B @ Q) for Q, B in
+                      zip(np.linalg.eigh(As)[1][:, :, ::-1], Bs, strict=True)])
+
+    if model == "one_layer":
+        gc = gsp = np.broadcast_to(a / tau, a.shape).copy()
+        pred = np.asarray(L.m1_rank(a[:, None, :], tau, gs[None, :], d_out))
+        meta = pred.copy()
+    else:
+        gc, gsp = (np.asarray(t) for t in L.m2_thresholds(a, bvals, tau))
+        sol = L.m2_solution(a[:, None, :], bvals[:, None, :], tau, gs[None, :], d_out, h)
+        pred, meta = np.asarray(sol.rank), np.asarray(sol.metastable_rank)
+
+    k_u, k_w = jax.random.split(key)
+    if model == "one_layer":
+        scale = 1e-2 if init_scale is None else float(C.positive("init_scale", init_scale))
+        init = scale * _frame(k_w, d_out, d, dtype)
+        lr = 0.02 * tau if lr is None else lr
+    else:
+        s_infl = np.sqrt(a * tau / 3) / (a + bvals)
+        s0 = 1.05 * float(np.max(s_infl)) if init_scale is None else float(
+            C.positive("init_scale", init_scale))
+        c = np.sqrt(s0)
+        init = (c * _frame(k_u, d_out, h, dtype), c * _frame(k_w, h, d, dtype))
+        lr = 0.01 * tau if lr is None else lr
+    lr = float(C.positive("lr", lr))
+    steps = int(np.ceil(300.0 / lr)) if steps is None else V.positive_int("steps", steps)
+
+    ev, loss, gn = _grid(jnp.asarray(As, dtype), jnp.asarray(As + Bs, dtype), jnp.asarray(gs, dtype),
+                         jnp.asarray(tau, dtype), init, jnp.asarray(lr, dtype), model=model,
+                         steps=steps)
+    ev = np.asarray(ev)
+    measured = np.sum(ev > rtol * tau, axis=-1)
+    return PhaseDiagram(x=xs, gamma=gs, measured_rank=measured, predicted_rank=pred,
+                        metastable_rank=meta, hysteresis=pred != meta, gamma_c=gc, gamma_s=gsp,
+                        variances=ev, grad_norm=np.asarray(gn), loss=np.asarray(loss), a=a,
+                        model=model, x_axis=x_axis, tau=tau, lr=lr, steps=steps, rtol=rtol)
+
+
+def _frame(key, rows, cols, dtype):
+    """`(rows, cols)` with orthonormal rows (rows <= cols) or columns (rows > cols)."""
+    g = jax.random.normal(key, (max(rows, cols), min(rows, cols)), dtype)
+    q, _ = jnp.linalg.qr(g)
+    return q.T if rows <= cols else q

@@ -1,0 +1,621 @@
+"""Naive-loss collapse and orthogonality-constrained (Grassmannian) flows — closed forms.
+
+Source: ../shared/papers/esser2023_dynamics.md (Esser, Mukherjee, Ghoshdastidar, "Representation
+Learning Dynamics of Self-Supervised Models", arXiv:2309.02011). The paper body could not be
+retrieved; every formula here is the digest's **reconstruction [R]** (derived and checked
+numerically), except the qualitative claims tagged [A] (abstract). Notation, constants and the
+factor 2 in the time convention may differ from the paper (digest §7 P1).
+
+Conventions (DESIGN.md row convention; the digest writes the transpose):
+
+- features `phi: (m, p)`, one row per network input in stacked view order `[a_1..a_n, b_1..b_n]`
+  (m = 2n); trained layer `W: (p, k)`; representation `F = phi @ W: (m, k)`; kernel
+  `K = phi @ phi.T: (m, m)` (one output, as in `sslntk.kernels`).
+- pair matrix `S: (m, m)`, symmetric, from `pair_matrix`; the dot-product losses of digest §1.3 are
+  `L(W) = −Tr(Fᵀ S F) = −Tr(Wᵀ M W)` with `M = phiᵀ S phi: (p, p)` (digest §1.4), and the
+  squared-distance loss is the same form with `S = −DᵀD/(2n)`, i.e. `M = −A/2`.
+- naive gradient flow `dW/dt = −∇L = 2 M W`; function space `dF/dt = −K ∇_F L = 2 K S F`
+  (DESIGN.md "Time": `t` = learning rate × steps).
+- constrained flow `dW/dt = 2 (I − W Wᵀ) M W` on `WᵀW = I` (Stiefel / Grassmann, digest §3).
+
+Every prediction is a pure jittable function of the problem data; functions taking a time `t`
+accept a scalar or a 1-D array of times (then outputs carry a leading time axis).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslntk import _validate as V
+from sslntk.theory import _checks as C
+
+__all__ = [
+    "pair_matrix",
+    "pair_operator",
+    "function_operator",
+    "naive_flow",
+    "naive_function_flow",
+    "NaiveCollapse",
+    "collapse_rates",
+    "naive_limit",
+    "two_layer_blowup_time",
+    "FixedPoint",
+    "stiefel_fixed_point",
+    "ConstrainedFlow",
+    "constrained_flow",
+    "time_to_angle",
+    "WidthFree",
+    "width_free_flow",
+    "width_free_limit",
+    "constrained_tangent_kernel",
+    "escape_time_shift",
+    "StiefelPath",
+    "stiefel_gd",
+    "PAIR_KINDS",
+    "RETRACTIONS",
+]
+
+PAIR_KINDS = ("contrastive", "dot", "distance")
+RETRACTIONS = ("qr", "polar", "rk4")
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _eigh_desc(M):
+    """Eigenpairs of a symmetric matrix, eigenvalues in DESCENDING order."""
+    lam, U = jnp.linalg.eigh((M + M.T) / 2)
+    return lam[::-1], U[:, ::-1]
+
+
+def _psd_sqrt(K):
+    lam, U = jnp.linalg.eigh((K + K.T) / 2)
+    return (U * jnp.sqrt(jnp.clip(lam, 0.0))) @ U.T
+
+
+def _times(name, t, dtype):
+    t = C.nonneg(name, t)
+    if t.ndim > 1:
+        raise ValueError(f"{name}: expected a scalar or a 1-D array of times, got shape {t.shape}")
+    return t.astype(dtype)
+
+
+def _over_times(fn, t, *args):
+    """Apply `fn(t_scalar, *args)` to a scalar or each entry of a 1-D `t`."""
+    if t.ndim == 0:
+        return fn(t, *args)
+    return jax.vmap(fn, in_axes=(0,) + (None,) * len(args))(t, *args)
+
+
+def _frame(name, W0, p):
+    W0 = V.as_float_array(name, W0, ndim=2)
+    if W0.shape[0] != p:
+        raise ValueError(f"{name}: expected shape ({p}, k) to match the operator's dimension p = {p}, "
+                         f"got {tuple(W0.shape)}")
+    if not 1 <= W0.shape[1] <= p:
+        raise ValueError(f"{name}: expected 1 <= k <= p = {p} columns, got {W0.shape[1]}")
+    return W0
+
+
+def _kernel_and_pairs(K, S, F0=None):
+    K = C.psd("K", K, what="a symmetric PSD kernel K = phi phiᵀ")
+    S = C.symmetric("S", S)
+    if S.shape != K.shape:
+        raise ValueError(f"S: expected shape {tuple(K.shape)} (same as K), got {tuple(S.shape)}")
+    if F0 is None:
+        V.same_dtype(K=K, S=S)
+        return K, S
+    F0 = V.as_float_array("F0", F0, ndim=2)
+    if F0.shape[0] != K.shape[0]:
+        raise ValueError(f"F0: expected shape ({K.shape[0]}, k), got {tuple(F0.shape)}")
+    V.same_dtype(K=K, S=S, F0=F0)
+    return K, S, F0
+
+
+# ----------------------------------------------------------------------------------------------
+# problem data (digest §1.3–1.4)
+
+
+def pair_matrix(n: int, kind: str = "dot", negatives=None, *, dtype=None) -> jax.Array:
+    """Symmetric pair matrix `S: (2n, 2n)` of digest §1.4 [R], stacked order `[a_1..a_n, b_1..b_n]`.
+
+    - `"dot"` (non-contrastive, dot product, L_N = −(1/n) Σ_i f(a_i)·f(b_i)): `S = Z/(2n)` with
+      `Z = [[0, I], [I, 0]]`.
+    - `"contrastive"` (L_C = −(1/n) Σ_i [f(a_i)·f(b_i) − f(a_i)·f(x_i⁻)]) with the negative of
+      sample i the positive view of another sample, `x_i⁻ = b_{π(i)}` (digest §1.1): `negatives` is the
+      permutation π as an `(n,)` integer array without fixed points; default the cyclic shift
+      `π(i) = i + 1 mod n`. `S = (Z − P_π − P_πᵀ)/(2n)` with `P_π[i, n + π(i)] = 1`.
+    - `"distance"` (L_N2 = (1/(2n)) Σ_i ||f(a_i) − f(b_i)||²): `S = −DᵀD/(2n)`, `D = [I, −I]`, so
+      `M = phiᵀ S phi = −A/2` with `A = (1/n)(Φ_a − Φ_b)ᵀ(Φ_a − Φ_b)`.
+
+    Then every loss equals `−Tr(Fᵀ S F)` for `F = phi @ W` (digest check 1).
+    """
+    n = V.positive_int("n", n, minimum=2)
+    V.choice("kind", kind, PAIR_KINDS)
+    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
+    eye = jnp.eye(n, dtype=dtype)
+    if kind == "distance":
+        return -jnp.block([[eye, -eye], [-eye, eye]]) / (2 * n)
+    Z = jnp.block([[jnp.zeros_like(eye), eye], [eye, jnp.zeros_like(eye)]])
+    if kind == "dot":
+        if negatives is not None:
+            raise ValueError("negatives: only used with kind='contrastive', got kind='dot'")
+        return Z / (2 * n)
+    perm = (np.arange(1, n + 1) % n) if negatives is None else negatives
+    perm = jnp.asarray(perm)
+    if perm.shape != (n,) or not jnp.issubdtype(perm.dtype, jnp.integer):
+        raise ValueError(f"negatives: expected an ({n},) integer permutation, got shape "
+                         f"{tuple(perm.shape)} dtype {perm.dtype}")
+    if V.is_concrete(perm):
+        p = np.asarray(perm)
+        if sorted(p.tolist()) != list(range(n)):
+            raise ValueError(f"negatives: expected a permutation of 0..{n - 1}, got {p.tolist()}")
+        if np.any(p == np.arange(n)):
+            raise ValueError("negatives: expected a permutation without fixed points (a sample is "
+                             f"not its own negative), got fixed points at {np.flatnonzero(p == np.arange(n)).tolist()}")
+    P = jnp.zeros((2 * n, 2 * n), dtype).at[jnp.arange(n), n + perm].set(1.0)
+    return (Z - P - P.T) / (2 * n)
+
+
+def pair_operator(phi, S) -> jax.Array:
+    """`M = phiᵀ S phi` (p, p), symmetrised (digest §1.4 [R]; pitfall P2: only sym(·) enters).
+
+    `phi: (m, p)` features of the stacked views, `S: (m, m)` from `pair_matrix`.
+    Naive loss `L(W) = −Tr(Wᵀ M W)`, gradient `−2 M W`."""
+    phi = V.as_float_array("phi", phi, ndim=2)
+    S = C.symmetric("S", S)
+    if S.shape[0] != phi.shape[0]:
+        raise ValueError(f"S: expected shape ({phi.shape[0]}, {phi.shape[0]}) to match phi's "
+                         f"{phi.shape[0]} rows, got {tuple(S.shape)}")
+    V.same_dtype(phi=phi, S=S)
+    M = phi.T @ (S @ phi)
+    return (M + M.T) / 2
+
+
+def function_operator(K, S) -> jax.Array:
+    """`N = K^{1/2} S K^{1/2}` (m, m): the function-space twin of `M` (digest §3.3 [R]).
+
+    With `phi = K^{1/2} Qᵀ` (Q orthonormal), `M = Q N Qᵀ`, so N has the non-zero eigenvalues of M and
+    `e^{2tKS} = I + K^{1/2} ψ(N) K^{1/2} S`; `collapse_rates(N)` gives the naive rates in function
+    space (the NTK/linearised prediction)."""
+    K, S = _kernel_and_pairs(K, S)
+    R = _psd_sqrt(K)
+    N = R @ S @ R
+    return (N + N.T) / 2
+
+
+# ----------------------------------------------------------------------------------------------
+# naive flow (digest §2)
+
+
+@jax.jit
+def _naive_flow_core(t, lam, U, W0):
+    return (U * jnp.exp(2 * t * lam)) @ (U.T @ W0)
+
+
+def naive_flow(M, W0, t) -> jax.Array:
+    """Exact naive gradient flow `W(t) = e^{2tM} W0` of `L = −Tr(WᵀMW)` (digest §2.1 [R]).
+
+    `M: (p, p)` symmetric, `W0: (p, k)`, `t` scalar or `(T,)` → `(p, k)` or `(T, p, k)`.
+    For the squared-distance loss pass `M = −A/2` (digest §2.3: `W(t) = e^{−tA} W0`)."""
+    M = C.symmetric("M", M)
+    W0 = _frame("W0", W0, M.shape[0])
+    V.same_dtype(M=M, W0=W0)
+    t = _times("t", t, M.dtype)
+    lam, U = jnp.linalg.eigh((M + M.T) / 2)
+    return _over_times(_naive_flow_core, t, lam, U, W0)
+
+
+def _exprel(x):
+    """(e^x − 1)/x, accurate near 0."""
+    small = jnp.abs(x) < 1e-5
+    xs = jnp.where(small, 1.0, x)
+    return jnp.where(small, 1 + x / 2 + x * x / 6, jnp.expm1(xs) / xs)
+
+
+def _exprel2(x):
+    """(e^x − 1 − x)/x², accurate near 0 (7-term series below |x| = 0.05: truncation < 3e-15)."""
+    small = jnp.abs(x) < 0.05
+    xs = jnp.where(small, 1.0, x)
+    series = (1 / 2 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x * (1 / 720 + x * (1 / 5040
+              + x / 40320))))))
+    return jnp.where(small, series, (jnp.expm1(xs) - xs) / (xs * xs))
+
+
+def _scaled_phi1(tau, mu, c):
+    """e^{−τc} (e^{τμ} − 1)/μ without overflow for τμ large (c >= max μ)."""
+    x = tau * mu
+    big = x > 1.0
+    mub = jnp.where(big, mu, 1.0)
+    direct = (jnp.exp(tau * (mu - c)) - jnp.exp(-tau * c)) / mub
+    return jnp.where(big, direct, tau * jnp.exp(-tau * c) * _exprel(jnp.where(big, 0.0, x)))
+
+
+def _scaled_phi2(tau, mu, c):
+    """e^{−τc} (e^{τμ} − 1 − τμ)/μ² without overflow for τμ large (c >= max μ)."""
+    x = tau * mu
+    big = x > 1.0
+    mub = jnp.where(big, mu, 1.0)
+    direct = (jnp.exp(tau * (mu - c)) - jnp.exp(-tau * c) * (1 + x)) / (mub * mub)
+    return jnp.where(big, direct, tau * tau * jnp.exp(-tau * c) * _exprel2(jnp.where(big, 0.0, x)))
+
+
+@jax.jit
+def _function_parts(K, S):
+    R = _psd_sqrt(K)
+    mu, Vn = _eigh_desc(R @ S @ R)
+    return R, mu, Vn
+
+
+@jax.jit
+def _naive_function_core(t, R, mu, Vn, S, F0):
+    # e^{2tKS} F0 = F0 + K^{1/2} V diag((e^{2tμ} − 1)/μ) Vᵀ K^{1/2} S F0
+    psi = _scaled_phi1(2 * t, mu, 0.0)
+    return F0 + R @ ((Vn * psi) @ (Vn.T @ (R @ (S @ F0))))
+
+
+def naive_function_flow(K, S, F0, t) -> jax.Array:
+    """Exact naive flow in function space, `F_lin(t) = e^{2tKS} F0` (digest §3.3, §4.3 [R]).
+
+    This is the unconstrained kernel-regime (NTK / linearised) trajectory of `L = −Tr(FᵀSF)` under
+    `dF/dt = −K ∇_F L`. `K: (m, m)` PSD, `S: (m, m)`, `F0: (m, k)`, `t` scalar or `(T,)`.
+    Computed from one eigendecomposition of `N = K^{1/2} S K^{1/2}` (no matrix exponential)."""
+    K, S, F0 = _kernel_and_pairs(K, S, F0)
+    t = _times("t", t, K.dtype)
+    R, mu, Vn = _function_parts(K, S)
+    return _over_times(_naive_function_core, t, R, mu, Vn, S, F0)
+
+
+class NaiveCollapse(NamedTuple):
+    """Predicted collapse of the naive flow (digest §2.1 [R]; collapse itself [A]).
+
+    eigenvalues: `(p,)` of the operator, descending.
+    direction: `(p,)` top eigenvector u_1: every output of `W(t)` aligns with it (rank one).
+    gap: λ_1 − λ_2 (collapse needs gap > 0; with λ_1 = … = λ_r it collapses onto that eigenspace).
+    norm_rate: late-time slope of log ||W(t)||_2, 2λ_1 (negative: decay, e.g. `−a_min` for M = −A/2).
+    ratio_rate: late-time slope of log σ_2/σ_1 of W(t), −2(λ_1 − λ_2).
+    stable_rank_rate: slope of log(||W||_F²/||W||_2² − 1), −4(λ_1 − λ_2).
+    """
+
+    eigenvalues: jax.Array
+    direction: jax.Array
+    gap: jax.Array
+    norm_rate: jax.Array
+    ratio_rate: jax.Array
+    stable_rank_rate: jax.Array
+
+
+@jax.jit
+def _rates_core(M):
+    lam, U = _eigh_desc(M)
+    gap = lam[0] - lam[1]
+    return NaiveCollapse(lam, U[:, 0], gap, 2 * lam[0], -2 * gap, -4 * gap)
+
+
+def collapse_rates(M) -> NaiveCollapse:
+    """Collapse rates and rank-one direction of the naive flow `dW/dt = 2MW` (digest §2.1 [R]).
+
+    `M` is the parameter-space operator (`pair_operator`) or, for the kernel-regime flow
+    `dF/dt = 2KSF`, the function-space operator `function_operator(K, S)` (same non-zero spectrum).
+    Needs p >= 2."""
+    M = C.symmetric("M", M)
+    if M.shape[0] < 2:
+        raise ValueError(f"M: expected p >= 2 (a rate needs two eigenvalues), got shape {M.shape}")
+    return _rates_core(M)
+
+
+@jax.jit
+def _limit_core(M, W0, rtol):
+    lam, U = _eigh_desc(M)
+    scale = jnp.maximum(jnp.max(jnp.abs(lam)), jnp.finfo(lam.dtype).tiny)
+    top = (lam >= lam[0] - rtol * scale).astype(M.dtype)
+    return (U * top) @ (U.T @ W0)
+
+
+def naive_limit(M, W0, *, rtol: float = 1e-10) -> jax.Array:
+    """`lim_{t→∞} e^{−2λ_1 t} W(t) = U_1 U_1ᵀ W0` (digest §2.1 [R]): the projection of W0 onto the top
+    eigenspace of M (eigenvalues within `rtol·max|λ|` of λ_1). With a strict gap this is the rank-one
+    matrix `u_1 (u_1ᵀ W0)`: the trivial scalar representation `s(x) = u_1ᵀφ(x)` [A]."""
+    M = C.symmetric("M", M)
+    W0 = _frame("W0", W0, M.shape[0])
+    V.same_dtype(M=M, W0=W0)
+    V.positive_float("rtol", rtol, allow_zero=True)
+    return _limit_core(M, W0, rtol)
+
+
+def two_layer_blowup_time(lam, a0) -> jax.Array:
+    """Finite blow-up time `t* = 1/(4 λ a0²)` of one balanced mode of the naive two-layer linear
+    network `f = W2 W1 x` (digest §2.2 [R], analytic only): `a(t)^{−2} = a0^{−2} − 4λt`.
+    `inf` where λ <= 0 (no blow-up). Broadcasts over `lam` and `a0`."""
+    lam = C.real("lam", lam)
+    a0 = C.positive("a0", a0)
+    return jnp.where(lam > 0, 1.0 / (4 * jnp.where(lam > 0, lam, 1.0) * a0**2), jnp.inf)
+
+
+# ----------------------------------------------------------------------------------------------
+# constrained (Stiefel / Grassmann) flow (digest §3)
+
+
+class FixedPoint(NamedTuple):
+    """Stable fixed point of the constrained flow (digest §3.2 [R]).
+
+    basis: `(p, k)` top-k eigenvectors U_k of M (for M = −A/2: the bottom-k of A, the most
+        augmentation-invariant directions).
+    eigenvalues: `(p,)` of M, descending.
+    loss: optimal loss `−Σ_{j≤k} λ_j`.
+    gap: λ_k − λ_{k+1} (convergence needs gap > 0).
+    rate: 2(λ_k − λ_{k+1}): `tan θ_max(t) <= tan θ_max(0) e^{−rate·t}`.
+    """
+
+    basis: jax.Array
+    eigenvalues: jax.Array
+    loss: jax.Array
+    gap: jax.Array
+    rate: jax.Array
+
+
+@partial(jax.jit, static_argnums=1)
+def _fixed_point_core(M, k):
+    lam, U = _eigh_desc(M)
+    gap = lam[k - 1] - lam[k]
+    return FixedPoint(U[:, :k], lam, -jnp.sum(lam[:k]), gap, 2 * gap)
+
+
+def stiefel_fixed_point(M, k: int) -> FixedPoint:
+    """Top-k eigenspace of M: the stable fixed point of `dW/dt = 2(I − WWᵀ)MW` (digest §3.2 [R]).
+    Needs k < p (k = p: every frame spans everything)."""
+    M = C.symmetric("M", M)
+    k = V.positive_int("k", k)
+    if k >= M.shape[0]:
+        raise ValueError(f"k: expected 1 <= k < p = {M.shape[0]}, got {k}")
+    return _fixed_point_core(M, k)
+
+
+class ConstrainedFlow(NamedTuple):
+    """Exact constrained-flow prediction at time(s) t (digest §3.2 [R]); leading time axis if t is 1-D.
+
+    projector: `(p, p)` P(t) onto span W(t) = span e^{2tM} W0 (the frame itself is NOT predicted:
+        only P, Gram matrices, losses and angles are frame-invariant, pitfall P3 / check 9).
+    tan_angles: `(k,)` tangents of the principal angles between span W(t) and span U_k, descending:
+        singular values of `e^{2tΛ_⊥} T_0 e^{−2tΛ_k}`, `T_0 = (U_⊥ᵀW0)(U_kᵀW0)^{−1}`.
+    tan_bound: `tan θ_max(0) e^{−2(λ_k − λ_{k+1})t}` (>= tan_angles[0]).
+    loss: `−Tr(P(t) M)` (non-increasing in t).
+    """
+
+    projector: jax.Array
+    tan_angles: jax.Array
+    tan_bound: jax.Array
+    loss: jax.Array
+
+
+@jax.jit
+def _constrained_parts(M, W0):
+    k = W0.shape[1]
+    lam, U = _eigh_desc(M)
+    C0 = U.T @ W0
+    T0 = jnp.linalg.solve(C0[:k].T, C0[k:].T).T            # (U_⊥ᵀW0)(U_kᵀW0)^{-1}
+    tan0 = jnp.linalg.svd(T0, compute_uv=False)[0]
+    return lam, U, T0, tan0
+
+
+@jax.jit
+def _constrained_core(t, lam, U, T0, tan0, M):
+    k = U.shape[1] - T0.shape[0]
+    # exponents λ_{k+i} − λ_j <= 0: no overflow at any t
+    T = T0 * jnp.exp(2 * t * (lam[k:, None] - lam[None, :k]))
+    B = U @ jnp.concatenate([jnp.eye(k, dtype=T.dtype), T], axis=0)
+    Q, _ = jnp.linalg.qr(B)
+    P = Q @ Q.T
+    tan = jnp.linalg.svd(T, compute_uv=False)                          # min(p − k, k) values
+    tan = jnp.concatenate([tan, jnp.zeros((k - tan.shape[0],), T.dtype)])
+    bound = tan0 * jnp.exp(-2 * t * (lam[k - 1] - lam[k]))
+    return ConstrainedFlow(P, tan, bound, -jnp.sum(P * M))
+
+
+def constrained_flow(M, W0, t) -> ConstrainedFlow:
+    """Exact solution of the constrained flow `dW/dt = 2(I − WWᵀ)MW`, `W0ᵀW0 = I` (digest §3.2 [R]):
+    `span W(t) = span e^{2tM} W0`, computed in the eigenbasis of M as `span U [I; T(t)]` so that it
+    neither overflows nor loses rank at large t. Needs `U_kᵀ W0` invertible (generic)."""
+    M = C.symmetric("M", M)
+    W0 = C.orthonormal_columns("W0", W0)
+    if W0.shape[0] != M.shape[0] or W0.shape[1] >= M.shape[0]:
+        raise ValueError(f"W0: expected shape ({M.shape[0]}, k) with k < p = {M.shape[0]}, got "
+                         f"{tuple(W0.shape)}")
+    V.same_dtype(M=M, W0=W0)
+    t = _times("t", t, M.dtype)
+    lam, U, T0, tan0 = _constrained_parts(M, W0)
+    if V.is_concrete(T0) and not bool(jnp.all(jnp.isfinite(T0))):
+        raise ValueError("W0: U_kᵀW0 is singular (W0 has no component along some top-k "
+                         "eigenvector of M); the flow then does not reach the top-k eigenspace")
+    return _over_times(_constrained_core, t, lam, U, T0, tan0, M)
+
+
+def time_to_angle(M, W0, eps: float = 1e-6) -> jax.Array:
+    """Time after which the bound guarantees `θ_max < eps`: `ln(tan θ_max(0)/tan eps)/(2(λ_k −
+    λ_{k+1}))`, 0 if already there (digest §3.2, check 10 [R])."""
+    M = C.symmetric("M", M)
+    W0 = C.orthonormal_columns("W0", W0)
+    if W0.shape[0] != M.shape[0] or W0.shape[1] >= M.shape[0]:
+        raise ValueError(f"W0: expected shape ({M.shape[0]}, k) with k < p, got {tuple(W0.shape)}")
+    eps = C.positive("eps", eps)
+    lam, _, _, tan0 = _constrained_parts(M, W0)
+    k = W0.shape[1]
+    return jnp.maximum(jnp.log(tan0 / jnp.tan(eps)), 0.0) / (2 * (lam[k - 1] - lam[k]))
+
+
+# ----------------------------------------------------------------------------------------------
+# width-independent function-space form (digest §3.3) and NTK deviation (digest §4)
+
+
+class WidthFree(NamedTuple):
+    """Constrained flow in function space from (F0, K) only (digest §3.3 [R]); width-independent.
+
+    F: `(m, k)` one frame of the representation, `F_lin R` with `R Rᵀ = G^{−1}` (Cholesky frame; the
+        flow's own frame differs by an O(k) rotation — compare `gram`).
+    gram: `(m, m)` `F Fᵀ = F_lin G^{−1} F_linᵀ` (digest: FᵀF).
+    G: `(k, k)` `W0ᵀ e^{4tM} W0 = I + F0ᵀ [Σ_{j≥1} (4t)^j (SK)^{j−1} S / j!] F0`.
+    F_lin: `(m, k)` the unconstrained (NTK) trajectory `e^{2tKS} F0`.
+    G and F_lin grow like e^{2tμ_1}, e^{4tμ_1} and overflow float64 for 4tμ_1 >~ 700; F and gram are
+    computed from rescaled copies and stay finite.
+    """
+
+    F: jax.Array
+    gram: jax.Array
+    G: jax.Array
+    F_lin: jax.Array
+
+
+@jax.jit
+def _width_free_core(t, R, mu, Vn, S, F0):
+    k = F0.shape[1]
+    c = jnp.maximum(mu[0], 0.0)
+    RSF = R @ (S @ F0)                                                   # K^{1/2} S F0
+    s1 = jnp.exp(-2 * t * c)
+    F_lin_s = s1 * F0 + R @ ((Vn * _scaled_phi1(2 * t, mu, c)) @ (Vn.T @ RSF))
+    s2 = jnp.exp(-4 * t * c)
+    # Σ_{j>=1} (4t)^j/j! F0ᵀ(SK)^{j−1}S F0 = 4t F0ᵀSF0 + (K^{1/2}SF0)ᵀ V φ2 Vᵀ (K^{1/2}SF0)
+    G_s = (s2 * jnp.eye(k, dtype=F0.dtype) + 4 * t * s2 * (F0.T @ (S @ F0))
+           + (RSF.T @ Vn) @ (_scaled_phi2(4 * t, mu, c)[:, None] * (Vn.T @ RSF)))
+    G_s = (G_s + G_s.T) / 2
+    L = jnp.linalg.cholesky(G_s)
+    F = jax.scipy.linalg.solve_triangular(L, F_lin_s.T, lower=True).T   # F_lin L^{-T}
+    return WidthFree(F, F @ F.T, G_s / s2, F_lin_s / s1)
+
+
+def width_free_flow(K, S, F0, t) -> WidthFree:
+    """Constrained-flow representation from `(K, S, F0)` alone (digest §3.3 [R]).
+
+    For the random-feature model `F = phi W` with `WᵀW = I` trained by `dW/dt = 2(I − WWᵀ)MW`,
+    `F(t) Fᵀ(t) = F_lin G^{−1} F_linᵀ` where `F_lin = e^{2tKS} F0` is the naive (NTK) trajectory:
+    the trajectory depends on the width only through `K = phi phiᵀ` and `F0 = phi W0` [A: "exact,
+    network-width-independent dynamics"]. Requires `W0ᵀW0 = I` (then `G(0) = I`)."""
+    K, S, F0 = _kernel_and_pairs(K, S, F0)
+    t = _times("t", t, K.dtype)
+    R, mu, Vn = _function_parts(K, S)
+    return _over_times(_width_free_core, t, R, mu, Vn, S, F0)
+
+
+def width_free_limit(K, S, k: int) -> jax.Array:
+    """`lim_{t→∞} F Fᵀ = K^{1/2} V_k V_kᵀ K^{1/2}` (m, m), V_k the top-k eigenvectors of
+    `N = K^{1/2} S K^{1/2}` (digest §3.2–3.3 [R]: the top-k eigenspace of M seen through the
+    features — a PCA of a random-feature matrix [F]). Valid when N's k-th eigenvalue is > 0 (else
+    the top-k eigenspace of M may contain directions outside the feature span)."""
+    K, S = _kernel_and_pairs(K, S)
+    k = V.positive_int("k", k)
+    if k > K.shape[0]:
+        raise ValueError(f"k: expected 1 <= k <= m = {K.shape[0]}, got {k}")
+    R, _, Vn = _function_parts(K, S)
+    B = R @ Vn[:, :k]
+    return B @ B.T
+
+
+def constrained_tangent_kernel(K, S, F0, t) -> jax.Array:
+    """Tangent kernel of the constrained flow, `K_t = phi (I − W_t W_tᵀ) phiᵀ = K − F(t)F(t)ᵀ`
+    (digest §4.1 [R]); changes by O(1) relative to K during training, independent of width."""
+    K, S, F0 = _kernel_and_pairs(K, S, F0)
+    return K - width_free_flow(K, S, F0, t).gram
+
+
+def escape_time_shift(lam1, width_ratio) -> jax.Array:
+    """Predicted increase of the half-loss time when the width is multiplied by `width_ratio`:
+    `ln(width_ratio)/(4 λ_1)` for the flow `dW/dt = 2(I − WWᵀ)MW` with Haar init and
+    `||phi|| = O(1)` (digest §4.4, the digest author's own derivation [R], not a claim of the paper).
+    Use `2·escape_time_shift` for the unit-speed flow."""
+    lam1 = C.positive("lam1", lam1)
+    width_ratio = C.positive("width_ratio", width_ratio)
+    return jnp.log(width_ratio) / (4 * lam1)
+
+
+# ----------------------------------------------------------------------------------------------
+# discrete algorithm (digest §3.2): Riemannian GD with a retraction
+
+
+class StiefelPath(NamedTuple):
+    """Saved iterates of `stiefel_gd`. ts: `(S+1,)` gradient times η·s; W: `(S+1, p, k)`;
+    loss: `(S+1,)` `−Tr(WᵀMW)`; feasibility: `(S+1,)` `||WᵀW − I||_F`."""
+
+    ts: jax.Array
+    W: jax.Array
+    loss: jax.Array
+    feasibility: jax.Array
+
+
+def _retract_qr(Y):
+    Q, R = jnp.linalg.qr(Y)
+    s = jnp.sign(jnp.diagonal(R))
+    return Q * jnp.where(s == 0, 1.0, s)
+
+
+def _retract_polar(Y):
+    lam, U = jnp.linalg.eigh(Y.T @ Y)
+    return Y @ ((U / jnp.sqrt(lam)) @ U.T)
+
+
+def _field(M, W):
+    MW = M @ W
+    return 2 * (MW - W @ (W.T @ MW))
+
+
+@partial(jax.jit, static_argnames=("steps", "n_saves", "method"))
+def _stiefel_core(M, W0, eta, *, steps, n_saves, method):
+    if method == "rk4":
+        def step(W):
+            k1 = _field(M, W)
+            k2 = _field(M, W + eta / 2 * k1)
+            k3 = _field(M, W + eta / 2 * k2)
+            k4 = _field(M, W + eta * k3)
+            return _retract_polar(W + eta / 6 * (k1 + 2 * k2 + 2 * k3 + k4))
+    else:
+        retract = _retract_qr if method == "qr" else _retract_polar
+
+        def step(W):
+            return retract(W + eta * _field(M, W))
+
+    every = steps // n_saves
+
+    def chunk(W, _):
+        W = jax.lax.fori_loop(0, every, lambda i, w: step(w), W)
+        return W, W
+
+    _, Ws = jax.lax.scan(chunk, W0, None, length=n_saves)
+    Ws = jnp.concatenate([W0[None], Ws])
+    k = W0.shape[1]
+    loss = -jnp.einsum("spk,pq,sqk->s", Ws, M, Ws)
+    gram = jnp.einsum("spk,spl->skl", Ws, Ws) - jnp.eye(k, dtype=W0.dtype)
+    feas = jnp.sqrt(jnp.sum(gram**2, axis=(1, 2)))
+    ts = eta * every * jnp.arange(n_saves + 1, dtype=W0.dtype)
+    return StiefelPath(ts, Ws, loss, feas)
+
+
+def stiefel_gd(M, W0, eta, steps: int, *, method: str = "qr", n_saves: int | None = None
+               ) -> StiefelPath:
+    """Riemannian GD on the Stiefel manifold for `L = −Tr(WᵀMW)` (digest §3.2 [R]):
+
+    - `"qr"`: `W ← qf(W + 2η(I − WWᵀ)MW)` (thin QR, diag(R) > 0);
+    - `"polar"`: same step, polar retraction `Y(YᵀY)^{−1/2}`;
+    - `"rk4"`: one classical RK4 step of the flow `dW/dt = 2(I − WWᵀ)MW`, then a polar
+      re-orthonormalisation (removes the O(η⁵) drift; pitfall P4: never integrate without it).
+
+    Time is `t = η·s`. `n_saves` (default `steps`) iterates are returned, evenly spaced; `steps`
+    must be a multiple of it. This is the digest's parameter-space model (p-dimensional W), used as
+    the reference for the closed forms; the kernel-regime solver is `sslntk.dynamics`."""
+    M = C.symmetric("M", M)
+    W0 = C.orthonormal_columns("W0", W0)
+    if W0.shape[0] != M.shape[0]:
+        raise ValueError(f"W0: expected shape ({M.shape[0]}, k), got {tuple(W0.shape)}")
+    V.same_dtype(M=M, W0=W0)
+    eta = C.positive("eta", eta)
+    steps = V.positive_int("steps", steps)
+    n_saves = steps if n_saves is None else V.positive_int("n_saves", n_saves)
+    if steps % n_saves:
+        raise ValueError(f"n_saves: expected a divisor of steps = {steps}, got {n_saves}")
+    V.choice("method", method, RETRACTIONS)
+    return _stiefel_core(M, W0, eta.astype(M.dtype), steps=steps, n_saves=n_saves, method=method)
