@@ -399,10 +399,10 @@ class Jitter(Augmentation):
         x = self._prepare(key, x)
         u = jax.random.uniform(key, (x.shape[0], 2), x.dtype, -1.0, 1.0)
         bshape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        c = (1 + jnp.asarray(self.contrast, x.dtype) * u[:, 0]).reshape(bshape)
+        c = (jnp.asarray(self.contrast, x.dtype) * u[:, 0]).reshape(bshape)
         b = (jnp.asarray(self.brightness, x.dtype) * u[:, 1]).reshape(bshape)
         mean = jnp.mean(x, axis=tuple(range(1, x.ndim)), keepdims=True)
-        return (x - mean) * c + mean + b
+        return x + (x - mean) * c + b            # = (x − x̄)(1 + c) + x̄ + b; exact x at 0
 
 
 def jitter(brightness: float = 0.1, contrast: float = 0.1) -> Jitter:

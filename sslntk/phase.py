@@ -117,16 +117,16 @@ class PhaseDiagram:
                 "max_grad_norm": float(np.max(self.grad_norm))}
 
 
-@partial(jax.jit, static_argnames=("model", "steps"))
-def _grid(As, Ss, gammas, tau, init, lr, *, model, steps):
+@partial(jax.jit, static_argnames=("model",))
+def _grid(As, Ss, gammas, tau, init, lr, steps, warmup, *, model):
     """All cells at once: vmap over rows (A, Σ) and columns (γ); returns eigenvalues, loss, |grad|."""
 
     def cell(A, S, gamma):
         if model == "one_layer":
-            res = L._gd_core(lambda W: L._m1_loss(W, A, S, tau, gamma), init, lr, steps)
+            res = L._gd_m1(init, A, S, tau, gamma, lr, steps)
             Vm = res.params
         else:
-            res = L._gd_core(lambda p: L._m2_loss(p[0], p[1], A, S, tau, gamma), init, lr, steps)
+            res = L._gd_m2(init, A, S, tau, gamma, lr, steps, warmup)
             Vm = res.params[0] @ res.params[1]
         ev = jnp.linalg.eigvalsh(Vm @ S @ Vm.T)[::-1]
         return ev, res.loss, res.grad_norm
@@ -168,7 +168,9 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
         within-class variance `sigma_w2`), `B = b I` (b matters for M2 only).
     gamma: weight decays (>= 0). tau: temperature of the canonical landscape.
     key: a `jax.random` key for the random orthonormal initial frames (same key, same result).
-    lr, steps: GD settings; defaults `lr = 0.01 τ` (M1: 0.02 τ) and `steps` = 300 time units / lr.
+    lr, steps: GD settings; defaults: M1 `lr = τ/(4 a_1)` (curvature at the minimum <= 4a_1/τ), M2
+        `lr = 1/(2·curvature bound)` at the γ = 0 minimum after a warm-up of 2τ time units at the
+        rate the stiffer large init allows (`_m2_curvature`); `steps` = 200 time units / lr.
     rtol: rank threshold relative to τ (module docstring).
 
     Predictions: M1 rank `min(d_out, #{a_i > γτ})` (digest §2.1, independent of σ²); M2 global rank
@@ -224,26 +226,41 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
     if model == "one_layer":
         scale = 1e-2 if init_scale is None else float(C.positive("init_scale", init_scale))
         init = scale * _frame(k_w, d_out, d, dtype)
-        lr = 0.02 * tau if lr is None else lr
+        # curvature at the minimum is 4(a_i − γτ)/τ <= 4 a_1/τ: lr·curvature <= 1
+        lr = 0.25 * tau / float(np.max(a)) if lr is None else lr
     else:
         s_infl = np.sqrt(a * tau / 3) / (a + bvals)
         s0 = 1.05 * float(np.max(s_infl)) if init_scale is None else float(
             C.positive("init_scale", init_scale))
         c = np.sqrt(s0)
         init = (c * _frame(k_u, d_out, h, dtype), c * _frame(k_w, h, d, dtype))
-        lr = 0.01 * tau if lr is None else lr
+        lr = 0.5 / _m2_curvature(a, bvals, tau, 0.0, np.sqrt(a * tau) / (a + bvals)) \
+            if lr is None else lr
+        warm_lr = min(float(lr), 0.5 / _m2_curvature(a, bvals, tau, float(np.max(gs)), s0))
+        warmup = (int(np.ceil(2.0 * tau / warm_lr)), warm_lr)
     lr = float(C.positive("lr", lr))
-    steps = int(np.ceil(300.0 / lr)) if steps is None else V.positive_int("steps", steps)
+    steps = int(np.ceil(200.0 / lr)) if steps is None else V.positive_int("steps", steps)
+    if model == "one_layer":
+        warmup = (0, lr)
 
     ev, loss, gn = _grid(jnp.asarray(As, dtype), jnp.asarray(As + Bs, dtype), jnp.asarray(gs, dtype),
-                         jnp.asarray(tau, dtype), init, jnp.asarray(lr, dtype), model=model,
-                         steps=steps)
+                         jnp.asarray(tau, dtype), init, jnp.asarray(lr, dtype), steps,
+                         (warmup[0], jnp.asarray(warmup[1], dtype)), model=model)
     ev = np.asarray(ev)
     measured = np.sum(ev > rtol * tau, axis=-1)
     return PhaseDiagram(x=xs, gamma=gs, measured_rank=measured, predicted_rank=pred,
                         metastable_rank=meta, hysteresis=pred != meta, gamma_c=gc, gamma_s=gsp,
                         variances=ev, grad_norm=np.asarray(gn), loss=np.asarray(loss), a=a,
                         model=model, x_axis=x_axis, tau=tau, lr=lr, steps=steps, rtol=rtol)
+
+
+def _m2_curvature(a, b, tau, gamma, s):
+    """Curvature bound of M2 GD in (U, W) at a balanced point with singular values s:
+    `2 s |g''(s)| + |g'(s)|`, maximised over rows and directions."""
+    ab2 = (a + b) ** 2
+    d1 = -2 * a * s / tau + 2 * ab2 * s**3 / tau**2 + 2 * gamma
+    d2 = -2 * a / tau + 6 * ab2 * s**2 / tau**2
+    return float(max(np.max(2 * s * np.abs(d2) + np.abs(d1)), 1e-12))
 
 
 def _frame(key, rows, cols, dtype):

@@ -1,7 +1,7 @@
 """Closed-form Barlow Twins (theory form, λ = 1) kernel gradient flow: the stepwise solution.
 
     traj = solve_closed_form(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False,
-                             frame_correction=True)
+                             corrections=True)
 
 One dense eigendecomposition of the contrastive problem ``(Z K / 2n) a = γ a``, ``aᵀ K a = 1``
 (`sslntk.theory.stepwise.contrastive_modes`, all N = 2n modes), then the curves at any times in
@@ -69,7 +69,7 @@ def _check_loss(loss) -> _losses.Loss:
 
 
 def solve_closed_form(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False,
-                      frame_correction: bool = True) -> Trajectory:
+                      corrections: bool = True) -> Trajectory:
     """Stepwise closed form of BT (λ = 1) kernel gradient flow (see the module docstring).
 
     Args:
@@ -80,8 +80,8 @@ def solve_closed_form(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progr
       ts: ``(T,)`` times ≥ 0.
       K_test_train, f0_test: ``(m, 2n)`` and ``(m, k)``; ``f0_test`` may be omitted (f0 in span).
       progress: accepted for the common solver signature; nothing to report (no time stepping).
-      frame_correction: first-order frame rotation of the learned pairs (default True; False gives
-        the plain propagated lift, for comparisons).
+      corrections: the frame rotation and diagonal renormalisation of
+        `stepwise.lifted_coefficients` (default True; False gives the bare propagated lift).
     """
     del progress
     loss = _check_loss(loss)
@@ -94,16 +94,16 @@ def solve_closed_form(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progr
         raise ValueError(f"f0: expected (2n, k) with k <= 2n (one mode per output at most), got "
                          f"{tuple(inp.f0.shape)}")
     return _core(inp.K, inp.loss, inp.f0, inp.ts, inp.K_test_train,
-                 inp.f0_test if f0_test_given else None, frame_correction=bool(frame_correction))
+                 inp.f0_test if f0_test_given else None, corrections=bool(corrections))
 
 
-@functools.partial(jax.jit, static_argnames=("frame_correction",))
-def _core(K, loss, f0, ts, K_tx, f0_test, *, frame_correction):
+@functools.partial(jax.jit, static_argnames=("corrections",))
+def _core(K, loss, f0, ts, K_tx, f0_test, *, corrections):
     N, k = f0.shape
     gam, A, E = _sw.contrastive_modes(K, N)
     P0 = jnp.matmul(A.T, f0, precision=_HI)                                  # (N, k)
     f_null = f0 - jnp.matmul(E, P0, precision=_HI)
-    lift = _sw._lift(P0, gam, ts, frame_correction=frame_correction)
+    lift = _sw._lift(P0, gam, ts, corrections=corrections)
     PQ = jnp.einsum("tji,oi->tjo", lift.P, lift.init.Q, precision=_HI)       # (T, N, k)
     fs = f_null[None] + jnp.einsum("nj,tjo->tno", E, PQ, precision=_HI)
     f_test = None
