@@ -214,12 +214,25 @@ class Augmentation:
     """Base of every augmentation: `aug(key, x) -> x_aug`, `x` a float batch `(N, ...)`, output of
     the same shape and dtype. Subclasses are frozen pytrees whose strengths are leaves."""
 
-    def __call__(self, key, x):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def __call__(self, key, x) -> jax.Array:
+        x = self._check(key, x)
+        return _apply_jit(self, key, x)
 
-    def _prepare(self, key, x):
+    def _check(self, key, x) -> jax.Array:
+        """Validate the call's inputs (at the API boundary, before tracing); return `x` as an array."""
         _check_key("key", key)
         return _batch("x", x)
+
+    def _apply(self, key, x) -> jax.Array:  # pragma: no cover - abstract
+        """The augmentation itself, on validated inputs (runs traced, under one `jax.jit`)."""
+        raise NotImplementedError
+
+
+@jax.jit
+def _apply_jit(aug: Augmentation, key, x):
+    # One compiled program per (augmentation structure, shapes, dtypes) instead of one dispatch per
+    # operation; strengths are traced leaves, so new strength values reuse the compiled program.
+    return aug._apply(key, x)
 
 
 @_pytree(data=("strength", "cov_sqrt"))
@@ -244,16 +257,20 @@ class GaussianNoise(Augmentation):
         C = jnp.diag(L**2) if L.ndim == 1 else L @ L.T
         return jnp.asarray(self.strength) ** 2 * C
 
-    def __call__(self, key, x):
-        x = self._prepare(key, x)
+    def _check(self, key, x):
+        x = super()._check(key, x)
+        D = int(np.prod(x.shape[1:]))
+        if self.cov_sqrt is not None and jnp.shape(self.cov_sqrt)[0] != D:
+            raise ValueError(f"x: expected {jnp.shape(self.cov_sqrt)[0]} features per sample to "
+                             f"match the noise covariance, got shape {tuple(x.shape)} ({D} features)")
+        return x
+
+    def _apply(self, key, x):
         N, D = x.shape[0], int(np.prod(x.shape[1:]))
         s = jnp.asarray(self.strength, x.dtype)
         eps = jax.random.normal(key, (N, D), x.dtype)
         if self.cov_sqrt is not None:
             L = jnp.asarray(self.cov_sqrt, x.dtype)
-            if L.shape[0] != D:
-                raise ValueError(f"x: expected {L.shape[0]} features per sample to match the noise "
-                                 f"covariance, got shape {tuple(x.shape)} ({D} features)")
             eps = eps * L if L.ndim == 1 else eps @ L.T
         return x + s * eps.reshape(x.shape)
 
@@ -320,9 +337,11 @@ class Translate(Augmentation):
         _strength("strength", self.strength)
         V.choice("padding", self.padding, PADDINGS)
 
-    def __call__(self, key, x):
+    def _check(self, key, x):
         _check_key("key", key)
-        x = _images("x", x)
+        return _images("x", x)
+
+    def _apply(self, key, x):
         u = jax.random.uniform(key, (x.shape[0], 2), x.dtype, -1.0, 1.0)
         return shift(x, jnp.asarray(self.strength, x.dtype) * u, self.padding)
 
@@ -358,7 +377,9 @@ class Mask(Augmentation):
 
     def keep_mask(self, key, x) -> jax.Array:
         """The mask m (broadcastable to `x`) that `__call__` multiplies `x` by."""
-        x = self._prepare(key, x)
+        return _keep_mask_jit(self, key, self._check(key, x))
+
+    def _keep_mask(self, key, x):
         shape = x.shape[:3] + (1,) if x.ndim == 4 else x.shape
         tiny = jnp.finfo(x.dtype).tiny
         u = jax.random.uniform(key, shape, x.dtype, tiny, 1.0)
@@ -372,8 +393,11 @@ class Mask(Augmentation):
             m = m + jax.lax.stop_gradient((m > 0.5).astype(x.dtype) - m)
         return m
 
-    def __call__(self, key, x):
-        return x * self.keep_mask(key, x)
+    def _apply(self, key, x):
+        return x * self._keep_mask(key, x)
+
+
+_keep_mask_jit = jax.jit(Mask._keep_mask)
 
 
 def mask(strength: float = 0.1, temperature: float = 0.1, hard: bool = False) -> Mask:
@@ -395,8 +419,7 @@ class Jitter(Augmentation):
         _strength("brightness", self.brightness)
         _strength("contrast", self.contrast, upper=1.0, upper_ok=False)
 
-    def __call__(self, key, x):
-        x = self._prepare(key, x)
+    def _apply(self, key, x):
         u = jax.random.uniform(key, (x.shape[0], 2), x.dtype, -1.0, 1.0)
         bshape = (x.shape[0],) + (1,) * (x.ndim - 1)
         c = (jnp.asarray(self.contrast, x.dtype) * u[:, 0]).reshape(bshape)
@@ -427,11 +450,23 @@ class Compose(Augmentation):
                                 f"got {type(a).__name__}")
 
     def __call__(self, key, x):
-        x = self._prepare(key, x)
+        x = self._check(key, x)
+        if all(isinstance(a, Augmentation) for a in self.augs):
+            return _apply_jit(self, key, x)
+        return self._apply(key, x)  # plain-function members cannot be jit arguments: run eagerly
+
+    def _check(self, key, x):
+        x = super()._check(key, x)
+        for a in self.augs:  # shape requirements of the members (e.g. translate needs images)
+            if isinstance(a, Augmentation):
+                a._check(key, x)
+        return x
+
+    def _apply(self, key, x):
         if not self.augs:
             return x
         for a, k in zip(self.augs, jax.random.split(key, len(self.augs)), strict=True):
-            x = a(k, x)
+            x = a._apply(k, x) if isinstance(a, Augmentation) else a(k, x)
         return x
 
 
@@ -553,6 +588,20 @@ class Views:
         return cls(f[:n], f[n:], f.ndim - 1 if feature_ndim is None else feature_ndim)
 
 
+def _views(augment, x, key, n_draws: int):
+    def one(k):
+        ka, kb = jax.random.split(k)
+        return augment(ka, x), augment(kb, x)
+
+    if n_draws == 1:
+        return one(jax.random.fold_in(key, 0))
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_draws))
+    return jax.vmap(one)(keys)
+
+
+_views_jit = jax.jit(_views, static_argnames=("n_draws",))
+
+
 def make_views(x, augment: Callable | None, key, n_draws: int = 1) -> Views:
     """Two augmented views of every row of `x: (n, ...)`.
 
@@ -573,15 +622,10 @@ def make_views(x, augment: Callable | None, key, n_draws: int = 1) -> Views:
         raise TypeError(f"augment: expected an augmentation (callable (key, x) -> x) or None, got "
                         f"{type(augment).__name__}")
 
-    def one(k):
-        ka, kb = jax.random.split(k)
-        return augment(ka, x), augment(kb, x)
-
-    if n_draws == 1:
-        a, b = one(jax.random.fold_in(key, 0))
-    else:
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_draws))
-        a, b = jax.vmap(one)(keys)
+    if isinstance(augment, Augmentation):
+        a, b = _views_jit(augment, x, key, n_draws)
+    else:  # a plain function cannot be a jit argument: run eagerly
+        a, b = _views(augment, x, key, n_draws)
     want = x.shape if n_draws == 1 else (n_draws, *x.shape)
     if a.shape != want or b.shape != want:
         raise ValueError(f"augment: expected output of the input's shape {tuple(x.shape)}, got "

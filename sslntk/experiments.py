@@ -19,9 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslntk import _progress, plots
+from sslntk import plots
 from sslntk.rundir import RunDir
-
 
 # ---------------------------------------------------------------------------------------------------
 # shared pieces: data → views → kernels → f0
@@ -73,7 +72,8 @@ def views_and_kernels(cfg, *, noise=None):
     views = data.make_views(x_tr, _augment(cfg, noise), jax.random.fold_in(key, 2))
     X = jnp.concatenate([views.stacked, x_te], axis=0) if x_te.shape[0] else views.stacked
     arch = _arch(cfg)
-    return views, X, kernels.ntk(arch, X), kernels.nngp(arch, X)
+    K, K_nngp = kernels.ntk_and_nngp(arch, X)
+    return views, X, K, K_nngp
 
 
 def initial_function(K_nngp, k, alpha, key):
@@ -184,8 +184,8 @@ def run(cfg: dict, out, *, progress: bool = True):
         res = json.loads((rd.path / "results.json").read_text())
         return res, False
     rd.open()
+    rd.verbose = progress
     t0 = time.perf_counter()
-    with _progress.Progress(1, f"sslntk {cfg['kind']}", enabled=progress):
-        headline, lines, arrays = KINDS[cfg["kind"]](rd, cfg, progress)
+    headline, lines, arrays = KINDS[cfg["kind"]](rd, cfg, progress)
     rd.timings["total"] = time.perf_counter() - t0
     return rd.write_results(headline, arrays, lines), True

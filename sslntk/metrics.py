@@ -25,6 +25,7 @@ metric papers named per function.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -160,6 +161,11 @@ def _singular_values(x: jax.Array) -> jax.Array:
     return jnp.linalg.svd(x, compute_uv=False)
 
 
+# The computational cores below are jitted (static options), so an eager call is one compiled
+# program per input shape instead of dozens of op-by-op dispatches; inside a caller's jit they inline.
+
+
+@partial(jax.jit, static_argnames=("center",))
 def _covariance_spectrum(f: jax.Array, center: bool) -> jax.Array:
     x = _center(f, -2) if center else f
     ev = _singular_values(x) ** 2 / f.shape[-2]
@@ -187,8 +193,12 @@ def embedding_spectrum(f, *, center: bool = True) -> jax.Array:
     return _covariance_spectrum(f, _flag("center", center))
 
 
+@jax.jit
 def _cc_spectrum(f):
-    return jnp.linalg.eigvalsh(cross_correlation(f))[::-1]
+    lead = f.shape[:-2]
+    flat = f.reshape((-1,) + f.shape[-2:])
+    ev = jax.vmap(lambda x: jnp.linalg.eigvalsh(cross_correlation(x))[::-1])(flat)
+    return ev.reshape(lead + f.shape[-1:])
 
 
 def cross_correlation_spectrum(f) -> jax.Array:
@@ -199,10 +209,7 @@ def cross_correlation_spectrum(f) -> jax.Array:
     `1/(1 + (1/c_j(0) − 1) e^{−8γ_j t})` and tends to 1 for each learned mode). Uncentred and not
     standardised (stepwise §10). C is symmetric but may be indefinite: eigenvalues can be negative.
     """
-    f = _stacked("f", f)
-    lead = f.shape[:-2]
-    flat = f.reshape((-1,) + f.shape[-2:])
-    return jax.vmap(_cc_spectrum)(flat).reshape(lead + f.shape[-1:])
+    return _cc_spectrum(_stacked("f", f))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,9 +226,12 @@ def effective_rank(f, *, center: bool = False) -> jax.Array:
     erank ≈ k (1 − k/(8N)) (Marchenko–Pastur spread of σ). NaN when all σ are 0 (F = 0, or a
     constant F with `center=True`: Jha §4 check 13). RankMe (`rankme`) is this with ε = 1e-7.
     """
-    f = _embeddings("f", f)
-    x = _center(f, -2) if _flag("center", center) else f
-    return _entropy_rank(_singular_values(x), 0.0)
+    return _effective_rank(_embeddings("f", f), _flag("center", center))
+
+
+@partial(jax.jit, static_argnames=("center",))
+def _effective_rank(f, center):
+    return _entropy_rank(_singular_values(_center(f, -2) if center else f), 0.0)
 
 
 def rankme(f, *, eps: float = 1e-7) -> jax.Array:
@@ -237,6 +247,11 @@ def rankme(f, *, eps: float = 1e-7) -> jax.Array:
     """
     f = _embeddings("f", f)
     V.positive_float("eps", eps, allow_zero=True)
+    return _rankme(f, eps)
+
+
+@jax.jit
+def _rankme(f, eps):
     return _entropy_rank(_singular_values(f), eps)
 
 
@@ -266,6 +281,12 @@ def alpha_req(f, *, fit_range: tuple[int, int] | None = None, rtol=None) -> jax.
     if rtol is None:
         rtol = float(max(f.shape[-2], k) * jnp.finfo(f.dtype).eps) ** 2
     V.positive_float("rtol", rtol, allow_zero=True)
+    return _alpha_req(f, lo, hi, rtol)
+
+
+@partial(jax.jit, static_argnames=("lo", "hi"))
+def _alpha_req(f, lo, hi, rtol):
+    k = f.shape[-1]
     lam = _covariance_spectrum(f, True)
     ranks = jnp.arange(1, k + 1, dtype=f.dtype)
     w = ((ranks >= lo) & (ranks <= hi) & (lam > rtol * lam[..., :1])).astype(f.dtype)
@@ -302,6 +323,11 @@ def lidar(e, *, delta: float = 1e-4, eps: float = 1e-8) -> jax.Array:
     e = _grouped("e", e, min_views=2)
     V.positive_float("delta", delta, allow_zero=True)
     V.positive_float("eps", eps, allow_zero=True)
+    return _lidar(e, delta, eps)
+
+
+@jax.jit
+def _lidar(e, delta, eps):
     n, q, d = e.shape[-3:]
     mu_x = _mean(e, -2)                                       # (..., n, 1, d)
     within = (e - mu_x).reshape(e.shape[:-3] + (n * q, d))
@@ -325,7 +351,11 @@ def _split(f):
 def group_views(f) -> jax.Array:
     """Stacked views `(..., 2n, k)` `[a_1..a_n, b_1..b_n]` → grouped `(..., n, 2, k)` (`[..., i, 0]` is
     `a_i`, `[..., i, 1]` is `b_i`), the input layout of `stability`, `lidar`, `center_vector`."""
-    f = _stacked("f", f)
+    return _group_views(_stacked("f", f))
+
+
+@jax.jit
+def _group_views(f):
     return jnp.stack(_split(f), axis=-2)
 
 
@@ -338,12 +368,17 @@ def alignment(f, *, alpha: float = 2.0) -> jax.Array:
     """
     f = _stacked("f", f)
     V.positive_float("alpha", alpha)
+    return _alignment(f, alpha)
+
+
+@jax.jit
+def _alignment(f, alpha):
     za, zb = _split(_unit_rows(f))
     d2 = jnp.sum((za - zb) ** 2, axis=-1)
     return jnp.mean(d2 ** (alpha / 2), axis=-1)
 
 
-def _uniformity(z: jax.Array, t) -> jax.Array:
+def _pair_uniformity(z: jax.Array, t) -> jax.Array:
     """`log mean_{i<j} exp(−t ||z_i − z_j||²)` over the rows of `(..., M, k)`."""
     m = z.shape[-2]
     y = _center(z, -2)        # distances are shift-invariant; a collapsed batch gives exact zeros
@@ -367,12 +402,17 @@ def uniformity(f, *, t: float = 2.0, stacked: bool = True) -> jax.Array:
     (−3.9375 for k = 128, −3.875 for k = 64 at t = 2, Jha §4 check 18). Memory O(M²).
     """
     V.positive_float("t", t)
-    if _flag("stacked", stacked):
-        f = _stacked("f", f)
-        za, zb = _split(_unit_rows(f))
-        return (_uniformity(za, t) + _uniformity(zb, t)) / 2
-    f = _embeddings("f", f)
-    return _uniformity(_unit_rows(f), t)
+    stacked = _flag("stacked", stacked)
+    return _uniformity(_stacked("f", f) if stacked else _embeddings("f", f), t, stacked)
+
+
+@partial(jax.jit, static_argnames=("stacked",))
+def _uniformity(f, t, stacked):
+    z = _unit_rows(f)
+    if stacked:
+        za, zb = _split(z)
+        return (_pair_uniformity(za, t) + _pair_uniformity(zb, t)) / 2
+    return _pair_uniformity(z, t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,9 +451,11 @@ class Stability(NamedTuple):
     trace_within: jax.Array
 
 
-def _grouped_unit(name, z, normalize, min_views):
-    z = _grouped(name, z, min_views=min_views)
-    return _unit_rows(z) if _flag("normalize", normalize) else z
+@partial(jax.jit, static_argnames=("normalize", "center"))
+def _group_means(z, normalize, center):
+    """`μ̂: (..., N, d)`, or `ŝ: (..., d)` with `center=True`."""
+    mu = _mean(_unit_rows(z) if normalize else z, -2)[..., 0, :]
+    return _mean(mu, -2)[..., 0, :] if center else mu
 
 
 def sample_means(z, *, normalize: bool = True) -> jax.Array:
@@ -424,8 +466,7 @@ def sample_means(z, *, normalize: bool = True) -> jax.Array:
     `g = f/||f||` when `normalize=True` (the paper's space; `False` uses `z` as given, e.g. a
     method-specific space — label which, Jha §5). K >= 1.
     """
-    z = _grouped_unit("z", z, normalize, 1)
-    return _mean(z, -2)[..., 0, :]
+    return _group_means(_grouped("z", z, min_views=1), _flag("normalize", normalize), False)
 
 
 def center_vector(z, *, normalize: bool = True) -> jax.Array:
@@ -436,7 +477,7 @@ def center_vector(z, *, normalize: bool = True) -> jax.Array:
     point) it is the batch mean of the normalised rows. Its norm has a ≈ 1/sqrt(N) floor even for a
     perfect representation (Jha §5): compare at equal N or use `stability(...).center_norm_sq_u`.
     """
-    return _mean(sample_means(z, normalize=normalize), -2)[..., 0, :]
+    return _group_means(_grouped("z", z, min_views=1), _flag("normalize", normalize), True)
 
 
 def stability(z, *, normalize: bool = True) -> Stability:
@@ -450,7 +491,12 @@ def stability(z, *, normalize: bool = True) -> Stability:
     `s` on `g = f/||f||`; with `False` the identities hold with `mean ||z||²` in place of 1.
     A fixed probe set in eval mode is the intended input (Jha §5: batch and BN effects).
     """
-    z = _grouped_unit("z", z, normalize, 2)
+    return _stability(_grouped("z", z, min_views=2), _flag("normalize", normalize))
+
+
+@partial(jax.jit, static_argnames=("normalize",))
+def _stability(z, normalize):
+    z = _unit_rows(z) if normalize else z
     N, K = z.shape[-3:-1]
     mu_k = _mean(z, -2)                                   # (..., N, 1, d)
     mu = mu_k[..., 0, :]                                  # (..., N, d)
@@ -507,8 +553,11 @@ def step_times(spectra, ts, *, min_final: float = 0.0) -> jax.Array:
         raise ValueError(f"ts: expected times >= 0 and strictly increasing, got {np.asarray(ts)}")
     V.positive_float("min_final", min_final, allow_zero=True)
     dtype = jnp.result_type(spectra.dtype, ts.dtype)
-    s, ts = spectra.astype(dtype), ts.astype(dtype)
+    return _step_times(spectra.astype(dtype), ts.astype(dtype), min_final)
 
+
+@jax.jit
+def _step_times(s, ts, min_final):
     final = s[..., -1, :]                                  # (..., k)
     level = final / 2
     reached = jnp.isfinite(s) & (s >= level[..., None, :])
@@ -533,7 +582,7 @@ def step_times(spectra, ts, *, min_final: float = 0.0) -> jax.Array:
 def _check_full_rank(name: str, x: jax.Array) -> None:
     if not V.is_concrete(x):
         return
-    s = np.asarray(_singular_values(x))
+    s = np.linalg.svd(np.asarray(x), compute_uv=False)
     tol = max(x.shape[-2:]) * np.finfo(s.dtype).eps
     if s.size and np.any(s[..., -1] <= tol * s[..., 0]):
         raise ValueError(f"{name}: expected full column rank (independent columns), got "
@@ -571,6 +620,11 @@ def principal_angles(a, b) -> jax.Array:
             raise ValueError(f"{name}: expected at most N columns (a basis of a subspace of R^N), "
                              f"got shape {tuple(x.shape)}")
         _check_full_rank(name, x)
+    return _principal_angles(a, b)
+
+
+@jax.jit
+def _principal_angles(a, b):
     if b.shape[-1] > a.shape[-1]:
         a, b = b, a
     qa = jnp.linalg.qr(a)[0]

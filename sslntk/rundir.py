@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -55,6 +56,7 @@ class RunDir:
         self.parts = self.path / "parts"
         self.timings: dict[str, float] = {}
         self.computed: list[str] = []   # parts computed in this process (not loaded)
+        self.verbose = False
 
     # -- state -------------------------------------------------------------------------------
     def _stored_hash(self) -> str | None:
@@ -92,13 +94,20 @@ class RunDir:
         """Load `parts/NAME.npz` if a previous run finished it, else compute, save atomically, return."""
         f = self.parts / f"{name}.npz"
         if f.exists():
+            self._say(f"{name}: loaded (finished by an earlier run)")
             return _io.load_npz(f)
+        self._say(f"{name}: computing ...")
         t0 = time.perf_counter()
         arrays = compute()
         self.timings[name] = time.perf_counter() - t0
+        self._say(f"{name}: done in {self.timings[name]:.1f} s")
         _io.atomic_write_npz(f, **arrays)
         self.computed.append(name)
         return _io.load_npz(f)   # the same dtype/rounding whether computed now or resumed
+
+    def _say(self, msg: str):
+        if self.verbose:
+            print(f"[sslntk] {msg}", file=sys.stderr, flush=True)
 
     def write_results(self, headline: dict, arrays: dict | None = None,
                       summary_lines: list[str] | None = None) -> dict:

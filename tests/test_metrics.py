@@ -247,40 +247,40 @@ def test_lidar_matches_reference_formula():
                                    rtol=1e-9)
 
 
-def _class_data(key, n, q, d, k, noise):
-    k1, k2, k3 = jax.random.split(key, 3)
-    basis = jnp.linalg.qr(jax.random.normal(k1, (d, k)))[0]
-    means = jax.random.normal(k2, (n, k)) @ basis.T
-    return means[:, None, :] + noise * jax.random.normal(k3, (n, q, d))
+def _class_data(r, n, q, d, k, noise):
+    """n class means N(0, I_k) in a random k-dim subspace of R^d, q views each with isotropic noise."""
+    basis = np.linalg.qr(r.standard_normal((d, k)))[0]
+    means = r.standard_normal((n, k)) @ basis.T
+    return means[:, None, :] + noise * r.standard_normal((n, q, d))
 
 
 def test_lidar_class_subspace():
     """Jha check 14 (δ = 1e-4, ε = 1e-8, n = 1000, q = 50, d = 64, noise 0.1): ≈ 1.12, 4.11, 15.93,
     61.95 for k = 1, 4, 16, 64. Over 3 seeds the values varied by <= 0.1 (at k = 64): 1% holds them."""
-    keys = jax.random.split(jax.random.PRNGKey(0), 4)
-    for key, (k, ref) in zip(keys, ((1, 1.12), (4, 4.11), (16, 15.93), (64, 61.95))):
-        v = float(M.lidar(_class_data(key, 1000, 50, 64, k, 0.1)))
+    r = rng(30)
+    for k, ref in ((1, 1.12), (4, 4.11), (16, 15.93), (64, 61.95)):
+        v = float(M.lidar(_class_data(r, 1000, 50, 64, k, 0.1)))
         assert abs(v - ref) < 0.01 * ref, (k, v)
 
 
 def test_lidar_noise_collapse_scale_and_constant():
     """Jha checks 15 and 16."""
-    key = jax.random.PRNGKey(1)
+    r = rng(31)
     n, q, d = 1000, 50, 64
-    noise = jax.random.normal(key, (n, q, d))
+    noise = r.standard_normal((n, q, d))
     # pure isotropic noise and a collapsed representation with tiny noise both give ≈ d (62.0,
     # 61.9 in the digest; the Wishart spread of Σ_b at d/n = 0.064 costs ≈ d²/(2n) = 2): LiDAR is
     # not a collapse detector. 1% as in check 14.
     assert abs(float(M.lidar(noise)) - 62.0) < 0.62
     assert abs(float(M.lidar(0.7 + 1e-3 * noise)) - 61.9) < 0.62
     # scale invariance: exact with δ = 0, and up to δ/σ_w² with the default δ
-    e = _class_data(jax.random.PRNGKey(2), 200, 8, 16, 4, 0.1)
+    e = _class_data(r, 200, 8, 16, 4, 0.1)
     np.testing.assert_allclose(M.lidar(1e3 * e, delta=0.0), M.lidar(e, delta=0.0), rtol=1e-10)
     np.testing.assert_allclose(M.lidar(1e3 * e), M.lidar(10 * e), rtol=1e-3)
     # exactly constant input: Σ_b = 0 → NaN (not a 0/0 that looks like a rank)
     assert np.isnan(float(M.lidar(np.full((20, 3, 5), 0.3))))
     # bounded by min(d, n − 1) (up to the ε mass)
-    small = jax.random.normal(key, (5, 4, 16))
+    small = r.standard_normal((5, 4, 16))
     assert float(M.lidar(small)) <= 4 + 1e-3
 
 

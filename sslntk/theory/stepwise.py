@@ -87,27 +87,37 @@ _HI = jax.lax.Precision.HIGHEST
 # Per-mode closed forms (broadcasting, any shapes)
 
 
-def _log_growth(x, c0):
-    """``ln(1 + c0 (e^x − 1))`` computed without overflow for large |x| (x = 8 γ t).
+def _logistic_parts(t, gamma, c0):
+    """``(c(t), τ(t))`` of the logistic mode, without overflow or cancellation for any t ≥ 0.
 
-    Valid whenever ``1 + c0 (e^x − 1) > 0``, which holds for every consistent pair (c0 ≥ 0 with any
-    x, or c0 < 0 with x ≤ 0: γ < 0 gives c0 = γ s² < 0). Both branches get safe arguments so that
-    `jnp.where` does not leak NaN gradients."""
+    With ``x = 8 γ t``: for ``x > 0``, ``D = c0 + (1 − c0) e^{−x}``, ``c = c0 / D``,
+    ``τ = −ln D / (8 γ)``; for ``x ≤ 0`` (γ < 0 with ``c0 = γ s² ≤ 0``), ``E = 1 + c0 expm1(x)``,
+    ``c = c0 eˣ / E``, ``τ = t − ln E / (8 γ)``; ``τ = t (1 − c0)`` for γ = 0. ``D, E > 0`` for every
+    consistent pair (c0 ≥ 0 with γ ≥ 0, or c0 ≤ 0 with γ ≤ 0); unselected branches get safe
+    arguments so that `jnp.where` leaks no NaN gradients."""
+    t, gamma, c0 = jnp.broadcast_arrays(*map(jnp.asarray, (t, gamma, c0)))
+    dtype = jnp.result_type(t, gamma, c0, float)
+    t, gamma, c0 = (a.astype(dtype) for a in (t, gamma, c0))
+    fi = jnp.finfo(dtype)
+    zero = gamma == 0
+    g = jnp.where(zero, 1.0, gamma)
+    x = 8.0 * g * t
     pos = x > 0
     ax = jnp.abs(x)
-    # x > 0: x + ln(c0 + (1 − c0) e^{−x})
-    arg_p = c0 + (1.0 - c0) * jnp.exp(-ax)
-    tiny = jnp.finfo(jnp.result_type(arg_p)).tiny
-    lp = x + jnp.log(jnp.maximum(arg_p, tiny))
-    # x <= 0: log1p(c0 expm1(x))
-    arg_n = c0 * jnp.expm1(-ax)
-    ln_ = jnp.log1p(jnp.maximum(arg_n, -1.0 + jnp.finfo(jnp.result_type(arg_n)).eps))
-    return jnp.where(pos, lp, ln_)
-
-
-def _safe_gamma(gamma):
-    small = jnp.abs(gamma) < jnp.finfo(jnp.result_type(gamma)).tiny ** 0.5
-    return small, jnp.where(small, 1.0, gamma)
+    # x > 0
+    em = jnp.expm1(-ax)                                   # e^{-|x|} − 1 ∈ (−1, 0]
+    D = jnp.maximum(c0 + (1.0 - c0) * (1.0 + em), fi.tiny)
+    near1 = D > 0.5
+    lnD = jnp.where(near1, jnp.log1p(jnp.maximum((1.0 - c0) * em, -0.5)), jnp.log(D))
+    c_pos = c0 / D
+    tau_pos = -lnD / (8.0 * g)
+    # x <= 0: E = 1 + c0 (e^{-|x|} − 1)
+    E_m1 = jnp.maximum(c0 * em, -1.0 + fi.eps)
+    c_neg = c0 * (1.0 + em) / (1.0 + E_m1)
+    tau_neg = t - jnp.log1p(E_m1) / (8.0 * g)
+    c = jnp.where(zero, c0, jnp.where(pos, c_pos, c_neg))
+    tau = jnp.where(zero, t * (1.0 - c0), jnp.where(pos, tau_pos, tau_neg))
+    return c, tau
 
 
 @jax.jit
@@ -115,12 +125,10 @@ def logistic_c(t, gamma, c0):
     """Embedding eigenvalue of an aligned mode, ``c(t) = 1 / (1 + (1/c0 − 1) e^{−8 γ t})`` (digest §3).
 
     Solves ``dc/dt = 8 γ c (1 − c)``, ``c(0) = c0``. Broadcasts ``t``, ``gamma`` and ``c0``. Stable for
-    any t ≥ 0 (no overflow), for ``c0 = 0`` (stays 0: a saddle), for ``γ ≤ 0`` (with ``c0 = γ s² ≤ 0``
+    any t ≥ 0 (no overflow), for ``c0 = 0`` (stays 0: a saddle), for ``γ < 0`` (with ``c0 = γ s² ≤ 0``
     the mode decays to 0; it is never learned) and for ``γ = 0`` (constant).
     """
-    t, gamma, c0 = jnp.broadcast_arrays(*map(jnp.asarray, (t, gamma, c0)))
-    x = 8.0 * gamma * t
-    return c0 * jnp.exp(x - _log_growth(x, c0))
+    return _logistic_parts(t, gamma, c0)[0]
 
 
 @jax.jit
@@ -130,12 +138,9 @@ def effective_time(t, gamma, c0):
     The time an aligned mode has spent "below saturation": its singular value is
     ``s(t) = s(0) exp(4 γ τ(t))``, and any component ``p`` of another mode ``j`` lying in the same
     output direction evolves as ``p(t) = p(0) exp(4 γ_j τ(t))`` (exact, given this ``c``). As
-    ``t → ∞`` (γ > 0): ``τ → −ln(c0)/(8 γ)``. For ``γ → 0``: ``τ = t (1 − c0)``.
+    ``t → ∞`` (γ > 0): ``τ → −ln(c0)/(8 γ)``. For ``γ = 0``: ``τ = t (1 − c0)``.
     """
-    t, gamma, c0 = jnp.broadcast_arrays(*map(jnp.asarray, (t, gamma, c0)))
-    small, g = _safe_gamma(gamma)
-    x = 8.0 * g * t
-    return jnp.where(small, t * (1.0 - c0), t - _log_growth(x, c0) / (8.0 * g))
+    return _logistic_parts(t, gamma, c0)[1]
 
 
 @jax.jit

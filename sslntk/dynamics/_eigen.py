@@ -1,0 +1,270 @@
+"""Eigen-reduced kernel flow (`method="eigen"`): integrate an `(m, k)` state instead of `(2n, k)`.
+
+Derivation (float-exact statements; `N = 2n`, `Z = [[0, I],[I, 0]]`, `C = fᵀ Z f / N`).
+
+**The reduced flow is the exact flow of a rank-m kernel.** Take any `(N, m)` pair `(A, E)` with
+`E = K A` and `Aᵀ K A = I` (``sslntk.linalg.EigenDecomposition``) and set `K_m = E Eᵀ`; since
+`K^{1/2} A` has orthonormal columns, `K − K_m = K^{1/2}(I − K^{1/2}AAᵀK^{1/2})K^{1/2} ⪰ 0`. The
+kernel flow `df/dt = −K_m ∇_f L(f)` from `f₀` stays on the affine space `f = r₀ + E w` with
+`w = Aᵀ f` (`Aᵀ E = I`) and `r₀ = f₀ − E w₀`, `w₀ = Aᵀ f₀`, and the coordinates obey
+
+    dw/dt = −Eᵀ ∇_f L(r₀ + E w)                                   (general loss, "lift" path)
+
+an `(m, k)` ODE. Training and test points are lifted back exactly:
+`f(t) = f₀ + E (w(t) − w₀)`, `f_test(t) = f_test,0 + K_test,train A (w(t) − w₀)` (since the test
+flow is `df_test/dt = −K_xX A Eᵀ ∇L`). The method replaces `K` by `K_m`: the dropped part
+`K − K_m` is what `Trajectory.bound` accounts for.
+
+**Which eigenpairs.** For a loss that depends on `f` only through `C` (`loss.cross_moment_only`,
+e.g. Barlow Twins), write `G = ∂L/∂C` (k×k, symmetric). Then `∇_f L = (2/N) Z f G` and, with
+`f = r₀ + E w`,
+
+    C = wᵀ S w + wᵀ X + Xᵀ w + C_r,   S = EᵀZE/N,  X = EᵀZr₀/N,  C_r = r₀ᵀZr₀/N
+    dw/dt = −Eᵀ∇L = −2 (S w + X) G                                  ("moment" path, O(m²k))
+
+— no `N`-sized work at all per step. With `A` the top-m generalised eigenvectors of
+`(Z K/N) a = γ a`, `aᵀKa = 1` (``kind="contrastive"``; `b = K^{1/2} a` are the eigenvectors of
+`M = K^{1/2} Z K^{1/2}/N`, stepwise digest §6) one has `S = Γ = diag(γ)`, `X = 0`, i.e.
+`dw/dt = −2 Γ w G`: the modes decouple exactly as in digest §3, every eigenspace of `M` is invariant
+(with `f = K^{1/2}u`, `du/dt = −2 M u G`), and dropping the modes `j > m` is exact for the part of
+`f₀` in the kept span. The formulas above use the computed `S, X` (not their ideal values), so the
+reduced flow is the exact `K_m` flow even for inexact (Krylov, float32) eigenvectors.
+For any other loss the top-m eigenpairs of `K` itself are used (``kind="kernel"``:
+`A = U Λ^{-1/2}`, `E = U Λ^{1/2}`, `K_m` = the best rank-m approximation of `K`).
+
+**Bound (`Trajectory.bound`, `(T,)`, an estimate of ‖f_true(t) − f_eigen(t)‖_F).**
+Let `ΔK = K − K_m ⪰ 0`, `κ = ‖ΔK‖₂` (``decomposition.tail_norm``). The reduced solution `g(t)`
+satisfies the true flow up to the defect `δ(t) = ΔK ∇L(g(t))`.
+
+* moment path (contrastive kind): `ΔK A = 0` and, for exact eigenvectors, `ΔK Z E = 0`, so
+  `δ(t) = D₀ G(t)` with the constant `D₀ = (2/N) ΔK Z r₀ = (K Z r₀ − E EᵀZr₀)/n` (one product with
+  `K` per solve) — the discarded modes' own push, and the error `e` of the discarded part obeys
+  `e' = −D₀ G − (2/N) ΔK Z e G` (exactly, given `G`). Gronwall gives the recorded
+        b' = ‖D₀ G‖_F + (2κ/N)‖G‖_F · b,      b(0) = 0,
+  a RIGOROUS bound on the discarded modes' error when the retained trajectory (`G(t)`) is exact and
+  the eigenvectors are exact; it NEGLECTS the back-reaction of that error on the retained modes
+  through `C` (second order: `‖δC‖ ≤ (2‖f‖₂ b + b²)/N`). For Barlow Twins from small `α` both
+  `D₀` and `b` are `O(α)`.
+* lift path (kernel kind, any loss): `ΔK A = 0`, so `‖δ‖_F ≤ κ ‖∇L − A Eᵀ∇L‖_F` (the part of the
+  gradient outside the kept span) and the recorded `b(t) = ∫₀ᵗ κ ‖∇L − A Eᵀ∇L‖_F ds` is the
+  integrated defect: a rigorous bound when the true flow is non-expansive (`‖e‖' ≤ ‖δ‖`, e.g. near
+  a stable minimum of a convex-in-f loss), and a first-order (Gronwall factor 1) ESTIMATE otherwise.
+
+Integration: diffrax (``_common.integrate``: adaptive explicit RK, default Tsit5, NaN guard,
+`RecursiveCheckpointAdjoint` so `jax.grad` works) on the `(m, k)` state plus the bound scalar. The
+reduced system has the same fastest rate as the full one (the top eigenpair is kept) and is not
+stiffer; its cost per step is `O(m²k)` (moment) or `O(N m k)` (lift) instead of `O(N² k)`.
+Measured speed-ups against neural-tangents' `predict.gradient_descent` are in
+`benchmarks/bench_dynamics.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import diffrax
+import jax
+import jax.numpy as jnp
+
+from sslntk import _validate as V
+from sslntk import linalg
+from sslntk.dynamics import _common as C
+from sslntk.dynamics._trajectory import Trajectory
+from sslntk.linalg import EigenDecomposition, pair_flip
+
+DEFAULT_MAX_STEPS = 100_000
+PATHS = ("moment", "lift")
+
+
+def default_m(k: int, N: int, kind: str) -> int:
+    """Default number of retained eigenpairs: `max(4k, 32)` (contrastive) or `max(4k, 64)` (kernel),
+    at most `N`. For BT at α = 1e-3 the dropped modes `j > m` perturb the loss by about
+    `α^{2(1 − γ_m/γ_k)}`; measured errors for these defaults are in ``tests/test_eigen.py`` and the
+    benchmark (pass a larger `m` for tighter agreement)."""
+    base = 32 if kind == "contrastive" else 64
+    return int(min(N, max(4 * k, base)))
+
+
+def moment_loss(loss, Cm: jax.Array) -> jax.Array:
+    """`ℓ(C)` for a loss with ``cross_moment_only`` (a function of `C = fᵀZf/N` alone), evaluated
+    through the small surrogate embedding `f̃ = [[I_k; 0], [p·C; 0]]` (`2p × k`, `p = max(k, 2)`),
+    whose cross-moment is exactly `C` (for symmetric `C`)."""
+    k = Cm.shape[0]
+    p = max(k, 2)
+    top = jnp.zeros((p, k), Cm.dtype).at[:k].set(jnp.eye(k, dtype=Cm.dtype))
+    bot = jnp.zeros((p, k), Cm.dtype).at[:k].set(p * Cm)
+    return loss(jnp.concatenate([top, bot], axis=0))
+
+
+def _check_moment_loss(loss, f0) -> None:
+    """On concrete inputs, confirm that a loss flagged ``cross_moment_only`` really is a function
+    of `C` alone (a wrong flag would make the moment path silently wrong)."""
+    if not (V.is_concrete(f0) and all(V.is_concrete(c) for c in jax.tree_util.tree_leaves(loss))):
+        return
+    N = f0.shape[0]
+    probe = f0 + jnp.std(f0) * jax.random.normal(jax.random.PRNGKey(1), f0.shape, f0.dtype)
+    scale = max(1.0, float(jnp.sqrt(jnp.mean(probe**2))))
+    probe = probe / scale
+    for f in (f0, probe):
+        Cf = f.T @ pair_flip(f) / N
+        a, b = float(loss(f)), float(moment_loss(loss, 0.5 * (Cf + Cf.T)))
+        tol = 1e3 * float(jnp.finfo(f0.dtype).eps) * max(1.0, abs(a))
+        if not abs(a - b) <= tol:
+            raise ValueError(f"loss: {loss!r} is flagged cross_moment_only but is not a function of "
+                             f"C = fᵀZf/2n alone (loss(f) = {a:.6g}, ℓ(C(f)) = {b:.6g}); use "
+                             f"decomposition kind 'kernel'")
+
+
+@functools.partial(jax.jit, static_argnames=("path", "solver", "max_steps", "adjoint", "progress",
+                                             "has_dt0"))
+def _core(K, loss, f0, ts, K_tx, f0_test, dec, rtol, atol, dt0, pcoeff, icoeff, *, path, solver,
+          max_steps, adjoint, progress, has_dt0):
+    N, k = f0.shape
+    dtype = f0.dtype
+    A, E = dec.vectors, dec.lift
+    kappa = dec.tail_norm
+    w0 = A.T @ f0                                     # (m, k)
+    r0 = f0 - E @ w0                                  # frozen remainder (Aᵀ r₀ = 0)
+
+    if path == "moment":
+        ZE = pair_flip(E)
+        S = E.T @ ZE / N
+        S = 0.5 * (S + S.T)
+        X = ZE.T @ r0 / N
+        Cr = r0.T @ pair_flip(r0) / N
+        Cr = 0.5 * (Cr + Cr.T)
+        D0 = (K @ pair_flip(r0) - E @ (ZE.T @ r0)) * (2.0 / N)
+        H = D0.T @ D0                                 # ‖D₀ G‖² = tr(G H G)
+        rate = 2.0 * kappa / N
+        gradC = jax.grad(functools.partial(moment_loss, loss))
+
+        def vf(t, y, args):
+            w, b = y
+            SwX = S @ w + X
+            Cm = w.T @ SwX + X.T @ w + Cr
+            G = gradC(0.5 * (Cm + Cm.T))
+            G = 0.5 * (G + G.T)
+            dw = -2.0 * SwX @ G
+            defect = jnp.sqrt(jnp.maximum(jnp.sum(G * (H @ G)), 0.0))
+            db = defect + rate * jnp.sqrt(jnp.sum(G**2)) * b
+            return dw, db
+    else:
+        gradL = jax.grad(loss)
+
+        def vf(t, y, args):
+            w, b = y
+            g = gradL(r0 + E @ w)
+            Etg = E.T @ g
+            dw = -Etg
+            db = kappa * jnp.sqrt(jnp.sum((g - A @ Etg) ** 2))
+            return dw, db
+
+    y0 = (w0, jnp.zeros((), dtype))
+    out = C.integrate(vf, y0, ts, None, solver=solver, rtol=rtol, atol=atol,
+                      dt0=dt0 if has_dt0 else None, max_steps=max_steps, pcoeff=pcoeff,
+                      icoeff=icoeff, adjoint=adjoint, progress=progress)
+    ws, bs = out.ys
+    dws = ws - w0[None]
+    fs = f0[None] + jnp.einsum("im,tmk->tik", E, dws)
+    f_test = None
+    if K_tx is not None:
+        f_test = f0_test[None] + jnp.einsum("im,tmk->tik", K_tx @ A, dws)
+    return C.finish("eigen", loss, ts, fs, out.status, out.n_steps, f_test=f_test,
+                    reached=out.reached, bound=bs)
+
+
+def _check_decomposition(dec, N: int, m: int | None, k: int, dtype) -> EigenDecomposition:
+    if not isinstance(dec, EigenDecomposition):
+        raise TypeError(f"decomposition: expected a sslntk.linalg.EigenDecomposition (from "
+                        f"linalg.eigen_decomposition), got {type(dec).__name__}")
+    if dec.vectors.shape[0] != N:
+        raise ValueError(f"decomposition: expected one computed for a kernel of size N = {N}, got "
+                         f"one of size {dec.vectors.shape[0]}")
+    if dec.vectors.dtype != dtype:
+        raise TypeError(f"decomposition: expected dtype {dtype} (the kernel's), got "
+                        f"{dec.vectors.dtype}")
+    if m is not None:
+        if m > dec.m:
+            raise ValueError(f"m: expected m <= {dec.m} (the eigenpairs in `decomposition`), got "
+                             f"m={m}")
+        if m < dec.m:
+            dec = EigenDecomposition(values=dec.values[:m], vectors=dec.vectors[:, :m],
+                                     lift=dec.lift[:, :m], trace=dec.trace,
+                                     tail_norm=_truncated_tail(dec, m), residual=dec.residual[:m],
+                                     kind=dec.kind, method=dec.method)
+    if dec.m < k:
+        raise ValueError(f"m: expected m >= k = {k} (the reduced flow changes f only inside an "
+                         f"m-dimensional span, so it can learn at most m directions), got m={dec.m}")
+    return dec
+
+
+def _truncated_tail(dec: EigenDecomposition, m: int) -> jax.Array:
+    """‖K − E_m E_mᵀ‖₂ ≤ ‖K − E Eᵀ‖₂ + ‖E_{m:}‖₂² (triangle inequality; both terms PSD)."""
+    rest = dec.lift[:, m:]
+    return dec.tail_norm + jnp.linalg.norm(rest, ord=2) ** 2
+
+
+def solve_eigen(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False, m=None,
+                decomposition=None, kind=None, eig_method="auto", key=None, solver="tsit5",
+                rtol=None, atol=None, dt0=None, max_steps=DEFAULT_MAX_STEPS, pcoeff=0.0,
+                icoeff=1.0, adjoint=None, validate=True) -> Trajectory:
+    """Eigen-reduced kernel flow (see the module docstring for the derivation and the bound).
+
+    Args:
+      K, loss, f0, ts, K_test_train, f0_test, progress: as for ``sslntk.dynamics.solve``.
+      m: retained eigenpairs (``k <= m <= 2n``); default ``default_m(k, 2n, kind)``, or all of
+        ``decomposition``'s when one is given.
+      decomposition: a precomputed ``linalg.EigenDecomposition`` of THIS ``K`` (computed once with
+        ``linalg.eigen_decomposition(K, m, kind)`` and reused by every solve on the kernel);
+        ``None`` computes one here.
+      kind: ``"contrastive"`` (eigenpairs of ``M``; needs ``loss.cross_moment_only``) or
+        ``"kernel"``; default: contrastive for cross-moment-only losses, else kernel. Ignored when a
+        decomposition is given (its kind is used).
+      eig_method, key: passed to ``linalg.eigen_decomposition`` when it is computed here.
+      solver, rtol, atol, dt0, max_steps, pcoeff, icoeff, adjoint: diffrax options as in
+        ``solve_ode`` (defaults rtol 1e-8 float64 / 1e-5 float32, ``atol = rtol·RMS(w₀)`` on the
+        reduced state ``w₀ = Aᵀ f₀``).
+      validate: run the input checks (skip only when the caller already did, e.g. ``solve``).
+
+    Returns:
+      ``Trajectory`` with ``method="eigen"`` and ``bound (T,)`` (see module docstring: rigorous for
+      the discarded modes given the retained ones on the moment path; an integrated-defect
+      estimate on the lift path).
+    """
+    if validate:
+        inp = C.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=False)
+        K, loss, f0, ts, K_test_train, f0_test = inp
+    N, k = f0.shape
+    if m is not None:
+        m = V.positive_int("m", m)
+        if m > N:
+            raise ValueError(f"m: expected m <= 2n = {N} (the number of training views), got m={m}")
+        if m < k:
+            raise ValueError(f"m: expected m >= k = {k} (the reduced flow changes f only inside an "
+                             f"m-dimensional span, so it can learn at most m directions), got m={m}")
+    if decomposition is None:
+        if kind is None:
+            kind = "contrastive" if loss.cross_moment_only else "kernel"
+        V.choice("kind", kind, linalg.KINDS)
+        if kind == "contrastive" and not loss.cross_moment_only:
+            raise ValueError(f"kind: 'contrastive' needs a loss that depends on f only through "
+                             f"C = fᵀZf/2n (cross_moment_only); {loss.name} is not, use 'kernel'")
+        decomposition = linalg.eigen_decomposition(
+            K, default_m(k, N, kind) if m is None else m, kind, method=eig_method, key=key)
+    dec = _check_decomposition(decomposition, N, m, k, f0.dtype)
+    path = "moment" if (dec.kind == "contrastive" and loss.cross_moment_only) else "lift"
+    if path == "moment" and validate:
+        _check_moment_loss(loss, f0)
+    max_steps = V.positive_int("max_steps", max_steps)
+    rtol = V.positive_float("rtol", rtol) if rtol is not None else None
+    atol = V.positive_float("atol", atol) if atol is not None else None
+    if dt0 is not None:
+        V.positive_float("dt0", dt0)
+    C.make_solver(solver)
+    rtol, atol = C.ode_defaults(dec.vectors.T @ f0, rtol, atol)
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    as_t = lambda x: jnp.asarray(x, f0.dtype)
+    return _core(K, loss, f0, ts, K_test_train, f0_test, dec, as_t(rtol), as_t(atol),
+                 as_t(0.0 if dt0 is None else dt0), as_t(pcoeff), as_t(icoeff), path=path,
+                 solver=solver, max_steps=max_steps, adjoint=adjoint, progress=bool(progress),
+                 has_dt0=dt0 is not None)

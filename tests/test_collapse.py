@@ -1,0 +1,513 @@
+"""sslntk.theory.collapse against the Esser digest's numbered checks (esser2023_dynamics.md §6).
+
+References are independent of the closed forms under test: explicit per-pair sums, scipy's `expm`,
+Euler / RK4 integration of the ODEs, the h-dimensional parameter-space flow, and `sslntk.dynamics`
+(kernel-regime solvers) where the function-space form is tested. Data: digest §5(a), d = 20, n = 200,
+k = 3, X rows scaled by linspace(2, 0.5, d), σ = 0.3, negatives = a random derangement of the
+positives (float64; conftest enables x64).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg as sl
+
+from sslntk import losses, metrics
+from sslntk.theory import collapse as col
+
+D, N, K = 20, 200, 3
+
+
+def _derangement(rng, n):
+    while True:
+        p = rng.permutation(n)
+        if not np.any(p == np.arange(n)):
+            return p
+
+
+@pytest.fixture(scope="module")
+def prob():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N, D)) * np.linspace(2, 0.5, D)
+    Xp = X + 0.3 * rng.normal(size=(N, D))
+    perm = _derangement(rng, N)
+    phi = np.concatenate([X, Xp])                                   # stacked [a; b]
+    S = np.asarray(col.pair_matrix(N, "contrastive", perm))
+    M = np.asarray(col.pair_operator(phi, S))
+    W0 = np.linalg.qr(rng.normal(size=(D, K)))[0]
+    lam, U = np.linalg.eigh(M)
+    return dict(X=X, Xp=Xp, perm=perm, phi=phi, S=S, M=M, W0=W0, lam=lam[::-1], U=U[:, ::-1],
+                rng=rng)
+
+
+def _proj(W):
+    Q = np.linalg.qr(W)[0]
+    return Q @ Q.T
+
+
+def _rk4_oja(M, W, eta, steps):
+    """Reference: classical RK4 on dW/dt = 2(MW − W WᵀMW), no retraction (contrastive M: stable)."""
+    f = lambda W: 2 * (M @ W - W @ (W.T @ M @ W))
+    for _ in range(steps):
+        k1 = f(W)
+        k2 = f(W + eta / 2 * k1)
+        k3 = f(W + eta / 2 * k2)
+        k4 = f(W + eta * k3)
+        W = W + eta / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return W
+
+
+# ---------------------------------------------------------------------------------------------
+# check 1: loss identity
+
+
+def test_check1_loss_identity_and_gradient(prob):
+    X, Xp, perm, phi, M = prob["X"], prob["Xp"], prob["perm"], prob["phi"], prob["M"]
+    W = prob["rng"].normal(size=(D, K))
+    fx, fp, fm = X @ W, Xp @ W, Xp[perm] @ W
+    L_C = -np.mean(np.sum(fx * fp, 1) - np.sum(fx * fm, 1))          # digest §1.3 pair sums
+    assert abs(L_C + np.trace(W.T @ M @ W)) <= 1e-12 * abs(L_C)       # exact algebra: 1e3·eps
+    # non-contrastive dot and squared distance, through the pair matrices
+    M_N = np.asarray(col.pair_operator(phi, col.pair_matrix(N, "dot")))
+    L_N = -np.mean(np.sum(fx * fp, 1))
+    assert abs(L_N + np.trace(W.T @ M_N @ W)) <= 1e-12 * abs(L_N)
+    A = (X - Xp).T @ (X - Xp) / N
+    M_D = np.asarray(col.pair_operator(phi, col.pair_matrix(N, "distance")))
+    np.testing.assert_allclose(M_D, -A / 2, rtol=0, atol=1e-13 * np.abs(A).max())
+    L_N2 = np.mean(np.sum((fx - fp) ** 2, 1)) / 2
+    assert abs(L_N2 - 0.5 * np.trace(W.T @ A @ W)) <= 1e-12 * L_N2
+    # sslntk.losses "naive" (negatives = cyclic shift) is the same function: −Tr(WᵀMW)
+    M_shift = np.asarray(col.pair_operator(phi, col.pair_matrix(N, "contrastive")))
+    naive = losses.get("naive", negatives="shift")
+    Lw = lambda W: naive(jnp.asarray(phi) @ W)
+    assert abs(float(Lw(W)) + np.trace(W.T @ M_shift @ W)) <= 1e-12 * abs(float(Lw(W)))
+    g = np.asarray(jax.grad(Lw)(jnp.asarray(W)))
+    np.testing.assert_allclose(g, -2 * M_shift @ W, rtol=1e-12, atol=1e-12 * np.abs(g).max())
+
+
+def test_check1_float32():
+    rng = np.random.default_rng(1)
+    phi = rng.normal(size=(40, 6)).astype(np.float32)
+    S = col.pair_matrix(20, "dot", dtype=jnp.float32)
+    M = col.pair_operator(phi, S)
+    assert M.dtype == jnp.float32
+    W = rng.normal(size=(6, 2)).astype(np.float32)
+    L = float(losses.get("naive")(jnp.asarray(phi @ W)))
+    assert abs(L + float(np.trace(W.T @ np.asarray(M) @ W))) <= 1e-5 * max(abs(L), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# checks 2–4, 16: naive flow
+
+
+def test_check2_naive_closed_form_vs_euler(prob):
+    M, W0 = prob["M"], prob["W0"]
+    t = 0.5
+    W_exact = np.asarray(col.naive_flow(M, W0, t))
+    np.testing.assert_allclose(W_exact, sl.expm(2 * t * M) @ W0, rtol=1e-10,
+                               atol=1e-10 * np.abs(W_exact).max())
+
+    def euler(eta):
+        W = W0.copy()
+        for _ in range(round(t / eta)):
+            W = W + eta * 2 * M @ W
+        return np.linalg.norm(W - W_exact) / np.linalg.norm(W_exact)
+
+    e1, e2 = euler(1e-3), euler(5e-4)
+    assert e1 < 0.1                                                   # O(η)
+    assert 1.8 <= e1 / e2 <= 2.2                                      # first order (digest check 2)
+
+
+def _slope(ts, y):
+    return np.polyfit(ts, y, 1)[0]
+
+
+def test_check3_naive_collapse_rates_and_rank_one(prob):
+    M, W0, U = prob["M"], prob["W0"], prob["U"]
+    pred = col.collapse_rates(M)
+    g = float(pred.gap)
+    assert g > 0
+    np.testing.assert_allclose(float(pred.norm_rate), 2 * prob["lam"][0], rtol=1e-12)
+    ts = np.linspace(6, 12, 13) / (2 * g)                             # late times, 2gt in [6, 12]
+    sv = np.array([np.linalg.svd(sl.expm(2 * t * M) @ W0, compute_uv=False) for t in ts])
+    assert abs(_slope(ts, np.log(sv[:, 1] / sv[:, 0])) / float(pred.ratio_rate) - 1) < 0.02
+    assert abs(_slope(ts, np.log(sv[:, 0])) / float(pred.norm_rate) - 1) < 0.02
+    # once 2gt >= 12: rank one along u_1
+    W = np.asarray(col.naive_flow(M, W0, 12 / (2 * g)))
+    u = np.linalg.svd(W)[0][:, 0]
+    assert abs(u @ U[:, 0]) >= 1 - 1e-6
+    assert np.sum(W**2) / np.linalg.norm(W, 2) ** 2 <= 1 + 1e-6
+    assert abs(abs(np.asarray(pred.direction) @ U[:, 0]) - 1) < 1e-12
+    # rank-one limit: e^{−2λ1 t} W(t) → u_1 u_1ᵀ W0
+    lim = np.asarray(col.naive_limit(M, W0))
+    assert np.linalg.matrix_rank(lim, tol=1e-10 * np.abs(lim).max()) == 1
+    t = 30 / (2 * g)
+    np.testing.assert_allclose(np.exp(-2 * prob["lam"][0] * t) * (sl.expm(2 * t * M) @ W0), lim,
+                               rtol=0, atol=1e-8 * np.abs(lim).max())
+
+
+@pytest.mark.slow
+def test_check3_kernel_regime_collapse_matches_dynamics_ode():
+    """The naive loss in the kernel regime (`sslntk.dynamics`, ODE): F(t) = e^{2tKS}F0 and its
+    collapse rate −2(μ1 − μ2) with μ the spectrum of N = K^{1/2} S K^{1/2}."""
+    from sslntk import dynamics
+
+    rng = np.random.default_rng(3)
+    n, p = 30, 8
+    X = rng.normal(size=(n, p)) * np.linspace(1.5, 0.5, p)
+    phi = np.concatenate([X, X + 0.3 * rng.normal(size=(n, p))])
+    Kmat = phi @ phi.T + 1e-3 * np.eye(2 * n)
+    S = np.asarray(col.pair_matrix(n, "dot"))
+    f0 = 0.1 * rng.normal(size=(2 * n, 3))
+    pred = col.collapse_rates(col.function_operator(Kmat, S))
+    g = float(pred.gap)
+    ts = np.linspace(0, 12, 13) / (2 * g)
+    traj = dynamics.solve(jnp.asarray(Kmat), losses.get("naive"), jnp.asarray(f0), jnp.asarray(ts),
+                          method="ode", rtol=1e-10, atol=1e-12).raise_if_failed()
+    F_th = np.asarray(col.naive_function_flow(Kmat, S, f0, ts))
+    err = np.abs(np.asarray(traj.f) - F_th).max(axis=(1, 2)) / np.abs(F_th).max(axis=(1, 2))
+    assert err.max() <= 1e-6                                          # ODE tolerance 1e-10
+    sv = np.linalg.svd(np.asarray(traj.f), compute_uv=False)
+    late = ts >= 6 / (2 * g)
+    assert abs(_slope(ts[late], np.log(sv[late, 1] / sv[late, 0])) / float(pred.ratio_rate) - 1) < .02
+
+
+def test_check4_squared_distance_naive_decays():
+    rng = np.random.default_rng(4)
+    n, p = 200, 10
+    X = rng.normal(size=(n, p))
+    Xp = X + rng.normal(size=(n, p)) * np.linspace(0.3, 1.0, p)      # anisotropic: A ≻ 0, gaps
+    phi = np.concatenate([X, Xp])
+    M = np.asarray(col.pair_operator(phi, col.pair_matrix(n, "distance")))
+    a = np.linalg.eigvalsh(-2 * M)
+    assert a[0] > 0
+    pred = col.collapse_rates(M)
+    np.testing.assert_allclose(float(pred.norm_rate), -a[0], rtol=1e-10)
+    W0 = rng.normal(size=(p, 3))
+    gap = a[1] - a[0]
+    ts = np.linspace(6, 12, 7) / gap
+    nrm = [np.linalg.norm(sl.expm(-t * (-2 * M)) @ W0, 2) for t in ts]
+    assert abs(_slope(ts, np.log(nrm)) / -a[0] - 1) < 0.02
+    np.testing.assert_allclose(np.asarray(col.naive_flow(M, W0, ts[-1])),
+                               sl.expm(-ts[-1] * (-2 * M)) @ W0, rtol=1e-9, atol=1e-12)
+
+
+def test_two_layer_naive_blowup_time():
+    """Digest §2.2 (analytic only there): a balanced mode a = b of f = W2W1x blows up at
+    t* = 1/(4 λ a0²). RK4 on da/dt = 2λ a b², db/dt = 2λ a² b crosses a = 1e3·a0 just before t*."""
+    lam, a0 = 0.7, 0.3
+    t_star = float(col.two_layer_blowup_time(lam, a0))
+    assert t_star == pytest.approx(1 / (4 * lam * a0**2), rel=1e-14)
+    a = b = a0
+    t, h = 0.0, 1e-4
+    while a < 1e3 * a0:
+        f = lambda a, b: (2 * lam * a * b * b, 2 * lam * a * a * b)
+        k1 = f(a, b)
+        k2 = f(a + h / 2 * k1[0], b + h / 2 * k1[1])
+        k3 = f(a + h / 2 * k2[0], b + h / 2 * k2[1])
+        k4 = f(a + h * k3[0], b + h * k3[1])
+        a, b = (a + h / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0]),
+                b + h / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1]))
+        t += h
+    # a^{-2} = a0^{-2} − 4λt: reaching a = 1e3 a0 happens at t*(1 − 1e-6)
+    assert abs(t - t_star) < 2 * h
+    assert np.isinf(float(col.two_layer_blowup_time(-0.1, a0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# checks 5–10: constrained flow and its discrete algorithm
+
+
+@pytest.fixture(scope="module")
+def qr_paths(prob):
+    M, W0 = prob["M"], prob["W0"]
+    return {eta: col.stiefel_gd(M, W0, eta, round(5 / eta), method="qr", n_saves=50)
+            for eta in (1e-2, 1e-3)}
+
+
+def test_check5_manifold_feasibility(prob, qr_paths):
+    assert float(jnp.max(qr_paths[1e-2].feasibility)) <= 1e-12
+    polar = col.stiefel_gd(prob["M"], prob["W0"], 1e-2, 500, method="polar", n_saves=10)
+    assert float(jnp.max(polar.feasibility)) <= 1e-12
+    p32 = col.stiefel_gd(prob["M"].astype(np.float32), prob["W0"].astype(np.float32), 1e-2, 500,
+                         method="qr", n_saves=10)
+    assert p32.W.dtype == jnp.float32
+    assert float(jnp.max(p32.feasibility)) <= 1e-5
+
+
+def test_check6_horizontality_and_invariance(prob, qr_paths):
+    M = prob["M"]
+    W = np.asarray(qr_paths[1e-2].W[7])
+    G = -2 * M @ W                                                    # ∇L
+    assert np.linalg.norm(W.T @ (G - W @ (W.T @ G))) <= 1e-12 * np.linalg.norm(G)
+    Q = np.linalg.qr(prob["rng"].normal(size=(K, K)))[0]
+    L = lambda W: -np.trace(W.T @ M @ W)
+    assert abs(L(W @ Q) - L(W)) <= 1e-12 * abs(L(W))
+
+
+def test_check7_monotone_loss(prob):
+    M = prob["M"]
+    eta = 0.1 / (2 * np.linalg.norm(M, 2))
+    path = col.stiefel_gd(M, prob["W0"], eta, 400, method="qr")
+    inc = np.diff(np.asarray(path.loss))
+    assert np.all(inc <= 1e-12 * np.abs(np.asarray(path.loss[1:])))
+
+
+def test_check8_exact_grassmann_solution(prob, qr_paths):
+    M, W0 = prob["M"], prob["W0"]
+    P_exact = np.asarray(col.constrained_flow(M, W0, 5.0).projector)
+    Y = sl.expm(10 * M) @ W0
+    np.testing.assert_allclose(P_exact, _proj(Y), atol=1e-9)        # span e^{2tM}W0 (scipy)
+    errs = {eta: np.linalg.norm(_proj(np.asarray(p.W[-1])) - P_exact, 2)
+            for eta, p in qr_paths.items()}
+    assert errs[1e-2] < 0.1                                            # C·η
+    assert 8 <= errs[1e-2] / errs[1e-3] <= 12                          # first order in η
+    rk4 = col.stiefel_gd(M, W0, 1e-4, 50000, method="rk4", n_saves=10)
+    assert np.linalg.norm(_proj(np.asarray(rk4.W[-1])) - P_exact, 2) <= 1e-10
+    # along the path too
+    pred = col.constrained_flow(M, W0, np.asarray(rk4.ts))
+    err = [np.linalg.norm(_proj(np.asarray(w)) - np.asarray(P), 2)
+           for w, P in zip(rk4.W, pred.projector, strict=True)]
+    assert max(err) <= 1e-10
+
+
+def test_check9_frame_differs_projector_agrees(prob):
+    M, W0 = prob["M"], prob["W0"]
+    t = 1.0
+    W_ode = _rk4_oja(M, W0, 1e-3, 1000)
+    Y = sl.expm(2 * t * M) @ W0
+    lam, V = np.linalg.eigh(Y.T @ Y)
+    W_polar = Y @ (V / np.sqrt(lam)) @ V.T
+    assert np.linalg.norm(W_ode - W_polar) > 1e-3                      # frames differ (≫ 1e-6)
+    assert np.linalg.norm(_proj(W_ode) - _proj(W_polar), 2) <= 1e-10
+    assert np.linalg.norm(_proj(W_ode) - np.asarray(col.constrained_flow(M, W0, t).projector),
+                          2) <= 1e-10
+
+
+def test_check10_fixed_point_and_rate(prob):
+    M, W0, lam = prob["M"], prob["W0"], prob["lam"]
+    fp = col.stiefel_fixed_point(M, K)
+    np.testing.assert_allclose(float(fp.loss), -np.sum(lam[:K]), rtol=1e-13)
+    gap = lam[K - 1] - lam[K]
+    np.testing.assert_allclose(float(fp.rate), 2 * gap, rtol=1e-12)
+    T = float(col.time_to_angle(M, W0, 1e-6))
+    tan0 = np.linalg.svd(prob["U"][:, K:].T @ W0 @ np.linalg.inv(prob["U"][:, :K].T @ W0),
+                         compute_uv=False)[0]
+    assert T == pytest.approx(np.log(tan0 / np.tan(1e-6)) / (2 * gap), rel=1e-10)
+    # simulate past T with RK4 (independent of the closed form)
+    steps = int(np.ceil(T / 1e-3 / 20)) * 20
+    path = col.stiefel_gd(M, W0, 1e-3, steps, method="rk4", n_saves=20)
+    ang = np.asarray(metrics.principal_angles(path.W, fp.basis))     # (S+1, k), radians
+    assert ang[-1].max() < 1e-6
+    np.testing.assert_allclose(float(path.loss[-1]), -np.sum(lam[:K]), rtol=1e-10)
+    # tan θ_max(t) e^{2 gap t} is non-increasing (up to solver error), and the bound holds
+    scaled = np.tan(ang.max(1)) * np.exp(2 * gap * np.asarray(path.ts))
+    assert np.all(np.diff(scaled) <= 1e-6 * scaled[:-1])
+    pred = col.constrained_flow(M, W0, np.asarray(path.ts))
+    np.testing.assert_allclose(np.tan(ang.max(1)), np.asarray(pred.tan_angles)[:, 0], rtol=1e-5,
+                               atol=1e-12)
+    assert np.all(np.asarray(pred.tan_angles)[:, 0] <= np.asarray(pred.tan_bound) * (1 + 1e-12))
+    assert np.all(np.diff(np.asarray(pred.loss)) <= 1e-12)          # loss non-increasing
+
+
+def test_check11_squared_distance_constrained_bottom_k():
+    rng = np.random.default_rng(11)
+    n, p, k = 300, 8, 2
+    X = rng.normal(size=(n, p))
+    Xp = X + rng.normal(size=(n, p)) * np.linspace(0.2, 1.2, p)      # gaps a_{k+1} − a_k large
+    M = np.asarray(col.pair_operator(np.concatenate([X, Xp]), col.pair_matrix(n, "distance")))
+    a, Ua = np.linalg.eigh(-2 * M)                                    # ascending: bottom-k first
+    assert a[k] - a[k - 1] >= 0.05 * a[k]
+    fp = col.stiefel_fixed_point(M, k)
+    np.testing.assert_allclose(float(fp.gap), (a[k] - a[k - 1]) / 2, rtol=1e-10)
+    W0 = np.linalg.qr(rng.normal(size=(p, k)))[0]
+    T = float(col.time_to_angle(M, W0, 1e-6))
+    path = col.stiefel_gd(M, W0, 2e-3, int(np.ceil(T / 2e-3 / 10)) * 10, method="rk4", n_saves=10)
+    ang = np.asarray(metrics.principal_angles(path.W[-1], Ua[:, :k]))
+    assert ang.max() < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# checks 12–16: width-independent form and the NTK deviation
+
+
+def _features(X, h, key, dtype=np.float64):
+    """Random tanh features φ(x) = h^{-1/2} tanh(V x), V ~ N(0, 1/d) frozen (digest §1.2)."""
+    V = np.asarray(jax.random.normal(key, (h, X.shape[1]), jnp.float64)) / np.sqrt(X.shape[1])
+    return (np.tanh(X @ V.T) / np.sqrt(h)).astype(dtype)
+
+
+def _haar(key, h, k):
+    return np.linalg.qr(np.asarray(jax.random.normal(key, (h, k), jnp.float64)))[0]
+
+
+@pytest.fixture(scope="module")
+def rf():
+    rng = np.random.default_rng(12)
+    n, d = 30, 10
+    X = rng.normal(size=(n, d)) * np.linspace(2, 0.5, d)
+    Xp = X + 0.3 * rng.normal(size=(n, d))
+    S = np.asarray(col.pair_matrix(n, "contrastive"))
+    return dict(Z=np.concatenate([X, Xp]), S=S, n=n)
+
+
+def test_check12_13_width_independent_form_matches_parameter_flow(rf):
+    Z, S = rf["Z"], rf["S"]
+    h, k = 256, 3
+    phi = _features(Z, h, jax.random.PRNGKey(0))
+    W0 = _haar(jax.random.PRNGKey(1), h, k)
+    M = phi.T @ S @ phi
+    Kmat, F0 = phi @ phi.T, phi @ W0
+    ts = np.array([0.5, 1.0, 2.0])
+    path = col.stiefel_gd(M, W0, 1e-3, 2000, method="rk4", n_saves=4)   # saves t = 0, .5, 1, 1.5, 2
+    Wt = np.asarray(path.W)[[1, 2, 4]]
+    wf = col.width_free_flow(Kmat, S, F0, ts)
+    for i, t in enumerate(ts):
+        Ft = phi @ Wt[i]
+        gram = Ft @ Ft.T
+        assert np.abs(np.asarray(wf.gram[i]) - gram).max() <= 1e-10 * np.abs(gram).max()   # check 12
+        G_ref = W0.T @ sl.expm(4 * t * M) @ W0
+        assert np.abs(np.asarray(wf.G[i]) - G_ref).max() <= 1e-12 * np.abs(G_ref).max()
+        F_lin = np.asarray(wf.F_lin[i])
+        np.testing.assert_allclose(F_lin, phi @ sl.expm(2 * t * M) @ W0, rtol=1e-10, atol=1e-12)
+        sv = np.linalg.svd(F_lin, compute_uv=False)
+        assert sv[-1] / sv[0] >= 1e-6
+        assert np.abs(_proj(Ft) - _proj(F_lin)).max() <= 1e-8                              # check 13
+    # the tangent kernel K − F Fᵀ (digest §4.1)
+    Kt = np.asarray(col.constrained_tangent_kernel(Kmat, S, F0, 2.0))
+    Ft = phi @ Wt[2]
+    np.testing.assert_allclose(Kt, phi @ (np.eye(h) - Wt[2] @ Wt[2].T) @ phi.T, atol=1e-10)
+    assert np.allclose(Kt, Kmat - Ft @ Ft.T, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_width_free_flow_matches_dynamics_constrained(rf):
+    """Function-space consistency with `sslntk.dynamics.solve(method="constrained")`: W0 inside the
+    feature span (f0ᵀK⁻¹f0 = I), kernel PCA of the dot-product pair matrix."""
+    from sslntk import dynamics
+
+    rng = np.random.default_rng(7)
+    n, p = 20, 6
+    X = rng.normal(size=(n, p)) * np.linspace(2, 0.5, p)
+    phi = np.concatenate([X, X + 0.3 * rng.normal(size=(n, p))])
+    Kmat = phi @ phi.T + 0.05 * np.eye(2 * n)                         # positive definite
+    S = np.asarray(col.pair_matrix(n, "dot"))
+    Lc = np.linalg.cholesky(Kmat)
+    f0 = Lc @ np.linalg.qr(rng.normal(size=(2 * n, 2)))[0]           # f0ᵀK⁻¹f0 = I
+    ts = np.array([0.0, 1.0, 3.0])
+    traj = dynamics.solve(jnp.asarray(Kmat), losses.get("naive"), jnp.asarray(f0), jnp.asarray(ts),
+                          method="constrained", rtol=1e-10).raise_if_failed()
+    wf = col.width_free_flow(Kmat, S, f0, ts)
+    for i in range(len(ts)):
+        F = np.asarray(traj.f[i])
+        np.testing.assert_allclose(np.asarray(wf.gram[i]), F @ F.T, atol=1e-7 * np.abs(F).max()**2)
+    lim = np.asarray(col.width_free_limit(Kmat, S, 2))
+    Fl = np.asarray(dynamics.solve(jnp.asarray(Kmat), losses.get("naive"), jnp.asarray(f0),
+                                   jnp.asarray([0.0, 200.0]), method="constrained",
+                                   rtol=1e-10).raise_if_failed().f[-1])
+    np.testing.assert_allclose(Fl @ Fl.T, lim, atol=1e-7 * np.abs(lim).max())
+
+
+def _width_stats(Z, S, h, seed, k=3):
+    phi = _features(Z, h, jax.random.PRNGKey(100 + seed))
+    W0 = _haar(jax.random.PRNGKey(200 + seed), h, k)
+    Kmat = phi @ phi.T
+    lim = np.asarray(col.width_free_limit(Kmat, S, k))
+    kernel_change = np.linalg.norm(lim) / np.linalg.norm(Kmat)       # ||K_∞ − K_0||/||K_0||
+    # W_∞ = Φᵀ K^{-1/2} V_k (top-k eigenvectors of M inside the feature span), Procrustes change
+    mu, Vn = np.linalg.eigh(col.function_operator(Kmat, S))
+    lk, Uk = np.linalg.eigh(Kmat)
+    Kmh = (Uk / np.sqrt(lk)) @ Uk.T
+    W_inf = phi.T @ Kmh @ Vn[:, ::-1][:, :k]
+    sv = np.linalg.svd(W_inf.T @ W0, compute_uv=False)
+    weight_change = np.sqrt(max(2 * k - 2 * sv.sum(), 0) / k)
+    return kernel_change, weight_change, np.linalg.norm(phi @ W0, 2) * np.sqrt(h), mu[::-1][0]
+
+
+def test_check14_16_non_ntk_width_statistics(rf):
+    """Check 14 (≥ 3 seeds, h ∈ {256, 1024, 4096}) and check 16 (boundedness vs naive growth)."""
+    Z, S = rf["Z"], rf["S"]
+    hs = [256, 1024, 4096]
+    stats = np.array([[_width_stats(Z, S, h, s)[:3] for s in range(3)] for h in hs])
+    kc, wc = stats[..., 0].mean(1), stats[..., 1].mean(1)
+    assert np.all(kc >= 0.1)
+    assert -0.1 <= _slope(np.log(hs), np.log(kc)) <= 0.1
+    assert np.all((wc >= 1.2) & (wc <= np.sqrt(2)))
+    assert _slope(np.log(hs), np.log(wc)) >= -0.05
+    # check 16 at h = 1024
+    phi = _features(Z, 1024, jax.random.PRNGKey(5))
+    W0 = _haar(jax.random.PRNGKey(6), 1024, 3)
+    Kmat, F0 = phi @ phi.T, phi @ W0
+    ts = np.linspace(0, 200, 41)
+    wf = col.width_free_flow(Kmat, S, F0, ts)
+    normF = np.linalg.norm(np.asarray(wf.F), ord=2, axis=(1, 2))
+    assert np.all(normF <= np.linalg.norm(phi, 2) * (1 + 1e-10))
+    mu1 = float(col.collapse_rates(col.function_operator(Kmat, S)).norm_rate) / 2
+    late = ts >= 100
+    nl = np.linalg.norm(np.asarray(wf.F_lin), ord=2, axis=(1, 2))
+    assert abs(_slope(ts[late], np.log(nl[late])) / (2 * mu1) - 1) < 0.05
+
+
+@pytest.mark.slow
+def test_check15_escape_time_grows_like_log_width(rf):
+    Z, S = rf["Z"], rf["S"]
+    hs = [256, 1024, 4096, 16384]
+    ts = np.linspace(0, 400, 4001)
+    t_half, scale = np.zeros((len(hs), 3)), np.zeros((len(hs), 3))
+    lam1 = []
+    for i, h in enumerate(hs):
+        for s in range(3):
+            phi = _features(Z, h, jax.random.PRNGKey(300 + s))
+            W0 = _haar(jax.random.PRNGKey(400 + s), h, 3)
+            Kmat, F0 = phi @ phi.T, phi @ W0
+            gram = np.asarray(col.width_free_flow(Kmat, S, F0, ts).gram)
+            loss = -np.einsum("ij,tij->t", S, gram)
+            final = float(col.stiefel_fixed_point(col.function_operator(Kmat, S), 3).loss)
+            t_half[i, s] = ts[np.argmax(loss <= final / 2)]
+            scale[i, s] = np.linalg.norm(F0, 2) * np.sqrt(h)
+            lam1.append(float(np.linalg.eigvalsh(col.function_operator(Kmat, S))[-1]))
+    pred = float(col.escape_time_shift(np.mean(lam1), 4.0))
+    inc = np.diff(t_half.mean(1))
+    assert np.all(np.abs(inc / pred - 1) <= 0.6), (inc, pred)
+    assert scale.max() / scale.min() <= 1.2                 # ||F0||·h^{1/2} constant within 20%
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_inputs(prob):
+    M, W0 = prob["M"], prob["W0"]
+    with pytest.raises(ValueError, match="kind"):
+        col.pair_matrix(5, "infonce")
+    with pytest.raises(ValueError, match="fixed points"):
+        col.pair_matrix(3, "contrastive", np.array([0, 2, 1]))
+    with pytest.raises(ValueError, match="permutation"):
+        col.pair_matrix(3, "contrastive", np.array([1, 1, 0]))
+    with pytest.raises(ValueError, match="n"):
+        col.pair_matrix(1)
+    with pytest.raises(ValueError, match="symmetric"):
+        col.naive_flow(M + np.triu(np.ones_like(M), 1), W0, 1.0)
+    with pytest.raises(ValueError, match="W0"):
+        col.naive_flow(M, W0[:5], 1.0)
+    with pytest.raises(ValueError, match="t"):
+        col.naive_flow(M, W0, -1.0)
+    with pytest.raises(ValueError, match="orthonormal"):
+        col.constrained_flow(M, 2 * W0, 1.0)
+    with pytest.raises(ValueError, match="k"):
+        col.stiefel_fixed_point(M, D)
+    with pytest.raises(ValueError, match="method"):
+        col.stiefel_gd(M, W0, 1e-2, 10, method="cayley")
+    with pytest.raises(ValueError, match="n_saves"):
+        col.stiefel_gd(M, W0, 1e-2, 10, n_saves=3)
+    with pytest.raises(ValueError, match="eta"):
+        col.stiefel_gd(M, W0, -1e-2, 10)
+    with pytest.raises(ValueError, match="PSD"):
+        col.width_free_flow(-np.eye(4), np.eye(4), np.ones((4, 1)), 1.0)
+    with pytest.raises(ValueError, match="S"):
+        col.width_free_flow(np.eye(4), np.eye(3), np.ones((4, 1)), 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        col.collapse_rates(np.full((3, 3), np.nan))
+    with pytest.raises(TypeError, match="mixed dtypes"):
+        col.naive_flow(M, W0.astype(np.float32), 1.0)
