@@ -90,6 +90,8 @@ NONNEG = number(0)
 # the constant and lists the valid ones) when the config is checked.
 COMMON = {
     "seed": Key(0, integer(0), "base random seed (every random draw derives from it)"),
+    "precision": Key("float64", one_of("float64", "float32"),
+                     "float64 (reference accuracy, enables jax_enable_x64) or float32 (speed)"),
     "data": {
         "name": Key("digits", one_of("digits", "gaussian_mixture", "spiked"), "dataset"),
         "n": Key(128, integer(2), "source samples (two views each)"),
@@ -139,7 +141,7 @@ KIND_SECTIONS = {
     },
     "phase_diagram": {
         "phase": {
-            "model": Key("one_layer", one_of("one_layer", "two_layer")),
+            "model": Key("two_layer", one_of("one_layer", "two_layer")),
             "x_axis": Key("augmentation", one_of("augmentation", "imbalance")),
             "x_range": Key([0.0, 3.0], list_of(NONNEG, min_len=2, increasing=True)),
             "gamma_range": Key([0.0, 0.8], list_of(NONNEG, min_len=2, increasing=True)),

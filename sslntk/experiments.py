@@ -46,8 +46,12 @@ def _augment(cfg, noise=None):
     return data.compose(*augs)
 
 
+def _dtype(cfg):
+    return jnp.float64 if cfg["precision"] == "float64" else jnp.float32
+
+
 def _dataset(cfg):
-    """(train x, test x) as arrays, float64 (closed forms and references run in float64)."""
+    """(train x, test x) as arrays in the config's precision."""
     from sslntk import data
 
     d = cfg["data"]
@@ -58,7 +62,7 @@ def _dataset(cfg):
         opts.setdefault("key", jax.random.fold_in(key, 1))
     if d["name"] == "digits":
         opts.setdefault("key", jax.random.fold_in(key, 1))
-    ds = data.load(d["name"], n=n_all, dtype=jnp.float64, **opts)
+    ds = data.load(d["name"], n=n_all, dtype=_dtype(cfg), **opts)
     x = ds.x
     return x[: d["n"]], x[d["n"]:]
 
@@ -179,6 +183,8 @@ def run(cfg: dict, out, *, progress: bool = True):
     config returns its stored results and does no work."""
     import json
 
+    if cfg["precision"] == "float64":
+        jax.config.update("jax_enable_x64", True)   # float64 runs need it process-wide
     rd = RunDir(out, cfg)
     if rd.is_done():
         res = json.loads((rd.path / "results.json").read_text())
@@ -189,3 +195,184 @@ def run(cfg: dict, out, *, progress: bool = True):
     headline, lines, arrays = KINDS[cfg["kind"]](rd, cfg, progress)
     rd.timings["total"] = time.perf_counter() - t0
     return rd.write_results(headline, arrays, lines), True
+
+
+# ---------------------------------------------------------------------------------------------------
+# hypergradient
+# ---------------------------------------------------------------------------------------------------
+
+def hypergradient_outcome(cfg: dict):
+    """`outcome(θ)`: the configured outcome as a differentiable function of the hyperparameter θ
+    (`hypergradient.wrt`: the augmentation noise strength or the initial scale α).
+
+    data → augmented views → NTK/NNGP (neural-tangents) → f₀ ~ α·N(0, K_nngp) → stepwise theory
+    (`step_time`: the predicted time of step `mode`) or the kernel dynamics (`final_loss`: the ODE
+    loss at the horizon). Every stage is JAX, so `jax.grad(outcome)` is exact.
+    """
+    from sslntk import dynamics, losses
+    from sslntk.theory import stepwise
+
+    dyn, hg = cfg["dynamics"], cfg["hypergradient"]
+    N = 2 * cfg["data"]["n"]
+    cfg_train = {**cfg, "data": {**cfg["data"], "n_test": 0}}
+    key_f0 = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 3)
+    loss = losses.get(cfg["loss"]["name"], **cfg["loss"]["constants"])
+
+    def outcome(theta, t_end=None):
+        noise = theta if hg["wrt"] == "noise" else None
+        alpha = theta if hg["wrt"] == "alpha" else dyn["alpha"]
+        _, _, K, Kn = views_and_kernels(cfg_train, noise=noise)
+        f0 = initial_function(Kn[:N, :N], dyn["k"], alpha, key_f0)
+        if hg["outcome"] == "step_time":
+            return stepwise.stepwise(K, f0, dyn["k"]).step_times[hg["mode"] - 1]
+        traj = dynamics.solve(K, loss, f0, jnp.array([0.0, t_end]), method="ode",
+                              check_psd=False)
+        return traj.loss[-1]
+
+    return outcome
+
+
+def run_hypergradient(rd: RunDir, cfg: dict, progress: bool):
+    from sslntk.theory import stepwise
+
+    hg, dyn = cfg["hypergradient"], cfg["dynamics"]
+    theta0 = float(cfg["data"]["noise"] if hg["wrt"] == "noise" else dyn["alpha"])
+    if hg["outcome"] == "step_time" and hg["mode"] > dyn["k"]:
+        raise ValueError(f"hypergradient.mode: expected <= dynamics.k = {dyn['k']}, got {hg['mode']}")
+    outcome = hypergradient_outcome(cfg)
+    t_end = None
+    if hg["outcome"] == "final_loss":
+        # the horizon is fixed at the base point (1.5 × predicted last step time), then held constant
+        N = 2 * cfg["data"]["n"]
+        _, _, K, Kn = views_and_kernels({**cfg, "data": {**cfg["data"], "n_test": 0}})
+        f0 = initial_function(Kn[:N, :N], dyn["k"], dyn["alpha"],
+                              jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 3))
+        t_end = 1.5 * float(jnp.max(stepwise.stepwise(K, f0, dyn["k"]).step_times))
+    f = (lambda th: outcome(th)) if t_end is None else (lambda th: outcome(th, t_end))
+
+    def grad_part():
+        val, g = jax.value_and_grad(f)(jnp.asarray(theta0, _dtype(cfg)))
+        h = hg["fd_eps"] * theta0
+        dt = _dtype(cfg)
+        fd = (f(jnp.asarray(theta0 + h, dt)) - f(jnp.asarray(theta0 - h, dt))) / (2 * h)
+        return {"value": val, "grad": g, "fd": fd, "h": np.asarray(h)}
+
+    gp = rd.part("gradient", grad_part)
+    xs = theta0 * np.linspace(0.5, 1.5, 9)
+
+    def curve_part():
+        return {"xs": xs, "ys": np.array([float(f(jnp.asarray(x, _dtype(cfg)))) for x in xs])}
+
+    cp = rd.part("curve", curve_part)
+    g, fd = float(gp["grad"]), float(gp["fd"])
+    rel = abs(g - fd) / max(abs(fd), 1e-300)
+    what = "noise strength" if hg["wrt"] == "noise" else "initial scale α"
+    out_label = (f"predicted time of step {hg['mode']}" if hg["outcome"] == "step_time"
+                 else "loss at the horizon")
+    plots.hypergradient(rd.path, "hypergradient", cp["xs"], cp["ys"], grad_at=theta0, grad=g,
+                        xlabel=what, ylabel=out_label,
+                        title=f"d({out_label})/d({what}) by jax.grad vs the curve")
+    headline = {"wrt": hg["wrt"], "outcome": hg["outcome"], "theta": theta0,
+                "value": float(gp["value"]), "grad": g, "finite_difference": fd,
+                "grad_rel_error_vs_fd": rel}
+    lines = [f"{out_label} at {what} = {theta0:g}: {float(gp['value']):.6g}",
+             f"d/d({what}): jax.grad {g:.6g} | central FD (h = {float(gp['h']):.3g}) {fd:.6g} | "
+             f"rel. diff {rel:.2e}"]
+    return headline, lines, {"xs": cp["xs"], "ys": cp["ys"]}
+
+
+KINDS["hypergradient"] = run_hypergradient
+
+
+# ---------------------------------------------------------------------------------------------------
+# width_sweep
+# ---------------------------------------------------------------------------------------------------
+
+def run_width_sweep(rd: RunDir, cfg: dict, progress: bool):
+    from sslntk import data, finite, losses
+
+    dyn, fin = cfg["dynamics"], cfg["finite"]
+    key = jax.random.PRNGKey(cfg["seed"])
+    x_tr, x_te = _dataset(cfg)
+    views = data.make_views(x_tr, _augment(cfg), jax.random.fold_in(key, 2))
+    loss = losses.get(cfg["loss"]["name"], **cfg["loss"]["constants"])
+    T = fin["lr"] * fin["steps"]
+    ts = np.linspace(0.0, T, dyn["n_times"])
+    ws = finite.width_sweep(_arch(cfg), views, loss, fin["widths"], fin["seeds"],
+                            alpha=dyn["alpha"], lr=fin["lr"], steps=fin["steps"], ts=ts,
+                            x_test=x_te if x_te.shape[0] else None, out_dim=dyn["k"],
+                            method=dyn["method"], checkpoint=rd.parts / "width_sweep",
+                            progress=progress)
+    fit = ws.exponent
+    kw = {}
+    if fit is not None:
+        kw = dict(slope=fit.slope, intercept=fit.intercept, ci=fit.ci_boot)
+    plots.deviation_vs_width(rd.path, "deviation_vs_width", ws.widths, ws.deviation,
+                             title=f"{cfg['loss']['name']}: finite {cfg['arch']['kind']} vs NTK "
+                                   f"(α = {dyn['alpha']:g}, t ≤ {ws.window:g})", **kw)
+    plots.deviation_vs_width(rd.path, "kernel_drift_vs_width", ws.widths, ws.kernel_drift,
+                             ylabel="kernel drift  ‖Θ_T − Θ_0‖_F / ‖Θ_0‖_F",
+                             title="Empirical-NTK drift during training")
+    headline = ws.summary()
+    lines = [f"kernel solver: {ws.method}; deviation = max over t ≤ {ws.window:g} of "
+             "‖f_net − f_ntk‖/‖f_ntk‖ on train views"]
+    for i, w in enumerate(ws.widths):
+        lines.append(f"  width {int(w):6d}: deviation {ws.deviation[i].mean():.3g} "
+                     f"(seeds {', '.join(f'{d:.3g}' for d in ws.deviation[i])}), "
+                     f"kernel drift {ws.kernel_drift[i].mean():.3g}")
+    if fit is not None:
+        lines.append(f"fitted exponent: deviation ∝ width^{fit.slope:.3f}, 95% CI (bootstrap) "
+                     f"[{fit.ci_boot[0]:.3f}, {fit.ci_boot[1]:.3f}], t-interval "
+                     f"[{fit.ci_t[0]:.3f}, {fit.ci_t[1]:.3f}]")
+    arrays = {"widths": ws.widths, "ts": ws.ts, "dev_train": ws.dev_train,
+              "deviation": ws.deviation, "kernel_drift": ws.kernel_drift,
+              "loss_net": ws.loss_net, "loss_ker": ws.loss_ker}
+    if ws.dev_test is not None:
+        arrays["dev_test"] = ws.dev_test
+    return headline, lines, arrays
+
+
+KINDS["width_sweep"] = run_width_sweep
+
+
+# ---------------------------------------------------------------------------------------------------
+# phase_diagram
+# ---------------------------------------------------------------------------------------------------
+
+def run_phase_diagram(rd: RunDir, cfg: dict, progress: bool):
+    from sslntk import phase
+
+    ph = cfg["phase"]
+    if ph["x_axis"] == "imbalance" and not (0 < ph["x_range"][0] and ph["x_range"][1] < 1):
+        raise ValueError("phase.x_range: expected minority fractions inside (0, 1) for "
+                         f"x_axis = 'imbalance', got {ph['x_range']}")
+    xs = np.linspace(*ph["x_range"], ph["grid"])
+    gs = np.linspace(*ph["gamma_range"], ph["grid"])
+
+    def grid_part():
+        pd = phase.phase_diagram(ph["model"], ph["x_axis"], x=xs, gamma=gs,
+                                 key=jax.random.PRNGKey(cfg["seed"]), spectrum=ph["spectrum"],
+                                 tau=ph["tau"])
+        return {"measured_rank": pd.measured_rank, "predicted_rank": pd.predicted_rank,
+                "metastable_rank": pd.metastable_rank, "hysteresis": pd.hysteresis,
+                "boundary_cells": pd.boundary_agreement(), "agreement": pd.agreement()}
+
+    gp = rd.part("grid", grid_part)
+    xlabel = "augmentation strength σ²" if ph["x_axis"] == "augmentation" else "minority fraction p"
+    plots.phase_diagram(rd.path, "phase_diagram", xs, gs, gp["measured_rank"],
+                        predicted_rank=gp["predicted_rank"],
+                        metastable_rank=gp["metastable_rank"], xlabel=xlabel,
+                        title=f"{ph['model']} linear model")
+    bc = gp["boundary_cells"]
+    worst = float(np.max(bc[np.isfinite(bc)])) if np.isfinite(bc).any() else 0.0
+    headline = {"agreement_outside_hysteresis": float(gp["agreement"]),
+                "max_boundary_offset_cells": worst,
+                "hysteresis_cells": int(np.sum(gp["hysteresis"]))}
+    lines = [f"measured rank == predicted rank in {float(gp['agreement']):.1%} of cells outside the "
+             f"hysteresis band ({int(np.sum(gp['hysteresis']))} cells in it)",
+             f"largest measured-vs-predicted boundary offset: {worst:g} grid cells"]
+    return headline, lines, {"x": xs, "gamma": gs, **{k: gp[k] for k in (
+        "measured_rank", "predicted_rank", "metastable_rank", "hysteresis")}}
+
+
+KINDS["phase_diagram"] = run_phase_diagram

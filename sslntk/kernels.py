@@ -498,7 +498,14 @@ def _dual(arch, c, q1, q2, need_dot: bool):
             return q * ((q / ((q + 1) * r) + jnp.arctan2(q, r) / 2) / jnp.pi + 0.25)
     else:
         a, b = _abrelu_ab(arch)
-        root = jnp.sqrt(jnp.maximum(o1 * o2 - c**2, 0.0))
+        # sin²θ·q1·q2 = q1 q2 − c². Where sin²θ is below round-off (identical inputs; c and q
+        # rounded differently, or an FMA-contracted q·q − c·c) it is set to 0: otherwise θ comes
+        # out O(sqrt(eps)) instead of 0 and the NTK factor E[φ'φ'] = (a²+b²)/2 − (a−b)²θ/2π is off
+        # by O(sqrt(eps)) (3e-4 in float32) on every duplicate pair. The change is below the
+        # arc-cosine's own conditioning error there.
+        prod = o1 * o2
+        r2 = prod - c**2
+        root = jnp.sqrt(jnp.where(r2 > 8 * jnp.finfo(c.dtype).eps * prod, r2, 0.0))
         ang = jnp.where((root == 0) & (c == 0), jnp.pi / 2, jnp.arctan2(root, c))
         factor = (a - b) ** 2 / (2 * jnp.pi)
         dsig = (a**2 + b**2) / 2 - factor * ang

@@ -112,26 +112,42 @@ def deviation_vs_width(out, name, widths, deviations, *, slope=None, ci=None, in
     return _save(fig, out, name)
 
 
-def phase_diagram(out, name, xs, gammas, rank, *, predicted_rank=None, xlabel="augmentation strength σ²",
-                  ylabel="weight decay γ", title="Collapse phase diagram"):
-    """Measured rank as an image over (x, γ); predicted boundaries as contour lines."""
+def phase_diagram(out, name, xs, gammas, rank, *, predicted_rank=None, metastable_rank=None,
+                  xlabel="augmentation strength σ²", ylabel="weight decay γ",
+                  title="Collapse phase diagram"):
+    """Measured rank as a discrete image over (x, γ); predicted boundaries as contour lines: the
+    global minimum's (white dashed) and, where it differs, the state the initialisation reaches
+    (red dotted, the hysteresis band lies between them)."""
+    from matplotlib.colors import BoundaryNorm
+    from matplotlib.lines import Line2D
+
     xs, gammas, rank = np.asarray(xs), np.asarray(gammas), np.asarray(rank)
+    top = int(max(np.max(rank), np.max(predicted_rank) if predicted_rank is not None else 0))
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     dx = (xs[1] - xs[0]) / 2 if len(xs) > 1 else 0.5
     dg = (gammas[1] - gammas[0]) / 2 if len(gammas) > 1 else 0.5
-    im = ax.imshow(rank.T, origin="lower", aspect="auto", cmap="viridis",
+    cmap = plt.get_cmap("viridis", top + 1)
+    im = ax.imshow(rank.T, origin="lower", aspect="auto", cmap=cmap,
+                   norm=BoundaryNorm(np.arange(-0.5, top + 1.5), cmap.N),
                    extent=(xs[0] - dx, xs[-1] + dx, gammas[0] - dg, gammas[-1] + dg))
-    cb = fig.colorbar(im, ax=ax)
+    cb = fig.colorbar(im, ax=ax, ticks=np.arange(top + 1))
     cb.set_label("measured rank of the representation")
-    if predicted_rank is not None:
-        levels = np.arange(0.5, float(np.max(predicted_rank)) + 0.5)
-        if len(levels):
-            cs = ax.contour(xs, gammas, np.asarray(predicted_rank).T, levels=levels, colors="w",
-                            linewidths=1.5, linestyles="--")
-            cs.collections[0].set_label("predicted boundary") if hasattr(cs, "collections") else None
+    handles = []
+    levels = np.arange(0.5, top + 0.5)
+    for pr, color, ls, lab in ((predicted_rank, "w", "--", "predicted (global minimum)"),
+                               (metastable_rank, "r", ":", "predicted (from this init)")):
+        if pr is None or len(levels) == 0:
+            continue
+        if pr is metastable_rank and predicted_rank is not None and np.array_equal(pr, predicted_rank):
+            continue
+        ax.contour(xs, gammas, np.asarray(pr).T, levels=levels, colors=color, linewidths=1.5,
+                   linestyles=ls)
+        handles.append(Line2D([], [], color=color, ls=ls, label=lab))
+    if handles:
+        ax.legend(handles=handles, fontsize=8, loc="upper right", facecolor="0.5", framealpha=0.6)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title + "  (dashed: theory)")
+    ax.set_title(title)
     return _save(fig, out, name)
 
 

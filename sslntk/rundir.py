@@ -14,6 +14,7 @@ a different config into a DIR that holds another run is refused (nothing is over
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -23,6 +24,14 @@ from pathlib import Path
 
 from sslntk import _io
 from sslntk.config import config_hash
+
+
+def _maybe_simulate_kill(n_computed: int):
+    """Fault injection for the resume tests: with `SSLNTK_KILL_AFTER_PARTS=N` in the environment the
+    process dies abruptly (`os._exit`, no cleanup, like SIGKILL) right after its N-th saved part."""
+    n = os.environ.get("SSLNTK_KILL_AFTER_PARTS")
+    if n is not None and n_computed >= int(n):
+        os._exit(137)
 
 
 class RunDirError(RuntimeError):
@@ -101,6 +110,7 @@ class RunDir:
         arrays = compute()
         self.timings[name] = time.perf_counter() - t0
         self._say(f"{name}: done in {self.timings[name]:.1f} s")
+        _maybe_simulate_kill(len(self.computed))
         _io.atomic_write_npz(f, **arrays)
         self.computed.append(name)
         return _io.load_npz(f)   # the same dtype/rounding whether computed now or resumed

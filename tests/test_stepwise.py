@@ -282,8 +282,9 @@ def test_check4_random_init_step_times(random_ref_a):
             assert np.abs(t_num / t_qr - 1).max() < 5e-3
             # the naive s(0) = α is off by O(1/ln(1/α)) (digest: 5–10 %)
             assert np.abs(t_num / t_naive - 1).max() > 2 * np.abs(t_num / t_qr - 1).max()
-            # t_j γ_j cluster around ln(1/α)/4 (seed-to-seed std ~0.12/γ_j)
-            assert np.abs(t_num * gam / (np.log(1 / alpha) / 4) - 1).max() < 0.15
+            # t_j γ_j cluster around ln(1/α)/4 = 2.30: seed-to-seed std ~0.12 (digest), plus a
+            # systematic ln(1/γ_j)/8 (0.17 for γ = 0.25): allow 0.5
+            assert np.abs(t_num * gam - np.log(1 / alpha) / 4).max() < 0.5
             # whole eig(C) trajectory near the logistic curves (measured here: <= 3.0e-3)
             assert np.abs(ec - c_pred).max() < 4e-3
         else:
@@ -423,51 +424,78 @@ def test_check8_kernel_spectra():
 # Digest check 9 (and the closed_form solver): kernel closed form versus training
 
 
+def rk4_on_grid(f0, K, t_end, nsave=120, dt_max=1e-3):
+    """Float64 RK4 of the kernel flow saved on linspace(0, t_end, nsave + 1), dt <= dt_max."""
+    nsub = int(np.ceil(t_end / nsave / dt_max))
+    dt = t_end / nsave / nsub
+    fs = rk4_kernel(f0, K, dt=dt, nsub=nsub, nsave=nsave)
+    return jnp.linspace(0.0, t_end, nsave + 1), np.asarray(fs)
+
+
 @pytest.fixture(scope="module")
 def rbf_problem():
+    """RBF kernel, n = 20, k = 3, α = 1e-8; γ ≈ 1, .52, .44, .16 (gap (γ_3 − γ_4)/γ_3 ≈ .65).
+    Training: float64 RK4, dt ≤ 1e-3 = 1e-3/γ_1 (digest §9)."""
     K, Ktx = rbf_kernel()
     k, alpha = 3, 1e-8
     gam = np.asarray(sw.contrastive_modes(K, k + 1)[0])
     f0 = random_f0(K, k, alpha, seed=7)
     res = sw.stepwise(K, f0, k, K_test_train=Ktx)
     t_end = float(np.max(res.step_times + 3 * res.step_widths))
-    ts = jnp.linspace(0.0, t_end, 121)
-    # f0 on test points in the RKHS span of the training views (the A-space model of digest §6)
-    ode = dynamics.solve(K, BT, f0, ts, method="ode", K_test_train=Ktx,
-                         f0_test=Ktx @ jnp.linalg.solve(K, f0), rtol=1e-10)
-    return K, Ktx, k, alpha, gam, f0, res, ts, ode
+    ts, fs = rk4_on_grid(f0, K, t_end)
+    # test predictions of the A-space model (f0 in the span): f_test(t) = K_tx K⁻¹ f(t)
+    fs_test = np.einsum("mi,tik->tmk", np.asarray(Ktx), np.linalg.solve(np.asarray(K), fs))
+    return K, Ktx, k, alpha, gam, f0, res, ts, fs, fs_test
 
 
 def test_check9_kernel_closed_form_vs_training(rbf_problem):
-    K, Ktx, k, alpha, gam, f0, res, ts, ode = rbf_problem
-    assert ode.ok
+    K, Ktx, k, alpha, gam, f0, res, ts, fs, fs_test = rbf_problem
     gap = (gam[k - 1] - gam[k]) / gam[k - 1]
     # trained to C ≈ I
-    C_end = np.asarray(losses.cross_correlation(ode.f[-1]))
+    C_end = np.asarray(losses.cross_correlation(jnp.asarray(fs[-1])))
     assert np.abs(C_end - np.eye(k)).max() < 1e-4
     # held-out Gram of the learned embedding vs the α → 0 closed form (kernel PCA of K^Γ)
-    err = gram_rel_err(np.asarray(ode.f_test[-1]), np.asarray(res.f_final_test))
+    err = gram_rel_err(fs_test[-1], np.asarray(res.f_final_test))
     assert err <= 3 * alpha**gap, (err, alpha**gap)
     # step times: QR-effective within 0.5 %, and t_j γ_j ≈ ln(1/α)/4 within ~12 % (digest)
-    t_num = crossing_times(np.asarray(ts), eig_c_f(np.asarray(ode.f)))
+    t_num = crossing_times(np.asarray(ts), eig_c_f(fs))
     assert np.abs(t_num / np.asarray(res.step_times) - 1).max() < 5e-3
     assert np.abs(t_num * gam[:k] / (np.log(1 / alpha) / 4) - 1).max() < 0.15
 
 
-def test_closed_form_random_init_vs_ode(rbf_problem):
-    K, Ktx, k, alpha, gam, f0, res, ts, ode = rbf_problem
+def test_closed_form_random_init_vs_rk4(rbf_problem):
+    K, Ktx, k, alpha, gam, f0, res, ts, fs, fs_test = rbf_problem
     tr = cf.solve_closed_form(K, BT, f0, ts, K_test_train=Ktx)   # f0_test omitted: f0 in span
     assert tr.ok and tr.method == "closed_form" and int(tr.n_steps) == 1
     bound = float(tr.bound)
     gaps = (gam[:-1] - gam[1:]) / gam[:-1]
     assert 0 < bound < 3 * alpha ** gaps.min()                        # an α^gap-type estimate
-    err = gram_rel_err(np.asarray(tr.f), np.asarray(ode.f))
+    err = gram_rel_err(np.asarray(tr.f), fs)
     assert err.max() <= bound, (err.max(), bound)
-    err_t = gram_rel_err(np.asarray(tr.f_test), np.asarray(ode.f_test))
+    err_t = gram_rel_err(np.asarray(tr.f_test), fs_test)
     assert err_t.max() <= bound, (err_t.max(), bound)
-    assert np.abs(eig_c_f(np.asarray(tr.f)) - eig_c_f(np.asarray(ode.f))).max() <= bound
-    assert np.abs(np.asarray(tr.loss) - np.asarray(ode.loss)).max() <= bound
+    assert np.abs(eig_c_f(np.asarray(tr.f)) - eig_c_f(fs)).max() <= bound
+    L_ref = np.asarray(jax.vmap(BT)(jnp.asarray(fs)))
+    assert np.abs(np.asarray(tr.loss) - L_ref).max() <= bound
     np.testing.assert_allclose(tr.f[0], f0, rtol=0, atol=1e-12 * float(jnp.abs(f0).max()))
+    # the final embedding on test points agrees with the α → 0 kernel PCA (rotation-invariant)
+    assert gram_rel_err(np.asarray(tr.f_test[-1]), np.asarray(res.f_final_test)) < 3 * bound
+
+
+@pytest.mark.slow
+def test_closed_form_vs_diffrax_ode_with_test_points(rbf_problem):
+    """The same comparison against `dynamics.solve(method="ode")` (diffrax), test points included
+    through the solver's own f0_test + K_tx ∫∇L (no K⁻¹)."""
+    K, Ktx, k, alpha, gam, f0, res, ts, fs, fs_test = rbf_problem
+    f0_test = Ktx @ jnp.linalg.solve(K, f0)
+    ode = dynamics.solve(K, BT, f0, ts, method="ode", K_test_train=Ktx, f0_test=f0_test,
+                         rtol=1e-10)
+    tr = dynamics.solve(K, BT, f0, ts, method="closed_form", K_test_train=Ktx, f0_test=f0_test)
+    assert ode.ok and tr.ok
+    assert gram_rel_err(np.asarray(ode.f), fs).max() < 1e-6            # diffrax == RK4
+    bound = float(tr.bound)
+    assert gram_rel_err(np.asarray(tr.f), np.asarray(ode.f)).max() <= bound
+    assert gram_rel_err(np.asarray(tr.f_test), np.asarray(ode.f_test)).max() <= bound
 
 
 @pytest.fixture(scope="module")

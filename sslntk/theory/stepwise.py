@@ -103,17 +103,17 @@ def _logistic_parts(t, gamma, c0):
     g = jnp.where(zero, 1.0, gamma)
     x = 8.0 * g * t
     pos = x > 0
-    ax = jnp.abs(x)
-    # x > 0
-    em = jnp.expm1(-ax)                                   # e^{-|x|} − 1 ∈ (−1, 0]
+    # x > 0 (em = e^{-x} − 1 ∈ (−1, 0]); the `where`s keep each branch's argument in its domain
+    em = jnp.expm1(-jnp.where(pos, x, 0.0))
     D = jnp.maximum(c0 + (1.0 - c0) * (1.0 + em), fi.tiny)
     near1 = D > 0.5
     lnD = jnp.where(near1, jnp.log1p(jnp.maximum((1.0 - c0) * em, -0.5)), jnp.log(D))
     c_pos = c0 / D
     tau_pos = -lnD / (8.0 * g)
-    # x <= 0: E = 1 + c0 (e^{-|x|} − 1)
-    E_m1 = jnp.maximum(c0 * em, -1.0 + fi.eps)
-    c_neg = c0 * (1.0 + em) / (1.0 + E_m1)
+    # x <= 0: E = 1 + c0 (e^x − 1)
+    en = jnp.expm1(jnp.where(pos, 0.0, x))
+    E_m1 = jnp.maximum(c0 * en, -1.0 + fi.eps)
+    c_neg = c0 * (1.0 + en) / (1.0 + E_m1)
     tau_neg = t - jnp.log1p(E_m1) / (8.0 * g)
     c = jnp.where(zero, c0, jnp.where(pos, c_pos, c_neg))
     tau = jnp.where(zero, t * (1.0 - c0), jnp.where(pos, tau_pos, tau_neg))
@@ -246,8 +246,9 @@ def contrastive_modes(K, m: int):
     implementation of the eigenproblem ``M = K^{1/2} Z K^{1/2} / 2n``)."""
     from sslntk import linalg
 
-    d = linalg.eigen_decomposition(K, m, "contrastive", method="eigh", tail_iters=0)
-    return d.values, d.vectors, d.lift
+    # always all N pairs (the dense eigh computes them anyway): one compilation per kernel size
+    d = linalg.eigen_decomposition(K, K.shape[0], "contrastive", method="eigh", tail_iters=0)
+    return d.values[:m], d.vectors[:, :m], d.lift[:, :m]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,144 @@
+"""CLI and experiments end to end on tiny configs: every kind runs, a killed run resumes to the same
+numbers, a rerun does no work, bad configs fail with clear errors and leave nothing behind."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sslntk import cli, config, experiments
+
+TINY = {
+    "staircase": {"kind": "staircase", "data": {"n": 16, "n_test": 8},
+                  "dynamics": {"k": 3, "n_times": 60, "method": "ode"}},
+    "width_sweep": {"kind": "width_sweep", "data": {"n": 8, "n_test": 4},
+                    "arch": {"depth": 1},
+                    "dynamics": {"k": 2, "n_times": 6, "alpha": 0.1},
+                    "finite": {"widths": [32, 128], "seeds": 2, "lr": 0.05, "steps": 40}},
+    "phase_diagram": {"kind": "phase_diagram", "phase": {"model": "one_layer", "grid": 5}},
+    "hypergradient": {"kind": "hypergradient", "data": {"n": 12, "n_test": 0},
+                      "dynamics": {"k": 2}},
+}
+
+
+def _toml(d: dict, prefix="") -> str:
+    """Tiny TOML writer for the nested dicts above (tables of scalars and lists)."""
+    lines, tables = [], []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        else:
+            lines.append(f"{k} = {json.dumps(v)}")
+    for k, v in tables:
+        lines.append(f"\n[{prefix}{k}]")
+        lines.append(_toml(v, prefix=f"{prefix}{k}."))
+    return "\n".join(lines)
+
+
+def _cli(args, env=None, check=True):
+    e = {**os.environ, **(env or {})}
+    r = subprocess.run([sys.executable, "-m", "sslntk.cli", *args], capture_output=True, text=True,
+                       env=e, timeout=900)
+    if check and r.returncode != 0:
+        raise AssertionError(f"sslntk {args} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.mark.parametrize("kind", sorted(TINY))
+def test_every_kind_end_to_end(kind, tmp_path):
+    cfg = config.validate(TINY[kind])
+    res, did_work = experiments.run(cfg, tmp_path / "run", progress=False)
+    assert did_work
+    out = tmp_path / "run"
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["config_hash"] == config.config_hash(cfg)
+    assert stored["versions"]["jax"] == "0.5.3" and stored["device"]
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs and all((out / p.replace(".png", ".pdf")).exists() for p in pngs)
+    assert (out / "arrays.npz").exists()
+    h = stored["headline"]
+    if kind == "staircase":
+        # stepwise theory vs the ODE: step times of an α = 1e-3 random init agree to a few % (the
+        # QR-effective prediction carries O(1/ln(1/α)) corrections, stepwise digest §4/check 9).
+        assert h["status"] == 0 and h["method"] == "ode"
+        assert h["step_time_rel_error_max"] < 0.05
+        assert h["final_loss"] < 1e-2
+    elif kind == "hypergradient":
+        # autodiff through data → NTK → theory vs central finite differences (h = 1e-3 θ, float64):
+        # FD truncation error O(h²) relative ~1e-6, so 1e-4 is a safe margin.
+        assert h["grad_rel_error_vs_fd"] < 1e-4
+    elif kind == "phase_diagram":
+        assert h["agreement_outside_hysteresis"] == 1.0
+        assert h["max_boundary_offset_cells"] <= 1
+    elif kind == "width_sweep":
+        assert len(h["deviation_mean"]) == 2
+        assert np.all(np.isfinite(h["deviation_mean"]))
+
+
+def test_rerun_does_no_work_and_kill_resume_matches(tmp_path):
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(_toml(TINY["staircase"]))
+    ref = tmp_path / "ref"
+    _cli(["run", str(cfg_path), "--out", str(ref)])
+    # rerun into the same directory: nothing recomputed, same results file
+    before = (ref / "results.json").read_text()
+    r = _cli(["run", str(cfg_path), "--out", str(ref)])
+    assert "up to date" in r.stdout
+    assert (ref / "results.json").read_text() == before
+    # killed abruptly right after the first finished part (the kernel), then resumed
+    run = tmp_path / "killed"
+    r = _cli(["run", str(cfg_path), "--out", str(run)], env={"SSLNTK_KILL_AFTER_PARTS": "1"},
+             check=False)
+    assert r.returncode == 137
+    assert (run / "parts" / "kernel.npz").exists() and not (run / "results.json").exists()
+    r = _cli(["run", str(cfg_path), "--out", str(run)])
+    assert "kernel: loaded" in r.stderr and "solve: computing" in r.stderr
+    a = json.loads(before)["headline"]
+    b = json.loads((run / "results.json").read_text())["headline"]
+    assert a == b
+
+
+@pytest.mark.parametrize("raw,match", [
+    ({"kind": "nope"}, "config key 'kind'"),
+    ({"kind": "staircase", "dynamics": {"alpha": -1.0}}, "config key 'dynamics.alpha'.*> 0"),
+    ({"kind": "staircase", "dynamics": {"alfa": 1.0}}, "config key 'dynamics.alfa': unknown key"),
+    ({"kind": "staircase", "loss": {"name": "bt"}}, "config key 'loss.name'"),
+    ({"kind": "staircase", "loss": {"constants": {"lam": "one"}}}, "config key 'loss.constants.lam'"),
+    ({"kind": "staircase", "loss": {"constants": {"zz": 1.0}}}, "unknown constant"),
+    ({"kind": "width_sweep", "finite": {"widths": [64, 32]}}, "strictly increasing"),
+    ({"kind": "staircase", "data": {"n": 1}}, "config key 'data.n'"),
+    ({"kind": "staircase", "dynamics": {"method": "closed_form"},
+      "loss": {"constants": {"lam": 0.5}}}, "closed_form"),
+])
+def test_bad_configs_fail_clearly_and_write_nothing(raw, match, tmp_path):
+    with pytest.raises(config.ConfigError, match=match):
+        config.validate(raw)
+    p = tmp_path / "bad.toml"
+    p.write_text(_toml(raw))
+    out = tmp_path / "out"
+    r = _cli(["run", str(p), "--out", str(out)], check=False)
+    assert r.returncode == 2 and "sslntk: error: config" in r.stderr
+    assert not out.exists()
+
+
+def test_cli_refuses_other_runs_directory_and_lists(tmp_path, capsys):
+    out = tmp_path / "o"
+    experiments.run(config.validate(TINY["phase_diagram"]), out, progress=False)
+    other = dict(TINY["phase_diagram"], seed=1)
+    p = tmp_path / "other.toml"
+    p.write_text(_toml(other))
+    assert cli.main(["run", str(p), "--out", str(out)]) == 2
+    assert "holds a run of a different config" in capsys.readouterr().err
+    assert cli.main(["list"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("barlow_twins", "vicreg", "digits", "mlp", "ode", "closed_form", "staircase"):
+        assert name in listed
+    bad = tmp_path / "broken.toml"
+    bad.write_text("kind = [")
+    assert cli.main(["run", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert cli.main(["run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "y")]) == 2

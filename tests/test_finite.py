@@ -1,0 +1,358 @@
+"""sslntk.finite: networks equal neural-tangents' stax nets, empirical NTK, training, width sweeps.
+
+References: neural-tangents itself (parameters, `apply_fn`, empirical NTK implementations 1 and 2
+through `sslntk.kernels`), the analytic NTK (`kernels.ntk`), explicit Jacobians and Hessians
+(jax.jacobian / jax.hessian + numpy) for the linearised dynamics and the step-size check.
+Everything numerical runs in float64 (conftest).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sslntk import data, finite, kernels, losses
+
+F64 = jnp.float64
+KEY = jax.random.key(7)
+
+
+def _ntk(arch, x1, x2=None):
+    if hasattr(kernels, "ntk"):
+        return kernels.ntk(arch, x1, x2)
+    return kernels.stax_network(arch)[2](x1, x2, "ntk")  # TEMP
+
+
+@pytest.fixture(scope="module")
+def digits_views():
+    ds = data.load("digits", n=16, dtype=F64)
+    return data.make_views(ds.flat, data.gaussian_noise(0.5), jax.random.key(0))
+
+
+ARCHS = [
+    (kernels.mlp(1, "relu"), (8, 8, 1)),
+    (kernels.mlp(2, "gelu", W_std=1.4, b_std=0.3), (12,)),
+    (kernels.mlp(2, "erf", W_std=0.9, b_std=0.1), (12,)),
+    (kernels.mlp(1, "leaky_relu", b_std=0.2, leaky_slope=0.2), (12,)),
+    (kernels.mlp(1, "abs_relu", leaky_slope=0.3), (12,)),
+    (kernels.mlp(1, "abs"), (12,)),
+    (kernels.cnn(2, "relu", b_std=0.2), (6, 6, 2)),
+    (kernels.cnn(1, "gelu", W_std=1.2, padding="VALID"), (5, 5, 1)),
+    (kernels.cnn(1, "erf", filter_shape=(2, 3), padding="CIRCULAR", b_std=0.1), (5, 4, 3)),
+]
+IDS = [f"{a.kind}-{a.activation}-{a.padding if a.kind == 'cnn' else a.depth}" for a, _ in ARCHS]
+
+
+def test_every_kernel_activation_has_a_network():
+    assert set(kernels.ACTIVATIONS) <= set(finite.SUPPORTED_ACTIVATIONS)
+
+
+@pytest.mark.parametrize("arch,shape", ARCHS, ids=IDS)
+def test_network_equals_stax(arch, shape):
+    """Same key → bit-identical parameters to nt's init_fn; forward equal to nt's apply_fn."""
+    init_fn, apply_fn, _ = kernels.stax_network(arch, 16, 3)
+    _, p_nt = init_fn(KEY, (-1, *shape))
+    model = finite.network(arch, 16, 3, key=KEY, in_shape=shape, dtype=F64)
+    p = finite.to_nt_params(model)
+    assert jax.tree.structure(p) == jax.tree.structure(p_nt)
+    assert all(jnp.array_equal(a, b) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_nt)))
+    x = jax.random.normal(jax.random.key(1), (6, *shape), F64)
+    # float64 round-off of the same operations (1e-6 is the acceptance bound; we see ~1e-15).
+    np.testing.assert_allclose(model(x), apply_fn(p_nt, x), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model(x), apply_fn(p_nt, x), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("arch,shape", ARCHS[1:3] + ARCHS[6:8], ids=IDS[1:3] + IDS[6:8])
+@pytest.mark.parametrize("impl", [1, 2])
+def test_empirical_ntk_equals_neural_tangents(arch, shape, impl):
+    """Own Jacobian-contraction NTK == nt's empirical NTK (implementations 1 and 2), 1e-5 rel."""
+    init_fn, apply_fn, _ = kernels.stax_network(arch, 24, 3)
+    _, p_nt = init_fn(jax.random.key(3), (-1, *shape))
+    model = finite.network(arch, 24, 3, key=KEY, in_shape=shape, alpha=0.1, dtype=F64)
+    finite.from_nt_params(model, p_nt)      # the SAME parameters, loaded from nt
+    x1 = jax.random.normal(jax.random.key(4), (7, *shape), F64)
+    x2 = jax.random.normal(jax.random.key(5), (5, *shape), F64)
+    for a, b in [(x1, None), (x1, x2)]:
+        ref = kernels.reference_empirical_ntk(apply_fn, p_nt, a, b, implementation=impl)
+        got = finite.empirical_ntk(model, a, b, block_size=3)  # blocks that do not divide 7, 5
+        err = float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref)))
+        assert err < 1e-5, err     # acceptance bound; float64 agreement is ~1e-15
+        assert err < 1e-12, err
+
+
+def test_nt_params_round_trip():
+    arch, shape = ARCHS[6]
+    init_fn, apply_fn, _ = kernels.stax_network(arch, 8, 2)
+    _, p = init_fn(jax.random.key(11), (-1, *shape))
+    model = finite.network(arch, 8, 2, key=KEY, in_shape=shape, alpha=0.5, dtype=F64)
+    finite.from_nt_params(model, p, init=False)       # θ only: θ₀ stays the original draw
+    assert not jnp.array_equal(model.theta0[0][0], p[0][0])
+    finite.from_nt_params(model, p)                     # θ and θ₀
+    assert all(jnp.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(finite.to_nt_params(model, init=True)), jax.tree.leaves(p)))
+    x = jax.random.normal(jax.random.key(1), (3, *shape), F64)
+    np.testing.assert_allclose(model(x), 0.5 * apply_fn(p, x), rtol=1e-12)
+    with pytest.raises(ValueError, match="params"):
+        finite.from_nt_params(model, p[:-1])
+    bad = list(p)
+    bad[0] = (p[0][0][..., :3], p[0][1])
+    with pytest.raises(ValueError, match=r"params\[0\]"):
+        finite.from_nt_params(model, bad)
+
+
+def test_empirical_ntk_approaches_analytic_ntk(digits_views):
+    """‖Θ_emp − Θ_∞‖/‖Θ_∞‖ shrinks with width (~ width^-1/2): 64 → 4096 is ×8 in theory."""
+    arch = kernels.mlp(1, "relu", b_std=0.1)
+    x = digits_views.stacked[:12]
+    K = np.asarray(_ntk(arch, x))
+    errs = {}
+    for w in (64, 4096):
+        e = []
+        for s in range(2):
+            m = finite.network(arch, w, 1, key=jax.random.key(s), in_shape=(64,), dtype=F64)
+            e.append(np.linalg.norm(np.asarray(finite.empirical_ntk(m, x)) - K) / np.linalg.norm(K))
+        errs[w] = np.mean(e)
+    print("relative NTK error by width:", errs)
+    assert errs[4096] < 0.35 * errs[64]
+
+
+def test_small_init_function_and_kernel():
+    arch, shape = kernels.mlp(2, "erf", b_std=0.2), (10,)
+    x = jax.random.normal(jax.random.key(2), (6, *shape), F64)
+    one = finite.network(arch, 32, 3, key=KEY, in_shape=shape, dtype=F64)
+    small = finite.network(arch, 32, 3, key=KEY, in_shape=shape, alpha=1e-2, dtype=F64)
+    np.testing.assert_allclose(small(x), 1e-2 * small.g0(x), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(small(x), 1e-2 * one(x), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(finite.empirical_ntk(small, x), finite.empirical_ntk(one, x))
+    zero = finite.network(arch, 32, 3, key=KEY, in_shape=shape, alpha=0.0, dtype=F64)
+    np.testing.assert_allclose(zero(x), 0.0, atol=1e-14)
+    # θ₀ is not a parameter: only Param variables are trained / differentiated
+    n_par = sum(a.size for a in jax.tree.leaves(nnx.state(small, nnx.Param)))
+    assert n_par == finite.n_params(small)
+    assert jax.tree.leaves(nnx.state(small, finite.Frozen))
+
+
+def test_linearize_at_init_and_off_init():
+    arch, shape = kernels.mlp(1, "gelu", b_std=0.3), (5,)
+    m = finite.network(arch, 16, 2, key=KEY, in_shape=shape, alpha=0.3, dtype=F64)
+    lin = finite.linearize(m)
+    x = jax.random.normal(jax.random.key(2), (4, *shape), F64)
+    np.testing.assert_allclose(lin(x), m(x), rtol=1e-13)
+    np.testing.assert_allclose(finite.empirical_ntk(lin, x), finite.empirical_ntk(m, x), rtol=1e-12)
+    # off init: f_lin(θ) = α g₀ + J(θ₀)(θ − θ₀), checked against an explicit Jacobian
+    _, params, _ = nnx.split(lin, nnx.Param, ...)
+    delta = jax.tree.map(lambda a: 0.01 * jax.random.normal(jax.random.key(9), a.shape, F64), params)
+    nnx.update(lin, jax.tree.map(lambda a, d: a + d, params, delta))
+    _, p0, rest = nnx.split(m, nnx.Param, ...)
+    flat0, unravel = jax.flatten_util.ravel_pytree(p0)
+    J = jax.jacobian(lambda v: nnx.merge(*nnx.split(m, nnx.Param, ...)[:1], unravel(v), rest)(x))(
+        flat0)                                                        # (4, 2, P)
+    want = m(x) + J @ jax.flatten_util.ravel_pytree(delta)[0]
+    np.testing.assert_allclose(lin(x), want, rtol=1e-11, atol=1e-13)
+
+
+def _full_tangent_kernel(model, x):
+    """J Jᵀ over all outputs, `(N·k, N·k)`, from an explicit Jacobian (reference)."""
+    gd, p, rest = nnx.split(model, nnx.Param, ...)
+    flat, unravel = jax.flatten_util.ravel_pytree(p)
+    J = jax.jacobian(lambda v: nnx.merge(gd, unravel(v), rest)(x).reshape(-1))(flat)
+    return np.asarray(J @ J.T)
+
+
+def test_linearized_gd_equals_function_space_gd(digits_views):
+    """GD on the linearised net is exactly f ← f − lr·Θ₀∇L(f) with the full tangent kernel Θ₀."""
+    x = digits_views.stacked
+    m = finite.network(kernels.mlp(1, "relu"), 32, 3, key=KEY, in_shape=(64,), alpha=0.1, dtype=F64)
+    loss = losses.get("barlow_twins")
+    lr, steps = 0.05, 12
+    res = finite.train(finite.linearize(m), digits_views, loss, lr=lr, steps=steps, key=KEY,
+                       ts=lr * np.arange(0, steps + 1, 4), progress=False, check_lr=False)
+    theta = _full_tangent_kernel(m, x)
+    f = np.asarray(m(x))
+    ref = [f]
+    for s in range(1, steps + 1):
+        g = np.asarray(loss.grad(jnp.asarray(f))).reshape(-1)
+        f = f - lr * (theta @ g).reshape(f.shape)
+        if s % 4 == 0:
+            ref.append(f)
+    np.testing.assert_allclose(res.f, np.stack(ref), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(res.ts, [0, 0.2, 0.4, 0.6])
+    np.testing.assert_allclose(res.loss, [float(loss(jnp.asarray(r))) for r in ref], rtol=1e-10)
+    assert res.ok and res.f_test is None
+
+
+def test_flow_rate_equals_explicit_eigenvalue(digits_views):
+    """ρ = spectral radius of Θ·∇²L(f₀) (explicit Jacobian and Hessian); ≈ 4γ₁ for BT at f ≈ 0."""
+    x = digits_views.stacked
+    m = finite.network(kernels.mlp(1, "relu"), 32, 2, key=KEY, in_shape=(64,), alpha=1e-3,
+                       dtype=F64)
+    loss = losses.get("barlow_twins")
+    f0 = m(x)
+    H = np.asarray(jax.hessian(loss)(f0)).reshape(f0.size, f0.size)
+    rho_ref = np.max(np.abs(np.linalg.eigvals(_full_tangent_kernel(m, x) @ H)))
+    rho = finite.flow_rate(m, digits_views, loss, iters=60)
+    assert abs(rho - rho_ref) / rho_ref < 1e-6, (rho, rho_ref)
+    # BT at f ≈ 0: H = −(4/2n) Z⊗I, so ρ ≈ 4γ₁(M) up to the finite-width cross-output terms
+    K = np.asarray(finite.empirical_ntk(m, x))
+    n2 = x.shape[0]
+    Z = np.roll(np.eye(n2), n2 // 2, axis=1)
+    gam = np.max(np.abs(np.linalg.eigvals(K @ Z / n2)))
+    print(f"rho = {rho:.5g}, 4 gamma_1 = {4 * gam:.5g}")
+    assert abs(rho - 4 * gam) / (4 * gam) < 0.2
+
+
+def test_lr_warning_names_the_numbers(digits_views):
+    m = finite.network(kernels.mlp(1), 16, 2, key=KEY, in_shape=(64,), alpha=0.1, dtype=F64)
+    with pytest.warns(RuntimeWarning, match=r"lr·ρ = [0-9.]+ > 0.05 \(lr = 0.5, ρ = "):
+        finite.train(m, digits_views, "barlow_twins", lr=0.5, steps=2, key=KEY, progress=False)
+
+
+def test_same_key_same_result_and_sgd_depends_on_key(digits_views):
+    m = finite.network(kernels.mlp(1), 16, 2, key=KEY, in_shape=(64,), alpha=0.1, dtype=F64)
+    kw = dict(lr=0.05, steps=10, optimizer="sgd", batch_size=3, progress=False)
+    a = finite.train(m, digits_views, "barlow_twins", key=jax.random.key(1), **kw)
+    b = finite.train(m, digits_views, "barlow_twins", key=jax.random.key(1), **kw)
+    c = finite.train(m, digits_views, "barlow_twins", key=jax.random.key(2), **kw)
+    np.testing.assert_array_equal(a.f, b.f)
+    assert not np.array_equal(a.f, c.f)
+    # the input model is untouched and the result carries the trained one
+    np.testing.assert_array_equal(m(digits_views.stacked), a.f[0])
+    np.testing.assert_allclose(a.model(digits_views.stacked), a.f[-1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer,batch", [("sgd", 3), ("adam", None)])
+def test_checkpoint_resume_is_bit_identical(tmp_path, digits_views, optimizer, batch):
+    m = finite.network(kernels.mlp(1, "erf"), 16, 2, key=KEY, in_shape=(64,), alpha=0.1,
+                       dtype=F64)
+    xt = digits_views.a[:5] + 0.1
+    kw = dict(lr=0.02, steps=30, optimizer=optimizer, batch_size=batch, key=jax.random.key(3),
+              x_test=xt, ts=0.02 * np.array([0, 5, 10, 20, 25]), progress=False)
+    full = finite.train(m, digits_views, "barlow_twins", **kw)
+    ck = tmp_path / "run.npz"
+
+    def stop(i, step, loss):
+        if i == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finite.train(m, digits_views, "barlow_twins", checkpoint=ck, callback=stop, **kw)
+    assert ck.exists()
+    resumed = finite.train(m, digits_views, "barlow_twins", checkpoint=ck, **kw)
+    for name in ("f", "loss", "f_test", "ts"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(full, name))
+    pa, pb = (jax.tree.leaves(nnx.state(r.model, nnx.Param)) for r in (full, resumed))
+    assert all(np.array_equal(a, b) for a, b in zip(pa, pb))
+    # a checkpoint of another run is refused, not silently used
+    with pytest.raises(ValueError, match="different run"):
+        finite.train(m, digits_views, "barlow_twins", checkpoint=ck, **{**kw, "lr": 0.01})
+
+
+def test_adam_and_gd_reduce_the_loss(digits_views):
+    m = finite.network(kernels.mlp(1), 32, 2, key=KEY, in_shape=(64,), alpha=0.5, dtype=F64)
+    for opt in ("gd", "adam"):
+        r = finite.train(m, digits_views, "barlow_twins", lr=0.01, steps=40, optimizer=opt,
+                         key=KEY, progress=False, check_lr=False)
+        assert r.loss[-1] < 0.9 * r.loss[0], (opt, r.loss)
+
+
+def test_nonfinite_training_is_reported(digits_views):
+    m = finite.network(kernels.mlp(1), 16, 2, key=KEY, in_shape=(64,), alpha=1.0, dtype=F64)
+    with pytest.warns(RuntimeWarning):
+        r = finite.train(m, digits_views, "barlow_twins", lr=50.0, steps=60, key=KEY,
+                         progress=False)
+    assert not r.ok and int(r.status) == 2
+    assert np.isnan(r.loss[-1]) and np.isfinite(r.loss[0])
+
+
+def test_errors(digits_views):
+    arch = kernels.mlp(1)
+    with pytest.raises(ValueError, match="width"):
+        finite.network(arch, 0, 2, key=KEY, in_shape=(64,))
+    with pytest.raises(ValueError, match="out_dim"):
+        finite.network(arch, 4, 0, key=KEY, in_shape=(64,))
+    with pytest.raises(TypeError, match="key"):
+        finite.network(arch, 4, 2, key=0, in_shape=(64,))
+    with pytest.raises(ValueError, match="alpha"):
+        finite.network(arch, 4, 2, key=KEY, in_shape=(64,), alpha=-1.0)
+    with pytest.raises(ValueError, match="NHWC"):
+        finite.network(kernels.cnn(1), 4, 2, key=KEY, in_shape=(64,))
+    with pytest.raises(ValueError, match="too small"):
+        finite.network(kernels.cnn(3, padding="VALID"), 4, 2, key=KEY, in_shape=(5, 5, 1))
+    with pytest.raises(TypeError, match="arch"):
+        finite.network("mlp", 4, 2, key=KEY, in_shape=(64,))
+    cnn = finite.network(kernels.cnn(1), 4, 2, key=KEY, in_shape=(8, 8, 1), dtype=F64)
+    with pytest.raises(ValueError, match="NHWC images"):
+        cnn(digits_views.stacked)                               # flat inputs to a CNN
+    m = finite.network(arch, 8, 2, key=KEY, in_shape=(64,), dtype=F64)
+    x = digits_views.stacked
+    kw = dict(lr=0.1, steps=2, key=KEY, progress=False)
+    with pytest.raises(ValueError, match="views"):
+        finite.train(m, x[:-1], "barlow_twins", **kw)          # odd number of views
+    with pytest.raises(ValueError, match="views"):
+        finite.train(cnn, x, "barlow_twins", **kw)             # views do not fit the network
+    with pytest.raises(ValueError, match="loss"):
+        finite.train(m, x, lambda f: f.sum(0), **kw)           # not a scalar
+    with pytest.raises(ValueError, match="name"):
+        finite.train(m, x, "no_such_loss", **kw)
+    with pytest.raises(ValueError, match="optimizer"):
+        finite.train(m, x, "barlow_twins", optimizer="rmsprop", **kw)
+    with pytest.raises(ValueError, match="batch_size"):
+        finite.train(m, x, "barlow_twins", optimizer="sgd", **kw)
+    with pytest.raises(ValueError, match="batch_size"):
+        finite.train(m, x, "barlow_twins", optimizer="sgd", batch_size=100, **kw)
+    with pytest.raises(ValueError, match="ts"):
+        finite.train(m, x, "barlow_twins", ts=[0.0, 0.5], **kw)  # beyond lr·steps
+    with pytest.raises(ValueError, match="lr"):
+        finite.train(m, x, "barlow_twins", **{**kw, "lr": -1.0})
+    with pytest.raises(TypeError, match="dtype"):
+        finite.train(m, x.astype(jnp.float32), "barlow_twins", **kw)
+    with pytest.raises(ValueError, match="x_test"):
+        finite.train(m, x, "barlow_twins", x_test=x[:, :10], **kw)
+    with pytest.raises(ValueError, match="x1"):
+        finite.empirical_ntk(m, x[:, :10])
+    with pytest.raises(TypeError, match="model"):
+        finite.linearize(lambda z: z)
+    with pytest.raises(ValueError, match="widths"):
+        finite.width_sweep(arch, digits_views, "barlow_twins", [64, 16], 1, alpha=0.1, lr=0.1,
+                           steps=2)
+    with pytest.raises(ValueError, match="width"):
+        finite.width_sweep(arch, digits_views, "barlow_twins", [0, 16], 1, alpha=0.1, lr=0.1,
+                           steps=2)
+
+
+def test_fit_exponent_recovers_a_power_law():
+    w = np.array([64, 256, 1024, 4096])
+    rng = np.random.default_rng(0)
+    exact = finite.fit_exponent(w, (3.0 * w**-0.5)[:, None] * np.ones((1, 3)))
+    assert abs(exact.slope + 0.5) < 1e-12 and abs(exact.intercept - np.log(3)) < 1e-12
+    noisy = 3.0 * w[:, None] ** -0.5 * np.exp(0.1 * rng.standard_normal((4, 5)))
+    fit = finite.fit_exponent(w, noisy)
+    assert fit.ci_t[0] < fit.slope < fit.ci_t[1] and fit.ci_boot[0] < fit.slope < fit.ci_boot[1]
+    assert fit.ci_t[0] < -0.5 < fit.ci_t[1]
+    with pytest.raises(ValueError, match="dev"):
+        finite.fit_exponent(w, -noisy)
+
+
+def test_width_sweep_small(tmp_path, digits_views):
+    """Runs end to end; vmapped seeds equal sequential ones; resumes from its checkpoint."""
+    kw = dict(alpha=0.1, lr=0.05, steps=20, ts=0.05 * np.arange(0, 21, 5), out_dim=2,
+              x_test=digits_views.a[:4] * 0.9, method="ode", progress=False, drift_points=8)
+    arch = kernels.mlp(1, "erf")
+    with pytest.warns(RuntimeWarning, match="lr·ρ"):
+        a = finite.width_sweep(arch, digits_views, "barlow_twins", [8, 32], 2, checkpoint=tmp_path,
+                               **kw)
+    W, S, T = 2, 2, 5
+    assert a.dev_train.shape == (W, S, T) and a.dev_test.shape == (W, S, T)
+    assert a.spectra_net.shape == (W, S, T, 2) and a.step_times_ker.shape == (W, S, 2)
+    assert np.all(a.dev_train[:, :, 0] < 1e-12)           # same f₀ on both sides
+    assert np.all(np.isfinite(a.kernel_drift)) and np.all(a.kernel_drift > 0)
+    assert a.exponent is not None and a.exponent.n_points == 4
+    assert set(a.summary()) >= {"deviation_mean", "exponent", "kernel_drift_mean"}
+    b = finite.width_sweep(arch, digits_views, "barlow_twins", [8, 32], 2, vmap_seeds=False, **kw)
+    np.testing.assert_allclose(b.dev_train, a.dev_train, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(b.spectra_net, a.spectra_net, rtol=1e-8, atol=1e-14)
+    c = finite.width_sweep(arch, digits_views, "barlow_twins", [8, 32], 2, checkpoint=tmp_path,
+                           **kw)   # every width loaded from the checkpoint
+    np.testing.assert_array_equal(c.dev_train, a.dev_train)
+    np.testing.assert_array_equal(c.seconds, a.seconds)
