@@ -451,26 +451,31 @@ def test_check14_16_non_ntk_width_statistics(rf):
 
 @pytest.mark.slow
 def test_check15_escape_time_grows_like_log_width(rf):
+    """t_½(4h) − t_½(h) = ln4/(4λ_1) ± 60% (seed-averaged; 8 seeds, the digest asks for >= 3 and
+    calls it noisy) and ||F0||·h^{1/2} constant within 20%. Loss curves from the exact
+    width-independent form (validated against the h-dimensional flow by check 12)."""
     Z, S = rf["Z"], rf["S"]
-    hs = [256, 1024, 4096, 16384]
+    hs, seeds = [256, 1024, 4096, 16384], 8
     ts = np.linspace(0, 400, 4001)
-    t_half, scale = np.zeros((len(hs), 3)), np.zeros((len(hs), 3))
-    lam1 = []
+    t_half, scale, lam1 = (np.zeros((len(hs), seeds)) for _ in range(3))
     for i, h in enumerate(hs):
-        for s in range(3):
+        for s in range(seeds):
             phi = _features(Z, h, jax.random.PRNGKey(300 + s))
             W0 = _haar(jax.random.PRNGKey(400 + s), h, 3)
             Kmat, F0 = phi @ phi.T, phi @ W0
             gram = np.asarray(col.width_free_flow(Kmat, S, F0, ts).gram)
             loss = -np.einsum("ij,tij->t", S, gram)
             final = float(col.stiefel_fixed_point(col.function_operator(Kmat, S), 3).loss)
+            assert loss[-1] == pytest.approx(final, rel=1e-6)
             t_half[i, s] = ts[np.argmax(loss <= final / 2)]
             scale[i, s] = np.linalg.norm(F0, 2) * np.sqrt(h)
-            lam1.append(float(np.linalg.eigvalsh(col.function_operator(Kmat, S))[-1]))
-    pred = float(col.escape_time_shift(np.mean(lam1), 4.0))
+            lam1[i, s] = float(col.collapse_rates(col.function_operator(Kmat, S)).norm_rate) / 2
+    pred = float(col.escape_time_shift(lam1.mean(), 4.0))
     inc = np.diff(t_half.mean(1))
+    print(f"t_half means {t_half.mean(1)}, increments {inc}, predicted {pred:.3f}")
     assert np.all(np.abs(inc / pred - 1) <= 0.6), (inc, pred)
-    assert scale.max() / scale.min() <= 1.2                 # ||F0||·h^{1/2} constant within 20%
+    s_mean = scale.mean(1)
+    assert s_mean.max() / s_mean.min() <= 1.2                 # ||F0||·h^{1/2} constant within 20%
 
 
 # ---------------------------------------------------------------------------------------------

@@ -328,13 +328,12 @@ def test_dataset_split_and_float64_requires_x64():
 # augmentations
 # --------------------------------------------------------------------------------------------------
 
+# (edge/wrap padding, hard masks: numerics in test_shift_primitive_against_numpy and
+# test_mask_statistics_and_channel_sharing; through the whole chain in the gradient test)
 ALL_AUGS = {
     "noise": D.gaussian_noise(0.3),
     "translate": D.translate(1.3),
-    "translate_edge": D.translate(1.3, padding="edge"),
-    "translate_wrap": D.translate(1.3, padding="wrap"),
     "mask": D.mask(0.3),
-    "mask_hard": D.mask(0.3, hard=True),
     "jitter": D.jitter(0.2, 0.3),
     "compose": D.compose(D.translate(1.0), D.mask(0.2), D.jitter(0.1, 0.1), D.gaussian_noise(0.1)),
 }
@@ -353,8 +352,7 @@ def test_augmentation_shape_dtype_determinism(name, dtype):
 
 
 @pytest.mark.parametrize("aug", [D.gaussian_noise(0.0), D.translate(0.0), D.mask(0.0),
-                                 D.jitter(0.0, 0.0), D.compose(),
-                                 D.translate(0.0, padding="edge")])
+                                 D.jitter(0.0, 0.0), D.compose()])
 def test_zero_strength_is_identity(aug):
     x = images()
     np.testing.assert_array_equal(aug(KEY, x), x)
@@ -382,7 +380,7 @@ def test_shift_primitive_against_numpy():
 def test_translate_shift_magnitude_bounded_by_strength():
     # a unit mass at the centre of a 15x15 image moves by the sampled shift (no mass leaves);
     # its centre of mass gives the shift, which must lie in [-s, s]^2 and fill most of it.
-    n, s = 400, 2.5
+    n, s = 200, 2.5
     x = jnp.zeros((n, 15, 15, 1)).at[:, 7, 7, 0].set(1.0)
     out = np.asarray(D.translate(s)(KEY, x))[..., 0]
     np.testing.assert_allclose(out.sum((1, 2)), 1.0, atol=1e-12)

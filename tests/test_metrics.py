@@ -136,6 +136,10 @@ def test_effective_rank_known_values():
     N, k = 4000, 32
     iso = r.standard_normal((N, k))
     assert abs(float(M.effective_rank(iso)) - k * (1 - k / (8 * N))) < 0.02
+    # centring makes it blind to a mean shift (the uncentred value drops, cf. Jha check 12)
+    np.testing.assert_allclose(M.effective_rank(iso + 5.0, center=True),
+                               M.effective_rank(iso, center=True), rtol=1e-10)
+    assert float(M.effective_rank(iso + 5.0)) < 0.5 * k
 
 
 def test_effective_rank_degenerate_is_nan():
@@ -162,7 +166,6 @@ def test_rankme_isotropic_gaussian():
             # Jha check 12: RankMe is uncentred, so a +5 mean shift drops it to ≈ 52.8 (±0.5:
             # the one-decimal digest value; an analytic estimate with σ_1 = 5 sqrt(N d) gives 53.0)
             assert abs(float(M.rankme(z + 5.0)) - 52.8) < 0.5
-            assert abs(float(M.effective_rank(z + 5.0, center=True)) - v) < 0.02
 
 
 def test_rankme_rank_one_and_rank_k():
@@ -176,14 +179,14 @@ def test_rankme_rank_one_and_rank_k():
         v = float(M.rankme(z))
         assert abs(v - 1) < 1e-3
         np.testing.assert_allclose(v, expect, rtol=1e-8)     # 1.0002
-    # rank k, equal variances in a random k-subspace: k within 0.2% (digest). Exact construction
-    # (equal singular values) plus a sampled one (N = 8000: MP deficit k/(8N) = 0.1% at k = 64).
+    # rank k, equal variances in a random k-subspace: k within 0.2% (digest; its sampled data had a
+    # Marchenko–Pastur deficit ≈ k/(8N), which test_rankme_isotropic_gaussian covers). Constructed
+    # with exactly equal singular values, the only deviation is the ε mass, ~(d − k)·ε·|log ε|.
     basis = scipy.linalg.qr(r.standard_normal((d, d)))[0]
     for k in (1, 4, 16, 64):
         exact = centred_orthonormal(r, 256, k) @ basis[:, :k].T
         np.testing.assert_allclose(M.rankme(exact), k, rtol=2e-3)
-        sampled = r.standard_normal((8000, k)) @ basis[:, :k].T
-        np.testing.assert_allclose(M.rankme(sampled), k, rtol=2e-3)
+        np.testing.assert_allclose(M.rankme(exact), k, atol=(d - k) * 1e-7 * 17 * k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,8 +333,6 @@ def test_uniformity_uniform_sphere():
     for d in (128, 64):
         z = sphere(r, (3000, d))
         assert abs(float(M.uniformity(z, stacked=False)) - uniform_sphere_uniformity(d)) < 1e-3
-        # on stacked views (two independent 1500-point halves) the sd is ~2x larger
-        assert abs(float(M.uniformity(z)) - uniform_sphere_uniformity(d)) < 2e-3
 
 
 def test_uniformity_jensen_bound():
@@ -389,13 +390,13 @@ def test_stability_invariant_uniform_vs_no_invariance():
 def test_stability_anova_identity(dtype, tol):
     """Jha check 4: ||ŝ||² + tr Σ̂_b + tr Σ̂_w = 1 with plug-in 1/N, 1/(NK) normalisations."""
     r = rng(16)
-    for z in (r.standard_normal((50, 3, 10)), r.standard_normal((20, 5, 4)) + 2.0):
+    for z in (r.standard_normal((50, 3, 10)), r.standard_normal((50, 3, 10)) + 2.0):
         st = M.stability(jnp.asarray(z, dtype))
         assert st.center_norm.dtype == dtype
         total = st.center_norm**2 + st.trace_between + st.trace_within
         np.testing.assert_allclose(total, 1.0, atol=tol)
     # unnormalised: the identity holds with mean ||z||² in place of 1
-    z = r.standard_normal((30, 4, 6))
+    z = r.standard_normal((50, 3, 10))
     st = M.stability(z, normalize=False)
     np.testing.assert_allclose(st.center_norm**2 + st.trace_between + st.trace_within,
                                np.mean(np.sum(z**2, -1)), rtol=F64_EXACT)
@@ -617,33 +618,43 @@ def _leaves_close(a, b, rtol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-13)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_batched_equals_loop_and_jit(name):
-    fn, x = CASES[name]
-    batched = fn(x)
+def _frame(name, x, t):
     if name == "principal_angles":
-        loop = [M.principal_angles(x[t], BASIS_B[t]) for t in range(len(x))]
-    else:
-        loop = [fn(x[t]) for t in range(len(x))]
-    stacked = jax.tree.map(lambda *v: jnp.stack(v), *loop)
-    _leaves_close(batched, stacked, 1e-10)
-    _leaves_close(jax.jit(fn)(x), batched, 1e-10)
-    # two leading axes work too
-    x2 = np.stack([x, x])
-    _leaves_close(fn(x2), jax.tree.map(lambda v: jnp.stack([v, v]), batched), 1e-10)
+        return M.principal_angles(x[t], BASIS_B[t])
+    return CASES[name][0](x[t])
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_float32_preserved(name):
+def test_batched_equals_loop(name):
     fn, x = CASES[name]
-    if name == "principal_angles":
-        out = M.principal_angles(jnp.asarray(x, jnp.float32), jnp.asarray(BASIS_B, jnp.float32))
-    elif name == "step_times":
-        out = M.step_times(jnp.asarray(x, jnp.float32), jnp.asarray(TS, jnp.float32))
-    else:
-        out = fn(jnp.asarray(x, jnp.float32))
-    for leaf in jax.tree.leaves(out):
-        assert leaf.dtype == jnp.float32
+    loop = [_frame(name, x, t) for t in range(len(x))]
+    _leaves_close(fn(x), jax.tree.map(lambda *v: jnp.stack(v), *loop), 1e-10)
+
+
+def test_jit_all_with_two_leading_axes():
+    """Every metric inside one jitted program, on inputs with two leading axes (2, T, ...), equals
+    the eager batched result on (T, ...) repeated (one compilation for all of them)."""
+    run_all = jax.jit(lambda xs: {n: CASES[n][0](xs[n]) for n in CASES})
+    out = run_all({n: np.stack([x, x]) for n, (_, x) in CASES.items()})
+    for name, (fn, x) in CASES.items():
+        _leaves_close(out[name], jax.tree.map(lambda v: jnp.stack([v, v]), fn(x)), 1e-10)
+
+
+def test_float32_preserved():
+    """float32 in → float32 out for every metric (traced shapes/dtypes: nothing to compile)."""
+    for name, (fn, x) in CASES.items():
+        x32 = jnp.asarray(x, jnp.float32)
+        if name == "principal_angles":
+            out = jax.eval_shape(M.principal_angles, x32, jnp.asarray(BASIS_B, jnp.float32))
+        elif name == "step_times":
+            out = jax.eval_shape(M.step_times, x32, jnp.asarray(TS, jnp.float32))
+        else:
+            out = jax.eval_shape(fn, x32)
+        for leaf in jax.tree.leaves(out):
+            assert leaf.dtype == jnp.float32, name
+    # and for real on two of them (SVD and Cholesky paths)
+    assert M.rankme(jnp.asarray(EMB, jnp.float32)).dtype == jnp.float32
+    assert M.lidar(jnp.asarray(GROUPED, jnp.float32)).dtype == jnp.float32
 
 
 def test_jit_with_options_and_vmap():

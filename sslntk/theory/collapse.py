@@ -221,33 +221,6 @@ def _exprel(x):
     return jnp.where(small, 1 + x / 2 + x * x / 6, jnp.expm1(xs) / xs)
 
 
-def _exprel2(x):
-    """(e^x − 1 − x)/x², accurate near 0 (7-term series below |x| = 0.05: truncation < 3e-15)."""
-    small = jnp.abs(x) < 0.05
-    xs = jnp.where(small, 1.0, x)
-    series = (1 / 2 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x * (1 / 720 + x * (1 / 5040
-              + x / 40320))))))
-    return jnp.where(small, series, (jnp.expm1(xs) - xs) / (xs * xs))
-
-
-def _scaled_phi1(tau, mu, c):
-    """e^{−τc} (e^{τμ} − 1)/μ without overflow for τμ large (c >= max μ)."""
-    x = tau * mu
-    big = x > 1.0
-    mub = jnp.where(big, mu, 1.0)
-    direct = (jnp.exp(tau * (mu - c)) - jnp.exp(-tau * c)) / mub
-    return jnp.where(big, direct, tau * jnp.exp(-tau * c) * _exprel(jnp.where(big, 0.0, x)))
-
-
-def _scaled_phi2(tau, mu, c):
-    """e^{−τc} (e^{τμ} − 1 − τμ)/μ² without overflow for τμ large (c >= max μ)."""
-    x = tau * mu
-    big = x > 1.0
-    mub = jnp.where(big, mu, 1.0)
-    direct = (jnp.exp(tau * (mu - c)) - jnp.exp(-tau * c) * (1 + x)) / (mub * mub)
-    return jnp.where(big, direct, tau * tau * jnp.exp(-tau * c) * _exprel2(jnp.where(big, 0.0, x)))
-
-
 @jax.jit
 def _function_parts(K, S):
     R = _psd_sqrt(K)
@@ -258,7 +231,7 @@ def _function_parts(K, S):
 @jax.jit
 def _naive_function_core(t, R, mu, Vn, S, F0):
     # e^{2tKS} F0 = F0 + K^{1/2} V diag((e^{2tμ} − 1)/μ) Vᵀ K^{1/2} S F0
-    psi = _scaled_phi1(2 * t, mu, 0.0)
+    psi = 2 * t * _exprel(2 * t * mu)
     return F0 + R @ ((Vn * psi) @ (Vn.T @ (R @ (S @ F0))))
 
 
@@ -458,13 +431,13 @@ def time_to_angle(M, W0, eps: float = 1e-6) -> jax.Array:
 class WidthFree(NamedTuple):
     """Constrained flow in function space from (F0, K) only (digest §3.3 [R]); width-independent.
 
-    F: `(m, k)` one frame of the representation, `F_lin R` with `R Rᵀ = G^{−1}` (Cholesky frame; the
-        flow's own frame differs by an O(k) rotation — compare `gram`).
+    F: `(m, k)` an orthonormal-weight frame of the representation, `F = phi W(t) Q` for some
+        `Q ∈ O(k)` (the flow's own frame differs by that rotation — compare `gram`, pitfall P3).
     gram: `(m, m)` `F Fᵀ = F_lin G^{−1} F_linᵀ` (digest: FᵀF).
     G: `(k, k)` `W0ᵀ e^{4tM} W0 = I + F0ᵀ [Σ_{j≥1} (4t)^j (SK)^{j−1} S / j!] F0`.
     F_lin: `(m, k)` the unconstrained (NTK) trajectory `e^{2tKS} F0`.
-    G and F_lin grow like e^{2tμ_1}, e^{4tμ_1} and overflow float64 for 4tμ_1 >~ 700; F and gram are
-    computed from rescaled copies and stay finite.
+    G and F_lin grow like e^{4tλ_1}, e^{2tλ_1} (overflow in float64 once 4tλ_1 >~ 700); F and gram
+    are computed without forming them and are accurate at every t.
     """
 
     F: jax.Array
@@ -474,20 +447,36 @@ class WidthFree(NamedTuple):
 
 
 @jax.jit
-def _width_free_core(t, R, mu, Vn, S, F0):
-    k = F0.shape[1]
-    c = jnp.maximum(mu[0], 0.0)
-    RSF = R @ (S @ F0)                                                   # K^{1/2} S F0
-    s1 = jnp.exp(-2 * t * c)
-    F_lin_s = s1 * F0 + R @ ((Vn * _scaled_phi1(2 * t, mu, c)) @ (Vn.T @ RSF))
-    s2 = jnp.exp(-4 * t * c)
-    # Σ_{j>=1} (4t)^j/j! F0ᵀ(SK)^{j−1}S F0 = 4t F0ᵀSF0 + (K^{1/2}SF0)ᵀ V φ2 Vᵀ (K^{1/2}SF0)
-    G_s = (s2 * jnp.eye(k, dtype=F0.dtype) + 4 * t * s2 * (F0.T @ (S @ F0))
-           + (RSF.T @ Vn) @ (_scaled_phi2(4 * t, mu, c)[:, None] * (Vn.T @ RSF)))
-    G_s = (G_s + G_s.T) / 2
-    L = jnp.linalg.cholesky(G_s)
-    F = jax.scipy.linalg.solve_triangular(L, F_lin_s.T, lower=True).T   # F_lin L^{-T}
-    return WidthFree(F, F @ F.T, G_s / s2, F_lin_s / s1)
+def _width_free_parts(K, S, F0):
+    """Exact reduction to an (m + k)-dimensional Oja flow. With the eigendecomposition
+    `K = U diag(σ²) Uᵀ` and `phi = U diag(σ) Rᵀ` (R orthonormal), `M = R M_r Rᵀ` with
+    `M_r = diag(σ) Uᵀ S U diag(σ)` and `W0 = R C0 + W_⊥`, `C0 = diag(σ)^{−1} Uᵀ F0`,
+    `W_⊥ᵀW_⊥ = I − C0ᵀC0 =: EᵀE`. Then span e^{2tM}W0 ≅ span [e^{2tM_r} C0; E] under the
+    operator diag(M_r, 0_k), and `phi` maps these coordinates by `[U diag(σ), 0]`."""
+    m, k = F0.shape
+    lk, Uk = jnp.linalg.eigh((K + K.T) / 2)
+    keep = lk > 1e3 * jnp.finfo(K.dtype).eps * jnp.max(jnp.abs(lk))
+    sig = jnp.sqrt(jnp.where(keep, lk, 1.0))
+    B = Uk * jnp.where(keep, sig, 0.0)                                   # U diag(σ), (m, m)
+    C0 = jnp.where(keep[:, None], (Uk.T @ F0) / sig[:, None], 0.0)       # (m, k)
+    E2 = jnp.eye(k, dtype=F0.dtype) - C0.T @ C0
+    le, Ue = jnp.linalg.eigh((E2 + E2.T) / 2)
+    E = (Ue * jnp.sqrt(jnp.clip(le, 0.0))) @ Ue.T
+    Mr = B.T @ S @ B
+    M_aug = jnp.zeros((m + k, m + k), K.dtype).at[:m, :m].set((Mr + Mr.T) / 2)
+    W_aug = jnp.concatenate([C0, E], axis=0)
+    return B, M_aug, W_aug
+
+
+@jax.jit
+def _width_free_core(t, B, M_aug, W_aug, lam, U, T0):
+    m = B.shape[0]
+    k = W_aug.shape[1]
+    T = T0 * jnp.exp(2 * t * (lam[k:, None] - lam[None, :k]))
+    Q, _ = jnp.linalg.qr(U @ jnp.concatenate([jnp.eye(k, dtype=T.dtype), T], axis=0))
+    F = B @ Q[:m]
+    Y = (U * jnp.exp(2 * t * lam)) @ (U.T @ W_aug)                      # e^{2t M_aug} W_aug
+    return WidthFree(F, F @ F.T, Y.T @ Y, B @ Y[:m])
 
 
 def width_free_flow(K, S, F0, t) -> WidthFree:
@@ -496,11 +485,20 @@ def width_free_flow(K, S, F0, t) -> WidthFree:
     For the random-feature model `F = phi W` with `WᵀW = I` trained by `dW/dt = 2(I − WWᵀ)MW`,
     `F(t) Fᵀ(t) = F_lin G^{−1} F_linᵀ` where `F_lin = e^{2tKS} F0` is the naive (NTK) trajectory:
     the trajectory depends on the width only through `K = phi phiᵀ` and `F0 = phi W0` [A: "exact,
-    network-width-independent dynamics"]. Requires `W0ᵀW0 = I` (then `G(0) = I`)."""
+    network-width-independent dynamics"]. Requires `W0ᵀW0 = I`; `F0ᵀK⁺F0 <= I` then holds (the
+    part of W0 outside the feature span has Gram `I − F0ᵀK⁺F0`). Computed as an exact
+    (m + k)-dimensional Oja flow (see `_width_free_parts`), so no quantity of size e^{4tλ} is
+    inverted; kernel eigenvalues below 1e3·eps·max are treated as zero."""
     K, S, F0 = _kernel_and_pairs(K, S, F0)
     t = _times("t", t, K.dtype)
-    R, mu, Vn = _function_parts(K, S)
-    return _over_times(_width_free_core, t, R, mu, Vn, S, F0)
+    B, M_aug, W_aug = _width_free_parts(K, S, F0)
+    if V.is_concrete(W_aug):
+        excess = float(jnp.max(jnp.linalg.eigvalsh(W_aug[:K.shape[0]].T @ W_aug[:K.shape[0]])))
+        if excess > 1 + 1e-6:
+            raise ValueError(f"F0: expected F0 = phi W0 with W0ᵀW0 = I, i.e. F0ᵀK⁺F0 <= I, got "
+                             f"largest eigenvalue {excess:.6g}")
+    lam, U, T0, _ = _constrained_parts(M_aug, W_aug)
+    return _over_times(_width_free_core, t, B, M_aug, W_aug, lam, U, T0)
 
 
 def width_free_limit(K, S, k: int) -> jax.Array:

@@ -1,0 +1,333 @@
+"""Eigen-reduced solver, top-m eigensolvers and sweeps (issue [F]); float64 (conftest).
+
+Kernel used throughout: an explicit random-ReLU-feature kernel on paired noisy views (PSD by
+construction, a decaying spectrum like an NTK's), built in numpy so these tests do not depend on
+neural-tangents; `2n = 96` keeps the full-ODE reference fast.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sslntk import linalg, losses
+from sslntk.dynamics import _eigen, _ode
+from sslntk.dynamics._sweep import solve_many
+
+N_SRC = 48
+
+
+def _views(n=N_SRC, d=10, noise=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)) * np.linspace(2.0, 0.3, d)
+    a = x + noise * rng.standard_normal(x.shape)
+    b = x + noise * rng.standard_normal(x.shape)
+    return np.concatenate([a, b])
+
+
+def _kernel(X, p=4000, seed=1):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((X.shape[1], p)) / np.sqrt(X.shape[1])
+    phi = np.maximum(X @ W, 0.0) / np.sqrt(p)
+    return phi @ phi.T + 0.1 * (X @ X.T) / X.shape[1]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    X = _views()
+    K = _kernel(X)
+    Xt = _views(8, seed=5)[:8]
+    K_all = _kernel(np.concatenate([X, Xt]))
+    return dict(K=jnp.asarray(K), Ktx=jnp.asarray(K_all[len(X):, :len(X)]),
+                Ktt=jnp.asarray(K_all[len(X):, len(X):]))
+
+
+def _f0(K, k, alpha, seed=0):
+    L = np.linalg.cholesky(np.asarray(K) + 1e-9 * np.eye(K.shape[0]))
+    return jnp.asarray(alpha * L @ np.random.default_rng(seed).standard_normal((K.shape[0], k)))
+
+
+def _exact_contrastive(K):
+    w, U = np.linalg.eigh(np.asarray(K))
+    Kh = (U * np.sqrt(np.clip(w, 0, None))) @ U.T
+    N = K.shape[0]
+    Z = np.roll(np.eye(N), N // 2, axis=0)
+    g, B = np.linalg.eigh(Kh @ Z @ Kh / N)
+    return g[::-1], B[:, ::-1], Kh
+
+
+def _sin_angle(P, Q):
+    """Largest principal-angle sine between the column spans of P and Q."""
+    qp, _ = np.linalg.qr(P)
+    qq, _ = np.linalg.qr(Q)
+    s = np.linalg.svd(qp.T @ qq, compute_uv=False)
+    return float(np.sqrt(max(0.0, 1 - s.min() ** 2)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Eigensolvers
+
+
+@pytest.mark.parametrize("method", ["eigh", "krylov", "subspace"])
+def test_contrastive_eigenpairs_match_dense(setup, method):
+    K = setup["K"]
+    g, B, Kh = _exact_contrastive(K)
+    m = 12
+    d = linalg.eigen_decomposition(K, m, "contrastive", method=method, block=24,
+                                   depth=6 if method == "krylov" else 60)
+    # Tolerance: float64 with a 24-wide block; Krylov/subspace errors decay like
+    # (γ_25/γ_12)^depth, far below 1e-8 here; 1e-8 leaves room for round-off on the smallest kept γ.
+    np.testing.assert_allclose(np.asarray(d.values), g[:m], rtol=0, atol=1e-8 * g[0])
+    # Generalised eigenvectors: Aᵀ K A = I, E = K A, and K^{1/2} A spans the top eigvecs of M.
+    A, E = np.asarray(d.vectors), np.asarray(d.lift)
+    np.testing.assert_allclose(A.T @ np.asarray(K) @ A, np.eye(m), atol=1e-9)
+    np.testing.assert_allclose(E, np.asarray(K) @ A, atol=1e-9 * np.abs(E).max())
+    gap = min(g[j] - g[j + 1] for j in range(m - 1))
+    assert gap > 1e-4 * g[0]
+    assert _sin_angle(Kh @ A, B[:, :m]) < 1e-6   # Davis–Kahan: residual/gap, both tiny here
+    # tail_norm estimates ‖K − E Eᵀ‖₂ from below (power iteration on a PSD matrix).
+    exact_tail = np.linalg.eigvalsh(np.asarray(K) - E @ E.T)
+    assert exact_tail[0] > -1e-9 * exact_tail[-1]
+    assert float(d.tail_norm) == pytest.approx(exact_tail[-1], rel=1e-3)
+
+
+@pytest.mark.parametrize("method", ["eigh", "krylov"])
+def test_kernel_eigenpairs_match_dense(setup, method):
+    K = np.asarray(setup["K"])
+    w, U = np.linalg.eigh(K)
+    w, U = w[::-1], U[:, ::-1]
+    lam, V_ = linalg.top_eigh(setup["K"], 10, method=method)
+    np.testing.assert_allclose(np.asarray(lam), w[:10], rtol=1e-9)
+    assert _sin_angle(np.asarray(V_), U[:, :10]) < 1e-6
+
+
+def test_krylov_float32(setup):
+    K32 = setup["K"].astype(jnp.float32)
+    g, _, _ = _exact_contrastive(setup["K"])
+    d = linalg.eigen_decomposition(K32, 12, "contrastive", method="krylov")
+    assert d.values.dtype == jnp.float32
+    # float32 round-off on ‖M‖ ≈ γ₁: eigenvalue errors ≲ 100·eps·γ₁.
+    np.testing.assert_allclose(np.asarray(d.values), g[:12], atol=100 * 1.2e-7 * g[0])
+
+
+def test_decomposition_errors(setup):
+    K = setup["K"]
+    with pytest.raises(ValueError, match="m: expected 1 <= m <= N"):
+        linalg.eigen_decomposition(K, K.shape[0] + 1)
+    with pytest.raises(ValueError, match="kind"):
+        linalg.eigen_decomposition(K, 4, "pca")
+    with pytest.raises(ValueError, match="method"):
+        linalg.eigen_decomposition(K, 4, method="lanczos2")
+    with pytest.raises(ValueError, match="even size"):
+        linalg.eigen_decomposition(K[:-1, :-1], 4, "contrastive")
+    with pytest.raises(ValueError, match="block"):
+        linalg.eigen_decomposition(K, 8, method="krylov", block=4)
+    with pytest.raises(TypeError, match="integer"):
+        linalg.eigen_decomposition(K, 4.5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Solver vs the full ODE
+
+
+def _step_time(g_k, alpha):
+    # Stepwise digest §3: t_k ≈ ln(1/c_k(0)) / (8 γ_k), c_k(0) ≈ γ_k α² (f0 ~ α·N(0, K)).
+    return np.log(1.0 / (g_k * alpha**2)) / (8 * g_k)
+
+
+def test_bt_eigen_matches_ode_over_staircase(setup):
+    K = setup["K"]
+    k, alpha = 4, 1e-3
+    g, _, _ = _exact_contrastive(K)
+    ts = jnp.linspace(0.0, 1.5 * _step_time(g[k - 1], alpha), 120)
+    f0 = _f0(K, k, alpha)
+    loss = losses.get("barlow_twins")
+    ref = _ode.solve_ode(K, loss, f0, ts, rtol=1e-10)
+    tr = _eigen.solve_eigen(K, loss, f0, ts, rtol=1e-10)
+    assert ref.ok and tr.ok and tr.method == "eigen"
+    # The whole staircase is there: loss from k down to < 0.05.
+    assert float(ref.loss[0]) == pytest.approx(k, abs=1e-3) and float(ref.loss[-1]) < 0.05
+    # Acceptance: 1e-3 over the whole staircase, loss and embeddings.
+    assert float(jnp.max(jnp.abs(tr.loss - ref.loss))) < 1e-3
+    fnorm = float(jnp.max(jnp.linalg.norm(ref.f, axis=(1, 2))))
+    err = jnp.linalg.norm(tr.f - ref.f, axis=(1, 2))
+    assert float(jnp.max(err)) < 1e-3 * fnorm
+    # The recorded bound is finite and non-decreasing.
+    b = np.asarray(tr.bound)
+    assert np.all(np.isfinite(b)) and np.all(np.diff(b) >= -1e-12) and b[0] == 0.0
+
+
+def test_bt_test_points_match_ode(setup):
+    K, Ktx = setup["K"], setup["Ktx"]
+    k, alpha = 3, 1e-2
+    g, _, _ = _exact_contrastive(K)
+    ts = jnp.linspace(0.0, 1.2 * _step_time(g[k - 1], alpha), 40)
+    f0 = _f0(K, k, alpha)
+    f0t = 0.5 * alpha * jnp.ones((Ktx.shape[0], k))
+    loss = losses.get("barlow_twins")
+    ref = _ode.solve_ode(K, loss, f0, ts, K_test_train=Ktx, f0_test=f0t, rtol=1e-10)
+    tr = _eigen.solve_eigen(K, loss, f0, ts, K_test_train=Ktx, f0_test=f0t, m=48, rtol=1e-10)
+    scale = float(jnp.max(jnp.abs(ref.f_test)))
+    assert float(jnp.max(jnp.abs(tr.f_test - ref.f_test))) < 1e-3 * scale
+
+
+def test_full_m_is_exact(setup):
+    """m = 2n keeps every eigenpair: K_m = K, the reduced flow IS the full flow (bound = 0)."""
+    K = setup["K"]
+    N = K.shape[0]
+    f0 = _f0(K, 2, 0.1)
+    ts = jnp.linspace(0.0, 200.0, 20)
+    for name in ("barlow_twins", "vicreg"):
+        loss = losses.get(name)
+        ref = _ode.solve_ode(K, loss, f0, ts, rtol=1e-11)
+        tr = _eigen.solve_eigen(K, loss, f0, ts, m=N, rtol=1e-11)
+        # tail_norm is round-off (1e-12 of ‖K‖); rtol 1e-11 on both solves bounds the difference.
+        assert float(jnp.max(jnp.abs(tr.f - ref.f))) < 1e-7 * float(jnp.max(jnp.abs(ref.f)))
+        assert float(tr.bound[-1]) < 1e-6
+
+
+@pytest.mark.parametrize("name,consts,T", [("vicreg", {}, 2.0), ("simclr", {}, 20.0)])
+def test_general_losses_within_bound(setup, name, consts, T):
+    K = setup["K"]
+    k = 4
+    f0 = _f0(K, k, 0.1)
+    ts = jnp.linspace(0.0, T, 30)
+    loss = losses.get(name, **consts)
+    ref = _ode.solve_ode(K, loss, f0, ts, rtol=1e-10)
+    for m in (8, 32):
+        tr = _eigen.solve_eigen(K, loss, f0, ts, m=m, rtol=1e-10)
+        assert tr.ok
+        err = np.asarray(jnp.linalg.norm(tr.f - ref.f, axis=(1, 2)))
+        bound = np.asarray(tr.bound)
+        # ODE tolerance slack: both solves at rtol 1e-10 (relative to ‖f‖).
+        slack = 1e-7 * float(jnp.max(jnp.linalg.norm(ref.f, axis=(1, 2))))
+        assert np.all(err <= bound + slack), (m, err / np.maximum(bound, 1e-300))
+
+
+# ------------------------------------------------------------------------------------------------
+# Sweeps, jit / vmap / grad
+
+
+def test_solve_many_equals_separate_solves(setup):
+    K = setup["K"]
+    g, _, _ = _exact_contrastive(K)
+    ts = jnp.linspace(0.0, 1.2 * _step_time(g[2], 1e-3), 30)
+    dec = linalg.eigen_decomposition(K, 24, "contrastive")
+    f0s = jnp.stack([_f0(K, 3, a, seed=s) for s, a in [(0, 1e-3), (1, 1e-2), (2, 1e-4)]])
+    loss = losses.get("barlow_twins")
+    batch = solve_many(K, loss, f0s, ts, decomposition=dec, rtol=1e-9)
+    assert batch.f.shape == (3, 30, K.shape[0], 3)
+    for i in range(3):
+        one = _eigen.solve_eigen(K, loss, f0s[i], ts, decomposition=dec, rtol=1e-9)
+        np.testing.assert_allclose(np.asarray(batch.f[i]), np.asarray(one.f), rtol=1e-9,
+                                   atol=1e-12)
+        np.testing.assert_allclose(np.asarray(batch.loss[i]), np.asarray(one.loss), rtol=1e-9,
+                                   atol=1e-12)
+    # Different k (grouped by k) and different loss constants, in input order.
+    f0_list = [_f0(K, 2, 1e-3, seed=3), _f0(K, 4, 1e-3, seed=4), _f0(K, 2, 1e-2, seed=5)]
+    lams = [1.0, 1.0, 0.5]
+    outs = solve_many(K, [losses.get("barlow_twins", lam=x) for x in lams], f0_list, ts,
+                      decomposition=dec, rtol=1e-9)
+    assert [o.f.shape[-1] for o in outs] == [2, 4, 2]
+    for f0, lam, o in zip(f0_list, lams, outs, strict=True):
+        one = _eigen.solve_eigen(K, losses.get("barlow_twins", lam=lam), f0, ts,
+                                 decomposition=dec, rtol=1e-9)
+        np.testing.assert_allclose(np.asarray(o.f), np.asarray(one.f), rtol=1e-9, atol=1e-12)
+
+
+def test_solve_many_other_method(setup):
+    K = setup["K"]
+    f0s = jnp.stack([_f0(K, 2, 0.1, seed=s) for s in range(2)])
+    ts = jnp.linspace(0.0, 5.0, 5)
+    loss = losses.get("barlow_twins")
+    batch = solve_many(K, loss, f0s, ts, method="ode", rtol=1e-9)
+    one = _ode.solve_ode(K, loss, f0s[1], ts, rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(batch.f[1]), np.asarray(one.f), rtol=1e-8, atol=1e-12)
+
+
+def test_jit_vmap_grad(setup):
+    K = setup["K"]
+    dec = linalg.eigen_decomposition(K, 16, "contrastive")
+    z = _f0(K, 2, 1.0)
+    ts = jnp.linspace(0.0, 150.0, 6)
+
+    def final_loss(alpha, lam):
+        tr = _eigen.solve_eigen(K, losses.get("barlow_twins", lam=lam), alpha * z, ts,
+                                decomposition=dec, rtol=1e-10, max_steps=4096)
+        return tr.loss[-1]
+
+    f = jax.jit(final_loss)
+    v = f(0.05, 1.0)
+    assert np.isfinite(float(v))
+    vm = jax.vmap(final_loss)(jnp.array([0.05, 0.02]), jnp.array([1.0, 0.7]))
+    np.testing.assert_allclose(float(vm[0]), float(v), rtol=1e-9)
+    g_a = jax.grad(final_loss)(0.05, 1.0)
+    h = 1e-5
+    fd = (final_loss(0.05 + h, 1.0) - final_loss(0.05 - h, 1.0)) / (2 * h)
+    # Discretise-then-differentiate gradient vs central differences (O(h²) + solver tolerance).
+    assert float(g_a) == pytest.approx(float(fd), rel=1e-4, abs=1e-8)
+    g_l = jax.grad(final_loss, argnums=1)(0.05, 1.0)
+    fd_l = (final_loss(0.05, 1.0 + h) - final_loss(0.05, 1.0 - h)) / (2 * h)
+    assert float(g_l) == pytest.approx(float(fd_l), rel=1e-4, abs=1e-8)
+
+
+def test_float32_path(setup):
+    K32 = setup["K"].astype(jnp.float32)
+    f0 = _f0(setup["K"], 3, 1e-3).astype(jnp.float32)
+    g, _, _ = _exact_contrastive(setup["K"])
+    ts = jnp.linspace(0.0, 1.5 * _step_time(g[2], 1e-3), 50).astype(jnp.float32)
+    loss = losses.get("barlow_twins")
+    tr = _eigen.solve_eigen(K32, loss, f0, ts)
+    ref = _eigen.solve_eigen(setup["K"], loss, f0.astype(jnp.float64), ts.astype(jnp.float64),
+                             rtol=1e-10)
+    assert tr.ok and tr.f.dtype == jnp.float32
+    # float32 default rtol 1e-5: loss within 1e-3 of the float64 solve over the staircase.
+    assert float(jnp.max(jnp.abs(tr.loss - ref.loss))) < 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad inputs and the method rule
+
+
+def test_solver_errors(setup):
+    K = setup["K"]
+    N = K.shape[0]
+    f0 = _f0(K, 4, 1e-3)
+    ts = jnp.linspace(0.0, 1.0, 3)
+    bt = losses.get("barlow_twins")
+    with pytest.raises(ValueError, match="m <= 2n"):
+        _eigen.solve_eigen(K, bt, f0, ts, m=N + 1)
+    with pytest.raises(ValueError, match="m >= k"):
+        _eigen.solve_eigen(K, bt, f0, ts, m=3)
+    with pytest.raises(ValueError, match="cross_moment_only"):
+        _eigen.solve_eigen(K, losses.get("vicreg"), f0, ts, kind="contrastive")
+    dec = linalg.eigen_decomposition(K, 8)
+    with pytest.raises(ValueError, match="m <= 8"):
+        _eigen.solve_eigen(K, bt, f0, ts, decomposition=dec, m=12)
+    other = linalg.eigen_decomposition(K[:48, :48], 8)
+    with pytest.raises(ValueError, match="size N = 96"):
+        _eigen.solve_eigen(K, bt, f0, ts, decomposition=other)
+    with pytest.raises(TypeError, match="EigenDecomposition"):
+        _eigen.solve_eigen(K, bt, f0, ts, decomposition=(1, 2))
+    with pytest.raises(TypeError, match="dtype"):
+        _eigen.solve_eigen(K, bt, f0, ts, decomposition=linalg.eigen_decomposition(
+            K.astype(jnp.float32), 8))
+    with pytest.raises(ValueError, match="f0"):
+        _eigen.solve_eigen(K, bt, f0[:-2], ts)
+    with pytest.raises(ValueError, match="ts"):
+        _eigen.solve_eigen(K, bt, f0, -ts - 1)
+    with pytest.raises(ValueError, match="loss"):
+        solve_many(K, [bt, bt], jnp.stack([f0] * 3), ts)
+    with pytest.raises(ValueError, match="names"):
+        solve_many(K, [bt, losses.get("vicreg")], [f0, f0], ts)
+    with pytest.raises(ValueError, match="method"):
+        solve_many(K, bt, jnp.stack([f0]), ts, method="fast")
+
+
+def test_recommend_method(setup):
+    K = setup["K"]
+    big = jnp.zeros((1024, 1024))
+    assert _eigen.recommend_method(K, "barlow_twins") == "ode"
+    assert _eigen.recommend_method(big, "barlow_twins") == "eigen"
+    assert _eigen.recommend_method(big, "vicreg") == "ode"
+    assert _eigen.recommend_method(jnp.zeros((8192, 8192), jnp.float32), "simclr") == "eigen"
