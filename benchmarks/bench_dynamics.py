@@ -1,0 +1,220 @@
+"""Speed through structure (issue [F]): sslntk's eigen-reduced solver vs neural-tangents' peer.
+
+Problem: Barlow Twins (theory form, λ = 1) on noise-augmented digit views
+(`sslntk.data.digits`, globally standardised, source images drawn with replacement up to n = N/2,
+two views each with `gaussian_noise(0.5)`), 2-hidden-layer ReLU NTK (`kernels.ntk(mlp(depth=2))`),
+k = 16, α = 1e-3, `f0 = α · L ξ` with `L = chol(K_nngp + 1e-6·mean(diag)·I)`, ξ ~ N(0, I)
+(the infinite-width small-init law `f0 ~ N(0, α² K_nngp)`, DESIGN.md). Horizon 1.5 × the predicted
+16th step time `t_16 = ln(1/(γ_16 α²)) / (8 γ_16)` (stepwise digest §3, `c_16(0) ≈ γ_16 α²`), with
+γ from the contrastive decomposition; T = 100 saved times.
+
+Timed (float32, CPU, side by side in one process):
+* peer: `kernels.reference_gradient_descent` (nt `predict.gradient_descent` in `jax.jit`: Dormand–
+  Prince on the full (2n, k) system, rtol = atol = 1.4e-8); the SECOND call is timed.
+* sslntk: `linalg.eigen_decomposition` (top-m contrastive eigenpairs, Krylov for N > 1024) +
+  `dynamics._eigen.solve_eigen` (second call, compiled), i.e. everything but the kernel.
+* floor: the kernel time plus one top-m decomposition — what any kernel method must at least pay.
+Accuracy: both against a float64 tight-tolerance reference: the full ODE (`_ode.solve_ode`,
+rtol 1e-10) for N ≤ 2048; for N = 8192 (a float64 full ODE takes hours here) the float64 eigen
+solve with m = 4·m_default and rtol 1e-10 — labelled in the output. Error = max_t |L − L_ref| /
+max(L_ref(t), 1e-2) (relative, floored at 1e-2 of one plateau step: at the end of the horizon
+the BT loss is ~1e-6 and a relative error there measures round-off, not the staircase).
+
+Sweep (N = 2048): 32 (seed, α) pairs (4 seeds × α in logspace(−4, −2, 8)), horizon from the
+smallest α; sslntk `solve_many` (one decomposition, vmapped) vs the peer under `jax.vmap`
+(measured) and in a Python loop (measured on 4 runs, ×8, labelled extrapolated).
+
+    python benchmarks/bench_dynamics.py [--sizes 512,2048,8192] [--quick] [--no-sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslntk import data, kernels, linalg, losses
+from sslntk.dynamics import _eigen, _ode
+from sslntk.dynamics._sweep import solve_many
+
+K_OUT = 16
+ALPHA = 1e-3
+T_SAVE = 100
+
+
+def timed(fn, *a, **kw):
+    t = time.perf_counter()
+    out = fn(*a, **kw)
+    jax.block_until_ready(out)
+    return out, time.perf_counter() - t
+
+
+def problem(N, key=0, dtype=jnp.float32):
+    n = N // 2
+    ds = data.digits()
+    k1, k2 = jax.random.split(jax.random.PRNGKey(key))
+    idx = jax.random.choice(k1, ds.n, (n,), replace=n > ds.n)
+    views = data.make_views(ds.x[idx], data.gaussian_noise(0.5), k2)
+    arch = kernels.mlp(depth=2)
+    (Kt, Kn), t_kernel = timed(kernels.ntk_and_nngp, arch, views, dtype=dtype)
+    return Kt, Kn, t_kernel
+
+
+def init(Kn, k, alpha, seed):
+    Kn64 = np.asarray(Kn, np.float64)
+    L = np.linalg.cholesky(Kn64 + 1e-6 * np.mean(np.diag(Kn64)) * np.eye(len(Kn64)))
+    xi = np.random.default_rng(seed).standard_normal((len(Kn64), k))
+    return jnp.asarray(alpha * (L @ xi), jnp.float32)
+
+
+def rel_err(L, Lref):
+    L, Lref = np.asarray(L, np.float64), np.asarray(Lref, np.float64)
+    return float(np.max(np.abs(L - Lref) / np.maximum(Lref, 1e-2)))
+
+
+def peer(loss, K, f0, ts):
+    return kernels.reference_gradient_descent(loss, K, f0, ts)[0]
+
+
+def ours(K, loss, f0, ts, m, eig_method="auto"):
+    dec = linalg.eigen_decomposition(K, m, "contrastive", method=eig_method)
+    return _eigen.solve_eigen(K, loss, f0, ts, decomposition=dec), dec
+
+
+def single(N, args):
+    print(f"\n== single staircase, 2n = {N}, k = {K_OUT}, α = {ALPHA}")
+    K, Kn, t_kernel = problem(N)
+    loss = losses.get("barlow_twins")
+    f0 = init(Kn, K_OUT, ALPHA, seed=0)
+    m = _eigen.default_m(K_OUT, N, "contrastive") if args.m is None else args.m
+    dec, t_dec_cold = timed(linalg.eigen_decomposition, K, m, "contrastive")
+    dec, t_dec = timed(linalg.eigen_decomposition, K, m, "contrastive")
+    g16 = float(dec.values[K_OUT - 1])
+    t16 = np.log(1.0 / (g16 * ALPHA**2)) / (8 * g16)
+    ts = jnp.linspace(0.0, 1.5 * t16, T_SAVE, dtype=jnp.float32)
+    print(f"kernel {t_kernel:.2f}s | γ_1 = {float(dec.values[0]):.4g}, γ_16 = {g16:.4g}, "
+          f"t_16 = {t16:.4g}, horizon {1.5 * t16:.4g}, m = {m}, decomposition {dec.method}")
+
+    (tr, _), t_ours_cold = timed(ours, K, loss, f0, ts, m)
+    (tr, _), t_ours = timed(ours, K, loss, f0, ts, m)
+    print(f"sslntk eigen: {t_ours:.3f}s (decomposition {t_dec:.3f}s + solve; cold with compile "
+          f"{t_ours_cold:.2f}s), status {tr.status_name}, {int(tr.n_steps)} steps, "
+          f"bound(T) = {float(tr.bound[-1]):.3g}")
+
+    # Reference (float64).
+    K64, f64 = K.astype(jnp.float64), f0.astype(jnp.float64)
+    ts64 = ts.astype(jnp.float64)
+    if N <= 2048:
+        ref, t_ref = timed(_ode.solve_ode, K64, loss, f64, ts64, rtol=1e-10)
+        ref_name = "full ODE float64 rtol 1e-10"
+    else:
+        m_ref = 4 * m
+        dec64 = linalg.eigen_decomposition(K64, m_ref, "contrastive")
+        ref, t_ref = timed(_eigen.solve_eigen, K64, loss, f64, ts64, decomposition=dec64,
+                           rtol=1e-10)
+        ref_name = f"eigen float64 m={m_ref} rtol 1e-10 (full f64 ODE infeasible here)"
+    print(f"reference: {ref_name} ({t_ref:.1f}s), status {ref.status_name}; L(0) = "
+          f"{float(ref.loss[0]):.4g}, L(T) = {float(ref.loss[-1]):.3g}")
+    err_ours = rel_err(tr.loss, ref.loss)
+
+    res = dict(N=N, t_kernel=t_kernel, t_dec=t_dec, t_ours=t_ours, err_ours=err_ours)
+    if args.peer_horizon_frac < 1.0 and N >= 8192:
+        frac = args.peer_horizon_frac
+        ts_p = ts[: max(2, int(T_SAVE * frac))]
+        peer(loss, K, f0, ts_p[:2])
+        fp, t_peer_short = timed(peer, loss, K, f0, ts_p)
+        t_peer = t_peer_short * float(ts[-1] / ts_p[-1])
+        Lp = jax.vmap(loss)(fp)
+        err_peer = rel_err(Lp, ref.loss[: len(ts_p)])
+        label = (f"EXTRAPOLATED from horizon {float(ts_p[-1]):.4g} ({t_peer_short:.1f}s measured, "
+                 f"×{float(ts[-1] / ts_p[-1]):.2f} linear in time)")
+    else:
+        _, t_peer_cold = timed(peer, loss, K, f0, ts)
+        fp, t_peer = timed(peer, loss, K, f0, ts)
+        Lp = jax.vmap(loss)(fp)
+        err_peer = rel_err(Lp, ref.loss)
+        label = f"measured (cold {t_peer_cold:.2f}s)"
+    res.update(t_peer=t_peer, err_peer=err_peer)
+    floor = t_kernel + t_dec
+    print(f"peer nt.predict.gradient_descent: {t_peer:.3f}s {label}")
+    print(f"loss error vs reference: sslntk {err_ours:.2e}, peer {err_peer:.2e}")
+    print(f"RATIO peer/sslntk = {t_peer / t_ours:.1f}x   (floor = kernel {t_kernel:.2f}s + "
+          f"decomposition {t_dec:.2f}s = {floor:.2f}s; sslntk total incl. kernel "
+          f"{t_kernel + t_ours:.2f}s = {(t_kernel + t_ours) / floor:.2f}x the floor; "
+          f"solve alone {t_ours - t_dec:.3f}s)")
+    return res
+
+
+def sweep(args, N=2048, n_seeds=4, n_alpha=8):
+    print(f"\n== sweep: {n_seeds} seeds × {n_alpha} α on one kernel, 2n = {N}, k = {K_OUT}")
+    K, Kn, t_kernel = problem(N)
+    loss = losses.get("barlow_twins")
+    alphas = np.logspace(-4, -2, n_alpha)
+    f0s = jnp.stack([init(Kn, K_OUT, a, seed=s) for s in range(n_seeds) for a in alphas])
+    m = _eigen.default_m(K_OUT, N, "contrastive")
+    dec = linalg.eigen_decomposition(K, m, "contrastive")
+    g16 = float(dec.values[K_OUT - 1])
+    t16 = np.log(1.0 / (g16 * alphas[0] ** 2)) / (8 * g16)
+    ts = jnp.linspace(0.0, 1.5 * t16, T_SAVE, dtype=jnp.float32)
+
+    def run_ours():
+        d = linalg.eigen_decomposition(K, m, "contrastive")
+        return solve_many(K, loss, f0s, ts, decomposition=d)
+
+    _, t_cold = timed(run_ours)
+    tr, t_ours = timed(run_ours)
+    print(f"sslntk solve_many (decomposition + 32 vmapped solves): {t_ours:.2f}s "
+          f"(cold {t_cold:.2f}s); all ok: {bool(np.all(np.asarray(tr.status) == 0))}")
+    vpeer = jax.jit(jax.vmap(lambda f0: kernels.reference_gradient_descent(loss, K, f0, ts)[0]))
+    _, t_vc = timed(vpeer, f0s)
+    fp, t_vmap = timed(vpeer, f0s)
+    print(f"peer under vmap: {t_vmap:.2f}s (cold {t_vc:.2f}s)")
+    n_loop = 4
+    timed(peer, loss, K, f0s[0], ts)
+    _, t4 = timed(lambda: [peer(loss, K, f0s[i], ts) for i in range(n_loop)])
+    t_loop = t4 * len(f0s) / n_loop
+    print(f"peer in a loop: {t_loop:.2f}s (EXTRAPOLATED: {n_loop} runs measured {t4:.2f}s, "
+          f"×{len(f0s) // n_loop})")
+    # Accuracy of the sweep: both against the float64 full ODE on a few runs.
+    errs_o, errs_p = [], []
+    for i in (0, len(f0s) - 1):
+        ref = _ode.solve_ode(K.astype(jnp.float64), loss, f0s[i].astype(jnp.float64),
+                             ts.astype(jnp.float64), rtol=1e-10)
+        errs_o.append(rel_err(tr.loss[i], ref.loss))
+        errs_p.append(rel_err(jax.vmap(loss)(fp[i]), ref.loss))
+    print(f"loss error vs float64 full ODE (runs 0 and {len(f0s) - 1}): sslntk "
+          f"{max(errs_o):.2e}, peer {max(errs_p):.2e}")
+    best = min(t_vmap, t_loop)
+    print(f"RATIO peer(best of vmap/loop)/sslntk = {best / t_ours:.1f}x   (floor = kernel "
+          f"{t_kernel:.2f}s + one decomposition)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="512,2048,8192")
+    ap.add_argument("--quick", action="store_true", help="2n = 512 only, no sweep")
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--m", type=int, default=None)
+    ap.add_argument("--peer-horizon-frac", type=float, default=1.0,
+                    help="at 2n >= 8192 time the peer on this fraction of the horizon and "
+                         "extrapolate (labelled); 1.0 measures the whole horizon")
+    args = ap.parse_args()
+    sizes = [512] if args.quick else [int(s) for s in args.sizes.split(",")]
+    print(f"devices: {jax.devices()}, float32")
+    rows = [single(N, args) for N in sizes]
+    print("\nsummary (wall seconds; ratio = peer / sslntk; errors: max relative loss error)")
+    print(f"{'2n':>6} {'kernel':>8} {'decomp':>8} {'sslntk':>8} {'peer':>9} {'ratio':>7} "
+          f"{'err sslntk':>11} {'err peer':>10}")
+    for r in rows:
+        print(f"{r['N']:>6} {r['t_kernel']:>8.2f} {r['t_dec']:>8.3f} {r['t_ours']:>8.3f} "
+              f"{r['t_peer']:>9.2f} {r['t_peer'] / r['t_ours']:>7.1f} {r['err_ours']:>11.2e} "
+              f"{r['err_peer']:>10.2e}")
+    if not (args.quick or args.no_sweep):
+        sweep(args)
+
+
+if __name__ == "__main__":
+    main()
