@@ -34,10 +34,15 @@ work on them:
   `u ~ U[-1, 1]²`, `x̄` the sample's mean over all its features.
 * `compose(*augs)`: applied left to right, each with its own sub-key; `compose()` is the identity.
 
+Each call validates its inputs, then runs as one compiled program (`jax.jit` over the augmentation
+pytree: new strength values reuse it). `make_views` and `compose` also take plain functions
+`(key, x) -> x_aug`, run without the outer `jit`.
+
 Views — `make_views(x, augment, key, n_draws=1) -> Views`. `Views.a`, `Views.b` are `(n, ...)`,
 `Views.stacked` is `(2n, ...)` in the order `[a_1..a_n, b_1..b_n]` (DESIGN.md). With `n_draws > 1`
 every array gains a leading draw axis `(n_draws, n, ...)`; `views.draws()` yields one single-draw
-`Views` per draw, which is how an augmentation-averaged kernel `E_aug[K]` is formed.
+`Views` per draw, so an augmentation-averaged kernel is `mean_i K(views.draw(i).stacked)`
+(or a `jax.lax.map`/`vmap` over `views.stacked`'s leading axis).
 
 Randomness: every random function takes an explicit `jax.random` key (typed `jax.random.key` or raw
 `PRNGKey`); same key, same result.
@@ -171,9 +176,8 @@ def _strength(name: str, v, *, upper: float | None = None, upper_ok: bool = True
     if upper is not None and V.is_concrete(v):
         fv = float(v)
         if fv > upper or (fv == upper and not upper_ok):
-            rel = "<=" if upper_ok else "<"
-            raise ValueError(f"{name}: expected a number in [0, {upper}] with value {rel} {upper}, "
-                             f"got {v!r}")
+            interval = f"[0, {upper:g}" + ("]" if upper_ok else ")")
+            raise ValueError(f"{name}: expected a number in {interval}, got {v!r}")
     return v
 
 

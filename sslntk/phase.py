@@ -53,6 +53,7 @@ class PhaseDiagram:
     gamma_c, gamma_s: `(G1, d)` predicted per-direction thresholds (M1: both `a_i/τ`).
     variances: `(G1, G2, k)` measured embedding-covariance eigenvalues, descending.
     grad_norm, loss: `(G1, G2)` at the end of GD.
+    maps: `(G1, G2, d_out, d)` the learned linear map of each cell (M1: W; M2: V = UW).
     a: `(G1, d)` data-covariance eigenvalues per row. model, x_axis, tau, lr, steps, rtol: settings.
     """
 
@@ -67,6 +68,7 @@ class PhaseDiagram:
     variances: np.ndarray
     grad_norm: np.ndarray
     loss: np.ndarray
+    maps: np.ndarray
     a: np.ndarray
     model: str
     x_axis: str
@@ -129,7 +131,7 @@ def _grid(As, Ss, gammas, tau, init, lr, steps, warmup, *, model):
             res = L._gd_m2(init, A, S, tau, gamma, lr, steps, warmup)
             Vm = res.params[0] @ res.params[1]
         ev = jnp.linalg.eigvalsh(Vm @ S @ Vm.T)[::-1]
-        return ev, res.loss, res.grad_norm
+        return ev, res.loss, res.grad_norm, Vm
 
     return jax.vmap(jax.vmap(cell, (None, None, 0)), (0, 0, None))(As, Ss, gammas)
 
@@ -243,14 +245,15 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
     if model == "one_layer":
         warmup = (0, lr)
 
-    ev, loss, gn = _grid(jnp.asarray(As, dtype), jnp.asarray(As + Bs, dtype), jnp.asarray(gs, dtype),
+    ev, loss, gn, maps = _grid(jnp.asarray(As, dtype), jnp.asarray(As + Bs, dtype), jnp.asarray(gs, dtype),
                          jnp.asarray(tau, dtype), init, jnp.asarray(lr, dtype), steps,
                          (warmup[0], jnp.asarray(warmup[1], dtype)), model=model)
     ev = np.asarray(ev)
     measured = np.sum(ev > rtol * tau, axis=-1)
     return PhaseDiagram(x=xs, gamma=gs, measured_rank=measured, predicted_rank=pred,
                         metastable_rank=meta, hysteresis=pred != meta, gamma_c=gc, gamma_s=gsp,
-                        variances=ev, grad_norm=np.asarray(gn), loss=np.asarray(loss), a=a,
+                        variances=ev, grad_norm=np.asarray(gn), loss=np.asarray(loss),
+                        maps=np.asarray(maps), a=a,
                         model=model, x_axis=x_axis, tau=tau, lr=lr, steps=steps, rtol=rtol)
 
 

@@ -535,11 +535,11 @@ def test_grad_at_mask_boundaries_and_straight_through_is_finite():
     (lambda: D.gaussian_noise(0.1, cov=np.ones((2, 2, 2))), ValueError, "cov: expected rank"),
     (lambda: D.translate(-1.0), ValueError, "strength: expected a finite number >= 0"),
     (lambda: D.translate(1.0, padding="reflect"), ValueError, "padding: unknown value 'reflect'"),
-    (lambda: D.mask(1.5), ValueError, r"strength: expected a number in \[0, 1.0\]"),
+    (lambda: D.mask(1.5), ValueError, r"strength: expected a number in \[0, 1\], got 1.5"),
     (lambda: D.mask(0.1, temperature=0.0), ValueError, "temperature: expected a finite number > 0"),
     (lambda: D.mask(0.1, hard=1), TypeError, "hard: expected a bool"),
     (lambda: D.jitter(-0.1, 0.1), ValueError, "brightness: expected a finite number >= 0"),
-    (lambda: D.jitter(0.1, 1.0), ValueError, r"contrast: expected .* value < 1.0"),
+    (lambda: D.jitter(0.1, 1.0), ValueError, r"contrast: expected a number in \[0, 1\), got 1.0"),
     (lambda: D.jitter(0.1, [0.1, 0.2]), TypeError, "contrast: expected a positive number"),
     (lambda: D.compose(D.mask(0.1), "noise"), TypeError, r"augs\[1\]: expected an augmentation"),
 ])
@@ -579,13 +579,13 @@ def test_translate_requires_images_and_noise_cov_size():
 # --------------------------------------------------------------------------------------------------
 
 def test_views_stacked_order_and_keys():
-    x = images(n=6)
-    aug = D.compose(D.translate(1.0), D.gaussian_noise(0.1))
+    x = images()
+    aug = D.translate(1.0)
     v = D.make_views(x, aug, KEY)
-    assert v.n == 6 and v.n_draws == 1 and not v.has_draws and v.feature_shape == (6, 7, 2)
-    assert v.a.shape == v.b.shape == x.shape and v.stacked.shape == (12, 6, 7, 2)
-    np.testing.assert_array_equal(v.stacked[:6], v.a)
-    np.testing.assert_array_equal(v.stacked[6:], v.b)
+    assert v.n == 5 and v.n_draws == 1 and not v.has_draws and v.feature_shape == (6, 7, 2)
+    assert v.a.shape == v.b.shape == x.shape and v.stacked.shape == (10, 6, 7, 2)
+    np.testing.assert_array_equal(v.stacked[:5], v.a)
+    np.testing.assert_array_equal(v.stacked[5:], v.b)
     assert not np.allclose(v.a, v.b)
     w = D.make_views(x, aug, KEY)
     np.testing.assert_array_equal(v.a, w.a)
@@ -619,8 +619,9 @@ def test_views_with_draws():
     # vmap over the draw axis sees single-draw Views
     sums = jax.vmap(lambda s: s.stacked.sum(0))(v)
     np.testing.assert_allclose(sums, v.stacked.sum(1), atol=1e-12)
-    flat = D.make_views(images(n=3), D.translate(1.0), KEY, n_draws=2).flatten()
-    assert flat.a.shape == (2, 3, 84) and flat.feature_ndim == 1 and flat.n == 3
+    flat = D.make_views(images(), None, KEY, n_draws=2).flatten()
+    assert flat.a.shape == (2, 5, 84) and flat.feature_ndim == 1 and flat.n == 5
+    np.testing.assert_array_equal(flat.b[1], images().reshape(5, 84))
 
 
 def test_views_constructor_and_from_stacked():
@@ -645,8 +646,8 @@ def test_views_constructor_and_from_stacked():
 
 
 def test_make_views_under_jit_matches_eager():
-    x = images(n=4)
-    aug = D.compose(D.translate(1.0), D.mask(0.2))
+    x = images()
+    aug = D.jitter(0.2, 0.2)
     jv = jax.jit(lambda a, k: D.make_views(x, a, k, n_draws=2))(aug, KEY)
     ev = D.make_views(x, aug, KEY, n_draws=2)
     assert isinstance(jv, D.Views) and jv.has_draws

@@ -18,12 +18,6 @@ F64 = jnp.float64
 KEY = jax.random.key(7)
 
 
-def _ntk(arch, x1, x2=None):
-    if hasattr(kernels, "ntk"):
-        return kernels.ntk(arch, x1, x2)
-    return kernels.stax_network(arch)[2](x1, x2, "ntk")  # TEMP
-
-
 @pytest.fixture(scope="module")
 def digits_views():
     ds = data.load("digits", n=16, dtype=F64)
@@ -105,7 +99,7 @@ def test_empirical_ntk_approaches_analytic_ntk(digits_views):
     """‖Θ_emp − Θ_∞‖/‖Θ_∞‖ shrinks with width (~ width^-1/2): 64 → 4096 is ×8 in theory."""
     arch = kernels.mlp(1, "relu", b_std=0.1)
     x = digits_views.stacked[:12]
-    K = np.asarray(_ntk(arch, x))
+    K = np.asarray(kernels.ntk(arch, x))
     errs = {}
     for w in (64, 4096):
         e = []

@@ -181,12 +181,16 @@ def test_rankme_rank_one_and_rank_k():
         np.testing.assert_allclose(v, expect, rtol=1e-8)     # 1.0002
     # rank k, equal variances in a random k-subspace: k within 0.2% (digest; its sampled data had a
     # Marchenko–Pastur deficit ≈ k/(8N), which test_rankme_isotropic_gaussian covers). Constructed
-    # with exactly equal singular values, the only deviation is the ε mass, ~(d − k)·ε·|log ε|.
+    # with exactly equal singular values, the only deviation is the ε mass: p = 1/k + ε on k
+    # directions and ε on the d − k null ones.
     basis = scipy.linalg.qr(r.standard_normal((d, d)))[0]
     for k in (1, 4, 16, 64):
         exact = centred_orthonormal(r, 256, k) @ basis[:, :k].T
-        np.testing.assert_allclose(M.rankme(exact), k, rtol=2e-3)
-        np.testing.assert_allclose(M.rankme(exact), k, atol=(d - k) * 1e-7 * 17 * k)
+        v = float(M.rankme(exact))
+        assert abs(v - k) < 2e-3 * k
+        p = 1 / k + eps
+        np.testing.assert_allclose(v, np.exp(-k * p * np.log(p) - (d - k) * eps * np.log(eps)),
+                                   rtol=1e-8)
 
 
 # ---------------------------------------------------------------------------------------------

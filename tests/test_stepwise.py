@@ -12,15 +12,18 @@ kernel checks integrate df/dt = −K ∇_f L with ∇_f L from autodiff of `ssln
 from __future__ import annotations
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import sslntk.theory.stepwise as sw
 from sslntk import dynamics, losses
 from sslntk.dynamics import _closed_form as cf
+
+# the module (the package `sslntk.theory` re-exports the function `stepwise` under the same name)
+sw = importlib.import_module("sslntk.theory.stepwise")
 
 BT = losses.get("barlow_twins")
 
@@ -712,7 +715,7 @@ def test_helpers_edge_cases():
     g, c0 = 0.7, 1e-6
     dtau = jax.vmap(jax.grad(lambda s: sw.effective_time(s, g, c0)))(jnp.asarray([0.0, 3.0, 9.0]))
     np.testing.assert_allclose(dtau, 1 - sw.logistic_c(jnp.asarray([0.0, 3.0, 9.0]), g, c0),
-                               rtol=1e-12)
+                               rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(sw.effective_time(1e4, g, c0), -np.log(c0) / (8 * g), rtol=1e-12)
     np.testing.assert_allclose(sw.effective_time(2.0, 0.0, 0.25), 1.5)
     np.testing.assert_allclose(sw.effective_time(2.0, 1e-200, 0.25), 1.5)
@@ -722,3 +725,13 @@ def test_helpers_edge_cases():
     gr = jax.grad(lambda g: jnp.sum(sw.step_time(g, 1e-6)))
     assert np.isfinite(float(gr(0.3)))
     assert float(sw.step_width(1.0)) == pytest.approx(np.log(81) / 8)
+    # against the textbook formulas (float64, no cancellation there for these ranges), including
+    # tiny c0 at large 8γt where e^{-x} is far below eps (a regression: 1 + expm1(−x) rounds to 0)
+    tt = np.linspace(0.0, 40.0, 81)[:, None]
+    for c0 in (1e-18, 1e-8, 0.3, 0.9):
+        for g in (1.0, 0.5, 0.05):
+            ref_c = 1 / (1 + (1 / c0 - 1) * np.exp(-8 * g * tt))
+            ref_tau = tt - np.log1p(c0 * np.expm1(8 * g * tt)) / (8 * g)
+            np.testing.assert_allclose(sw.logistic_c(tt, g, c0), ref_c, rtol=1e-12)
+            np.testing.assert_allclose(sw.effective_time(tt, g, c0), ref_tau, rtol=1e-12,
+                                       atol=1e-12)

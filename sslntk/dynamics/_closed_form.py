@@ -42,6 +42,7 @@ Precision: the K^{-1/2} reduction loses ~cond(K)Â·eps; in float32 keep cond(K) â
 from __future__ import annotations
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,9 @@ from sslntk import _validate as V
 from sslntk import losses as _losses
 from sslntk.dynamics import _common as C
 from sslntk.dynamics._trajectory import FAILED, SUCCESS, Trajectory
-from sslntk.theory import stepwise as _sw
+
+# The module, not the function `sslntk.theory.stepwise` that the package re-exports under its name.
+_sw = importlib.import_module("sslntk.theory.stepwise")
 
 _HI = jax.lax.Precision.HIGHEST
 

@@ -229,8 +229,8 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                          f"{tuple(xt.shape)}")
     nd = min(V.positive_int("drift_points", drift_points), x.shape[0])
 
-    K = _ntk(arch, x)
-    Ktt = None if xt is None else _ntk(arch, xt, x)
+    K = kernels.ntk(arch, x)
+    Ktt = None if xt is None else kernels.ntk(arch, xt, x)
     K_drift = K[:nd, :nd]
     ckdir = Path(checkpoint) if checkpoint is not None else None
     W, S, T = len(widths), len(seeds), len(s_save)
@@ -314,12 +314,6 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
     return WidthSweep(widths=np.array(widths), seeds=np.array(seeds), ts=tgrid, method=method,
                       window=window, deviation=deviation, seconds=np.array(seconds),
                       exponent=fit, **arr)
-
-
-def _ntk(arch, x1, x2=None):
-    if hasattr(kernels, "ntk"):
-        return kernels.ntk(arch, x1, x2)
-    return kernels.stax_network(arch)[2](x1, x2, "ntk")  # TEMP until kernels.ntk lands
 
 
 def _tag(arch, loss, alpha, lr, optimizer, method, x) -> str:

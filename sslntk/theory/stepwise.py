@@ -104,16 +104,17 @@ def _logistic_parts(t, gamma, c0):
     x = 8.0 * g * t
     pos = x > 0
     # x > 0 (em = e^{-x} − 1 ∈ (−1, 0]); the `where`s keep each branch's argument in its domain
-    em = jnp.expm1(-jnp.where(pos, x, 0.0))
-    D = jnp.maximum(c0 + (1.0 - c0) * (1.0 + em), fi.tiny)
+    xp = jnp.where(pos, x, 0.0)
+    em = jnp.expm1(-xp)
+    D = jnp.maximum(c0 + (1.0 - c0) * jnp.exp(-xp), fi.tiny)       # not 1 + em: cancellation
     near1 = D > 0.5
     lnD = jnp.where(near1, jnp.log1p(jnp.maximum((1.0 - c0) * em, -0.5)), jnp.log(D))
     c_pos = c0 / D
     tau_pos = -lnD / (8.0 * g)
     # x <= 0: E = 1 + c0 (e^x − 1)
-    en = jnp.expm1(jnp.where(pos, 0.0, x))
-    E_m1 = jnp.maximum(c0 * en, -1.0 + fi.eps)
-    c_neg = c0 * (1.0 + en) / (1.0 + E_m1)
+    xn = jnp.where(pos, 0.0, x)
+    E_m1 = jnp.maximum(c0 * jnp.expm1(xn), -1.0 + fi.eps)
+    c_neg = c0 * jnp.exp(xn) / (1.0 + E_m1)
     tau_neg = t - jnp.log1p(E_m1) / (8.0 * g)
     c = jnp.where(zero, c0, jnp.where(pos, c_pos, c_neg))
     tau = jnp.where(zero, t * (1.0 - c0), jnp.where(pos, tau_pos, tau_neg))
