@@ -36,9 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslntk import data, kernels, linalg, losses
-from sslntk.dynamics import _eigen, _ode
-from sslntk.dynamics._sweep import solve_many
+jax.config.update("jax_enable_x64", True)  # for the float64 reference; timed paths are float32
+
+from sslntk import data, kernels, linalg, losses  # noqa: E402
+from sslntk.dynamics import _eigen, _ode  # noqa: E402
+from sslntk.dynamics._sweep import solve_many  # noqa: E402
 
 K_OUT = 16
 ALPHA = 1e-3

@@ -40,8 +40,9 @@ def as_float_array(name: str, x, *, ndim: int | Sequence[int] | None = None,
         if arr.ndim not in allowed:
             exp = " or ".join(str(a) for a in allowed)
             raise ValueError(f"{name}: expected rank {exp}, got shape {tuple(arr.shape)}")
-    if finite and is_concrete(arr) and arr.size and not bool(jnp.all(jnp.isfinite(arr))):
-        bad = int(jnp.sum(~jnp.isfinite(arr)))
+    # value checks in numpy: inside a jit trace even a concrete captured array would be staged
+    if finite and is_concrete(arr) and arr.size and not np.all(np.isfinite(np.asarray(arr))):
+        bad = int(np.sum(~np.isfinite(np.asarray(arr))))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
     return arr
 
@@ -101,8 +102,9 @@ def square_kernel(name: str, K, *, sym_tol: float | None = None) -> jax.Array:
         raise ValueError(f"{name}: expected a square (N, N) kernel, got shape {tuple(arr.shape)}")
     if is_concrete(arr):
         tol = sym_tol if sym_tol is not None else 100 * float(jnp.finfo(arr.dtype).eps)
-        scale = float(jnp.max(jnp.abs(arr))) or 1.0
-        asym = float(jnp.max(jnp.abs(arr - arr.T))) / scale
+        a = np.asarray(arr)
+        scale = float(np.max(np.abs(a))) if a.size else 1.0
+        asym = float(np.max(np.abs(a - a.T))) / (scale or 1.0) if a.size else 0.0
         if asym > tol:
             raise ValueError(f"{name}: expected a symmetric kernel, got max |K - K^T|/max|K| = "
                              f"{asym:.3g} > {tol:.1g}")

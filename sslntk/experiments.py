@@ -58,10 +58,7 @@ def _dataset(cfg):
     key = jax.random.PRNGKey(cfg["seed"])
     n_all = d["n"] + d["n_test"]
     opts = dict(d["options"])
-    if d["name"] in ("gaussian_mixture",):
-        opts.setdefault("key", jax.random.fold_in(key, 1))
-    if d["name"] == "digits":
-        opts.setdefault("key", jax.random.fold_in(key, 1))
+    opts.setdefault("key", jax.random.fold_in(key, 1))
     ds = data.load(d["name"], n=n_all, dtype=_dtype(cfg), **opts)
     x = ds.x
     return x[: d["n"]], x[d["n"]:]

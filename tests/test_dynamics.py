@@ -62,7 +62,9 @@ def _bt_eigs(f):
 
 @pytest.mark.parametrize("name,consts,alpha,T", [
     ("barlow_twins", {}, 1e-2, 6.0),
-    ("vicreg", {"lam_inv": 1.0, "mu": 1.0, "nu": 1.0}, 0.5, 2.0),
+    # VICReg from α = 2: every std stays above γ = 1, away from the variance hinge's kink (a
+    # sliding mode there makes any adaptive solver crawl; the hinge itself is tested in test_losses)
+    ("vicreg", {"lam_inv": 1.0, "mu": 1.0, "nu": 1.0}, 2.0, 2.0),
     ("simclr", {"temperature": 0.5}, 1.0, 2.0),
 ])
 def test_ode_matches_neural_tangents_reference(prob, name, consts, alpha, T):

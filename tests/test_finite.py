@@ -239,14 +239,15 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, digits_views, optimizer, b
     assert all(np.array_equal(a, b) for a, b in zip(pa, pb))
     # a checkpoint of another run is refused, not silently used
     with pytest.raises(ValueError, match="different run"):
-        finite.train(m, digits_views, "barlow_twins", checkpoint=ck, **{**kw, "lr": 0.01})
+        finite.train(m, digits_views, "barlow_twins", checkpoint=ck, **{**kw, "key": jax.random.key(9)})
 
 
 def test_adam_and_gd_reduce_the_loss(digits_views):
     m = finite.network(kernels.mlp(1), 32, 2, key=KEY, in_shape=(64,), alpha=0.5, dtype=F64)
-    for opt in ("gd", "adam"):
-        r = finite.train(m, digits_views, "barlow_twins", lr=0.01, steps=40, optimizer=opt,
-                         key=KEY, progress=False, check_lr=False)
+    bt = losses.get("barlow_twins")
+    for opt, loss in (("gd", lambda f: bt(f)), ("adam", bt)):   # a plain callable works too
+        r = finite.train(m, digits_views, loss, lr=0.01, steps=40, optimizer=opt, key=KEY,
+                         progress=False)
         assert r.loss[-1] < 0.9 * r.loss[0], (opt, r.loss)
 
 
@@ -331,11 +332,9 @@ def test_fit_exponent_recovers_a_power_law():
 def test_width_sweep_small(tmp_path, digits_views):
     """Runs end to end; vmapped seeds equal sequential ones; resumes from its checkpoint."""
     kw = dict(alpha=0.1, lr=0.05, steps=20, ts=0.05 * np.arange(0, 21, 5), out_dim=2,
-              x_test=digits_views.a[:4] * 0.9, method="ode", progress=False, drift_points=8)
+              x_test=digits_views.a[:4] * 0.9, method="gd", progress=False, drift_points=8)
     arch = kernels.mlp(1, "erf")
-    with pytest.warns(RuntimeWarning, match="lr·ρ"):
-        a = finite.width_sweep(arch, digits_views, "barlow_twins", [8, 32], 2, checkpoint=tmp_path,
-                               **kw)
+    a = finite.width_sweep(arch, digits_views, "barlow_twins", [8, 32], 2, checkpoint=tmp_path, **kw)
     W, S, T = 2, 2, 5
     assert a.dev_train.shape == (W, S, T) and a.dev_test.shape == (W, S, T)
     assert a.spectra_net.shape == (W, S, T, 2) and a.step_times_ker.shape == (W, S, 2)
@@ -350,3 +349,56 @@ def test_width_sweep_small(tmp_path, digits_views):
                            **kw)   # every width loaded from the checkpoint
     np.testing.assert_array_equal(c.dev_train, a.dev_train)
     np.testing.assert_array_equal(c.seconds, a.seconds)
+
+
+# ------------------------------------------------------------------------------------------------
+# slow: the finite-vs-kernel comparisons of issue [C] (digits, BT λ = 1, α = 1e-2, 2n = 256)
+
+
+def _bt_digits_setting():
+    """2n = 256 digits views (128 images, two random 1-pixel translations each, flattened), a
+    one-hidden-layer erf MLP. The translate augmentation gives well-separated top eigenvalues of
+    M = K^{1/2}ZK^{1/2}/2n (γ ≈ 0.279, 0.053, 0.033), so the first three steps are distinct."""
+    ds = data.load("digits", n=128, dtype=F64)
+    views = data.make_views(ds.x, data.translate(1.0), jax.random.key(0)).flatten()
+    test = data.load("digits", dtype=F64).flat[-64:]           # held-out images (not augmented)
+    return kernels.mlp(1, "erf"), views, test
+
+
+def _through_step(spectra_ker, ts, j, level=0.9):
+    """First time the kernel trajectory's j-th eigenvalue of C reaches `level` (step j done)."""
+    hit = np.flatnonzero(spectra_ker[:, j - 1] >= level)
+    return float(ts[hit[0]]) if hit.size else float(ts[-1])
+
+
+@pytest.mark.slow
+def test_wide_mlp_follows_kernel_trajectory():
+    arch, views, test = _bt_digits_setting()
+    lr, steps = 0.08, 900
+    r = finite.width_sweep(arch, views, "barlow_twins", [64, 4096], [0], alpha=1e-2, lr=lr,
+                           steps=steps, ts=lr * np.arange(0, steps + 1, 10), out_dim=3,
+                           x_test=test, method="gd", drift_points=64)
+    end = _through_step(r.spectra_ker[-1, 0], r.ts, 3)
+    w = r.ts <= end
+    dev, dev_t = r.dev_train[:, 0, w].max(-1), r.dev_test[:, 0, w].max(-1)
+    print(f"\nthrough step 3 (t <= {end:g}): max rel. deviation train {dev}, held-out {dev_t}; "
+          f"kernel drift {r.kernel_drift[:, 0]}, init NTK error {r.init_kernel_error[:, 0]}; "
+          f"step times net {r.step_times_net[:, 0]} vs kernel {r.step_times_ker[:, 0]}")
+    assert r.spectra_ker[-1, 0, w][-1, 2] >= 0.9          # the window covers three steps
+    assert dev[1] < 0.05 and dev_t[1] < 0.05
+    assert dev[0] > 3 * dev[1]                             # width 64 deviates measurably more
+
+
+@pytest.mark.slow
+def test_width_sweep_exponent():
+    arch, views, test = _bt_digits_setting()
+    lr, steps = 0.08, 450
+    r = finite.width_sweep(arch, views, "barlow_twins", [32, 128, 512, 2048], 3, alpha=1e-2,
+                           lr=lr, steps=steps, ts=lr * np.arange(0, steps + 1, 10), out_dim=3,
+                           method="gd", drift_points=64)
+    fit = r.exponent
+    print(f"\ndeviation (t <= {r.window:g}) by width {r.widths.tolist()}: "
+          f"{np.round(r.deviation, 4).tolist()}\nkernel drift {np.round(r.kernel_drift, 5).tolist()}"
+          f"\nfitted exponent {fit.slope:.3f}, 95% t-interval [{fit.ci_t[0]:.3f}, {fit.ci_t[1]:.3f}]"
+          f", seed-bootstrap [{fit.ci_boot[0]:.3f}, {fit.ci_boot[1]:.3f}]")
+    assert fit.slope < 0 and fit.ci_t[1] < 0 and fit.ci_boot[1] < 0

@@ -64,7 +64,7 @@ def _one_hidden_closed_form(act, x1, x2, W_std, b_std):
 
 @pytest.mark.parametrize("act", ["relu", "erf"])
 @pytest.mark.parametrize("W_std,b_std", [(1.0, 0.0), (1.7, 0.6)])
-@pytest.mark.parametrize("method", ["nt", "native"])
+@pytest.mark.parametrize("method", ["native", pytest.param("nt", marks=pytest.mark.slow)])
 def test_one_hidden_layer_closed_form(act, W_std, b_std, method):
     x1 = np.asarray(normal(0, (7, 5)))
     x2 = np.asarray(normal(1, (4, 5)))
@@ -81,8 +81,6 @@ def test_one_hidden_layer_closed_form(act, W_std, b_std, method):
             assert rel(k_ntk, ntk_ref) < 1e-7
         else:
             assert rel(k_ntk, ntk_ref) < 1e-10
-    assert rel(K_.ntk(arch, x1, x2, method=method), _one_hidden_closed_form(
-        act, x1, x2, W_std, b_std)[1]) < 1e-10
 
 
 # ------------------------------------------------------------------------------------------------
@@ -93,9 +91,10 @@ MLP_ARCHS = [
     K_.mlp(depth=1, activation="gelu", b_std=0.3),
     K_.mlp(depth=2, activation="leaky_relu", W_std=1.4, b_std=0.1),
     K_.mlp(depth=3, activation="abs", W_std=0.9, b_std=0.5),
-    K_.mlp(depth=2, activation="abs_relu", leaky_slope=0.3),
     K_.mlp(depth=2, activation="erf", W_std=1.2, b_std=0.2),
-    K_.mlp(depth=3, activation="relu", W_std=1.5, b_std=0.05),
+    pytest.param(K_.mlp(depth=2, activation="abs_relu", leaky_slope=0.3), marks=pytest.mark.slow),
+    pytest.param(K_.mlp(depth=3, activation="relu", W_std=1.5, b_std=0.05),
+                 marks=pytest.mark.slow),
 ]
 CNN_ARCHS = [
     K_.cnn(depth=2, activation="relu", b_std=0.2),
@@ -108,9 +107,9 @@ CNN_ARCHS_SLOW = [
 ]
 
 
-def _check_against_nt(arch, x1, x2, methods=("auto", "native", "nt")):
+def _check_against_nt(arch, x1, x2, methods=("native", "nt")):
     kernel_fn = K_.stax_network(arch)[2]
-    for xb in (x2, None):
+    for xb in (x2, None) if x2 is not None else (None,):
         ref = kernel_fn(x1.astype(jnp.float64), None if xb is None else xb.astype(jnp.float64),
                         ("ntk", "nngp"))
         for method in methods:
@@ -122,7 +121,8 @@ def _check_against_nt(arch, x1, x2, methods=("auto", "native", "nt")):
                 assert rel(g, r) < 1e-6, (arch, method, xb is None)
 
 
-@pytest.mark.parametrize("arch", MLP_ARCHS, ids=lambda a: f"{a.activation}-d{a.depth}")
+@pytest.mark.parametrize("arch", MLP_ARCHS,
+                         ids=["gelu-d1", "leaky-d2", "abs-d3", "erf-d2", "abs_relu-d2", "relu-d3"])
 def test_mlp_matches_neural_tangents(arch):
     x1 = normal(2, (9, 6), jnp.float32)
     x2 = normal(3, (5, 6), jnp.float32)
@@ -133,14 +133,12 @@ def test_mlp_flattens_images():
     arch = K_.mlp(depth=2, b_std=0.1)
     x = normal(4, (6, 3, 3, 2), jnp.float32)
     assert rel(K_.ntk(arch, x), K_.ntk(arch, x.reshape(6, -1))) < 1e-6
-    _check_against_nt(arch, x, normal(5, (3, 3, 3, 2), jnp.float32), methods=("native",))
 
 
 @pytest.mark.parametrize("arch", CNN_ARCHS, ids=lambda a: f"{a.activation}-{a.padding}")
 def test_cnn_matches_neural_tangents(arch):
-    x1 = normal(6, (4, 5, 5, 2), jnp.float32)
-    x2 = normal(7, (3, 5, 5, 2), jnp.float32)
-    _check_against_nt(arch, x1, x2, methods=("auto",))
+    # x2 = None: covers the diagonal (identical inputs) and distinct pairs in one (slow) nt call
+    _check_against_nt(arch, normal(6, (5, 5, 5, 2), jnp.float32), None, methods=("native",))
 
 
 @pytest.mark.slow
@@ -152,10 +150,13 @@ def test_cnn_matches_neural_tangents_all(arch):
     _check_against_nt(arch, x1, x2, methods=("native", "nt"))
 
 
-@pytest.mark.parametrize("arch", [K_.mlp(depth=2, b_std=0.1),
-                                  K_.cnn(depth=2, activation="erf", b_std=0.1)],
-                         ids=["mlp", "cnn"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("arch,dtype", [
+    (K_.mlp(depth=2, b_std=0.1), jnp.float64),
+    (K_.cnn(depth=2, activation="erf", b_std=0.1), jnp.float32),
+    pytest.param(K_.mlp(depth=2, b_std=0.1), jnp.float32, marks=pytest.mark.slow),
+    pytest.param(K_.cnn(depth=2, activation="erf", b_std=0.1), jnp.float64,
+                 marks=pytest.mark.slow),
+], ids=["mlp-f64", "cnn-f32", "mlp-f32", "cnn-f64"])
 def test_blocked_equals_unblocked(arch, dtype):
     shape = (19, 4, 4, 1) if arch.kind == "cnn" else (37, 5)
     x1 = normal(10, shape, dtype)
@@ -181,9 +182,8 @@ def test_duplicate_inputs_are_exact():
     x = normal(12, (6, 7), jnp.float32)
     xx = jnp.concatenate([x, x])               # views without augmentation: a_i == b_i
     ref = K_.stax_network(arch)[2](xx.astype(jnp.float64), None, "ntk")
-    for bs in (None, 4):
-        K = K_.ntk(arch, xx, block_size=bs, method="native")
-        assert rel(K, ref) < 1e-6
+    K = K_.ntk(arch, xx, block_size=4)     # a_i and b_i land in different blocks
+    assert rel(K, ref) < 1e-6
 
 
 def test_auto_block_size_bounds_memory():
@@ -218,14 +218,8 @@ def test_reference_empirical_ntk_one_output_convention():
     assert rel(K1, per_output.mean(0)) < 1e-12
     assert rel(K2, per_output.mean(0)) < 1e-12
     assert rel(K1, per_output.sum(0)) > 0.5                      # not the trace
-    x2 = normal(14, (3, 4))
-    K12 = K_.reference_empirical_ntk(apply_fn, params, x, x2)
-    assert K12.shape == (5, 3)
-    # k = 1: exactly J Jᵀ
-    init1, apply1, _ = K_.stax_network(arch, width=32, out_dim=1)
-    _, p1 = init1(jax.random.PRNGKey(0), x.shape)
-    assert rel(K_.reference_empirical_ntk(apply1, p1, x),
-               _jacobian_ntk_per_output(apply1, p1, x)[0]) < 1e-12
+    K12 = K_.reference_empirical_ntk(apply_fn, params, x, x[:2], implementation=1)
+    assert rel(K12, per_output.mean(0)[:, :2]) < 1e-12
 
 
 @pytest.mark.parametrize("impl", [0, 3, True, "2"])
@@ -267,7 +261,7 @@ def _rk4(loss, K, f0, ts, dt):
     rhs = jax.jit(lambda f: -K @ jax.grad(loss)(f))
 
     @jax.jit
-    def advance(f, steps):
+    def advance(f, steps):                 # steps traced: one compilation
         def body(_, f):
             k1 = rhs(f)
             k2 = rhs(f + dt / 2 * k1)
@@ -279,7 +273,7 @@ def _rk4(loss, K, f0, ts, dt):
     out, f, t = [], f0, 0.0
     for tt in ts:
         steps = int(round((tt - t) / dt))
-        f = advance(f, steps)
+        f = advance(f, jnp.asarray(steps))
         t = tt
         out.append(f)
     return jnp.stack(out)
@@ -293,29 +287,31 @@ def test_reference_gradient_descent_matches_rk4():
     f0 = 0.3 * normal(17, (2 * n, k))
     loss = losses.get("barlow_twins")
     ts = jnp.array([0.0, 0.25, 0.5, 1.5, 3.0])
-    f_t, none = K_.reference_gradient_descent(loss, K, f0, ts)
-    assert none is None and f_t.shape == (5, 2 * n, k)
+    f_t, f_test = K_.reference_gradient_descent(loss, K, f0, ts, K[:3], f0[:3])
+    assert f_t.shape == (5, 2 * n, k) and f_test.shape == (5, 3, k)
     ref = _rk4(loss, K, f0, np.asarray(ts), dt=1e-3)
     # neural-tangents' odeint runs at rtol = atol = 1.4e-8 (global error ~1e-7 relative); RK4 at
     # dt = 1e-3 with ‖K‖·‖∇²L‖ = O(1) is accurate to ~1e-12. Time convention: t = lr·steps.
     assert rel(f_t, ref) < 1e-6
     assert rel(f_t[0], f0) < 1e-14
     assert float(loss(f_t[-1])) < float(loss(f0))
-    # a plain callable gives the same trajectory; test points that equal training rows follow them
-    f_c, _ = K_.reference_gradient_descent(lambda f: loss(f), K, f0, ts)
-    assert rel(f_c, f_t) < 1e-12
-    f_t2, f_test = K_.reference_gradient_descent(loss, K, f0, ts, K[:3], f0[:3])
-    assert f_test.shape == (5, 3, k)
-    assert rel(f_test, f_t2[:, :3]) < 1e-10
+    # test points that equal training rows follow them (same ODE right-hand side)
+    assert rel(f_test, f_t[:, :3]) < 1e-10
 
 
-def test_reference_gradient_descent_float32():
+def test_reference_gradient_descent_float32_plain_callable():
     n = 3
-    K = K_.ntk(K_.mlp(), normal(18, (2 * n, 3), jnp.float32))
-    f0 = 0.2 * normal(19, (2 * n, 2), jnp.float32)
-    f_t, _ = K_.reference_gradient_descent(losses.get("barlow_twins"), K, f0,
-                                           jnp.array([0.0, 1.0], jnp.float32))
-    assert f_t.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(f_t)))
+    K = K_.ntk(K_.mlp(), normal(18, (2 * n, 3)))
+    f0 = 0.2 * normal(19, (2 * n, 2))
+    loss = losses.get("barlow_twins")
+    ts = jnp.array([0.0, 1.0])
+    ref, _ = K_.reference_gradient_descent(loss, K, f0, ts)
+    # a plain function (not a Loss pytree) and float32 arrays: dtype kept; float32 round-off in
+    # the ODE right-hand side over t = 1 stays ~1e-6 relative
+    f_t, _ = K_.reference_gradient_descent(lambda f: loss(f), K.astype(jnp.float32),
+                                           f0.astype(jnp.float32), ts.astype(jnp.float32))
+    assert f_t.dtype == jnp.float32
+    assert rel(f_t, ref) < 1e-5
 
 
 def test_reference_gradient_descent_bad_input():
@@ -423,7 +419,8 @@ def test_contrastive_kernel_and_pair_matrix():
     assert Z.dtype == jnp.float32 and Z.shape == (8, 8)
     assert np.array_equal(np.asarray(Z), np.asarray(Z).T)
     assert np.array_equal(np.asarray(Z @ Z), np.eye(8))
-    K = np.asarray(K_.ntk(K_.mlp(depth=2), normal(20, (8, 3))))
+    F = np.asarray(normal(20, (8, 5)))
+    K = F @ F.T
     Z64 = np.asarray(K_.pair_matrix(n, jnp.float64))
     assert rel(K_.contrastive_kernel(K), K @ Z64 @ K / 8) < 1e-14
     kx = np.asarray(normal(21, (3, 8)))
@@ -478,13 +475,6 @@ def test_kernel_spectrum_psd_check():
     assert spec32.tol == pytest.approx(12 * eps32 * spec32.max_eigenvalue, rel=1e-6)
 
 
-def test_ntk_of_views_is_psd():
-    arch = K_.mlp(depth=2, b_std=0.1)
-    K = K_.ntk(arch, normal(22, (40, 8), jnp.float32))
-    spec = K_.kernel_spectrum(K)
-    assert spec.values.dtype == jnp.float32 and spec.max_eigenvalue > 0
-
-
 # ------------------------------------------------------------------------------------------------
 # augmentation-averaged kernel
 # ------------------------------------------------------------------------------------------------
@@ -499,8 +489,7 @@ def test_averaged_kernel_views_and_arrays():
     ref = np.mean([np.asarray(K_.ntk(arch, v.stacked), np.float64) for v in views.draws()], 0)
     assert Kav.shape == (10, 10) and Kav.dtype == jnp.float32
     assert rel(Kav, ref) < 1e-6
-    assert rel(K_.averaged_kernel(arch, views.stacked, "nngp"),
-               np.mean([np.asarray(K_.nngp(arch, s)) for s in views.stacked], 0)) < 1e-6
+    assert rel(K_.averaged_kernel(arch, views.stacked), ref) < 1e-6       # array (D, 2n, ...)
     one = data.make_views(x, data.gaussian_noise(0.3), jax.random.PRNGKey(0))
     assert rel(K_.averaged_kernel(arch, one), K_.ntk(arch, one)) < 1e-7
     with pytest.raises(ValueError, match="averaged_kernel"):

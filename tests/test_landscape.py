@@ -25,10 +25,10 @@ def _rotation(seed, d):
 
 
 def test_check1_spectral_loss_identity_monte_carlo():
-    """10 batches of 5e4 spiked-model views; `losses.get("spectral")` (plug-in estimator) vs the exact
+    """10 batches of 2e4 spiked-model views; `losses.get("spectral")` (plug-in estimator) vs the exact
     linear-model value −2Tr[WAWᵀ] + ||WΣWᵀ||_F², within 4 standard errors."""
     key = jax.random.PRNGKey(1)
-    ds = data.load("spiked", n=50_000, key=key, spikes=(2.0, 1.0, 0.5, 0.3), sigma=0.6,
+    ds = data.load("spiked", n=20_000, key=key, spikes=(2.0, 1.0, 0.5, 0.3), sigma=0.6,
                    dtype=jnp.float64)
     W = np.random.default_rng(1).normal(size=(3, 4))
     exact = float(L.spectral_loss(W, ds.A, ds.B))
@@ -36,7 +36,7 @@ def test_check1_spectral_loss_identity_monte_carlo():
     vals = []
     for i in range(10):
         kx, kv = jax.random.split(jax.random.fold_in(key, i))
-        x = data.load("spiked", n=50_000, key=kx, spikes=(2.0, 1.0, 0.5, 0.3), sigma=0.6,
+        x = data.load("spiked", n=20_000, key=kx, spikes=(2.0, 1.0, 0.5, 0.3), sigma=0.6,
                       dtype=jnp.float64)
         v = x.views(kv)
         vals.append(float(spec(v.stacked @ W.T)))
@@ -45,23 +45,21 @@ def test_check1_spectral_loss_identity_monte_carlo():
     assert float(L.infonce_quartic(W, ds.A, ds.B, 1.0)) == pytest.approx(exact / 2, rel=1e-14)
 
 
-def _infonce_mc(W, A, B, tau, key, anchors=20_000, negatives=2048, chunk=2_000):
+def _infonce_mc(W, A, B, tau, seed, anchors=20_000, negatives=2048, chunk=2_000):
     """MC of dot-product InfoNCE with 1 positive + `negatives` negatives (N = negatives + 1):
     per-anchor l = −s_b + log(e^{s_b} + Σ_j e^{s_j}); returns (mean − log N, standard error)."""
+    rng = np.random.default_rng(seed)
     d = A.shape[0]
-    As, Bs = np.linalg.cholesky(A + 1e-300 * np.eye(d)), np.linalg.cholesky(B)
+    As, Bs = np.linalg.cholesky(A), np.linalg.cholesky(B)
     ls = []
-    for c in range(anchors // chunk):
-        k = jax.random.split(jax.random.fold_in(key, c), 5)
-        x = np.asarray(jax.random.normal(k[0], (chunk, d), jnp.float64)) @ As.T
-        xa = x + np.asarray(jax.random.normal(k[1], (chunk, d), jnp.float64)) @ Bs.T
-        xb = x + np.asarray(jax.random.normal(k[2], (chunk, d), jnp.float64)) @ Bs.T
-        xj = (np.asarray(jax.random.normal(k[3], (negatives, d), jnp.float64)) @ As.T
-              + np.asarray(jax.random.normal(k[4], (negatives, d), jnp.float64)) @ Bs.T)
+    for _ in range(anchors // chunk):
+        x = rng.normal(size=(chunk, d)) @ As.T
+        xa = x + rng.normal(size=(chunk, d)) @ Bs.T
+        xb = x + rng.normal(size=(chunk, d)) @ Bs.T
+        xj = rng.normal(size=(negatives, d)) @ As.T + rng.normal(size=(negatives, d)) @ Bs.T
         fa, fb, fj = xa @ W.T, xb @ W.T, xj @ W.T
         sb = np.sum(fa * fb, 1) / tau
-        sj = fa @ fj.T / tau
-        allv = np.concatenate([sb[:, None], sj], 1)
+        allv = np.concatenate([sb[:, None], fa @ fj.T / tau], 1)
         mx = allv.max(1, keepdims=True)
         ls.append(-sb + (mx[:, 0] + np.log(np.exp(allv - mx).sum(1))))
     ls = np.concatenate(ls)
@@ -73,14 +71,13 @@ def test_check2_infonce_expansion_small_weights_only():
     B = 0.3 * np.eye(4)
     W0 = np.random.default_rng(2).normal(size=(4, 4))
     W0 /= np.linalg.norm(W0, 2)
-    key = jax.random.PRNGKey(2)
-    small, se = _infonce_mc(0.05 * W0, A, B, 1.0, key)
+    small, se = _infonce_mc(0.05 * W0, A, B, 1.0, 2)
     formula = float(L.infonce_quartic(0.05 * W0, A, B, 1.0))
     assert abs(small - formula) <= max(0.02 * abs(formula), 4 * se), (small, se, formula)
     # once ||WΣWᵀ||/τ is O(1) the expansion must fail (digest: "about 2x" at its scale 0.3);
     # measured here: agrees to 1.4% at ||WΣWᵀ||_2 = 1, MC 2.86 vs formula 4.80 at 4
     Wl = 2 * W0 / np.sqrt(np.linalg.norm(W0 @ (A + B) @ W0.T, 2))      # ||WΣWᵀ||_2 = 4
-    large, se_l = _infonce_mc(Wl, A, B, 1.0, key, anchors=4_000)
+    large, se_l = _infonce_mc(Wl, A, B, 1.0, 3, anchors=4_000)
     formula_l = float(L.infonce_quartic(Wl, A, B, 1.0))
     assert abs(large - formula_l) > max(0.1 * abs(formula_l), 4 * se_l), (large, formula_l)
 
@@ -336,7 +333,7 @@ def _cosine_obj(W, X, gamma):
 def test_check15_normalised_loss_norm_decays():
     """Cosine InfoNCE + γ||W||²: ||W||² decays like exp(−4γt) within 1% under small-step GD, at a γ
     where the unnormalised M1 theory would keep every direction (γτ < a_d)."""
-    ds = data.load("spiked", n=64, key=jax.random.PRNGKey(15), spikes=(4.0, 2.0, 1.0, 0.5),
+    ds = data.load("spiked", n=32, key=jax.random.PRNGKey(15), spikes=(4.0, 2.0, 1.0, 0.5),
                    sigma=0.5, dtype=jnp.float64)
     X = ds.views(jax.random.PRNGKey(16)).stacked
     gamma, lr, steps = 0.05, 2.5e-3, 2000

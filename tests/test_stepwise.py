@@ -141,6 +141,13 @@ def max_sine(W, Vd):
 # Kernels
 
 
+NT = 121          # one time-grid length for all kernel solves: compiled programs are shared
+
+
+def grid(t_end, num=NT):
+    return jnp.linspace(0.0, t_end, num)
+
+
 def feature_kernel(n=12, seed=0):
     """Linear kernel of anisotropic random features with two noisy views (PD, 2n x 2n), scaled so
     γ_1 = 1. Seed 0: γ = 1, .699, .483, .374, .209, .056, … (k = 4: ratios 1.43/1.45/1.29, gap .44)."""
@@ -527,7 +534,7 @@ def test_closed_form_aligned_matches_ode_whole_staircase(feature_problem):
     np.testing.assert_allclose(res.c0, gam[:k] * np.array([1e-4, 3e-4, 2e-4, 1e-4]) ** 2,
                                rtol=1e-9)
     t_end = float(np.max(res.step_times + 3 * res.step_widths))
-    ts = jnp.linspace(0.0, t_end, 121)
+    ts = grid(t_end)
     tr = dynamics.solve(K, BT, f0, ts, method="closed_form")
     assert float(tr.bound) < 1e-9
     ode = dynamics.solve(K, BT, f0, ts, method="ode", rtol=1e-10)
@@ -543,7 +550,7 @@ def test_closed_form_aligned_matches_ode_whole_staircase(feature_problem):
     dt = 2e-3
     nsub = int(round(float(ts[1]) / dt))
     dt = float(ts[1]) / nsub
-    fr = np.asarray(rk4_kernel(f0, K, dt=dt, nsub=nsub, nsave=120))
+    fr = np.asarray(rk4_kernel(f0, K, dt=dt, nsub=nsub, nsave=NT - 1))
     assert gram_rel_err(np.asarray(tr.f), fr).max() < 1e-6
 
 
@@ -553,7 +560,7 @@ def test_closed_form_random_init_feature_kernel(feature_problem):
         f0 = random_f0(K, k, alpha, seed=seed)
         res = sw.stepwise(K, f0, k)
         t_end = float(np.max(res.step_times + 3 * res.step_widths))
-        ts = jnp.linspace(0.0, t_end, 121)
+        ts = grid(t_end)
         tr = dynamics.solve(K, BT, f0, ts, method="closed_form")
         ode = dynamics.solve(K, BT, f0, ts, method="ode", rtol=1e-10)
         bound = float(tr.bound)
@@ -600,7 +607,7 @@ def test_gradients_match_finite_differences(feature_problem):
     xi = random_f0(K, k, 1.0, seed=12)
     res0 = sw.stepwise(K, 1e-4 * xi, k)
     T = float(res0.step_times[1] + 0.3 * res0.step_widths[1])     # mid-staircase: L'(T) sizable
-    ts = jnp.asarray([0.0, T])
+    ts = grid(T)                                   # loss at ts[-1] = T
 
     def t_step(alpha, s):
         return sw.stepwise(s * K, alpha * xi, k).step_times[1]
@@ -631,13 +638,13 @@ def test_gradients_match_finite_differences(feature_problem):
 def test_jit_and_vmap_over_alpha(feature_problem):
     K, k, gam = feature_problem
     xi = random_f0(K, k, 1.0, seed=13)
-    ts = jnp.linspace(0.0, 40.0, 9)
+    ts = grid(40.0)
     alphas = jnp.asarray([1e-6, 1e-4, 1e-2])
     # K passed as an argument: closed-over concrete arrays would hit the value checks of
     # sslntk._validate inside the trace
     batched = jax.jit(jax.vmap(lambda a, K: cf.solve_closed_form(K, BT, a * xi, ts),
                                in_axes=(0, None)))(alphas, K)
-    assert batched.f.shape == (3, 9, 24, k) and batched.loss.shape == (3, 9)
+    assert batched.f.shape == (3, NT, 24, k) and batched.loss.shape == (3, NT)
     for i, a in enumerate(alphas):
         one = cf.solve_closed_form(K, BT, a * xi, ts)
         np.testing.assert_allclose(batched.f[i], one.f, rtol=1e-9, atol=1e-14)
@@ -651,7 +658,7 @@ def test_float32_path(feature_problem):
     K, k, gam = feature_problem
     K32 = K + 1e-2 * jnp.eye(K.shape[0])                          # cond ~1e2 for float32
     f0 = random_f0(K32, k, 1e-3, seed=14)
-    ts = jnp.linspace(0.0, 30.0, 7)
+    ts = grid(30.0)
     t64 = cf.solve_closed_form(K32, BT, f0, ts)
     t32 = cf.solve_closed_form(K32.astype(jnp.float32), BT, f0.astype(jnp.float32),
                                ts.astype(jnp.float32))
@@ -666,7 +673,7 @@ def test_float32_path(feature_problem):
 def test_validation_errors(feature_problem):
     K, k, gam = feature_problem
     f0 = random_f0(K, k, 1e-3)
-    ts = jnp.linspace(0, 1, 3)
+    ts = grid(1.0)
     with pytest.raises(ValueError, match="lam = 1 only.*lam = 0.005"):
         cf.solve_closed_form(K, losses.get("barlow_twins", lam=0.005), f0, ts)
     with pytest.raises(ValueError, match="lam = 0.005"):

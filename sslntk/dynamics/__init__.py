@@ -21,9 +21,8 @@ error when asked for. `method="auto"` picks one with `choose_method` and records
 Status semantics (`Trajectory.status`, int, per batch element under vmap):
   SUCCESS (0)   every requested time reached, all saved values finite;
   MAX_STEPS (1) the step budget (`max_steps`) ran out; times not reached hold NaN;
-  NONFINITE (2) NaN/inf appeared in the state, its derivative or the loss; the solve stopped there
-                (ode/constrained) and later times hold NaN, or (gd) values after the blow-up are
-                whatever the iteration produced (NaN/inf);
+  NONFINITE (2) NaN/inf appeared in the state, its derivative or the loss; saved times after the
+                blow-up hold NaN (ode/constrained) or whatever the iteration produced (gd);
   FAILED (3)    any other solver failure (e.g. implicit-solver non-convergence).
 Outside jit, `solve` warns (RuntimeWarning) when a solve did not succeed; call
 `traj.raise_if_failed()` to turn that into an error.

@@ -197,21 +197,23 @@ def _all_finite(tree) -> jax.Array:
 
 
 class Integrated(NamedTuple):
-    ys: Any               # pytree, leading axis T; NaN at times the solver did not reach
+    ys: Any               # pytree, leading axis T; NaN at times not reached or after a blow-up
     status: jax.Array     # SUCCESS / MAX_STEPS / NONFINITE / FAILED (values checked later too)
     n_steps: jax.Array    # accepted steps
-    reached: jax.Array    # (T,) bool
+    reached: jax.Array    # (T,) bool: reached with a finite vector field
 
 
 def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps, pcoeff, icoeff,
               adjoint, progress: bool, retract=None) -> Integrated:
     """Integrate `dy/dt = vector_field(t, y, args)` from t = 0 and save at `ts` (diffrax).
 
-    Non-finite detection: the vector field is guarded — when any entry of `vector_field(t, y)` is
-    NaN/inf the derivative is replaced by 0 and a scalar flag (extra state, d(flag)/dt = 1) is
-    raised; a diffrax `Event` terminates the solve at the first accepted step with flag > 0, so a
-    blow-up ends in a few steps with status NONFINITE instead of shrinking dt until `max_steps`.
-    Status: diffrax `successful` → SUCCESS, the flag event → NONFINITE, `max_steps_reached` →
+    Non-finite detection: the vector field is guarded. When any entry of `vector_field(t, y)` is
+    NaN/inf the derivative is replaced by 0 and a scalar flag (extra state, d(flag)/dt = 1) rises.
+    The frozen state then has a zero error estimate, so the adaptive steps grow geometrically and
+    the solve ends within a few dozen steps instead of shrinking dt until `max_steps` (a diffrax
+    `Event` would stop at once but adds ~1 s of tracing to every compilation). Saved values with
+    flag > 0 become NaN and the status NONFINITE.
+    Status: diffrax `successful` → SUCCESS (NONFINITE if the flag rose), `max_steps_reached` →
     MAX_STEPS, anything else (e.g. implicit-solver divergence) → FAILED. `throw=False` throughout.
     """
     dtype = jax.tree_util.tree_leaves(y0)[0].dtype
@@ -226,23 +228,22 @@ def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps,
     inner = make_solver(solver)
     if retract is not None:
         inner = _Retracted(inner, lambda y: (retract(y[0]), y[1]))
-    event = diffrax.Event(lambda t, y, args, **kw: y[1] > 0)
     controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff)
     meter = diffrax.TextProgressMeter(minimum_increase=0.05) if progress \
         else diffrax.NoProgressMeter()
-    t1 = ts[-1]
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(guarded), inner, t0=jnp.zeros((), ts.dtype), t1=t1, dt0=dt0,
+        diffrax.ODETerm(guarded), inner, t0=jnp.zeros((), ts.dtype), t1=ts[-1], dt0=dt0,
         y0=(y0, jnp.zeros((), dtype)), args=args, saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=controller, max_steps=max_steps, adjoint=adjoint, event=event,
-        throw=False, progress_meter=meter)
+        stepsize_controller=controller, max_steps=max_steps, adjoint=adjoint, throw=False,
+        progress_meter=meter)
     res = sol.result
-    reached = jnp.isfinite(sol.ts)
-    status = jnp.where(res == diffrax.RESULTS.successful, SUCCESS,
-                       jnp.where(res == diffrax.RESULTS.event_occurred, NONFINITE,
-                                 jnp.where(res == diffrax.RESULTS.max_steps_reached, MAX_STEPS,
-                                           FAILED)))
-    ys = jax.tree_util.tree_map(lambda y: nan_unreached(y, reached), sol.ys[0])
+    ys, flag = sol.ys
+    blown = flag > 0
+    reached = jnp.isfinite(sol.ts) & ~blown
+    status = jnp.where(res == diffrax.RESULTS.successful,
+                       jnp.where(jnp.any(blown), NONFINITE, SUCCESS),
+                       jnp.where(res == diffrax.RESULTS.max_steps_reached, MAX_STEPS, FAILED))
+    ys = jax.tree_util.tree_map(lambda y: nan_unreached(y, reached), ys)
     return Integrated(ys, status, sol.stats["num_accepted_steps"], reached)
 
 

@@ -140,7 +140,8 @@ def solve_many(K, loss, f0s, ts, method: str = "eigen", *, m: int | None = None,
     for k in sorted(set(ks)):
         idx = [i for i in range(B) if ks[i] == k]
         F0 = jnp.stack([f0_list[i] for i in idx])
-        L = jax.tree_util.tree_map(lambda c: c[np.asarray(idx)], loss) if batched else loss
+        sel = np.asarray(idx)
+        L = jax.tree_util.tree_map(lambda c, sel=sel: c[sel], loss) if batched else loss
         F0t = None if K_test_train is None else jnp.stack([jnp.asarray(tests[i]) for i in idx])
         tr = batched_run(F0, L, F0t)
         for j, i in enumerate(idx):

@@ -114,6 +114,8 @@ def _check_loss(loss, x, model):
         if getattr(out, "shape", None) != ():
             raise ValueError(f"loss: expected a scalar for embeddings {f_shape.shape}, got shape "
                              f"{getattr(out, 'shape', out)}")
+    if not isinstance(loss, L.Loss):  # a plain function: make it a (static) pytree for jax.jit
+        loss = jax.tree_util.Partial(loss)
     return loss
 
 
@@ -217,6 +219,12 @@ class _Engine:
         return id(self)
 
 
+def _describe(model) -> str:
+    """A stable description of the model for checkpoint fingerprints (no object ids)."""
+    attrs = ("arch", "width", "out_dim", "in_shape", "alpha")
+    return type(model).__name__ + repr({a: getattr(model, a, None) for a in attrs})
+
+
 def _fingerprint(*parts) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -246,7 +254,8 @@ def _run(engine, params, rest, keys, x, xt, loss, lr, steps, s_save, *, checkpoi
     treedef = jax.tree.structure((params, opt_state))
     fp = _fingerprint(*jax.tree.leaves(params), *jax.tree.leaves(rest), keys, x,
                       xt if xt is not None else "no-test", repr(loss), lr, steps, s_save,
-                      engine.batch_pairs, repr(engine.tx), *fingerprint_parts)
+                      engine.batch_pairs, str(jax.tree.structure((params, rest))),
+                      *fingerprint_parts)
     i0, step = 0, 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
@@ -421,7 +430,7 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
         engine, params, rest, key, x, xt, loss, float(lr), steps, s_save, checkpoint=checkpoint,
         progress=progress, label=f"train {type(model).__name__} width "
                                  f"{getattr(model, 'width', '?')}",
-        callback=callback, fingerprint_parts=(repr(graphdef), optimizer))
+        callback=callback, fingerprint_parts=(_describe(model), optimizer))
     return TrainResult(ts=s_save * float(lr), steps=s_save, f=jnp.asarray(f), loss=jnp.asarray(lv),
                        f_test=None if ft is None else jnp.asarray(ft), status=status,
                        model=nnx.merge(graphdef, params, rest), lr_rate=rate)
@@ -450,7 +459,7 @@ def train_batched(models_state, views, loss, *, lr: float, steps: int, optimizer
     params, f, lv, ft, status = _run(
         engine, params, rest, keys, x, xt, loss, float(lr), steps, s_save, checkpoint=checkpoint,
         progress=progress, label=f"train {keys.shape[0]} seeds width {getattr(model0, 'width', '?')}",
-        callback=None, fingerprint_parts=(repr(graphdef), optimizer, "batched"))
+        callback=None, fingerprint_parts=(_describe(model0), optimizer, "batched"))
     return TrainResult(ts=s_save * float(lr), steps=s_save, f=jnp.asarray(f), loss=jnp.asarray(lv),
                        f_test=None if ft is None else jnp.asarray(ft), status=status,
                        model=None, lr_rate=rate, params=(graphdef, params, rest))
