@@ -17,7 +17,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sslntk import data, finite, kernels, losses
 
@@ -62,7 +61,7 @@ def main():
                                                     progress=False, check_lr=False).f, 2, extra)
     seq = steps_per_s(lambda s: [finite.train(m, views, loss, lr=0.01, steps=s, key=kk,
                                               progress=False, check_lr=False).f
-                                 for m, kk in zip(models, keys)], 2, extra)
+                                 for m, kk in zip(models, keys, strict=True)], 2, extra)
     print(f"{S} seeds width {w}: vmapped {vm:.2f} steps/s (all seeds), sequential {seq:.2f} "
           f"steps/s (all seeds) -> vmapped/sequential speed ratio {vm / seq:.2f}")
 

@@ -11,8 +11,10 @@ Conventions (DESIGN.md):
   `[a_1..a_n, b_1..b_n]`; those that need several augmentations per sample (`stability`, `lidar`,
   `center_vector`, `sample_means`) take grouped `(..., N, K, d)`; `group_views` converts.
 - **dtype-preserving, jittable.** float32 in, float32 out; every function can be called inside
-  `jax.jit`/`jax.vmap` (Python-level options are static). Value checks (NaN/inf, full column rank,
-  increasing times) run only on concrete arrays at the API boundary; shape/dtype checks always run.
+  `jax.jit`/`jax.vmap`. Options that change shapes or branches (`center`, `stacked`, `normalize`,
+  `fit_range`) are Python values; numeric constants (ε, δ, α, t, rtol, min_final) may be traced,
+  e.g. vmapped over a sweep. Value checks (NaN/inf, full column rank, increasing times) run only on
+  concrete arrays at the API boundary; shape/dtype checks always run.
 - **Undefined is NaN, documented.** An entropy rank of an all-zero spectrum (e.g. the embeddings
   of an α = 0 initialisation, or a constant matrix after centring) is NaN, never 0/0 by accident:
   means are taken relative to the first sample, so a constant input centres to exact zeros.
@@ -271,10 +273,11 @@ def alpha_req(f, *, fit_range: tuple[int, int] | None = None, rtol=None) -> jax.
     """
     f = _embeddings("f", f)
     k = f.shape[-1]
-    lo, hi = (1, k) if fit_range is None else fit_range
-    if not (isinstance(lo, (int, np.integer)) and isinstance(hi, (int, np.integer))
-            and not isinstance(lo, bool) and not isinstance(hi, bool)):
+    pair = (1, k) if fit_range is None else tuple(np.atleast_1d(np.asarray(fit_range, dtype=object)))
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 for v in pair):
         raise TypeError(f"fit_range: expected a pair of integer ranks (lo, hi), got {fit_range!r}")
+    lo, hi = (int(v) for v in pair)
     if not 1 <= lo < hi <= k:
         raise ValueError(f"fit_range: expected 1 <= lo < hi <= k = {k} (1-based ranks), "
                          f"got {fit_range!r}")
@@ -284,7 +287,7 @@ def alpha_req(f, *, fit_range: tuple[int, int] | None = None, rtol=None) -> jax.
     return _alpha_req(f, lo, hi, rtol)
 
 
-@partial(jax.jit, static_argnames=("lo", "hi"))
+@jax.jit
 def _alpha_req(f, lo, hi, rtol):
     k = f.shape[-1]
     lam = _covariance_spectrum(f, True)
@@ -549,8 +552,10 @@ def step_times(spectra, ts, *, min_final: float = 0.0) -> jax.Array:
     if ts.shape[0] != T:
         raise ValueError(f"ts: expected shape (T,) = ({T},) to match spectra (..., T, k), got "
                          f"shape {tuple(ts.shape)}")
-    if V.is_concrete(ts) and not bool(jnp.all(ts >= 0) & jnp.all(jnp.diff(ts) > 0)):
-        raise ValueError(f"ts: expected times >= 0 and strictly increasing, got {np.asarray(ts)}")
+    if V.is_concrete(ts):
+        t = np.asarray(ts)
+        if not (np.all(t >= 0) and np.all(np.diff(t) > 0)):
+            raise ValueError(f"ts: expected times >= 0 and strictly increasing, got {t}")
     V.positive_float("min_final", min_final, allow_zero=True)
     dtype = jnp.result_type(spectra.dtype, ts.dtype)
     return _step_times(spectra.astype(dtype), ts.astype(dtype), min_final)

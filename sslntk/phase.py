@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslntk import _validate as V
-from sslntk import data
 from sslntk.theory import _checks as C
 from sslntk.theory import landscape as L
 
@@ -136,23 +135,18 @@ def _grid(As, Ss, gammas, tau, init, lr, steps, warmup, *, model):
     return jax.vmap(jax.vmap(cell, (None, None, 0)), (0, 0, None))(As, Ss, gammas)
 
 
-def _covariances(x_axis, xs, *, spectrum, b, delta2, sigma_w2, dim, dtype, key):
-    """Per-row population covariances (A, B) from `sslntk.data` (spiked model / two-class mixture)."""
-    As, Bs = [], []
-    for x in xs:
-        if x_axis == "augmentation":
-            ds = data.load("spiked", n=2, key=key, spikes=tuple(spectrum), sigma=float(np.sqrt(x)),
-                           dtype=dtype)
-            As.append(np.asarray(ds.A, np.float64))
-            Bs.append(np.asarray(ds.B, np.float64))
-        else:
-            ds = data.load("gaussian_mixture", n=2, key=key, n_classes=2, dim=dim,
-                           separation=float(np.sqrt(delta2)), within_std=float(np.sqrt(sigma_w2)),
-                           weights=[float(x), 1.0 - float(x)], dtype=dtype)
-            A = np.asarray(ds.A, np.float64)
-            As.append(A)
-            Bs.append(b * np.eye(A.shape[0]))
-    return np.stack(As), np.stack(Bs)
+def _covariances(x_axis, xs, *, spectrum, b, delta2, sigma_w2, dim):
+    """Per-row population covariances (A, B), exactly those of `sslntk.data`'s models (tested):
+    spiked `A = diag(spectrum)`, `B = σ² I`; two-class mixture with fractions (p, 1 − p), mean gap
+    δ along e_1 and within-class variance σ_w²: `A = σ_w² I + p(1 − p) δ² e_1e_1ᵀ`, `B = b I`."""
+    if x_axis == "augmentation":
+        As = np.broadcast_to(np.diag(spectrum), (xs.size, spectrum.size, spectrum.size))
+        Bs = xs[:, None, None] * np.eye(spectrum.size)
+    else:
+        As = np.broadcast_to(sigma_w2 * np.eye(dim), (xs.size, dim, dim)).copy()
+        As[:, 0, 0] += xs * (1 - xs) * delta2
+        Bs = np.broadcast_to(b * np.eye(dim), As.shape)
+    return np.array(As, dtype=np.float64), np.array(Bs, dtype=np.float64)
 
 
 def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, gamma, key,
@@ -164,9 +158,10 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
     """Simulate and predict a collapse phase diagram over `x × gamma`.
 
     model: `"one_layer"` (M1) or `"two_layer"` (M2, square `h = d_out = d` by default).
-    x_axis: `"augmentation"` — x = σ², `A = diag(spectrum)`, `B = σ² I` (`data.load("spiked")`);
-        `"imbalance"` — x = minority fraction p ∈ (0, 1), A the population covariance of a two-class
-        mixture in `dim` dimensions (`data.load("gaussian_mixture")`, squared mean gap `delta2`,
+    x_axis: `"augmentation"` — x = σ², `A = diag(spectrum)`, `B = σ² I` (the covariances of
+        `data.load("spiked", spikes=spectrum, sigma=σ)`); `"imbalance"` — x = minority fraction
+        p ∈ (0, 1), A the population covariance of a two-class mixture in `dim` dimensions (as
+        `data.load("gaussian_mixture", weights=[p, 1 − p])`; squared mean gap `delta2`,
         within-class variance `sigma_w2`), `B = b I` (b matters for M2 only).
     gamma: weight decays (>= 0). tau: temperature of the canonical landscape.
     key: a `jax.random` key for the random orthonormal initial frames (same key, same result).
@@ -208,9 +203,8 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
     h = d if h is None else V.positive_int("h", h)
 
     As, Bs = _covariances(x_axis, xs, spectrum=spectrum if x_axis == "augmentation" else None,
-                          b=b, delta2=float(delta2), sigma_w2=float(sigma_w2), dim=d,
-                          dtype=dtype, key=key)
-    # eigenvalues in a common basis: A and B commute in both sweeps (B ∝ I, or A diagonal)
+                          b=b, delta2=float(delta2), sigma_w2=float(sigma_w2), dim=d)
+    # eigenvalues in a common basis: A and B commute in both sweeps (B ∝ I, A diagonal)
     a = np.linalg.eigvalsh(As)[:, ::-1]
     bvals = np.array([np.diag(Q.T @ B @ Q) for Q, B in
                       zip(np.linalg.eigh(As)[1][:, :, ::-1], Bs, strict=True)])
@@ -224,10 +218,10 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
         sol = L.m2_solution(a[:, None, :], bvals[:, None, :], tau, gs[None, :], d_out, h)
         pred, meta = np.asarray(sol.rank), np.asarray(sol.metastable_rank)
 
-    k_u, k_w = jax.random.split(key)
+    rng = _rng(key)
     if model == "one_layer":
         scale = 1e-2 if init_scale is None else float(C.positive("init_scale", init_scale))
-        init = scale * _frame(k_w, d_out, d, dtype)
+        init = scale * _frame(rng, d_out, d, dtype)
         # curvature at the minimum is 4(a_i − γτ)/τ <= 4 a_1/τ: lr·curvature <= 1
         lr = 0.25 * tau / float(np.max(a)) if lr is None else lr
     else:
@@ -235,7 +229,7 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
         s0 = 1.05 * float(np.max(s_infl)) if init_scale is None else float(
             C.positive("init_scale", init_scale))
         c = np.sqrt(s0)
-        init = (c * _frame(k_u, d_out, h, dtype), c * _frame(k_w, h, d, dtype))
+        init = (c * _frame(rng, d_out, h, dtype), c * _frame(rng, h, d, dtype))
         lr = 0.5 / _m2_curvature(a, bvals, tau, 0.0, np.sqrt(a * tau) / (a + bvals)) \
             if lr is None else lr
         warm_lr = min(float(lr), 0.5 / _m2_curvature(a, bvals, tau, float(np.max(gs)), s0))
@@ -266,8 +260,22 @@ def _m2_curvature(a, b, tau, gamma, s):
     return float(max(np.max(2 * s * np.abs(d2) + np.abs(d1)), 1e-12))
 
 
-def _frame(key, rows, cols, dtype):
+def _rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by the bits of a `jax.random` key (same key, same frames), which
+    avoids compiling threefry for a handful of small random matrices."""
+    try:
+        bits = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) \
+            else key
+        bits = np.asarray(bits)
+    except (AttributeError, TypeError) as e:
+        raise TypeError(f"key: expected a jax.random key, got {type(key).__name__}") from e
+    if bits.dtype != np.uint32 or bits.ndim != 1:
+        raise TypeError(f"key: expected a jax.random key, got array of dtype {bits.dtype} and "
+                        f"shape {bits.shape}")
+    return np.random.default_rng(bits.tolist())
+
+
+def _frame(rng, rows, cols, dtype):
     """`(rows, cols)` with orthonormal rows (rows <= cols) or columns (rows > cols)."""
-    g = jax.random.normal(key, (max(rows, cols), min(rows, cols)), dtype)
-    q, _ = jnp.linalg.qr(g)
-    return q.T if rows <= cols else q
+    q, _ = np.linalg.qr(rng.normal(size=(max(rows, cols), min(rows, cols))))
+    return jnp.asarray(q.T if rows <= cols else q, dtype)

@@ -333,14 +333,14 @@ def test_check11_squared_distance_constrained_bottom_k():
 # checks 12–16: width-independent form and the NTK deviation
 
 
-def _features(X, h, key, dtype=np.float64):
+def _features(X, h, seed):
     """Random tanh features φ(x) = h^{-1/2} tanh(V x), V ~ N(0, 1/d) frozen (digest §1.2)."""
-    V = np.asarray(jax.random.normal(key, (h, X.shape[1]), jnp.float64)) / np.sqrt(X.shape[1])
-    return (np.tanh(X @ V.T) / np.sqrt(h)).astype(dtype)
+    V = np.random.default_rng(seed).normal(size=(h, X.shape[1])) / np.sqrt(X.shape[1])
+    return np.tanh(X @ V.T) / np.sqrt(h)
 
 
-def _haar(key, h, k):
-    return np.linalg.qr(np.asarray(jax.random.normal(key, (h, k), jnp.float64)))[0]
+def _haar(seed, h, k):
+    return np.linalg.qr(np.random.default_rng(seed).normal(size=(h, k)))[0]
 
 
 @pytest.fixture(scope="module")
@@ -356,8 +356,8 @@ def rf():
 def test_check12_13_width_independent_form_matches_parameter_flow(rf):
     Z, S = rf["Z"], rf["S"]
     h, k = 128, 3
-    phi = _features(Z, h, jax.random.PRNGKey(0))
-    W0 = _haar(jax.random.PRNGKey(1), h, k)
+    phi = _features(Z, h, 0)
+    W0 = _haar(1, h, k)
     M = phi.T @ S @ phi
     Kmat, F0 = phi @ phi.T, phi @ W0
     ts = np.array([0.5, 1.0, 2.0])
@@ -411,8 +411,8 @@ def test_width_free_flow_matches_dynamics_constrained(rf):
 
 
 def _width_stats(Z, S, h, seed, k=3):
-    phi = _features(Z, h, jax.random.PRNGKey(100 + seed))
-    W0 = _haar(jax.random.PRNGKey(200 + seed), h, k)
+    phi = _features(Z, h, 100 + seed)
+    W0 = _haar(200 + seed, h, k)
     Kmat = phi @ phi.T
     lim = np.asarray(col.width_free_limit(Kmat, S, k))
     kernel_change = np.linalg.norm(lim) / np.linalg.norm(Kmat)       # ||K_∞ − K_0||/||K_0||
@@ -445,8 +445,8 @@ def test_check16_boundedness(rf):
     """Constrained: ||F(t)||_2 <= ||phi||_2 at all t; naive (NTK) ||F_lin|| grows with late-time
     log-slope 2λ_1 ± 5% (h = 1024, from the width-independent form)."""
     Z, S = rf["Z"], rf["S"]
-    phi = _features(Z, 1024, jax.random.PRNGKey(5))
-    W0 = _haar(jax.random.PRNGKey(6), 1024, 3)
+    phi = _features(Z, 1024, 5)
+    W0 = _haar(6, 1024, 3)
     Kmat, F0 = phi @ phi.T, phi @ W0
     ts = np.linspace(0, 200, 41)
     wf = col.width_free_flow(Kmat, S, F0, ts)
@@ -469,8 +469,8 @@ def test_check15_escape_time_grows_like_log_width(rf):
     t_half, scale, lam1 = (np.zeros((len(hs), seeds)) for _ in range(3))
     for i, h in enumerate(hs):
         for s in range(seeds):
-            phi = _features(Z, h, jax.random.PRNGKey(300 + s))
-            W0 = _haar(jax.random.PRNGKey(400 + s), h, 3)
+            phi = _features(Z, h, 300 + s)
+            W0 = _haar(400 + s, h, 3)
             Kmat, F0 = phi @ phi.T, phi @ W0
             gram = np.asarray(col.width_free_flow(Kmat, S, F0, ts).gram)
             loss = -np.einsum("ij,tij->t", S, gram)

@@ -50,7 +50,8 @@ def test_network_equals_stax(arch, shape):
     model = finite.network(arch, 16, 3, key=KEY, in_shape=shape, dtype=F64)
     p = finite.to_nt_params(model)
     assert jax.tree.structure(p) == jax.tree.structure(p_nt)
-    assert all(jnp.array_equal(a, b) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_nt)))
+    assert all(jnp.array_equal(a, b)
+               for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_nt), strict=True))
     x = jax.random.normal(jax.random.key(1), (6, *shape), F64)
     # float64 round-off of the same operations (1e-6 is the acceptance bound; we see ~1e-15).
     np.testing.assert_allclose(model(x), apply_fn(p_nt, x), rtol=0, atol=1e-6)
@@ -83,8 +84,8 @@ def test_nt_params_round_trip():
     finite.from_nt_params(model, p, init=False)       # θ only: θ₀ stays the original draw
     assert not jnp.array_equal(model.theta0[0][0], p[0][0])
     finite.from_nt_params(model, p)                     # θ and θ₀
-    assert all(jnp.array_equal(a, b) for a, b in
-               zip(jax.tree.leaves(finite.to_nt_params(model, init=True)), jax.tree.leaves(p)))
+    p_back = jax.tree.leaves(finite.to_nt_params(model, init=True))
+    assert all(jnp.array_equal(a, b) for a, b in zip(p_back, jax.tree.leaves(p), strict=True))
     x = jax.random.normal(jax.random.key(1), (3, *shape), F64)
     np.testing.assert_allclose(model(x), 0.5 * apply_fn(p, x), rtol=1e-12)
     with pytest.raises(ValueError, match="params"):
@@ -236,10 +237,11 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, digits_views, optimizer, b
     for name in ("f", "loss", "f_test", "ts"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(full, name))
     pa, pb = (jax.tree.leaves(nnx.state(r.model, nnx.Param)) for r in (full, resumed))
-    assert all(np.array_equal(a, b) for a, b in zip(pa, pb))
+    assert all(np.array_equal(a, b) for a, b in zip(pa, pb, strict=True))
     # a checkpoint of another run is refused, not silently used
     with pytest.raises(ValueError, match="different run"):
-        finite.train(m, digits_views, "barlow_twins", checkpoint=ck, **{**kw, "key": jax.random.key(9)})
+        finite.train(m, digits_views, "barlow_twins", checkpoint=ck,
+                     **{**kw, "key": jax.random.key(9)})
 
 
 def test_adam_and_gd_reduce_the_loss(digits_views):

@@ -281,11 +281,11 @@ def test_lidar_noise_collapse_scale_and_constant():
     assert abs(float(M.lidar(noise)) - 62.0) < 0.62
     assert abs(float(M.lidar(0.7 + 1e-3 * noise)) - 61.9) < 0.62
     # scale invariance: exact with δ = 0, and up to δ/σ_w² with the default δ
-    e = _class_data(r, 200, 8, 16, 4, 0.1)
+    e = _class_data(r, 40, 5, 6, 2, 0.1)
     np.testing.assert_allclose(M.lidar(1e3 * e, delta=0.0), M.lidar(e, delta=0.0), rtol=1e-10)
     np.testing.assert_allclose(M.lidar(1e3 * e), M.lidar(10 * e), rtol=1e-3)
     # exactly constant input: Σ_b = 0 → NaN (not a 0/0 that looks like a rank)
-    assert np.isnan(float(M.lidar(np.full((20, 3, 5), 0.3))))
+    assert np.isnan(float(M.lidar(np.full((40, 5, 6), 0.3))))
     # bounded by min(d, n − 1) (up to the ε mass)
     small = r.standard_normal((5, 4, 16))
     assert float(M.lidar(small)) <= 4 + 1e-3
@@ -334,16 +334,15 @@ def test_uniformity_uniform_sphere():
     np.testing.assert_allclose(uniform_sphere_uniformity(128), -3.93753, atol=1e-5)
     np.testing.assert_allclose(uniform_sphere_uniformity(64), -3.8752, atol=1e-4)
     r = rng(12)
-    for d in (128, 64):
-        z = sphere(r, (3000, d))
-        assert abs(float(M.uniformity(z, stacked=False)) - uniform_sphere_uniformity(d)) < 1e-3
+    z = sphere(r, (3000, 128))
+    assert abs(float(M.uniformity(z, stacked=False)) - uniform_sphere_uniformity(128)) < 1e-3
 
 
 def test_uniformity_jensen_bound():
     """Jha check 19: L_uniform(2) >= −4 (1 − m), m = (N² ||ŝ||² − N)/(N(N − 1)), for mean shifts
-    spanning ||s||² from ~0.001 to ~0.86."""
+    taking ||s||² from ~1/N to ~0.99."""
     r = rng(13)
-    N, d = 400, 32
+    N, d = 40, 6
     c = sphere(r, d)
     for shift in (0.0, 0.3, 1.0, 3.0, 10.0):
         z = sphere(r, (N, d)) + shift * c
@@ -358,8 +357,8 @@ def test_uniformity_jensen_bound():
 
 def test_stability_complete_collapse():
     """Jha check 1."""
-    c = sphere(rng(14), 16)
-    st = M.stability(np.tile(5.0 * c, (30, 4, 1)))
+    c = sphere(rng(14), 10)
+    st = M.stability(np.tile(5.0 * c, (50, 3, 1)))
     for v in (st.center_norm, st.mean_norm, st.ratio, st.mean_norm_sq_u, st.center_norm_sq_u):
         np.testing.assert_allclose(v, 1.0, atol=1e-6)
     assert float(st.trace_between) == 0.0 and float(st.trace_within) == 0.0
@@ -370,7 +369,7 @@ def test_stability_invariant_uniform_vs_no_invariance():
     r = rng(15)
     N, d = 2000, 128
     u = sphere(r, (N, 1, d))
-    inv = M.stability(np.repeat(u, 2, axis=1))
+    inv = M.stability(np.repeat(u, 4, axis=1))
     np.testing.assert_allclose(inv.mean_norm, 1.0, rtol=F64_EXACT)
     np.testing.assert_allclose(inv.mean_norm_sq_u, 1.0, rtol=F64_EXACT)
     # ||ŝ||² ~ χ²_d/(dN): sd of ||ŝ|| sqrt(N) is sqrt(1/(2d)) ≈ 0.06 (digest got 0.93): ±0.3 is 5 sd
@@ -416,9 +415,9 @@ def test_stability_alignment_link_and_u_statistics():
     st = M.stability(z)
     np.testing.assert_allclose(st.mean_norm_sq_u, 1 - float(M.alignment(f)) / 2, rtol=F64_EXACT)
     # explicit pair sums
-    g = r.standard_normal((6, 3, 5))
+    g = r.standard_normal((50, 3, 10))
     u = g / np.linalg.norm(g, axis=-1, keepdims=True)
-    N, K = 6, 3
+    N, K = 50, 3
     mu = u.mean(1)
     mu_u = np.mean([sum(u[n, k] @ u[n, l] for k in range(K) for l in range(K) if k != l)
                     / (K * (K - 1)) for n in range(N)])
@@ -444,14 +443,14 @@ def test_stability_near_collapse_flagged():
     with N = 2000 samples both are averages of bounded terms, sampling sd < 1e-3); R > 0.5 flags
     it while the invariant uniform case (check 2) stays unflagged."""
     r = rng(18)
-    N, K, d = 2000, 2, 128
+    N, K, d = 2000, 4, 128
     c = sphere(r, d)
     u = sphere(r, (N, 1, d))
     st = M.stability(3 * c + u + 0.05 * r.standard_normal((N, K, d)))
     assert abs(float(st.ratio) - 0.945) < 0.02
     assert abs(float(st.center_norm) - 0.93) < 0.02
     assert float(st.ratio) > 0.5
-    assert float(M.stability(np.repeat(u, 2, axis=1)).ratio) < 0.5
+    assert float(M.stability(np.repeat(u, K, axis=1)).ratio) < 0.5
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from sslntk import phase
+from sslntk import data, phase
 from sslntk.theory import landscape as L
 
 KEY = jax.random.PRNGKey(0)
@@ -52,7 +52,7 @@ def test_one_layer_imbalance_boundary_within_one_cell():
     assert pd.agreement() >= 0.95
     # the class-direction boundary is the imbalance law a_e(p) = γτ (digest §4.2)
     a_e = np.asarray(L.imbalance_variance(X_IMB, 4.0, 0.1))
-    np.testing.assert_allclose(pd.a[:, 0], a_e, rtol=1e-6)   # data's population A (float64)
+    np.testing.assert_allclose(pd.a[:, 0], a_e, rtol=1e-12)
     np.testing.assert_array_equal(pd.predicted_rank,
                                   (a_e[:, None] > GAMMA[None, :]).astype(int)
                                   + (0.1 > GAMMA[None, :]).astype(int))
@@ -65,6 +65,24 @@ def test_other_diagrams_boundary_within_one_cell(model, x_axis):
                              gamma=GAMMA, key=KEY)
     print(pd.summary())
     assert np.all(pd.boundary_agreement() <= 1.0), pd.boundary_agreement()
+
+
+def test_covariances_are_those_of_the_data_models():
+    """The sweeps' (A, B) equal `sslntk.data`'s population covariances of the same models."""
+    x = np.array([0.25, 0.4])
+    As, Bs = phase._covariances("augmentation", x, spectrum=np.array([4.0, 2.0, 1.0, 0.5]), b=1.0,
+                                delta2=4.0, sigma_w2=0.1, dim=2)
+    Ai, Bi = phase._covariances("imbalance", x, spectrum=None, b=0.7, delta2=4.0, sigma_w2=0.1,
+                                dim=3)
+    for i, xi in enumerate(x):
+        ds = data.load("spiked", n=2, key=KEY, spikes=(4.0, 2.0, 1.0, 0.5), sigma=np.sqrt(xi),
+                       dtype=np.float64)
+        np.testing.assert_allclose(As[i], np.asarray(ds.A), atol=1e-12)
+        np.testing.assert_allclose(Bs[i], np.asarray(ds.B), atol=1e-12)
+        gm = data.load("gaussian_mixture", n=2, key=KEY, n_classes=2, dim=3, separation=2.0,
+                       within_std=np.sqrt(0.1), weights=[xi, 1 - xi], dtype=np.float64)
+        np.testing.assert_allclose(Ai[i], np.asarray(gm.A), atol=1e-12)
+        np.testing.assert_allclose(Bi[i], 0.7 * np.eye(3), atol=0)
 
 
 def _pd(measured, predicted, hysteresis=None):

@@ -576,26 +576,33 @@ def test_closed_form_random_init_feature_kernel(feature_problem):
 def test_fewer_positive_modes_plateau():
     """Modes with γ ≤ 0 are never learned: the loss stays on the plateau k − #(γ > 0).
 
-    For a positive-definite K, M = K^{1/2} Z K^{1/2}/2n is congruent to Z (Sylvester's law of
-    inertia), so exactly n of its 2n eigenvalues are positive: with k > n outputs, k − n directions
-    are never learned. Here n = 3, k = 4: final plateau 1."""
+    Kernel: for a positive-definite K, M = K^{1/2} Z K^{1/2}/2n is congruent to Z (Sylvester's law
+    of inertia), so exactly n of its 2n eigenvalues are positive; with k > n outputs, k − n
+    directions are never learned (here n = 3, k = 4: plateau 1). Dynamics: the linear model with
+    only 3 positive γ among the top d = 5 (RK4) against the closed-form lift (plateau 2)."""
     K = feature_kernel(n=3, seed=3)
     n, k = 3, 4
     gam = np.asarray(sw.contrastive_modes(K, 2 * n)[0])
     assert np.sum(gam > 0) == n
-    f0 = random_f0(K, k, 1e-4, seed=1)
-    res = sw.stepwise(K, f0, k)
+    res = sw.stepwise(K, random_f0(K, k, 1e-4, seed=1), k)
     assert int(res.n_learned) == n
     assert np.all(np.isinf(np.asarray(res.step_times)[n:]))
     np.testing.assert_allclose(res.plateaus, [4, 3, 2, 1, 1])
     assert abs(float(res.loss[-1]) - 1.0) < 1e-6
-    ts = jnp.linspace(0.0, float(res.ts[-1]), 41)
-    tr = dynamics.solve(K, BT, f0, ts, method="closed_form")
-    dt = float(ts[1]) / 50
-    fr = np.asarray(rk4_kernel(f0, K, dt=dt, nsub=50, nsave=40))
-    L_ref = np.asarray(jax.vmap(BT)(jnp.asarray(fr)))
-    assert abs(float(tr.loss[-1]) - 1.0) < 1e-3 and abs(L_ref[-1] - 1.0) < 1e-3
-    assert np.abs(np.asarray(tr.loss) - L_ref).max() <= max(float(tr.bound), 1e-6)
+    # linear model, d = 5, γ = (1, .6, .36, −.05, −.1, …)
+    gl = np.array([1, .6, .36, -.05, -.1] + list(np.linspace(-.15, -.3, 15)))
+    G, Q = gamma_matrix(gl, seed=5)
+    W0 = 1e-4 * np.random.default_rng(6).normal(size=(5, 20))
+    Ws = np.asarray(rk4_linear(jnp.asarray(W0), jnp.asarray(G), dt=1e-3, nsub=5, nsave=2400))
+    ts = np.arange(2401) * 5e-3
+    L = np.sum((np.einsum("tkm,mn,tln->tkl", Ws, G, Ws) - np.eye(5)) ** 2, axis=(1, 2))
+    lift = sw.lifted_coefficients((W0 @ Q).T, gl, ts[::100])
+    W_lift = np.einsum("tji,mj,ki->tkm", lift.P, Q, lift.init.Q)
+    L_lift = np.sum((np.einsum("tkm,mn,tln->tkl", W_lift, G, W_lift) - np.eye(5)) ** 2, axis=(1, 2))
+    assert abs(L[-1] - 2.0) < 1e-4 and abs(L_lift[-1] - 2.0) < 1e-4
+    assert np.abs(L_lift - L[::100]).max() <= float(lift.estimate)
+    t = np.asarray(sw.step_time(gl[:5], lift.init.c0))
+    assert np.all(np.isfinite(t[:3])) and np.all(np.isinf(t[3:]))
 
 
 # ==============================================================================================
@@ -616,8 +623,9 @@ def test_gradients_match_finite_differences(feature_problem):
         return cf.solve_closed_form(s * K, BT, alpha * xi, ts).loss[-1]
 
     a0, s0 = 1e-4, 1.0
+    grads = {}
     for fn in (t_step, loss_T):
-        ga, gs = jax.grad(fn, argnums=(0, 1))(a0, s0)
+        ga, gs = grads[fn] = jax.grad(fn, argnums=(0, 1))(a0, s0)
         # central differences with h = 1e-4 relative: truncation ~h²·(f'''/f') ~ 1e-8, round-off
         # ~eps·|f|/(h·|f'|) ~ 1e-11 — both well below the 1e-5 tolerance
         ha, hs = 1e-4 * a0, 1e-4 * s0
@@ -627,8 +635,11 @@ def test_gradients_match_finite_differences(feature_problem):
         np.testing.assert_allclose(float(gs), float(fs), rtol=1e-5)
     # analytic check of the α derivative of a step time: dt/dα = −2 / (8 γ α (1 − c0))
     c0 = float(res0.c0[1])
-    np.testing.assert_allclose(float(jax.grad(t_step)(a0, s0)),
-                               -2 / (8 * gam[1] * a0 * (1 - c0)), rtol=1e-8)
+    np.testing.assert_allclose(float(grads[t_step][0]), -2 / (8 * gam[1] * a0 * (1 - c0)),
+                               rtol=1e-8)
+    # and of its K-scale derivative: γ ∝ s and c0 = γ R² ∝ s⁰ (f0 ∝ K^{1/2}-coefficients scale as
+    # s^{-1/2}, γ as s): t ∝ 1/s  ⇒  dt/ds = −t
+    np.testing.assert_allclose(float(grads[t_step][1]), -float(res0.step_times[1]), rtol=1e-8)
 
 
 # ==============================================================================================

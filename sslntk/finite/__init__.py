@@ -24,6 +24,13 @@ from sslntk.finite._network import (  # noqa: F401
     to_nt_params,
 )
 from sslntk.finite._ntk import empirical_ntk  # noqa: F401
+from sslntk.finite._sweep import (  # noqa: F401
+    ExponentFit,
+    WidthSweep,
+    fit_exponent,
+    relative_deviation,
+    width_sweep,
+)
 from sslntk.finite._train import (  # noqa: F401
     MAX_LR_RATE,
     OPTIMIZERS,
@@ -34,11 +41,4 @@ from sslntk.finite._train import (  # noqa: F401
     train,
     train_batched,
     unstack_model,
-)
-from sslntk.finite._sweep import (  # noqa: F401
-    ExponentFit,
-    WidthSweep,
-    fit_exponent,
-    relative_deviation,
-    width_sweep,
 )

@@ -295,11 +295,12 @@ def from_nt_params(model: Network, params, *, init: bool = True) -> Network:
     to the model's dtype. Returns `model`."""
     plan = _nt_layout(model)
     if not isinstance(params, (list, tuple)) or len(params) != len(plan):
+        got = len(params) if hasattr(params, "__len__") else "?"
         raise ValueError(f"params: expected the neural-tangents params list of {len(plan)} layers "
                          f"for this {model.arch.kind} (width {model.width}), got "
-                         f"{type(params).__name__} of length {len(params) if hasattr(params, '__len__') else '?'}")
+                         f"{type(params).__name__} of length {got}")
     layers = iter(model.layers)
-    for i, ((kind, wshape, bshape), p) in enumerate(zip(plan, params)):
+    for i, ((kind, wshape, bshape), p) in enumerate(zip(plan, params, strict=True)):
         if kind is None:
             continue
         if not isinstance(p, (list, tuple)) or len(p) != 2:

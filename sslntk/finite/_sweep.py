@@ -199,7 +199,7 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
     if not isinstance(arch, kernels.Arch):
         raise TypeError(f"arch: expected a sslntk.kernels.Arch, got {type(arch).__name__}")
     widths = [V.positive_int("widths[i]", w) for w in widths]
-    if not widths or any(b <= a for a, b in zip(widths, widths[1:])):
+    if not widths or any(b <= a for a, b in zip(widths, widths[1:], strict=False)):
         raise ValueError(f"widths: expected a non-empty increasing sequence, got {widths}")
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         seeds = list(range(V.positive_int("seeds", seeds)))
@@ -234,7 +234,7 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
     Ktt = None if xt is None else kernels.ntk(arch, xt, x)
     K_drift = K[:nd, :nd]
     ckdir = Path(checkpoint) if checkpoint is not None else None
-    W, S, T = len(widths), len(seeds), len(s_save)
+    W, S = len(widths), len(seeds)
     res: dict[str, list] = {name: [] for name in _FIELDS}
     seconds = []
 
@@ -266,14 +266,15 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                 trained = [unstack_model(r.params, i) for i in range(S)]
                 rate = np.asarray(r.lr_rate) if r.lr_rate is not None else np.full(S, np.nan)
             else:
-                rs = [train(m, x, loss, key=k, **kw) for m, k in zip(models, keys)]
+                rs = [train(m, x, loss, key=k, **kw)
+                      for m, k in zip(models, keys, strict=True)]
                 f_net = np.stack([np.asarray(r.f) for r in rs])
                 ft_net = None if xt is None else np.stack([np.asarray(r.f_test) for r in rs])
                 l_net = np.stack([np.asarray(r.loss) for r in rs])
                 trained = [r.model for r in rs]
                 rate = np.array([np.nan if r.lr_rate is None else float(r.lr_rate) for r in rs])
             f_ker, ft_ker, l_ker, drift, err0 = [], [], [], [], []
-            for m, mt in zip(models, trained):
+            for m, mt in zip(models, trained, strict=True):
                 f0 = m(x)
                 f0t = None if xt is None else m(xt)
                 traj = dynamics.solve(K, loss, f0, jnp.asarray(tgrid, x.dtype), method=method,
