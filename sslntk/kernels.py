@@ -239,6 +239,10 @@ def ntk_and_nngp(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtyp
         block_size = V.positive_int("block_size", block_size)
     if method == "auto":
         method = "native"
+    if not (V.is_concrete(x1) and (x2 is None or V.is_concrete(x2))):
+        # traced inputs (jax.grad / vmap w.r.t. augmentation strength, data, ...): assemble the
+        # blocks with jnp so the kernel stays differentiable; no host copy, no value checks
+        return _blocked_traced(arch, x1, x2, get, block_size, method)
     out = _blocked(arch, x1, x2, get, block_size, method, progress)
     bad = [g for g, k in zip(get, out, strict=True) if not np.all(np.isfinite(k))]
     if bad:
@@ -393,6 +397,29 @@ def _blocked(arch, x1, x2, get, block_size, method, progress) -> list[np.ndarray
                             o[s2, s1] = k.T
                 prog.update(1)
     return out
+
+
+def _blocked_traced(arch, x1, x2, get, block_size, method) -> tuple[jax.Array, ...]:
+    """`_blocked` for traced inputs: the same jitted block function, blocks joined with jnp."""
+    fn = _block_fn(arch, get, method)
+    sym = x2 is None
+    xb = x1 if sym else x2
+    b = block_size or auto_block_size(arch, x1.shape, x1.dtype)
+    nb1, r1 = _partition(x1.shape[0], b)
+    nb2, r2 = _partition(xb.shape[0], b)
+    rows = [[] for _ in get]
+    with jax.default_matmul_precision("highest"):
+        for i in range(nb1):
+            a, ra = _padded(x1, i * r1, r1)
+            cols = [[] for _ in get]
+            for j in range(nb2):
+                bb, rb = _padded(xb, j * r2, r2)
+                for c, k in zip(cols, fn(a, bb), strict=True):
+                    c.append(k[:ra, :rb])
+            for r, c in zip(rows, cols, strict=True):
+                r.append(jnp.concatenate(c, axis=1))
+    out = tuple(jnp.concatenate(r, axis=0) for r in rows)
+    return tuple(0.5 * (k + k.T) for k in out) if sym else out
 
 
 # --- the native recursion (same maths as neural-tangents' stax kernels) ---------------------------
