@@ -568,7 +568,9 @@ def _dual(arch, c, q1, q2, need_dot: bool):
         # arc-cosine's own conditioning error there.
         prod = o1 * o2
         r2 = prod - c**2
-        root = jnp.sqrt(jnp.where(r2 > 8 * jnp.finfo(c.dtype).eps * prod, r2, 0.0))
+        pos = r2 > 8 * jnp.finfo(c.dtype).eps * prod
+        # double `where`: no sqrt'(0) = inf reaches jax.grad through the masked branch
+        root = jnp.where(pos, jnp.sqrt(jnp.where(pos, r2, 1.0)), 0.0)
         ang = jnp.where((root == 0) & (c == 0), jnp.pi / 2, _atan2(root, c))  # nt's fill
         factor = (a - b) ** 2 / (2 * jnp.pi)
         dsig = (a**2 + b**2) / 2 - factor * ang

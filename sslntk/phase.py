@@ -154,7 +154,7 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
                   delta2: float = 4.0, sigma_w2: float = 0.1, dim: int = 2,
                   d_out: int | None = None, h: int | None = None, init_scale: float | None = None,
                   lr: float | None = None, steps: int | None = None, rtol: float = 1e-6,
-                  dtype=jnp.float64) -> PhaseDiagram:
+                  dtype=None) -> PhaseDiagram:
     """Simulate and predict a collapse phase diagram over `x × gamma`.
 
     model: `"one_layer"` (M1) or `"two_layer"` (M2, square `h = d_out = d` by default).
@@ -169,6 +169,7 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
         `lr = 1/(2·curvature bound)` at the γ = 0 minimum after a warm-up of 2τ time units at the
         rate the stiffer large init allows (`_m2_curvature`); `steps` = 200 time units / lr.
     rtol: rank threshold relative to τ (module docstring).
+    dtype: simulation dtype (default: float64 when x64 is enabled, else float32).
 
     Predictions: M1 rank `min(d_out, #{a_i > γτ})` (digest §2.1, independent of σ²); M2 global rank
     `#{γ < γ_c,i}` and metastable rank `#{γ < γ_s,i}` capped by `min(d_out, h)` (digest §2.2);
@@ -187,7 +188,7 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
     tau = float(C.positive("tau", tau))
     rtol = float(C.positive("rtol", rtol))
     b = float(C.nonneg("b", b))
-    dtype = jnp.dtype(dtype)
+    dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
     if x_axis == "augmentation":

@@ -64,8 +64,9 @@ def _bt_eigs(f):
     ("barlow_twins", {}, 1e-2, 6.0),
     # VICReg from α = 2: every std stays above γ = 1, away from the variance hinge's kink (a
     # sliding mode there makes any adaptive solver crawl; the hinge itself is tested in test_losses)
-    ("vicreg", {"lam_inv": 1.0, "mu": 1.0, "nu": 1.0}, 2.0, 2.0),
-    ("simclr", {"temperature": 0.5}, 1.0, 2.0),
+    pytest.param("vicreg", {"lam_inv": 1.0, "mu": 1.0, "nu": 1.0}, 2.0, 2.0,
+                 marks=pytest.mark.slow),
+    pytest.param("simclr", {"temperature": 0.5}, 1.0, 2.0, marks=pytest.mark.slow),
 ])
 def test_ode_matches_neural_tangents_reference(prob, name, consts, alpha, T):
     from sslntk.kernels import reference_gradient_descent
@@ -185,9 +186,12 @@ def test_constrained_converges_to_top_k_eigenspace_on_manifold(prob):
     assert np.arccos(np.clip(cos.min(), -1, 1)) < 1e-6 or np.sqrt(1 - cos.min() ** 2) < 1e-6
     assert abs(float(tr.loss[-1]) + gam[:K_DIM].sum()) < 1e-10 * gam[:K_DIM].sum()
     assert np.all(np.diff(np.asarray(tr.loss)) <= 1e-10)   # the loss never increases
-    # f_test = K_tx K⁻¹ f(t) for an RKHS-consistent start (carried without K⁻¹ by the solver)
+    # f_test = K_tx K⁻¹ f(t) for an RKHS-consistent start (carried without K⁻¹ by the solver).
+    # RK stages keep f_test − K_tx K⁻¹ f = 0 exactly in exact arithmetic, but near the converged
+    # state the explicit steps sit at their stability limit, where round-off grows to the error
+    # tolerance (rtol 1e-8) before the controller reacts: measured 3e-8 at rtol 1e-8, 2e-11 at 1e-11.
     pred = np.einsum("mi,tik->tmk", np.asarray(prob["K_tx"]) @ Kinv, f)
-    assert _rel(tr.f_test, pred) < 1e-8
+    assert _rel(tr.f_test, pred) < 1e-6
 
 
 def test_constrained_needs_positive_definite_kernel(prob):
@@ -227,60 +231,75 @@ def test_vmap_over_seeds_alpha_and_constants_equals_loop(prob):
         assert _rel(fb[i], tr.f) < 1e-10 and _rel(Lb[i], tr.loss) < 1e-10
 
 
-def test_grad_through_solve_matches_finite_differences(prob):
+def _check_grad_vs_fd(prob, method, T, **options):
     """d/d(α, λ, c) of the final loss, a final-embedding statistic and the first step time (loss
     crossing k − 1/2, linear interpolation between saved times), with K → c·K standing in for an
-    augmentation-strength dependence. Tolerance 1e-4: solver noise at rtol 1e-12 is ~1e-12/h with
-    h = 1e-4 relative, central-difference truncation ~h² = 1e-8."""
-    ts = _ts(4.0)
+    augmentation-strength dependence, against central differences (h = 1e-4 relative: truncation
+    ~h² = 1e-8; ODE solver noise at rtol 1e-12 is ~1e-12/h = 1e-8): tolerance 1e-4 relative."""
+    ts = _ts(T)
     g = jnp.asarray(prob["g"])
     K, K_tx, ft0 = prob["K"], prob["K_tx"], jnp.zeros((M_TEST, K_DIM))
 
     def outcome(params):
         alpha, lam, c = params[0], params[1], params[2]
         tr = dynamics.solve(c * K, losses.get("barlow_twins", lam=lam), alpha * g, ts,
-                            method="ode", rtol=1e-12, K_test_train=K_tx, f0_test=ft0)
+                            method=method, K_test_train=K_tx, f0_test=ft0, **options)
         L = tr.loss
         target = K_DIM - 0.5
         i = jnp.argmax(L < target)
-        t_step = ts[i - 1] + (ts[i] - ts[i - 1]) * (L[i - 1] - target) / (L[i - 1] - L[i])
+        t_step = tr.ts[i - 1] + (tr.ts[i] - tr.ts[i - 1]) * (L[i - 1] - target) / (L[i - 1] - L[i])
         return jnp.stack([L[-1], jnp.sum(tr.f[-1] ** 2), t_step])
 
     p0 = jnp.array([3e-2, 0.7, 1.1])
     J = np.asarray(jax.jacrev(outcome)(p0))
     out0 = np.asarray(outcome(p0))
-    assert 0 < out0[2] < ts[-1]                      # the step happens inside the grid
+    assert 0 < out0[2] < T                           # the step happens inside the grid
     for j in range(3):
         h = 1e-4 * float(p0[j])
         e = jnp.zeros(3).at[j].set(h)
         fd = (np.asarray(outcome(p0 + e)) - np.asarray(outcome(p0 - e))) / (2 * h)
         for i in range(3):
             scale = max(abs(fd[i]), 1e-3 * np.abs(J[i]).max())
-            assert abs(J[i, j] - fd[i]) <= 1e-4 * scale, (i, j, J[i, j], fd[i])
+            assert abs(J[i, j] - fd[i]) <= 1e-4 * scale, (method, i, j, J[i, j], fd[i])
+
+
+def test_grad_through_gd_matches_finite_differences(prob):
+    _check_grad_vs_fd(prob, "gd", 3.0, lr=0.01)
+
+
+@pytest.mark.slow
+def test_grad_through_ode_matches_finite_differences(prob):
+    # diffrax RecursiveCheckpointAdjoint (the default): reverse mode through the adaptive solve.
+    _check_grad_vs_fd(prob, "ode", 4.0, rtol=1e-12)
 
 
 # ------------------------------------------------------------------------- failure paths
 
+# Esser's naive loss grows like e^{2γ₁ t} (γ₁ ≈ 2.5 here): float64 overflows near t ≈ 140. Both
+# tests use the same compiled solver (same loss, shapes and max_steps; rtol is a traced argument).
+_NAIVE_MAX_STEPS = 2000
+
+
 def test_max_steps_gives_status_and_nan_tail(prob):
     f0 = jnp.asarray(1e-2 * prob["g"])
     with pytest.warns(RuntimeWarning, match="max_steps"):
-        tr = dynamics.solve(prob["K"], "barlow_twins", f0, _ts(6.0), method="ode", max_steps=4,
-                            K_test_train=prob["K_tx"], f0_test=jnp.zeros((M_TEST, K_DIM)))
+        tr = dynamics.solve(prob["K"], "naive", f0, jnp.array([0.0, 0.1, 100.0]), method="ode",
+                            rtol=1e-10, max_steps=_NAIVE_MAX_STEPS)
     assert int(tr.status) == MAX_STEPS and tr.status_name == "max_steps"
-    assert int(tr.n_steps) == 4
-    assert np.array_equal(tr.f[0], f0) and np.all(np.isnan(tr.f[-1])) and np.isnan(tr.loss[-1])
+    assert int(tr.n_steps) <= _NAIVE_MAX_STEPS
+    assert np.array_equal(tr.f[0], f0) and np.isfinite(np.asarray(tr.f[1])).all()
+    assert np.all(np.isnan(tr.f[-1])) and np.isnan(tr.loss[-1])
     with pytest.raises(RuntimeError, match="max_steps"):
         tr.raise_if_failed()
 
 
 def test_blow_up_gives_nonfinite(prob):
-    # Esser's naive loss grows like e^{2γ₁ t} (γ₁ ≈ 1 here): overflows float64 long before t = 1e4.
     f0 = jnp.asarray(1e-2 * prob["g"])
     with pytest.warns(RuntimeWarning, match="nonfinite"):
-        tr = dynamics.solve(prob["K"], "naive", f0, jnp.array([0.0, 1.0, 1e4]), method="ode")
-    assert int(tr.status) == NONFINITE
-    assert np.isfinite(np.asarray(tr.f[1])).all() and not np.isfinite(np.asarray(tr.f[-1])).all()
-    assert int(tr.n_steps) < 10_000                  # stopped at the blow-up, not at max_steps
+        tr = dynamics.solve(prob["K"], "naive", f0, jnp.array([0.0, 1.0, 1e4]), method="ode",
+                            rtol=1e-3, max_steps=_NAIVE_MAX_STEPS)
+    assert int(tr.status) == NONFINITE           # stopped by the blow-up, not by max_steps
+    assert np.isfinite(np.asarray(tr.f[1])).all() and np.all(np.isnan(np.asarray(tr.f[-1])))
     # gd: a learning rate far beyond stability diverges → NONFINITE at the step it happened
     with pytest.warns(RuntimeWarning, match="nonfinite"):
         tr = dynamics.solve(prob["K"], "barlow_twins", jnp.asarray(prob["g"]), [0.0, 50.0],

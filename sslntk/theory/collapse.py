@@ -158,9 +158,10 @@ def pair_matrix(n: int, kind: str = "dot", negatives=None, *, dtype=None) -> jax
         p = np.asarray(perm)
         if sorted(p.tolist()) != list(range(n)):
             raise ValueError(f"negatives: expected a permutation of 0..{n - 1}, got {p.tolist()}")
-        if np.any(p == np.arange(n)):
+        fixed = np.flatnonzero(p == np.arange(n)).tolist()
+        if fixed:
             raise ValueError("negatives: expected a permutation without fixed points (a sample is "
-                             f"not its own negative), got fixed points at {np.flatnonzero(p == np.arange(n)).tolist()}")
+                             f"not its own negative), got fixed points at {fixed}")
     P = jnp.zeros((2 * n, 2 * n), dtype).at[jnp.arange(n), n + perm].set(1.0)
     return (Z - P - P.T) / (2 * n)
 
