@@ -170,24 +170,29 @@ def sweep(args, N=2048, n_seeds=4, n_alpha=8):
     tr, t_ours = timed(run_ours)
     print(f"sslntk solve_many (decomposition + 32 vmapped solves): {t_ours:.2f}s "
           f"(cold {t_cold:.2f}s); all ok: {bool(np.all(np.asarray(tr.status) == 0))}")
+    B = len(f0s)
+    nv = min(args.sweep_peer_runs, B)
     vpeer = jax.jit(jax.vmap(lambda f0: kernels.reference_gradient_descent(loss, K, f0, ts)[0]))
-    _, t_vc = timed(vpeer, f0s)
-    fp, t_vmap = timed(vpeer, f0s)
-    print(f"peer under vmap: {t_vmap:.2f}s (cold {t_vc:.2f}s)")
-    n_loop = 4
+    _, t_vc = timed(vpeer, f0s[:nv])
+    fp, t_v = timed(vpeer, f0s[:nv])
+    t_vmap = t_v * B / nv
+    tag = "measured" if nv == B else f"EXTRAPOLATED: {nv} runs measured {t_v:.2f}s, ×{B / nv:g}"
+    print(f"peer under vmap: {t_vmap:.2f}s ({tag}; cold {t_vc:.2f}s)")
+    n_loop = min(2, nv)
     timed(peer, loss, K, f0s[0], ts)
-    _, t4 = timed(lambda: [peer(loss, K, f0s[i], ts) for i in range(n_loop)])
-    t_loop = t4 * len(f0s) / n_loop
-    print(f"peer in a loop: {t_loop:.2f}s (EXTRAPOLATED: {n_loop} runs measured {t4:.2f}s, "
-          f"×{len(f0s) // n_loop})")
+    _, t_l = timed(lambda: [peer(loss, K, f0s[i], ts) for i in range(n_loop)])
+    t_loop = t_l * B / n_loop
+    print(f"peer in a loop: {t_loop:.2f}s (EXTRAPOLATED: {n_loop} runs measured {t_l:.2f}s, "
+          f"×{B / n_loop:g})")
     # Accuracy of the sweep: both against the float64 full ODE on a few runs.
     errs_o, errs_p = [], []
-    for i in (0, len(f0s) - 1):
-        ref = _ode.solve_ode(K.astype(jnp.float64), loss, f0s[i].astype(jnp.float64),
-                             ts.astype(jnp.float64), rtol=1e-10)
+    dec64 = linalg.eigen_decomposition(K.astype(jnp.float64), 4 * m, "contrastive")
+    for i in (0, nv - 1):
+        ref = _eigen.solve_eigen(K.astype(jnp.float64), loss, f0s[i].astype(jnp.float64),
+                                 ts.astype(jnp.float64), decomposition=dec64, rtol=1e-10)
         errs_o.append(rel_err(tr.loss[i], ref.loss))
         errs_p.append(rel_err(jax.vmap(loss)(fp[i]), ref.loss))
-    print(f"loss error vs float64 full ODE (runs 0 and {len(f0s) - 1}): sslntk "
+    print(f"loss error vs float64 eigen m={4 * m} rtol 1e-10 (runs 0 and {nv - 1}): sslntk "
           f"{max(errs_o):.2e}, peer {max(errs_p):.2e}")
     best = min(t_vmap, t_loop)
     print(f"RATIO peer(best of vmap/loop)/sslntk = {best / t_ours:.1f}x   (floor = kernel "
@@ -200,13 +205,17 @@ def main():
     ap.add_argument("--quick", action="store_true", help="2n = 512 only, no sweep")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--m", type=int, default=None)
+    ap.add_argument("--sweep-peer-runs", type=int, default=32,
+                    help="time the peer on this many of the 32 sweep runs and extrapolate "
+                         "(labelled) when fewer than 32")
+    ap.add_argument("--only-sweep", action="store_true")
     ap.add_argument("--peer-horizon-frac", type=float, default=1.0,
                     help="at 2n >= 8192 time the peer on this fraction of the horizon and "
                          "extrapolate (labelled); 1.0 measures the whole horizon")
     args = ap.parse_args()
     sizes = [512] if args.quick else [int(s) for s in args.sizes.split(",")]
     print(f"devices: {jax.devices()}, float32")
-    rows = [single(N, args) for N in sizes]
+    rows = [] if args.only_sweep else [single(N, args) for N in sizes]
     print("\nsummary (wall seconds; ratio = peer / sslntk; errors: max relative loss error)")
     print(f"{'2n':>6} {'kernel':>8} {'decomp':>8} {'sslntk':>8} {'peer':>9} {'ratio':>7} "
           f"{'err sslntk':>11} {'err peer':>10}")

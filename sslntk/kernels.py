@@ -935,7 +935,7 @@ def reference_gradient_descent(loss, K, f0, ts, K_test_train=None, f0_test=None)
       loss: `loss(f) -> scalar` on `(2n, k)` embeddings (an `sslntk.losses.Loss` or any callable);
         adapted to neural-tangents' `loss(fx, y)` with an unused dummy target.
       K: `(2n, 2n)` symmetric kernel over the stacked views. f0: `(2n, k)` initial embeddings.
-      ts: `(T,)` non-negative, strictly increasing times.
+      ts: `(T,)` non-negative, strictly increasing times (cast to K's dtype).
       K_test_train: `(m, 2n)` cross kernel and f0_test: `(m, k)` initial test outputs (both or none).
 
     Returns:
@@ -962,7 +962,8 @@ def reference_gradient_descent(loss, K, f0, ts, K_test_train=None, f0_test=None)
         if f0_test.shape != (K_test_train.shape[0], f0.shape[1]):
             raise ValueError(f"f0_test: expected shape ({K_test_train.shape[0]}, {f0.shape[1]}), "
                              f"got {tuple(f0_test.shape)}")
-    V.same_dtype(K=K, f0=f0, ts=ts, K_test_train=K_test_train, f0_test=f0_test)
+    V.same_dtype(K=K, f0=f0, K_test_train=K_test_train, f0_test=f0_test)
+    ts = ts.astype(K.dtype)          # neural-tangents integrates in K's dtype
     return _nt_gradient_descent(_as_pytree_callable(loss), K, f0, ts, K_test_train, f0_test)
 
 
