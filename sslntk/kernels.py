@@ -531,9 +531,12 @@ def _abrelu_ab(arch):
 def _dual(arch, c, q1, q2, need_dot: bool):
     """Dual activation: `(E[φ(u)φ(v)], E[φ'(u)φ'(v)], E[φ(u)²], E[φ(v)²])` for centred Gaussians
     with Var u = q1, Var v = q2, Cov = c (closed forms as neural-tangents' elementwise kernels).
-    `c: (N1, H, W, N2, H, W)`, `q1: (N1, H, W)`, `q2: (N2, H, W)`."""
-    o1 = q1[:, :, :, None, None, None]
-    o2 = q2[None, None, None, :, :, :]
+    `c: (N1, H, W, N2, H, W)`, `q1: (N1, H, W)`, `q2: (N2, H, W)`. Evaluated on the free 2-D view
+    `(N1·H·W, N2·H·W)` of c, where XLA's CPU loops vectorise (~1.7× faster than 6-D broadcasts)."""
+    shape = c.shape
+    c = c.reshape(q1.size, q2.size)
+    o1 = q1.reshape(-1, 1)
+    o2 = q2.reshape(1, -1)
     act = arch.activation
     dot = None
     if act == "erf":
@@ -579,7 +582,7 @@ def _dual(arch, c, q1, q2, need_dot: bool):
 
         def diag(q):
             return (a**2 + b**2) / 2 * q
-    return new, dot, diag(q1), diag(q2)
+    return (new.reshape(shape), None if dot is None else dot.reshape(shape), diag(q1), diag(q2))
 
 
 def _spatial_mean(S):

@@ -142,3 +142,10 @@ def test_cli_refuses_other_runs_directory_and_lists(tmp_path, capsys):
     assert cli.main(["run", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "not valid TOML" in capsys.readouterr().err
     assert cli.main(["run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "y")]) == 2
+
+
+def test_shipped_example_configs_validate():
+    files = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
+    assert {f.stem for f in files} == set(config.KINDS)
+    for f in files:
+        assert config.load(f)["kind"] == f.stem

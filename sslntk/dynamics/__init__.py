@@ -157,3 +157,8 @@ def solve(K, loss, f0, ts, method: str = "auto", *, K_test_train=None, f0_test=N
                       f" call .raise_if_failed() to make this an error", RuntimeWarning,
                       stacklevel=2)
     return traj
+
+
+from sslntk.dynamics._sweep import solve_many  # noqa: E402  (sweep API: many runs, one kernel)
+
+__all__ += ["solve_many"]

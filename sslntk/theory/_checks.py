@@ -1,4 +1,4 @@
-"""Input checks shared by the collapse/landscape theory modules (private).
+"""Input checks and one linear-algebra helper shared by the collapse/landscape modules (private).
 
 Like `sslntk._validate`, value checks (PSD, orthonormality, signs) run only on concrete arrays at the
 public API boundary; under `jit`/`vmap` tracing only shapes and dtypes are checked.
@@ -77,3 +77,11 @@ def orthonormal_columns(name: str, W) -> jnp.ndarray:
             raise ValueError(f"{name}: expected orthonormal columns (WᵀW = I, a Stiefel point), "
                              f"got max|WᵀW − I| = {err:.3g}")
     return W
+
+
+def sym_sqrt(S, inverse: bool = False):
+    """`S^{1/2}` (or `S^{−1/2}`) of a symmetric PSD matrix via eigh, negative round-off clipped to 0
+    (jittable; the inverse needs S positive definite)."""
+    lam, U = jnp.linalg.eigh((S + S.T) / 2)
+    lam = jnp.clip(lam, 0.0)
+    return (U * (1 / jnp.sqrt(lam) if inverse else jnp.sqrt(lam))) @ U.T

@@ -74,11 +74,6 @@ def _eigh_desc(M):
     return lam[::-1], U[:, ::-1]
 
 
-def _psd_sqrt(K):
-    lam, U = jnp.linalg.eigh((K + K.T) / 2)
-    return (U * jnp.sqrt(jnp.clip(lam, 0.0))) @ U.T
-
-
 def _times(name, t, dtype):
     t = C.nonneg(name, t)
     if t.ndim > 1:
@@ -188,7 +183,7 @@ def function_operator(K, S) -> jax.Array:
     `e^{2tKS} = I + K^{1/2} ψ(N) K^{1/2} S`; `collapse_rates(N)` gives the naive rates in function
     space (the NTK/linearised prediction)."""
     K, S = _kernel_and_pairs(K, S)
-    R = _psd_sqrt(K)
+    R = C.sym_sqrt(K)
     N = R @ S @ R
     return (N + N.T) / 2
 
@@ -224,7 +219,7 @@ def _exprel(x):
 
 @jax.jit
 def _function_parts(K, S):
-    R = _psd_sqrt(K)
+    R = C.sym_sqrt(K)
     mu, Vn = _eigh_desc(R @ S @ R)
     return R, mu, Vn
 

@@ -109,13 +109,6 @@ def _scalars(**kw):
     return out
 
 
-def _sym_sqrt(S, inverse=False):
-    lam, U = jnp.linalg.eigh((S + S.T) / 2)
-    lam = jnp.clip(lam, 0.0)
-    r = 1 / jnp.sqrt(lam) if inverse else jnp.sqrt(lam)
-    return (U * r) @ U.T
-
-
 # ----------------------------------------------------------------------------------------------
 # losses (digest §1.3)
 
@@ -219,7 +212,7 @@ class M1Solution(NamedTuple):
 @partial(jax.jit, static_argnames=("d_out",))
 def _m1_solution(A, B, tau, gamma, *, d_out):
     d = A.shape[0]
-    Si = _sym_sqrt(A + B, inverse=True)
+    Si = C.sym_sqrt(A + B, inverse=True)
     Km = Si @ (A / tau - gamma * jnp.eye(d, dtype=A.dtype)) @ Si
     kappa, Vk = jnp.linalg.eigh((Km + Km.T) / 2)
     kappa, Vk = kappa[::-1], Vk[:, ::-1]
@@ -229,7 +222,7 @@ def _m1_solution(A, B, tau, gamma, *, d_out):
     rows = jnp.sqrt(tau**2 * kp)[:, None] * (Vk.T @ Si)          # (d, d), zero rows dropped below
     W = rows[:d_out] if d_out <= d else jnp.concatenate(
         [rows, jnp.zeros((d_out - d, d), A.dtype)])
-    Ah = _sym_sqrt(A)
+    Ah = C.sym_sqrt(A)
     clean = jnp.linalg.eigvalsh(Ah @ M @ Ah)[::-1]
     return M1Solution(M, W, jnp.sum(keep), -(tau**2 / 2) * jnp.sum(kp**2), tau**2 * kp,
                       jnp.clip(clean, 0.0))
