@@ -6,8 +6,10 @@ plus Gaussian noise σ = 0.1, `sslntk.data`), for an MLP (depth 2) and a CNN (de
 global average pooling), float32.
 
 Each case runs in its own subprocess; memory is the process's peak RSS (`ru_maxrss`, which sees
-XLA's buffers, unlike tracemalloc) minus the RSS after imports, data and compilation warm-up, so it
-counts the kernel's blocks and its (2n)² output.
+XLA's buffers, unlike tracemalloc) minus its RSS after imports and data, before any kernel work:
+it counts compilation, the blocks' intermediates and the (2n)² output (and, for the MLP, the
+returned jax copy of it). "cpu s" is the process CPU time of the timed region (all threads): on a
+shared machine wall time depends on the load, printed with the table.
 
 MLP: the full kernel is computed, by sslntk ("native") and by neural-tangents' `kernel_fn` in the
 same blocks ("nt", the peer). CNN: its pixel-pixel covariances make the full kernel cost
@@ -59,26 +61,27 @@ def _views(n2: int):
 
 
 def run_case(kind: str, n2: int) -> dict:
-    import jax
     import numpy as np
 
     from sslntk import kernels as K_
 
     arch = K_.mlp(depth=2) if kind == "mlp" else K_.cnn(depth=2)
     x = _views(n2)
+    x.block_until_ready()
+    rss0 = _rss_mib()
     b = K_.auto_block_size(arch, x.shape, x.dtype)
     res = {"kind": kind, "n2": n2, "block": b}
     if kind == "mlp":
         # warm-up: compile the block shapes the full call uses
         nb, rows = K_._partition(n2, b)
-        for m in ("native", "nt"):
-            K_.ntk(arch, x[: 2 * rows], block_size=rows, method=m).block_until_ready()
-        rss0 = _rss_mib()
-        t = time.perf_counter()
+        K_.ntk(arch, x[: 2 * rows], block_size=rows).block_until_ready()
+        t, c = time.perf_counter(), time.process_time()
         K = K_.ntk(arch, x, method="native")
         K.block_until_ready()
         res["seconds"] = time.perf_counter() - t
+        res["cpu"] = time.process_time() - c
         res["peak_mib"] = _peak_mib() - rss0
+        K_.ntk(arch, x[: 2 * rows], block_size=rows, method="nt").block_until_ready()
         del K
         t = time.perf_counter()
         Kp = K_.ntk(arch, x, method="nt")
@@ -90,19 +93,20 @@ def run_case(kind: str, n2: int) -> dict:
     nb, rows = K_._partition(n2, b)
     xa, xb = x[:rows], x[rows: 2 * rows]
     K_.ntk(arch, xa, xb).block_until_ready()                      # compile
-    rss0 = _rss_mib()
-    out = np.zeros((n2, n2), np.float32)                          # the output the full call holds
-    ts = []
+    out = np.full((n2, n2), 0.0, np.float32)                      # the output the full call holds
+    ts, cs = [], []
     for r in range(REPEATS):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         k = K_.ntk(arch, x[r * rows:(r + 1) * rows], xb)
         k.block_until_ready()
         ts.append(time.perf_counter() - t)
+        cs.append(time.process_time() - c)
         out[:rows, :rows] = np.asarray(k)
     res["peak_mib"] = _peak_mib() - rss0
     blocks = nb * (nb + 1) // 2
     res["block_seconds"] = float(np.median(ts))
     res["seconds"] = res["block_seconds"] * blocks
+    res["cpu"] = float(np.median(cs)) * blocks
     res["blocks"] = blocks
     res["pairs_per_s"] = rows * rows / res["block_seconds"]
     # peer: neural-tangents' kernel_fn on a small block, per-pair throughput
@@ -122,7 +126,8 @@ def main(argv: list[str]) -> None:
         print("RESULT " + json.dumps(run_case(argv[1], int(argv[2]))), flush=True)
         return
     sizes = (2048,) if "--quick" in argv else (2048, 8192)
-    print(f"sslntk.kernels.ntk on digits views, float32, {os.cpu_count()} CPUs")
+    print(f"sslntk.kernels.ntk on digits views, float32, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} at start")
     rows = []
     for kind in ("mlp", "cnn"):
         for n2 in sizes:
@@ -138,15 +143,16 @@ def main(argv: list[str]) -> None:
             rows.append(r)
             print(f"  done {kind} 2n={n2} in {r['wall']:.0f}s", flush=True)
     print()
-    print(f"{'arch':5} {'2n':>5} {'block':>5} {'ntk time':>12} {'peak MiB':>9} {'nt time':>12} "
-          f"{'nt/sslntk':>9}  note")
+    print(f"load average {os.getloadavg()[0]:.1f} at end")
+    print(f"{'arch':5} {'2n':>5} {'block':>5} {'ntk time':>12} {'cpu s':>10} {'peak MiB':>9} "
+          f"{'nt time':>12} {'nt/sslntk':>9}  note")
     for r in rows:
         note = (f"extrapolated from {REPEATS} of {r['blocks']} blocks "
                 f"({r['block_seconds']:.1f}s each, {r['pairs_per_s']:.0f} pairs/s); "
                 f"nt ratio from a {PEER_BLOCK}x{PEER_BLOCK} block" if r["extrapolated"]
                 else "measured")
         print(f"{r['kind']:5} {r['n2']:5d} {r['block']:5d} {r['seconds']:11.1f}s "
-              f"{r['peak_mib']:9.0f} {r['peer_seconds']:11.1f}s "
+              f"{r['cpu']:10.1f} {r['peak_mib']:9.0f} {r['peer_seconds']:11.1f}s "
               f"{r['peer_seconds'] / r['seconds']:9.2f}  {note}")
 
 

@@ -13,7 +13,7 @@ DEMO_CONFIG = {
     "data": {"name": "digits", "n": 128, "n_test": 64, "noise": 0.3, "translate": 1.0},
     "arch": {"kind": "mlp", "depth": 2, "activation": "relu"},
     "loss": {"name": "barlow_twins", "constants": {"lam": 1.0}},
-    "dynamics": {"k": 8, "alpha": 1e-3, "method": "auto", "horizon": 1.5, "n_times": 300},
+    "dynamics": {"k": 8, "alpha": 1e-3, "method": "ode", "horizon": 1.5, "n_times": 300},
 }
 
 

@@ -250,7 +250,9 @@ def test_adam_and_gd_reduce_the_loss(digits_views):
     for opt, loss in (("gd", lambda f: bt(f)), ("adam", bt)):   # a plain callable works too
         r = finite.train(m, digits_views, loss, lr=0.01, steps=40, optimizer=opt, key=KEY,
                          progress=False)
-        assert r.loss[-1] < 0.9 * r.loss[0], (opt, r.loss)
+        assert r.loss[-1] < 0.97 * r.loss[0], (opt, r.loss)
+        if opt == "gd":  # small-step GD on a smooth loss decreases it at every step
+            assert np.all(np.diff(np.asarray(r.loss)) < 0), r.loss
 
 
 def test_nonfinite_training_is_reported(digits_views):
