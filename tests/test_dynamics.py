@@ -104,6 +104,20 @@ def test_ode_aligned_init_is_the_exact_logistic(prob):
     assert abs(float(tr.loss[-1]) - np.sum((1 - c[-1]) ** 2)) < 1e-8
 
 
+def test_ode_float32(prob):
+    """The API accepts float32 (DESIGN.md "Precision"): default rtol 1e-5, result within 1e-3 of
+    the float64 solve (f32 round-off ~1e-7 amplified through the staircase plus the tolerance)."""
+    f0, ft0 = 1e-2 * prob["g"], 1e-2 * prob["g_test"]
+    ts = _ts(6.0)
+    tr64 = dynamics.solve(prob["K"], "barlow_twins", jnp.asarray(f0), ts, method="ode",
+                          K_test_train=prob["K_tx"], f0_test=jnp.asarray(ft0))
+    a32 = lambda x: jnp.asarray(x, jnp.float32)
+    tr32 = dynamics.solve(a32(prob["K"]), "barlow_twins", a32(f0), a32(ts), method="ode",
+                          K_test_train=a32(prob["K_tx"]), f0_test=a32(ft0)).raise_if_failed()
+    assert tr32.f.dtype == jnp.float32 and tr32.loss.dtype == jnp.float32
+    assert _rel(tr32.f, tr64.f) < 1e-3 and _rel(tr32.f_test, tr64.f_test) < 1e-3
+
+
 # ------------------------------------------------------------------------------------- gd
 
 def _crossing_times(eigs, ts, level=0.5):
@@ -150,13 +164,14 @@ def test_gd_reproduces_flow_step_times(prob):
     assert _rel(tr2.f_test, tr2.f[:, :M_TEST]) < 1e-10
 
 
-def test_gd_rounds_times_and_validates_lr(prob):
+def test_gd_rounds_times_and_validates_lr(prob, capfd):
     f0 = jnp.asarray(0.1 * prob["g"])
     with pytest.raises(ValueError, match="lr"):
         dynamics.solve(prob["K"], "barlow_twins", f0, [0.0, 1.0], method="gd")
     with pytest.warns(UserWarning, match="not multiples of lr"):
         tr = dynamics.solve(prob["K"], "barlow_twins", f0, [0.0, 0.104, 0.104, 0.2], method="gd",
-                            lr=0.01)
+                            lr=0.01, progress=True)
+    assert "gd: step 0/20" in capfd.readouterr().err          # progress report
     assert np.allclose(tr.ts, [0.0, 0.1, 0.1, 0.2], rtol=1e-12)
     assert np.array_equal(tr.f[1], tr.f[2]) and int(tr.n_steps) == 20
     assert np.array_equal(tr.f[0], f0)
