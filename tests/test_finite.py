@@ -256,7 +256,9 @@ def test_adam_and_gd_reduce_the_loss(digits_views):
 
 
 def test_nonfinite_training_is_reported(digits_views):
-    m = finite.network(kernels.mlp(1), 16, 2, key=KEY, in_shape=(64,), alpha=1.0, dtype=F64)
+    # erf (a ReLU net can instead die: all units off, zero gradient, finite loss)
+    m = finite.network(kernels.mlp(1, "erf"), 16, 2, key=KEY, in_shape=(64,), alpha=1.0,
+                       dtype=F64)
     with pytest.warns(RuntimeWarning):
         r = finite.train(m, digits_views, "barlow_twins", lr=50.0, steps=60, key=KEY,
                          progress=False)
@@ -312,6 +314,14 @@ def test_errors(digits_views):
         finite.empirical_ntk(m, x[:, :10])
     with pytest.raises(TypeError, match="model"):
         finite.linearize(lambda z: z)
+    with pytest.raises(TypeError, match="model"):
+        finite.to_nt_params(lambda z: z)
+    with pytest.raises(ValueError, match="f_ref"):
+        finite.relative_deviation(jnp.ones((3, 4, 2)), jnp.ones((3, 4, 3)))
+    with pytest.raises(IndexError, match="stacked"):
+        finite.unstack_model(finite.stack_models([m, m]), 2)
+    with pytest.raises(ValueError, match="iters"):
+        finite.flow_rate(m, x, "barlow_twins", iters=0)
     with pytest.raises(ValueError, match="widths"):
         finite.width_sweep(arch, digits_views, "barlow_twins", [64, 16], 1, alpha=0.1, lr=0.1,
                            steps=2)

@@ -285,6 +285,8 @@ def to_nt_params(model: Network, *, init: bool = False) -> list:
     """The parameters (θ, or θ₀ with `init=True`) as neural-tangents' `init_fn` params pytree for
     `kernels.stax_network(model.arch, model.width, model.out_dim)`: a list with `(W, b)` per
     Dense/Conv layer and `()` per parameter-free layer."""
+    if not isinstance(model, Network):
+        raise TypeError(f"model: expected a sslntk.finite Network, got {type(model).__name__}")
     it = iter(model.theta0 if init else model.theta)
     return [() if kind is None else tuple(next(it)) for kind, _, _ in _nt_layout(model)]
 
@@ -293,6 +295,8 @@ def from_nt_params(model: Network, params, *, init: bool = True) -> Network:
     """Load neural-tangents `init_fn` params into `model` in place (θ; and θ₀ too when `init=True`,
     so that the loaded point is the network's initialisation). Shapes are checked; values are cast
     to the model's dtype. Returns `model`."""
+    if not isinstance(model, Network):
+        raise TypeError(f"model: expected a sslntk.finite Network, got {type(model).__name__}")
     plan = _nt_layout(model)
     if not isinstance(params, (list, tuple)) or len(params) != len(plan):
         got = len(params) if hasattr(params, "__len__") else "?"

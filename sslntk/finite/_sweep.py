@@ -45,8 +45,12 @@ from sslntk.finite._train import (
 
 
 def relative_deviation(f, f_ref) -> jax.Array:
-    """`‖f − f_ref‖_F / ‖f_ref‖_F` over the last two axes, `(..., N, k)` → `(...,)`."""
-    f, f_ref = jnp.asarray(f), jnp.asarray(f_ref)
+    """`‖f − f_ref‖_F / ‖f_ref‖_F` over the last two axes, `(..., N, k)` → `(...,)` (inf/NaN where
+    `f_ref = 0`, e.g. at t = 0 with α = 0)."""
+    f, f_ref = V.as_float_array("f", f), V.as_float_array("f_ref", f_ref)
+    if f.ndim < 2 or f.shape != f_ref.shape:
+        raise ValueError(f"f, f_ref: expected equal shapes (..., N, k), got {tuple(f.shape)} and "
+                         f"{tuple(f_ref.shape)}")
     num = jnp.sqrt(jnp.sum((f - f_ref) ** 2, axis=(-2, -1)))
     return num / jnp.sqrt(jnp.sum(f_ref**2, axis=(-2, -1)))
 

@@ -123,6 +123,8 @@ def save_steps(lr: float, steps: int, ts=None) -> np.ndarray:
     """Step indices of the save points: `rint(ts / lr)` (default: 101 evenly spaced points over
     `[0, steps]`, or every step when `steps < 100`). Raises when `ts` is not finite, negative,
     not increasing, beyond `lr·steps`, or two times fall on the same step."""
+    V.positive_float("lr", lr)
+    steps = V.positive_int("steps", steps)
     if ts is None:
         return np.unique(np.rint(np.linspace(0, steps, min(steps, 100) + 1)).astype(np.int64))
     t = np.asarray(ts, dtype=np.float64)
@@ -324,6 +326,7 @@ def flow_rate(model, x, loss, *, iters: int = 30, key=None) -> float:
     """
     x = _stacked_inputs(x, model)
     loss = _check_loss(loss, x, model)
+    iters = V.positive_int("iters", iters)
     graphdef, params, rest = split_trainable(model)
     return float(_flow_rate(graphdef, params, rest, x, loss, iters,
                             jax.random.key(0) if key is None else key))
@@ -482,6 +485,9 @@ def stack_models(models) -> tuple:
 def unstack_model(models_state, i: int) -> nnx.Module:
     """Model `i` of a stacked `(graphdef, params, rest)`."""
     graphdef, params, rest = models_state
+    S = jax.tree.leaves(params)[0].shape[0]
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -S <= i < S:
+        raise IndexError(f"i: expected an index into {S} stacked models, got {i!r}")
     return nnx.merge(graphdef, *jax.tree.map(lambda a: a[i], (params, rest)))
 
 
