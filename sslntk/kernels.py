@@ -22,16 +22,22 @@ Contents:
 * `reference_empirical_ntk`, `reference_gradient_descent`: thin wrappers around neural-tangents,
   "the peer" that tests and benchmarks compare against.
 
-Why the CNN kernel is not neural-tangents' `kernel_fn`: on CPU, neural-tangents evaluates the
+Why the kernels are not neural-tangents' `kernel_fn`: on CPU, neural-tangents evaluates the CNN's
 pixel-pixel covariance convolution as a loop of single-channel `lax.conv` calls over a
-`(N1·N2, H, H, W, W)` tensor, which runs at ~50–200 pairs/s for 8×8 images on this machine (a 2n = 8192
-kernel would take days). `_cnn_kernels` computes the same recursion (Novak et al. 2019; Arora et al.
-2019) with the convolution as a shift-and-add over the filter offsets on `(N1, H, W, N2, H, W)` and the
-first layer as a patch Gram matrix; the tests check it against `kernel_fn` to float32 round-off.
-The MLP uses the same code (the 1×1-image case), which also keeps the arc-cosine angle of identical
-inputs exactly 0 (neural-tangents' comes out O(sqrt(eps)): a 1e-9 relative NTK error in float64 and
-~3e-4 in float32 on the diagonal and on un-augmented view pairs). `method="nt"` forces
-neural-tangents' `kernel_fn` (per block) for every architecture.
+`(N1·N2, H, H, W, W)` tensor: ~10× slower than `_native_kernels`, which computes the same recursion
+(Novak et al. 2019; Arora et al. 2019) with the first layer as a patch Gram matrix, the convolution
+as a shift-and-add over the filter offsets on `(N1, H, W, N2, H, W)`, and the dual activations on
+its free 2-D view with a polynomial `atan2` (`_atan2`; XLA's is ~4× slower). The tests check it
+against `kernel_fn` to float32 round-off. The MLP uses the same code (the 1×1-image case), which
+also keeps the arc-cosine angle of identical inputs exactly 0 (neural-tangents' comes out
+O(sqrt(eps)): a 1e-9 relative NTK error in float64 and ~2e-4 in float32 on the diagonal and on
+un-augmented view pairs). `method="nt"` forces neural-tangents' `kernel_fn` (per block).
+
+Cost (benchmarks/bench_kernels.py, 2 shared cores): a depth-2 MLP kernel on 2n = 8192 digits views
+takes seconds; a depth-2 CNN on 8×8 images needs 2 · 64² dual-activation evaluations per pair of
+views, ~1.2k pairs/s, i.e. ~0.2 CPU-hour at 2n = 2048 and ~3.4 CPU-hours at 2n = 8192 (memory stays
+bounded by the block size either way). Under `jax.jit`/`jax.grad` (traced inputs) the blocks are
+joined with jnp instead of a host array, so the kernel stays differentiable.
 """
 
 from __future__ import annotations
@@ -183,8 +189,9 @@ METHODS = ("auto", "native", "nt")
 GETS = ("ntk", "nngp")
 
 # Peak memory (bytes) that one block's intermediates may use; block sizes are derived from it with
-# the per-pair footprint measured in `benchmarks/bench_kernels.py` (`_PAIR_ARRAYS` arrays of the
-# padded pixel-pixel covariance per pair of inputs).
+# a per-pair footprint of `_PAIR_ARRAYS` copies of the padded pixel-pixel covariance. Conservative:
+# `benchmarks/bench_kernels.py` measured ~420 MiB of peak RSS (compilation included) for the 48-row
+# blocks this gives a depth-2 CNN on 8×8 images (estimate 737 MB), plus the (2n)² output.
 BLOCK_MEMORY_BUDGET = 768 * 2**20
 _PAIR_ARRAYS = 8
 _MAX_BLOCK = 2048
@@ -203,7 +210,7 @@ def ntk(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
       x2: like `x1` (same per-example shape and dtype), or None for `x2 = x1` (then only the
         upper block triangle is computed and the result is exactly symmetric).
       block_size: rows/columns per block (None: derived from `BLOCK_MEMORY_BUDGET`, 768 MiB of
-        intermediates: 2048 for MLPs, ~60 for a CNN on 8×8 images). Inputs up to `block_size`
+        intermediates: 2048 for MLPs, 48 for a CNN on 8×8 images). Inputs up to `block_size`
         rows are one unblocked call.
       dtype: compute dtype (float32/float64); None keeps the inputs' dtype (float32 default).
       method: "native" (sslntk's recursion; "auto" picks it) or "nt" (neural-tangents'
