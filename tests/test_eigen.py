@@ -173,14 +173,20 @@ def test_bt_test_points_match_ode(setup):
 
 
 @pytest.mark.slow
+def _smooth_loss(name):
+    # VICReg's hinge max(0, γ − std) has a kink at std = γ that stalls tight-tolerance adaptive
+    # solvers; with γ = 4 (out of reach here) the hinge stays active and the flow is smooth.
+    # A small init would also make it stiff (1/sqrt(var + 1e-4)), so VICReg runs use α = 1.
+    return losses.get("vicreg", gamma=4.0) if name == "vicreg" else losses.get(name)
+
+
 def test_full_m_is_exact(setup):
     """m = 2n keeps every eigenpair: K_m = K, the reduced flow IS the full flow (bound = 0)."""
     K = setup["K"]
     N = K.shape[0]
-    # VICReg from a small init is very stiff (1/sqrt(var + 1e-4) near collapse): O(1) init there.
     for name, alpha, T in (("barlow_twins", 0.1, 200.0), ("vicreg", 1.0, 0.5)):
         f0 = _f0(K, 2, alpha)
-        loss = losses.get(name)
+        loss = _smooth_loss(name)
         ts = jnp.linspace(0.0, T, 20)
         ref = _ode.solve_ode(K, loss, f0, ts, rtol=1e-11)
         tr = _eigen.solve_eigen(K, loss, f0, ts, m=N, rtol=1e-11)
@@ -195,7 +201,7 @@ def test_general_losses_within_bound(setup, name, alpha, T):
     k = 4
     f0 = _f0(K, k, alpha)
     ts = jnp.linspace(0.0, T, 30)
-    loss = losses.get(name)
+    loss = _smooth_loss(name)
     ref = _ode.solve_ode(K, loss, f0, ts, rtol=1e-10)
     assert ref.ok
     for m in (8, 32):
@@ -257,9 +263,10 @@ def test_jit_vmap_grad(setup):
     ts = jnp.linspace(0.0, 150.0, 6)
 
     def final_loss(alpha, lam):
+        # Mean loss over the saved times (the final loss is ~1e-19: converged, flat in α).
         tr = _eigen.solve_eigen(K, losses.get("barlow_twins", lam=lam), alpha * z, ts,
                                 decomposition=dec, rtol=1e-10, max_steps=4096)
-        return tr.loss[-1]
+        return jnp.mean(tr.loss)
 
     f = jax.jit(final_loss)
     v = f(0.05, 1.0)
@@ -324,7 +331,7 @@ def test_solver_errors(setup):
         _eigen.solve_eigen(K, bt, f0, -ts - 1)
     with pytest.raises(ValueError, match="loss"):
         solve_many(K, [bt, bt], jnp.stack([f0] * 3), ts)
-    with pytest.raises(ValueError, match="names"):
+    with pytest.raises(ValueError, match="one name"):
         solve_many(K, [bt, losses.get("vicreg")], [f0, f0], ts)
     with pytest.raises(ValueError, match="method"):
         solve_many(K, bt, jnp.stack([f0]), ts, method="fast")
