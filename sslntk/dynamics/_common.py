@@ -48,24 +48,16 @@ class Inputs(NamedTuple):
     f0_test: jax.Array | None
 
 
-def psd_tolerance(K: jax.Array) -> float:
-    """Relative round-off allowance for the smallest kernel eigenvalue: `10·N·eps`."""
-    return 10.0 * K.shape[0] * float(jnp.finfo(K.dtype).eps)
-
-
 def check_psd(K: jax.Array, name: str = "K") -> float | None:
-    """Raise if the concrete kernel `K` has an eigenvalue below `−psd_tolerance(K)·max|λ|`.
-
-    Returns the smallest eigenvalue (None when `K` is traced: values unknown under jit)."""
+    """Raise if the concrete kernel `K` is not PSD beyond round-off; return its smallest eigenvalue
+    (None when `K` is traced: values are unknown under jit). Delegates to
+    `sslntk.kernels.kernel_spectrum` (tolerance `max(N, 10)·eps·λ_max`), imported on first use so
+    that `check_psd=False` never loads neural-tangents."""
     if not V.is_concrete(K):
         return None
-    lam = np.linalg.eigvalsh(np.asarray(K, dtype=np.float64))
-    scale = float(np.max(np.abs(lam))) or 1.0
-    if lam[0] < -psd_tolerance(K) * scale:
-        raise ValueError(f"{name}: expected a positive semi-definite kernel (up to round-off "
-                         f"{psd_tolerance(K):.1g}·max|λ|), got smallest eigenvalue {lam[0]:.3g} "
-                         f"(largest |λ| = {scale:.3g})")
-    return float(lam[0])
+    from sslntk.kernels import kernel_spectrum
+
+    return kernel_spectrum(K, vectors=False, name=name).min_eigenvalue
 
 
 def validate_inputs(K, loss, f0, ts, K_test_train=None, f0_test=None, *,

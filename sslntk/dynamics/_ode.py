@@ -33,9 +33,10 @@ problems. Non-smooth losses (VICReg's variance hinge) can enter a sliding mode a
 every adaptive solver crawls; use `method="gd"` there.
 
 Gradients: `adjoint=diffrax.RecursiveCheckpointAdjoint()` (the default) differentiates the
-discretised solve exactly (discretise-then-optimise) with O(√max_steps) memory, so `jax.grad` of any
-scalar outcome w.r.t. K, f0 (hence α) and the loss constants works; it requires a finite
-`max_steps`.
+discretised solve exactly (discretise-then-optimise; binomial checkpointing with log(max_steps)
+checkpoints of the state, O(n log n) backward time for n steps), so `jax.grad` of any scalar
+outcome w.r.t. K, f0 (hence α) and the loss constants works; it requires a finite `max_steps`.
+`diffrax.DirectAdjoint()` also allows forward mode; `BacksolveAdjoint` is not exact.
 """
 
 from __future__ import annotations
