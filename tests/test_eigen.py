@@ -172,7 +172,6 @@ def test_bt_test_points_match_ode(setup):
     assert float(jnp.max(jnp.abs(tr.f_test - ref.f_test))) < 1e-3 * scale
 
 
-@pytest.mark.slow
 def _smooth_loss(name):
     # VICReg's hinge max(0, γ − std) has a kink at std = γ that stalls tight-tolerance adaptive
     # solvers; with γ = 4 (out of reach here) the hinge stays active and the flow is smooth.
@@ -180,6 +179,7 @@ def _smooth_loss(name):
     return losses.get("vicreg", gamma=4.0) if name == "vicreg" else losses.get(name)
 
 
+@pytest.mark.slow
 def test_full_m_is_exact(setup):
     """m = 2n keeps every eigenpair: K_m = K, the reduced flow IS the full flow (bound = 0)."""
     K = setup["K"]
@@ -256,6 +256,7 @@ def test_solve_many_other_method(setup):
     np.testing.assert_allclose(np.asarray(batch.f[1]), np.asarray(one.f), rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_jit_vmap_grad(setup):
     K = setup["K"]
     dec = linalg.eigen_decomposition(K, 16, "contrastive")
