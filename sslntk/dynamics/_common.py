@@ -244,16 +244,41 @@ def nan_unreached(y: jax.Array, reached: jax.Array) -> jax.Array:
     return jnp.where(mask, y, jnp.nan)
 
 
-def ode_defaults(f0: jax.Array, rtol, atol):
-    """Resolve default tolerances. `atol=None` → `rtol · RMS(f0)` (floored at the dtype's tiny):
-    absolute errors scale with the initial embedding, so a small initialisation (α ≪ 1) is
+def atol_scale(f0: jax.Array) -> jax.Array:
+    """`RMS(f0)` floored at the dtype's sqrt(tiny): the default `atol = rtol · atol_scale(f0)`.
+    Absolute errors scale with the initial embedding, so a small initialisation (α ≪ 1) is
     integrated to the same relative accuracy in its early, exponential phase as later on."""
+    return jnp.maximum(jnp.sqrt(jnp.mean(f0**2)), jnp.finfo(f0.dtype).tiny ** 0.5)
+
+
+def ode_defaults(f0: jax.Array, rtol, atol):
+    """Resolve default tolerances: `rtol=None` → `default_rtol`, `atol=None` → `rtol·atol_scale(f0)`."""
     if rtol is None:
         rtol = default_rtol(f0.dtype)
     if atol is None:
-        scale = jnp.sqrt(jnp.mean(f0**2))
-        atol = rtol * jnp.maximum(scale, jnp.finfo(f0.dtype).tiny ** 0.5)
+        atol = rtol * atol_scale(f0)
     return rtol, atol
+
+
+def diffrax_settings(f0, *, atol_scale, solver, rtol, atol, dt0, max_steps, pcoeff, icoeff,
+                     adjoint, progress) -> tuple[dict, dict]:
+    """Validate the options shared by the diffrax-based solvers (`ode`, `constrained`) and split
+    them into traced arrays (`rtol`, `atol`, `dt0`, `pcoeff`, `icoeff`: changing them does not
+    recompile) and static ones (`solver`, `max_steps`, `adjoint`, `progress`, `has_dt0`).
+    `atol=None` → `rtol · atol_scale`."""
+    max_steps = V.positive_int("max_steps", max_steps)
+    rtol = default_rtol(f0.dtype) if rtol is None else V.positive_float("rtol", rtol)
+    atol = rtol * atol_scale if atol is None else V.positive_float("atol", atol)
+    if dt0 is not None:
+        V.positive_float("dt0", dt0)
+    make_solver(solver)  # validates the name
+    as_t = lambda x: jnp.asarray(x, f0.dtype)
+    traced = dict(rtol=as_t(rtol), atol=as_t(atol), dt0=as_t(0.0 if dt0 is None else dt0),
+                  pcoeff=as_t(pcoeff), icoeff=as_t(icoeff))
+    static = dict(solver=solver, max_steps=max_steps, progress=bool(progress),
+                  adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
+                  has_dt0=dt0 is not None)
+    return traced, static
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import functools
 
-import diffrax
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
@@ -121,7 +120,6 @@ def solve_constrained(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progr
     (default rtol·1: the state is O(1) on the manifold), `dt0`, `max_steps`, `pcoeff`, `icoeff`,
     `adjoint`).
     """
-    max_steps = V.positive_int("max_steps", max_steps)
     if f0.shape[1] > f0.shape[0]:
         raise ValueError(f"f0: method 'constrained' needs k <= 2n (k orthonormal functions on 2n "
                          f"views), got shape {tuple(f0.shape)}")
@@ -129,14 +127,7 @@ def solve_constrained(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progr
         raise ValueError("K: method 'constrained' needs a positive-definite kernel (the constraint "
                          "is fᵀK⁻¹f = I), but its Cholesky factorisation failed; add a small ridge "
                          "(K + εI)")
-    rtol = V.positive_float("rtol", rtol) if rtol is not None else C.default_rtol(f0.dtype)
-    atol = V.positive_float("atol", atol) if atol is not None else rtol
-    if dt0 is not None:
-        V.positive_float("dt0", dt0)
-    C.make_solver(solver)
-    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    as_t = lambda x: jnp.asarray(x, f0.dtype)
-    return _core(K, loss, f0, ts, K_test_train, f0_test, as_t(rtol), as_t(atol),
-                 as_t(0.0 if dt0 is None else dt0), as_t(pcoeff), as_t(icoeff), solver=solver,
-                 max_steps=max_steps, adjoint=adjoint, progress=bool(progress),
-                 has_dt0=dt0 is not None)
+    traced, static = C.diffrax_settings(
+        f0, atol_scale=1.0, solver=solver, rtol=rtol, atol=atol, dt0=dt0, max_steps=max_steps,
+        pcoeff=pcoeff, icoeff=icoeff, adjoint=adjoint, progress=progress)
+    return _core(K, loss, f0, ts, K_test_train, f0_test, **traced, **static)

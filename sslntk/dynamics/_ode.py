@@ -43,11 +43,9 @@ from __future__ import annotations
 
 import functools
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
-from sslntk import _validate as V
 from sslntk.dynamics import _common as C
 from sslntk.dynamics._trajectory import Trajectory
 
@@ -101,17 +99,7 @@ def solve_ode(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=Fals
     Saved at exactly `ts` (`SaveAt(ts=...)`, dense interpolation between steps). `n_steps` is the
     number of accepted steps. Inputs are assumed validated (`sslntk.dynamics.solve` does it).
     """
-    max_steps = V.positive_int("max_steps", max_steps)
-    rtol = V.positive_float("rtol", rtol) if rtol is not None else None
-    atol = V.positive_float("atol", atol) if atol is not None else None
-    if dt0 is not None:
-        V.positive_float("dt0", dt0)
-    C.make_solver(solver)  # validates the name
-    rtol, atol = C.ode_defaults(f0, rtol, atol)
-    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    dt = f0.dtype
-    as_t = lambda x: jnp.asarray(x, dt)
-    return _core(K, loss, f0, ts, K_test_train, f0_test, as_t(rtol), as_t(atol),
-                 as_t(0.0 if dt0 is None else dt0), as_t(pcoeff), as_t(icoeff), solver=solver,
-                 max_steps=max_steps, adjoint=adjoint, progress=bool(progress),
-                 has_dt0=dt0 is not None)
+    traced, static = C.diffrax_settings(
+        f0, atol_scale=C.atol_scale(f0), solver=solver, rtol=rtol, atol=atol, dt0=dt0,
+        max_steps=max_steps, pcoeff=pcoeff, icoeff=icoeff, adjoint=adjoint, progress=progress)
+    return _core(K, loss, f0, ts, K_test_train, f0_test, **traced, **static)
