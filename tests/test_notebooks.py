@@ -2,7 +2,6 @@
 The notebooks assert their own headline numbers (step times vs theory, gradients vs finite
 differences, deviation shrinking with width, collapse to rank one)."""
 
-import os
 from pathlib import Path
 
 import nbformat
