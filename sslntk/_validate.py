@@ -109,3 +109,23 @@ def square_kernel(name: str, K, *, sym_tol: float | None = None) -> jax.Array:
             raise ValueError(f"{name}: expected a symmetric kernel, got max |K - K^T|/max|K| = "
                              f"{asym:.3g} > {tol:.1g}")
     return arr
+
+
+def check_test_pair(K_test_train, f0_test, N: int, k: int):
+    """Check the optional test-point pair: cross kernel `(m, N)` and initial test embeddings `(m, k)`,
+    both given or neither. Returns them as float arrays (or `(None, None)`)."""
+    if (K_test_train is None) != (f0_test is None):
+        raise ValueError("K_test_train and f0_test: expected both or neither (they give test "
+                         f"predictions), got K_test_train={'None' if K_test_train is None else 'array'}, "
+                         f"f0_test={'None' if f0_test is None else 'array'}")
+    if K_test_train is None:
+        return None, None
+    K_test_train = as_float_array("K_test_train", K_test_train, ndim=2)
+    f0_test = as_float_array("f0_test", f0_test, ndim=2)
+    if K_test_train.shape[1] != N:
+        raise ValueError(f"K_test_train: expected shape (m, 2n) = (m, {N}), got "
+                         f"{tuple(K_test_train.shape)}")
+    if f0_test.shape != (K_test_train.shape[0], k):
+        raise ValueError(f"f0_test: expected shape (m, k) = ({K_test_train.shape[0]}, {k}), got "
+                         f"{tuple(f0_test.shape)}")
+    return K_test_train, f0_test

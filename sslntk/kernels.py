@@ -959,19 +959,7 @@ def reference_gradient_descent(loss, K, f0, ts, K_test_train=None, f0_test=None)
         raise ValueError(f"K: expected shape ({f0.shape[0]}, {f0.shape[0]}) to match f0 "
                          f"{tuple(f0.shape)}, got {tuple(K.shape)}")
     ts = _check_times("ts", ts)
-    if (K_test_train is None) != (f0_test is None):
-        raise ValueError("K_test_train and f0_test: expected both or neither, got "
-                         f"K_test_train={'None' if K_test_train is None else 'array'}, "
-                         f"f0_test={'None' if f0_test is None else 'array'}")
-    if K_test_train is not None:
-        K_test_train = V.as_float_array("K_test_train", K_test_train, ndim=2)
-        f0_test = V.as_float_array("f0_test", f0_test, ndim=2)
-        if K_test_train.shape[1] != K.shape[0]:
-            raise ValueError(f"K_test_train: expected shape (m, {K.shape[0]}), got "
-                             f"{tuple(K_test_train.shape)}")
-        if f0_test.shape != (K_test_train.shape[0], f0.shape[1]):
-            raise ValueError(f"f0_test: expected shape ({K_test_train.shape[0]}, {f0.shape[1]}), "
-                             f"got {tuple(f0_test.shape)}")
+    K_test_train, f0_test = V.check_test_pair(K_test_train, f0_test, K.shape[0], f0.shape[1])
     V.same_dtype(K=K, f0=f0, K_test_train=K_test_train, f0_test=f0_test)
     ts = ts.astype(K.dtype)          # neural-tangents integrates in K's dtype
     return _nt_gradient_descent(_as_pytree_callable(loss), K, f0, ts, K_test_train, f0_test)

@@ -69,19 +69,7 @@ def validate_inputs(K, loss, f0, ts, K_test_train=None, f0_test=None, *,
     if f0.shape[0] != K.shape[0]:
         raise ValueError(f"f0: expected shape (2n, k) = ({K.shape[0]}, k) to match K "
                          f"{tuple(K.shape)}, got {tuple(f0.shape)}")
-    if (K_test_train is None) != (f0_test is None):
-        raise ValueError("K_test_train and f0_test: expected both (test predictions) or neither, "
-                         f"got K_test_train={'None' if K_test_train is None else 'array'}, "
-                         f"f0_test={'None' if f0_test is None else 'array'}")
-    if K_test_train is not None:
-        K_test_train = V.as_float_array("K_test_train", K_test_train, ndim=2)
-        f0_test = V.as_float_array("f0_test", f0_test, ndim=2)
-        if K_test_train.shape[1] != K.shape[0]:
-            raise ValueError(f"K_test_train: expected shape (m, 2n) = (m, {K.shape[0]}), got "
-                             f"{tuple(K_test_train.shape)}")
-        if f0_test.shape != (K_test_train.shape[0], f0.shape[1]):
-            raise ValueError(f"f0_test: expected shape (m, k) = ({K_test_train.shape[0]}, "
-                             f"{f0.shape[1]}), got {tuple(f0_test.shape)}")
+    K_test_train, f0_test = V.check_test_pair(K_test_train, f0_test, K.shape[0], f0.shape[1])
     V.same_dtype(K=K, f0=f0, K_test_train=K_test_train, f0_test=f0_test)
     ts = _times(ts, K.dtype)
     if check_psd_:
