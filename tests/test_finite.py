@@ -58,6 +58,36 @@ def test_network_equals_stax(arch, shape):
     np.testing.assert_allclose(model(x), apply_fn(p_nt, x), rtol=1e-12, atol=1e-13)
 
 
+def test_network_without_in_shape_is_built_from_the_first_input(digits_views):
+    """The issue's signature `network(arch, width, out_dim, *, key, alpha)`: parameters are drawn
+    when the input shape is first seen, identical to the eager draw (same key)."""
+    arch, x = kernels.mlp(1, "erf"), digits_views.stacked
+    eager = finite.network(arch, 16, 3, key=KEY, in_shape=(64,), dtype=F64, alpha=0.1)
+    lazy = finite.network(arch, 16, 3, key=KEY, alpha=0.1)
+    assert not lazy.built and lazy.dtype is None
+    with pytest.raises(ValueError, match="build"):
+        finite.n_params(lazy)
+    with pytest.raises(ValueError, match="outside"):
+        jax.jit(lambda z: lazy(z))(x)                     # cannot draw under a transformation
+    np.testing.assert_array_equal(lazy(x), eager(x))      # dtype taken from x (float64)
+    assert lazy.built and lazy.dtype == F64 and lazy.in_shape == (64,)
+    with pytest.raises(ValueError, match="built for inputs"):
+        lazy.build((8, 8, 1))
+    raw = finite.network(arch, 16, 3, key=jax.random.PRNGKey(7), alpha=0.1)  # raw uint32 key
+    np.testing.assert_array_equal(finite.empirical_ntk(raw, x), finite.empirical_ntk(eager, x))
+    lin = finite.linearize(finite.network(arch, 16, 3, key=KEY, alpha=0.1))
+    np.testing.assert_allclose(lin(x), eager(x), rtol=0, atol=1e-14)
+    # train builds it too, and needs no key for full-batch GD (deterministic)
+    a = finite.train(finite.network(arch, 16, 3, key=KEY, alpha=0.1), digits_views,
+                     "barlow_twins", lr=0.05, steps=5, progress=False, check_lr=False)
+    b = finite.train(eager, digits_views, "barlow_twins", lr=0.05, steps=5, progress=False, check_lr=False,
+                     key=jax.random.key(3))
+    np.testing.assert_array_equal(a.f, b.f)
+    with pytest.raises(ValueError, match="key"):
+        finite.train(eager, digits_views, "barlow_twins", lr=0.05, steps=2, optimizer="sgd",
+                     batch_size=4, progress=False)
+
+
 @pytest.mark.parametrize("arch,shape", ARCHS[1:3] + ARCHS[6:8], ids=IDS[1:3] + IDS[6:8])
 @pytest.mark.parametrize("impl", [1, 2])
 def test_empirical_ntk_equals_neural_tangents(arch, shape, impl):

@@ -138,26 +138,76 @@ class Network(nnx.Module):
     Inputs are batches `(N, *in_shape)`; outputs `(N, out_dim)`.
     """
 
-    def __init__(self, arch: kernels.Arch, width: int, out_dim: int, in_shape: tuple[int, ...],
-                 theta: Sequence[tuple], theta0: Sequence[tuple], alpha: float = 1.0):
+    def __init__(self, arch: kernels.Arch, width: int, out_dim: int,
+                 in_shape: tuple[int, ...] | None, theta: Sequence[tuple], theta0: Sequence[tuple],
+                 alpha: float = 1.0, pending: tuple | None = None):
         self.arch, self.width, self.out_dim = arch, int(width), int(out_dim)
-        self.in_shape, self.alpha = tuple(int(s) for s in in_shape), float(alpha)
+        self.in_shape = None if in_shape is None else tuple(int(s) for s in in_shape)
+        self.alpha = float(alpha)
         self.layers = [Affine(W, b, W0, b0) for (W, b), (W0, b0) in zip(theta, theta0, strict=True)]
+        # (key impl, key data, dtype or None) until the input shape is known (`build`); plain
+        # Python values so that the graphdef stays hashable for jit.
+        self._pending = pending
+
+    @property
+    def built(self) -> bool:
+        """False until the parameters exist (a network made without `in_shape` is built by its
+        first eager call, by `train`/`empirical_ntk`, or explicitly by `build`)."""
+        return self.in_shape is not None
+
+    def build(self, in_shape, dtype=None) -> Network:
+        """Draw the parameters for per-example inputs of shape `in_shape` (no-op when built with the
+        same shape; a different shape raises). The draw is the one `network(..., in_shape=...)`
+        makes from the same key, so building late or early gives identical parameters. `dtype`
+        (float32/float64) applies when `network` was given none. Returns the model."""
+        if self.built:
+            shp = _check_in_shape(self.arch, in_shape)
+            if shp != self.in_shape:
+                raise ValueError(f"in_shape: this network was built for inputs {self.in_shape}, "
+                                 f"got {shp}")
+            return self
+        impl, data, dt = self._pending
+        key = jax.random.wrap_key_data(jnp.asarray(np.asarray(data[1], np.uint32).reshape(data[0])),
+                                       impl=impl)
+        shp = _check_in_shape(self.arch, in_shape)
+        dt = _check_dtype(dt if dt is not None else (dtype if dtype is not None else jnp.float32))
+        theta = _draw(self.arch, self.width, self.out_dim, shp, key, dt)
+        self.layers = [Affine(W, b, W, b) for W, b in theta]
+        self.in_shape, self._pending = shp, None
+        return self
+
+    def _require_built(self, what: str):
+        if not self.built:
+            raise ValueError(f"model: {what} needs the parameters, which are drawn once the input "
+                             f"shape is known: call model.build(in_shape) or model(x) first, or "
+                             f"pass in_shape to sslntk.finite.network")
 
     @property
     def theta(self) -> list[tuple]:
+        self._require_built("theta")
         return [(layer.W.value, layer.b.value) for layer in self.layers]
 
     @property
     def theta0(self) -> list[tuple]:
+        self._require_built("theta0")
         return [(layer.W0.value, layer.b0.value) for layer in self.layers]
 
     @property
     def dtype(self):
+        if not self.built:
+            dt = self._pending[2]
+            return None if dt is None else jnp.dtype(dt)
         return self.layers[0].W.value.dtype
 
     def _check_input(self, x):
+        if not self.built and hasattr(x, "shape") and len(x.shape) >= 2:
+            if isinstance(x, jax.core.Tracer):
+                raise ValueError("model: this network has no parameters yet (made without "
+                                 "in_shape) and cannot draw them inside a jax transformation: "
+                                 "call model.build(in_shape) or model(x) once outside it")
+            self.build(tuple(x.shape[1:]), getattr(x, "dtype", None))
         if not hasattr(x, "shape") or tuple(x.shape[1:]) != self.in_shape:
+            self._require_built("a forward pass")
             got = tuple(getattr(x, "shape", ()))
             hint = (" (a CNN needs NHWC images, not flat vectors)"
                     if self.arch.kind == "cnn" and len(got) == 2 else "")
@@ -228,8 +278,8 @@ def _check_alpha(alpha) -> float:
     return float(alpha)
 
 
-def network(arch: kernels.Arch, width: int, out_dim: int, *, key, in_shape, alpha: float = 1.0,
-            dtype=jnp.float32) -> Network:
+def network(arch: kernels.Arch, width: int, out_dim: int, *, key, alpha: float = 1.0,
+            in_shape=None, dtype=None) -> Network:
     """The Flax NNX network of `arch` at hidden width `width` with `out_dim` outputs.
 
     Args:
@@ -238,10 +288,11 @@ def network(arch: kernels.Arch, width: int, out_dim: int, *, key, in_shape, alph
       key: a `jax.random` key; parameters are drawn as `stax_network(arch, width, out_dim)`'s
         `init_fn(key, (-1, *in_shape))` draws them (same key → same parameters as neural-tangents,
         drawn in JAX's default float dtype and then cast to `dtype`).
-      in_shape: per-example input shape, e.g. `(64,)` or `(8, 8, 1)` (NHWC) — needed to size the
-        first layer; a CNN requires `(H, W, C)`.
       alpha: small-init scale α >= 0: `f_θ = g_θ − (1 − α)·g_θ₀`, so `f = α·g_θ₀` at init.
-      dtype: float32 (default) or float64.
+      in_shape: per-example input shape, e.g. `(64,)` or `(8, 8, 1)` (NHWC). Optional: without it
+        the parameters are drawn when the shape is first seen (the first eager `model(x)`,
+        `train`, `empirical_ntk`, or `model.build(in_shape)`) — the same draw either way.
+      dtype: float32 or float64; default float32, or (built later) the dtype of the first input.
     """
     if not isinstance(arch, kernels.Arch):
         raise TypeError(f"arch: expected a sslntk.kernels.Arch (kernels.mlp/cnn), got "
@@ -249,23 +300,47 @@ def network(arch: kernels.Arch, width: int, out_dim: int, *, key, in_shape, alph
     V.positive_int("width", width)
     V.positive_int("out_dim", out_dim)
     _check_key(key)
-    shp = _check_in_shape(arch, in_shape)
     alpha = _check_alpha(alpha)
-    dtype = jnp.dtype(dtype)
-    if dtype not in (jnp.float32, jnp.float64):
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    if dtype is not None:
+        dtype = _check_dtype(dtype)
     if arch.activation not in SUPPORTED_ACTIVATIONS:
         activation_fn(arch)  # raises naming the activation
+    if in_shape is None:
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.wrap_key_data(key)          # a raw uint32 PRNGKey is threefry data
+        data = np.asarray(jax.random.key_data(key))
+        pending = (str(jax.random.key_impl(key)), (data.shape, tuple(int(v) for v in data.ravel())),
+                   None if dtype is None else dtype.name)
+        return Network(arch, width, out_dim, None, [], [], alpha, pending=pending)
+    shp = _check_in_shape(arch, in_shape)
+    theta = _draw(arch, int(width), int(out_dim), shp, key,
+                  jnp.dtype(jnp.float32) if dtype is None else dtype)
+    return Network(arch, width, out_dim, shp, theta, theta, alpha)
+
+
+def _check_dtype(dtype):
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from e
+    if dt not in (jnp.float32, jnp.float64):
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    return dt
+
+
+def _draw(arch, width, out_dim, shp, key, dtype) -> list[tuple]:
+    """The `(W, b)` pairs exactly as stax's `init_fn(key, (-1, *shp))` draws them (`serial` splits
+    the key once per layer, parameter-free layers included), cast to `dtype`."""
     default = jnp.zeros(()).dtype  # what stax's random.normal draws (float64 under x64)
     theta, rng = [], key
-    for kind, wshape, bshape in _layer_plan(arch, int(width), int(out_dim), shp):
+    for kind, wshape, bshape in _layer_plan(arch, width, out_dim, shp):
         rng, layer_rng = jax.random.split(rng)
         if kind is None:
             continue
         k1, k2 = jax.random.split(layer_rng)
         theta.append((jax.random.normal(k1, wshape, default).astype(dtype),
                       jax.random.normal(k2, bshape, default).astype(dtype)))
-    return Network(arch, width, out_dim, shp, theta, theta, alpha)
+    return theta
 
 
 def linearize(model: Network) -> Linearized:
@@ -273,11 +348,15 @@ def linearize(model: Network) -> Linearized:
     Its trainable parameters start at the model's current θ; `model` is not modified."""
     if not isinstance(model, Network):
         raise TypeError(f"model: expected a sslntk.finite Network, got {type(model).__name__}")
+    if not model.built:  # unbuilt: the same lazy draw, linearised once built
+        return Linearized(model.arch, model.width, model.out_dim, None, [], [], model.alpha,
+                          pending=model._pending)
     return Linearized(model.arch, model.width, model.out_dim, model.in_shape, model.theta,
                       model.theta0, model.alpha)
 
 
 def _nt_layout(model: Network) -> list:
+    model._require_built("the neural-tangents parameter layout")
     return _layer_plan(model.arch, model.width, model.out_dim, model.in_shape)
 
 
@@ -322,4 +401,5 @@ def from_nt_params(model: Network, params, *, init: bool = True) -> Network:
 
 def n_params(model: Network) -> int:
     """Number of trainable scalars."""
+    model._require_built("n_params")
     return int(sum(math.prod(a.shape) for pair in model.theta for a in pair))

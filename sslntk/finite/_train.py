@@ -80,11 +80,18 @@ def _stacked_inputs(views, model) -> jax.Array:
         raise ValueError("views: expected single-draw Views (no draw axis), got n_draws = "
                          f"{views.n_draws}; pick one with views.draw(i)")
     x = V.stacked_views("views", x, ndim=range(2, 6))
+    _ensure_built(model, x)
     in_shape = getattr(model, "in_shape", None)
     if in_shape is not None and tuple(x.shape[1:]) != in_shape:
         raise ValueError(f"views: expected stacked views of shape (2n, {', '.join(map(str, in_shape))})"
                          f" for this {model.arch.kind} network, got {tuple(x.shape)}")
     return x
+
+
+def _ensure_built(model, x) -> None:
+    """Draw the parameters of a network made without `in_shape` from the inputs' shape/dtype."""
+    if getattr(model, "built", True) is False and not isinstance(x, jax.core.Tracer):
+        model.build(tuple(x.shape[1:]), x.dtype)
 
 
 def _test_inputs(x_test, x, model) -> jax.Array | None:
@@ -392,7 +399,7 @@ def _common_checks(model, views, loss, lr, steps, optimizer, batch_size, ts, x_t
 
 
 def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
-          batch_size: int | None = None, ts=None, x_test=None, key, checkpoint=None,
+          batch_size: int | None = None, ts=None, x_test=None, key=None, checkpoint=None,
           progress: bool = True, check_lr: bool = True,
           callback: Callable | None = None) -> TrainResult:
     """Train `model` on the SSL `loss` of the stacked `views` and record it over time.
@@ -411,6 +418,8 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
         default: 101 points over `[0, lr·steps]`. Training always runs all `steps`.
       x_test: held-out inputs `(m, *in_shape)` whose embeddings are recorded too.
       key: a `jax.random` key (minibatch draws use `fold_in(key, step)`); same key, same result.
+        Required for minibatch training (`batch_size` set); full-batch runs are deterministic and
+        default to `jax.random.key(0)` (used only by the `check_lr` power iteration).
       checkpoint: a file path (`.npz`): written atomically at every save point; if it exists and
         was written by the same run (fingerprint of parameters, data, loss, optimiser, schedule and
         key), training resumes from it and ends bit-identical to an uninterrupted run.
@@ -421,6 +430,11 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
     x, xt, loss, steps, tx, bp, s_save = _common_checks(model, views, loss, lr, steps, optimizer,
                                                         batch_size, ts, x_test)
     from sslntk.finite._network import _check_key
+    if key is None:
+        if bp is not None:
+            raise ValueError(f"key: minibatch training (optimizer={optimizer!r}, batch_size="
+                             f"{batch_size}) draws random batches and needs a jax.random key")
+        key = jax.random.key(0)
     _check_key(key)
     graphdef, params, rest = split_trainable(model)
     rate = None
@@ -473,6 +487,9 @@ def stack_models(models) -> tuple:
     models = list(models)
     if not models:
         raise ValueError("models: expected at least one model")
+    for m in models:
+        if getattr(m, "built", True) is False:
+            m._require_built("stack_models")
     splits = [split_trainable(m) for m in models]
     gd = splits[0][0]
     if any(s[0] != gd for s in splits[1:]):
