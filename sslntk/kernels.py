@@ -55,11 +55,16 @@ from typing import NamedTuple
 sys.modules.setdefault("neural_tangents.experimental",
                        types.ModuleType("neural_tangents.experimental"))
 
+import warnings  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import neural_tangents as nt  # noqa: E402
 import numpy as np  # noqa: E402
-from neural_tangents import stax  # noqa: E402
+
+with warnings.catch_warnings():  # nt 0.6.5 touches jax.core.Jaxpr (deprecated in JAX 0.5, gone in 0.6)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import neural_tangents as nt
+    from neural_tangents import stax
 
 from sslntk import _validate as V  # noqa: E402
 

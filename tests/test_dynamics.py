@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslntk import dynamics, losses
+from sslntk import dynamics, losses, theory
 from sslntk.dynamics import FAILED, MAX_STEPS, NONFINITE, SUCCESS
 
 N_HALF, K_DIM, M_TEST, T_SAVE = 10, 3, 4, 61
@@ -383,12 +383,26 @@ def test_missing_method_module_raises(monkeypatch, prob):
 
 
 def test_auto_method_rule(prob):
-    K, f0, ts = prob["K"], jnp.asarray(prob["g"]), jnp.array([0.0, 1.0])
-    expect_bt = "closed_form" if "closed_form" in dynamics.available_methods() else "ode"
-    assert dynamics.choose_method(K, losses.get("barlow_twins"), f0, ts) == expect_bt
-    assert dynamics.choose_method(K, losses.get("barlow_twins", lam=0.5), f0, ts) == "ode"
+    """`auto` by loss and size, recorded on the Trajectory: closed_form only for an ALIGNED init
+    (where it is exact), eigen for cross-moment losses above SMALL_N, ode otherwise."""
+    K, f0, ts = prob["K"], 1e-2 * jnp.asarray(prob["g"]), jnp.array([0.0, 1.0])
+    bt = losses.get("barlow_twins")
+    assert dynamics.choose_method(K, bt, f0, ts) == "ode"               # random init, small N
+    _, _, E = theory.stepwise.contrastive_modes(K, K_DIM + 1)
+    aligned = E[:, :K_DIM] @ (1e-3 * jnp.diag(jnp.arange(1.0, K_DIM + 1)))[::-1]
+    assert dynamics.choose_method(K, bt, aligned, ts) == "closed_form"
+    off = aligned + 1e-4 * E[:, K_DIM:K_DIM + 1]                        # touches mode k+1
+    assert dynamics.choose_method(K, bt, off, ts) == "ode"
+    assert dynamics.choose_method(K, losses.get("barlow_twins", lam=0.5), aligned, ts) == "ode"
     assert dynamics.choose_method(K, "vicreg", f0, ts) == "ode"
+    big = jax.ShapeDtypeStruct((dynamics.SMALL_N + 2, dynamics.SMALL_N + 2), jnp.float32)
+    huge = jax.ShapeDtypeStruct((dynamics.LARGE_N + 2, dynamics.LARGE_N + 2), jnp.float32)
+    for name in ("barlow_twins", "kernel_pca", "naive"):
+        assert dynamics.choose_method(big, name, None, None) == "eigen"
+    for name in ("vicreg", "simclr", "spectral", "barlow_twins_standardized"):
+        assert dynamics.choose_method(big, name, None, None) == "ode"
+        assert dynamics.choose_method(huge, name, None, None) == "eigen"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        tr = dynamics.solve(K, "barlow_twins", 1e-2 * f0, ts)
-    assert tr.method == expect_bt
+        assert dynamics.solve(K, bt, aligned, ts).method == "closed_form"
+        assert dynamics.solve(K, bt, f0, ts).method == "ode"

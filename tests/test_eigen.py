@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslntk import linalg, losses
+from sslntk import dynamics, linalg, losses
 from sslntk.dynamics import _eigen, _ode
 from sslntk.dynamics._sweep import solve_many
 
@@ -338,10 +338,12 @@ def test_solver_errors(setup):
         solve_many(K, bt, jnp.stack([f0]), ts, method="fast")
 
 
-def test_recommend_method(setup):
-    K = setup["K"]
-    big = jnp.zeros((1024, 1024))
-    assert _eigen.recommend_method(K, "barlow_twins") == "ode"
-    assert _eigen.recommend_method(big, "barlow_twins") == "eigen"
-    assert _eigen.recommend_method(big, "vicreg") == "ode"
-    assert _eigen.recommend_method(jnp.zeros((8192, 8192), jnp.float32), "simclr") == "eigen"
+def test_auto_picks_eigen_above_small_n():
+    """`solve(method="auto")` on a 2n = 2·SMALL_N BT problem runs (and records) the eigen method."""
+    rng = np.random.default_rng(3)
+    N = 2 * dynamics.SMALL_N
+    Phi = rng.normal(size=(N, 40)) / np.sqrt(40)
+    K = jnp.asarray(Phi @ Phi.T + 1e-3 * np.eye(N))
+    f0 = jnp.asarray(1e-3 * rng.normal(size=(N, 2)))
+    tr = dynamics.solve(K, "barlow_twins", f0, jnp.linspace(0.0, 5.0, 6))
+    assert tr.method == "eigen" and tr.ok

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sslntk import data, finite, kernels, losses
+from sslntk import data, dynamics, finite, kernels, losses
 
 F64 = jnp.float64
 KEY = jax.random.key(7)
@@ -386,9 +386,24 @@ def test_width_sweep_small(tmp_path, digits_views):
     assert np.all(np.isfinite(a.kernel_drift)) and np.all(a.kernel_drift > 0)
     assert a.exponent is not None and a.exponent.n_points == 4
     assert set(a.summary()) >= {"deviation_mean", "exponent", "kernel_drift_mean"}
-    b = finite.width_sweep(arch, digits_views, "barlow_twins", [8, 32], 2, vmap_seeds=False, **kw)
+    assert a.dev_net_lin is None and a.dev_lin_ker is None
+    b = finite.width_sweep(arch, digits_views, "barlow_twins", [8, 32], 2, vmap_seeds=False,
+                           linearized=True, **kw)
     np.testing.assert_allclose(b.dev_train, a.dev_train, rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(b.spectra_net, a.spectra_net, rtol=1e-8, atol=1e-14)
+    # the split against an independent computation: seed 1 of width 32, trained here directly
+    m = finite.network(arch, 32, 2, key=jax.random.fold_in(jax.random.key(1), 32), alpha=0.1)
+    tk = {k: kw[k] for k in ("lr", "steps", "ts")}
+    f_net = finite.train(m, digits_views, "barlow_twins", progress=False, check_lr=False, **tk).f
+    f_lin = finite.train(finite.linearize(m), digits_views, "barlow_twins", progress=False,
+                         check_lr=False, **tk).f
+    ker = dynamics.solve(kernels.ntk(arch, digits_views.stacked), "barlow_twins", m(
+        digits_views.stacked), jnp.asarray(kw["ts"]), method="gd", lr=kw["lr"])
+    np.testing.assert_allclose(b.dev_net_lin[1, 1], finite.relative_deviation(f_net, f_lin),
+                               rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(b.dev_lin_ker[1, 1], finite.relative_deviation(f_lin, ker.f),
+                               rtol=1e-6, atol=1e-12)
+    assert set(b.summary()) >= {"dev_net_lin_mean", "dev_lin_ker_mean"}
     c = finite.width_sweep(arch, digits_views, "barlow_twins", [8, 32], 2, checkpoint=tmp_path,
                            **kw)   # every width loaded from the checkpoint
     np.testing.assert_array_equal(c.dev_train, a.dev_train)
@@ -400,12 +415,15 @@ def test_width_sweep_small(tmp_path, digits_views):
 
 
 def _bt_digits_setting():
-    """2n = 256 digits views (128 images, two random 1-pixel translations each, flattened), a
-    one-hidden-layer erf MLP. The translate augmentation gives well-separated top eigenvalues of
-    M = K^{1/2}ZK^{1/2}/2n (γ ≈ 0.279, 0.053, 0.033), so the first three steps are distinct."""
-    ds = data.load("digits", n=128, dtype=F64)
-    views = data.make_views(ds.x, data.translate(1.0), jax.random.key(0)).flatten()
-    test = data.load("digits", dtype=F64).flat[-64:]           # held-out images (not augmented)
+    """2n = 256 digits views: 128 images of digits 0 and 1, two views each with Gaussian pixel noise
+    (std 0.3 of the globally standardised intensities), flattened; a one-hidden-layer erf MLP.
+    Why this setting: the top eigenvalues of M = K^{1/2}ZK^{1/2}/2n are well separated
+    (γ ≈ 0.486, 0.200, 0.077, 0.030: ratios ≥ 2.4), so the first three steps are distinct. With all
+    ten digits and 1-pixel translations (γ₃/γ₄ = 1.27) the third step is a near-tie whose winner
+    flips with the O(1/√width) kernel noise (measured: 60 % deviation at width 4096 for one seed)."""
+    ds = data.load("digits", n=128, classes=(0, 1), dtype=F64)
+    views = data.make_views(ds.x, data.gaussian_noise(0.3), jax.random.key(0)).flatten()
+    test = data.load("digits", classes=(0, 1), dtype=F64).flat[-64:]   # held-out, not augmented
     return kernels.mlp(1, "erf"), views, test
 
 
@@ -417,27 +435,40 @@ def _through_step(spectra_ker, ts, j, level=0.9):
 
 @pytest.mark.slow
 def test_wide_mlp_follows_kernel_trajectory():
+    """Issue [C]: BT λ = 1, α = 1e-2, 2n = 256 digits views, full-batch GD, the kernel solved by
+    GD at the same lr from the network's own f₀ (the comparison isolates the finite width)."""
     arch, views, test = _bt_digits_setting()
-    lr, steps = 0.08, 900
-    r = finite.width_sweep(arch, views, "barlow_twins", [64, 4096], [0], alpha=1e-2, lr=lr,
-                           steps=steps, ts=lr * np.arange(0, steps + 1, 10), out_dim=3,
-                           x_test=test, method="gd", drift_points=64)
-    end = _through_step(r.spectra_ker[-1, 0], r.ts, 3)
-    w = r.ts <= end
-    dev, dev_t = r.dev_train[:, 0, w].max(-1), r.dev_test[:, 0, w].max(-1)
-    print(f"\nthrough step 3 (t <= {end:g}): max rel. deviation train {dev}, held-out {dev_t}; "
-          f"kernel drift {r.kernel_drift[:, 0]}, init NTK error {r.init_kernel_error[:, 0]}; "
-          f"step times net {r.step_times_net[:, 0]} vs kernel {r.step_times_ker[:, 0]}")
-    assert r.spectra_ker[-1, 0, w][-1, 2] >= 0.9          # the window covers three steps
-    # Measured once (CPU, float64): width 4096 max deviation 0.099 train / 0.087 held-out, width
-    # 64: 0.73 / 0.84; step times net vs kernel at 4096: 5.16/5.17, 24.18/24.99, 56.07/56.38.
-    # Issue [C] asked for < 5 % at width 4096; that does NOT hold here: the 1.7 % init error of
-    # the empirical NTK shifts step 2 by 3 %, which is a 10 % function gap on the steep part of
-    # the step. Asserted: the measured level with margin, and the measured width effect.
-    assert dev[1] < 0.15 and dev_t[1] < 0.15
-    st_net, st_ker = r.step_times_net[1, 0], r.step_times_ker[1, 0]
-    assert np.all(np.abs(st_net - st_ker) < 0.06 * st_ker)  # three step times within 6 %
-    assert dev[0] > 3 * dev[1]                             # width 64 deviates measurably more
+    lr, steps = 0.08, 400
+    r = finite.width_sweep(arch, views, "barlow_twins", [64, 4096], 3, alpha=1e-2, lr=lr,
+                           steps=steps, ts=lr * np.arange(0, steps + 1, 4), out_dim=3,
+                           x_test=test, method="gd", drift_points=64, linearized=True,
+                           progress=False)
+    ends = [_through_step(r.spectra_ker[-1, s], r.ts, 3) for s in range(3)]
+    win = [r.ts <= e for e in ends]
+    dev = np.array([[r.dev_train[i, s, win[s]].max() for s in range(3)] for i in range(2)])
+    dev_t = np.array([[r.dev_test[i, s, win[s]].max() for s in range(3)] for i in range(2)])
+    motion = np.array([r.dev_net_lin[1, s, win[s]].max() for s in range(3)])
+    init = np.array([r.dev_lin_ker[1, s, win[s]].max() for s in range(3)])
+    print(f"\nthrough step 3 (t <= {np.round(ends, 2)}), seeds 0-2, widths 64 / 4096:\n"
+          f"max rel. deviation train {np.round(dev, 4).tolist()}, held-out "
+          f"{np.round(dev_t, 4).tolist()}\nwidth 4096 split: net vs its linearisation "
+          f"{np.round(motion, 4)}, linearisation vs kernel {np.round(init, 4)}; kernel drift "
+          f"{np.round(r.kernel_drift[1], 5)}, init NTK error {np.round(r.init_kernel_error[1], 4)}"
+          f"\nstep times net {np.round(r.step_times_net[1], 2).tolist()} vs kernel "
+          f"{np.round(r.step_times_ker[1], 2).tolist()}")
+    for s in range(3):
+        assert r.spectra_ker[1, s, win[s]][-1, 2] >= 0.9     # the window covers three steps
+    # Measured (CPU, float64, this setting): width 4096 max deviation through step 3 of
+    # 0.076 / 0.119 / 0.099 (seeds 0-2); the network vs its own linearisation 0.0014 / 0.0017 /
+    # 0.0025. So the NTK stays constant (Esser §4-6) and the whole gap is the width-4096 tangent
+    # kernel AT INIT differing from the infinite-width one (init error ~1.7 % in Frobenius norm,
+    # cross-output terms included), amplified by the small-init exponential phase (~ln(1/α)).
+    # Issue [C] asked for < 5 % at width 4096: NOT met; it scales as width^-1/2 (see the exponent
+    # test), and width 16384 measured 0.054 (seed 0). Asserted: the measured levels with margin.
+    assert np.all(motion < 0.01)
+    assert np.all(dev[1] < 0.15) and np.all(dev_t[1] < 0.15)
+    assert np.all(np.abs(r.step_times_net[1] - r.step_times_ker[1]) < 0.06 * r.step_times_ker[1])
+    assert dev[0].mean() > 3 * dev[1].mean()                 # width 64 deviates measurably more
 
 
 @pytest.mark.slow
@@ -446,7 +477,7 @@ def test_width_sweep_exponent():
     lr, steps = 0.08, 450
     r = finite.width_sweep(arch, views, "barlow_twins", [32, 128, 512, 2048], 3, alpha=1e-2,
                            lr=lr, steps=steps, ts=lr * np.arange(0, steps + 1, 10), out_dim=3,
-                           method="gd", drift_points=64)
+                           method="gd", drift_points=64, progress=False)
     fit = r.exponent
     print(f"\ndeviation (t <= {r.window:g}) by width {r.widths.tolist()}: "
           f"{np.round(r.deviation, 4).tolist()}\nkernel drift {np.round(r.kernel_drift, 5).tolist()}"

@@ -53,7 +53,8 @@ from sslntk.dynamics._trajectory import (
     Trajectory,
 )
 
-__all__ = ["solve", "choose_method", "available_methods", "METHODS", "Trajectory", "SUCCESS",
+__all__ = ["solve", "choose_method", "available_methods", "METHODS", "SMALL_N", "LARGE_N",
+           "Trajectory", "SUCCESS",
            "MAX_STEPS", "NONFINITE", "FAILED", "STATUS_NAMES"]
 
 # method -> "module.function" inside this package, imported on first use.
@@ -94,17 +95,66 @@ def _resolve(method: str):
     return fn
 
 
+# Size thresholds of `choose_method` (2n = N; measured in benchmarks/bench_dynamics.py, CPU float32):
+# up to SMALL_N the full ODE costs about what one top-m decomposition does and is exact; above
+# LARGE_N the full ODE's O(N²k) right-hand side dominates every other cost even for losses whose
+# eigen-reduction is only approximate.
+SMALL_N = 256
+LARGE_N = 4096
+ALIGNED_RTOL = 1e-6
+
+
 def choose_method(K, loss, f0, ts) -> str:
-    """The method `method="auto"` uses: `closed_form` for Barlow Twins (theory form) with a concrete
-    λ = 1 when that module is installed, else `ode` (the reference). Inputs as for `solve`."""
+    """The method `method="auto"` uses (recorded on `Trajectory.method`), by loss and size N = 2n:
+
+    * Barlow Twins (theory form) with a concrete λ = 1, N ≤ SMALL_N, and an ALIGNED `f0` (its mode
+      coefficients `Aᵀf0` live on the top-k contrastive modes with orthogonal rows, digest §3; checked
+      to `ALIGNED_RTOL` with one dense decomposition): ``closed_form``, exact at every time.
+    * any loss that depends on f only through `C = fᵀZf/2n` (`cross_moment_only`: BT, kernel PCA,
+      naive) with N > SMALL_N: ``eigen`` (moment path: O(m²k) per step after one top-m
+      decomposition; agrees with the full ODE to ≤ 1e-3 over the whole BT staircase, tests).
+    * any other loss with N > LARGE_N: ``eigen`` (kernel kind; its `Trajectory.bound` says how far
+      the rank-m kernel is from K).
+    * otherwise ``ode`` (the reference). ``closed_form`` from a random `f0` is the α → 0
+      approximation (its estimate in `Trajectory.bound`): ask for it by name.
+    Traced inputs (inside jit/vmap) skip the alignment check.
+    """
     from sslntk.losses import as_loss
 
     loss = as_loss(loss)
-    if loss.name == "barlow_twins" and _installed("closed_form"):
+    N = int(K.shape[0])
+    if loss.cross_moment_only and N > SMALL_N and _installed("eigen"):
+        return "eigen"
+    if not loss.cross_moment_only and N > LARGE_N and _installed("eigen"):
+        return "eigen"
+    if loss.name == "barlow_twins" and _installed("closed_form") and N <= SMALL_N:
         lam = loss.constants["lam"]
-        if V.is_concrete(lam) and jnp.ndim(lam) == 0 and float(lam) == 1.0:
+        if (V.is_concrete(lam) and jnp.ndim(lam) == 0 and float(lam) == 1.0
+                and V.is_concrete(K) and V.is_concrete(f0) and _aligned(K, f0)):
             return "closed_form"
     return "ode"
+
+
+def _aligned(K, f0) -> bool:
+    """True when `f0 = E P0` with `P0 = Aᵀf0` zero beyond the top-k modes and `P0[:k] P0[:k]ᵀ`
+    diagonal (the aligned initialisation `W(0) = U S(0) V_kᵀ` of the stepwise digest §3), to
+    `ALIGNED_RTOL` relative to `‖P0‖²`; a top-k mode missing from f0 is not aligned (the closed
+    form flags that case with bound = inf)."""
+    from sslntk.theory.stepwise import contrastive_modes
+
+    N, k = f0.shape
+    if k > N // 2:
+        return False
+    _, A, E = contrastive_modes(K, N)
+    P0 = A.T @ f0
+    tot = float(jnp.sum(P0**2))
+    if tot == 0.0 or float(jnp.sum((f0 - E @ P0) ** 2)) > ALIGNED_RTOL**2 * float(jnp.sum(f0**2)):
+        return False
+    top = P0[:k]
+    G = top @ top.T
+    off = float(jnp.sum((G - jnp.diag(jnp.diag(G))) ** 2)) ** 0.5
+    return (float(jnp.sum(P0[k:] ** 2)) <= ALIGNED_RTOL**2 * tot and off <= ALIGNED_RTOL * tot
+            and bool(jnp.all(jnp.diag(G) > ALIGNED_RTOL * tot)))
 
 
 def _check_options(method: str, fn, options: dict) -> None:

@@ -278,34 +278,3 @@ def solve_eigen(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=Fa
                  as_t(0.0 if dt0 is None else dt0), as_t(pcoeff), as_t(icoeff), path=path,
                  solver=solver, max_steps=max_steps, adjoint=adjoint, progress=bool(progress),
                  has_dt0=dt0 is not None)
-
-
-# Sizes for `recommend_method` (measured in benchmarks/bench_dynamics.py, CPU float32): below
-# SMALL_N the full ODE costs about as much as the decomposition; above LARGE_N the full ODE's
-# O(N²k) right-hand side dominates every other cost.
-SMALL_N = 256
-LARGE_N = 4096
-
-
-def recommend_method(K, loss, f0=None, ts=None) -> str:
-    """Proposed rule for ``method="auto"`` among ``closed_form`` / ``eigen`` / ``ode``.
-
-    * loss with ``cross_moment_only`` (BT theory form, kernel PCA, naive): ``"eigen"`` when
-      ``2n > SMALL_N`` — the moment path costs O(m²k) per step after one top-m decomposition, and
-      its error is controlled (tests: ≤ 1e-3 of the full ODE over the whole staircase); the full
-      ``"ode"`` for smaller problems, where it is cheap and exact. ``"closed_form"`` is exact only
-      for an aligned initialisation (stepwise digest §3); from a random ``f0`` it is an
-      O(1/ln(1/α)) / QR-effective approximation, so it is not chosen automatically — ask for it by
-      name when the theory curve is what you want.
-    * any other loss: ``"ode"`` up to ``LARGE_N`` (the kernel-kind reduction is exact only for a
-      kernel of rank ≤ m, and NTK spectra decay slowly: its recorded ``bound`` says how far off
-      it is); ``"eigen"`` above, where the full ODE is impractically slow on a CPU.
-    ``f0`` and ``ts`` are accepted for the ``choose_method`` signature and not used yet.
-    """
-    from sslntk.losses import as_loss
-
-    N = int(jnp.shape(K)[0])
-    loss = as_loss(loss)
-    if loss.cross_moment_only:
-        return "eigen" if N > SMALL_N else "ode"
-    return "eigen" if N > LARGE_N else "ode"

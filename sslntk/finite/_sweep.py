@@ -31,7 +31,7 @@ import scipy.stats
 from sslntk import _io, dynamics, kernels, metrics
 from sslntk import _validate as V
 from sslntk._progress import Progress
-from sslntk.finite._network import network
+from sslntk.finite._network import linearize, network
 from sslntk.finite._ntk import empirical_ntk
 from sslntk.finite._train import (
     _check_loss,
@@ -127,6 +127,10 @@ class WidthSweep:
     spectra_net, spectra_ker: (W, S, T, k) eigenvalues of C(t). step_times_net, step_times_ker:
     (W, S, k). loss_net, loss_ker: (W, S, T). exponent: `ExponentFit` of `deviation` vs width
     (None with one width). seconds: (W,) wall time per width. lr_rate: (W, S) lr·ρ.
+    dev_net_lin, dev_lin_ker: (W, S, T) with `linearized=True` (else None): the deviation split
+    into the network vs its own linearisation at init (the kernel MOVING during training) and that
+    linearisation vs the kernel trajectory (the finite-width kernel at init differing from the
+    infinite-width one, including its cross-output terms).
     """
 
     widths: np.ndarray
@@ -148,6 +152,8 @@ class WidthSweep:
     seconds: np.ndarray
     lr_rate: np.ndarray
     exponent: ExponentFit | None = None
+    dev_net_lin: np.ndarray | None = None
+    dev_lin_ker: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
@@ -162,13 +168,19 @@ class WidthSweep:
         if self.dev_test is not None:
             w = self.ts <= self.window
             out["deviation_test_mean"] = self.dev_test[:, :, w].max(-1).mean(1).tolist()
+        w = self.ts <= self.window
+        for name in ("dev_net_lin", "dev_lin_ker"):
+            arr = getattr(self, name)
+            if arr is not None:
+                out[name + "_mean"] = arr[:, :, w].max(-1).mean(1).tolist()
         if self.exponent is not None:
             out["exponent"] = self.exponent.as_dict()
         return out
 
 
 _FIELDS = ("dev_train", "dev_test", "kernel_drift", "init_kernel_error", "spectra_net",
-           "spectra_ker", "step_times_net", "step_times_ker", "loss_net", "loss_ker", "lr_rate")
+           "spectra_ker", "step_times_net", "step_times_ker", "loss_net", "loss_ker", "lr_rate",
+           "dev_net_lin", "dev_lin_ker")
 
 
 def _default_method():
@@ -179,7 +191,7 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                 lr: float, steps: int, ts=None, x_test=None, out_dim: int = 4,
                 method: str | None = None, window: float | None = None, optimizer: str = "gd",
                 batch_size: int | None = None, vmap_seeds: bool = True, drift_points: int = 256,
-                solve_options: dict | None = None, checkpoint=None,
+                solve_options: dict | None = None, checkpoint=None, linearized: bool = False,
                 progress: bool = True) -> WidthSweep:
     """Finite networks of several widths × seeds against the kernel trajectory from the same f₀.
 
@@ -199,6 +211,9 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
       drift_points: number of train views (the first ones) for the empirical-NTK drift/init error.
       solve_options: extra options for `dynamics.solve` (e.g. `rtol`).
       checkpoint: a directory; each finished width is saved (atomically) and skipped on resume.
+      linearized: also train each network's linearisation at init (`linearize`) and split the
+        deviation into `dev_net_lin` (kernel motion) and `dev_lin_ker` (init kernel fluctuation);
+        doubles the training cost.
     """
     if not isinstance(arch, kernels.Arch):
         raise TypeError(f"arch: expected a sslntk.kernels.Arch, got {type(arch).__name__}")
@@ -248,7 +263,8 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
             if cfile is not None and cfile.exists():
                 z = _io.load_npz(cfile)
                 if (z["seeds"].tolist() == seeds and np.array_equal(z["ts"], tgrid)
-                        and str(z["tag"]) == _tag(arch, loss, alpha, lr, optimizer, method, x)):
+                        and str(z["tag"]) == _tag(arch, loss, alpha, lr, optimizer, method, x)
+                        and (not linearized or "dev_net_lin" in z)):
                     for name in _FIELDS:
                         res[name].append(z[name] if name in z else None)
                     seconds.append(float(z["seconds"]))
@@ -262,21 +278,12 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
             # lr is discrete on both sides, so there is nothing to warn about.
             kw = dict(lr=lr, steps=steps, optimizer=optimizer, batch_size=batch_size, ts=tgrid,
                       x_test=xt, progress=False, check_lr=method != "gd")
-            if vmap_seeds and S > 1:
-                r = train_batched(stack_models(models), x, loss, keys=keys, **kw)
-                f_net = np.moveaxis(np.asarray(r.f), 1, 0)                 # (S, T, 2n, k)
-                ft_net = None if xt is None else np.moveaxis(np.asarray(r.f_test), 1, 0)
-                l_net = np.asarray(r.loss).T
-                trained = [unstack_model(r.params, i) for i in range(S)]
-                rate = np.asarray(r.lr_rate) if r.lr_rate is not None else np.full(S, np.nan)
-            else:
-                rs = [train(m, x, loss, key=k, **kw)
-                      for m, k in zip(models, keys, strict=True)]
-                f_net = np.stack([np.asarray(r.f) for r in rs])
-                ft_net = None if xt is None else np.stack([np.asarray(r.f_test) for r in rs])
-                l_net = np.stack([np.asarray(r.loss) for r in rs])
-                trained = [r.model for r in rs]
-                rate = np.array([np.nan if r.lr_rate is None else float(r.lr_rate) for r in rs])
+            f_net, ft_net, l_net, trained, rate = _train_seeds(models, x, loss, keys, kw,
+                                                               vmap_seeds)
+            f_lin = None
+            if linearized:
+                f_lin = _train_seeds([linearize(m) for m in models], x, loss, keys,
+                                     {**kw, "check_lr": False, "x_test": None}, vmap_seeds)[0]
             f_ker, ft_ker, l_ker, drift, err0 = [], [], [], [], []
             for m, mt in zip(models, trained, strict=True):
                 f0 = m(x)
@@ -292,6 +299,10 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                 err0.append(np.linalg.norm(th0 - np.asarray(K_drift)) / np.linalg.norm(K_drift))
             f_ker = np.stack(f_ker)
             res["dev_train"].append(np.asarray(relative_deviation(f_net, f_ker)))
+            res["dev_net_lin"].append(None if f_lin is None else
+                                      np.asarray(relative_deviation(f_net, f_lin)))
+            res["dev_lin_ker"].append(None if f_lin is None else
+                                      np.asarray(relative_deviation(f_lin, f_ker)))
             res["dev_test"].append(None if xt is None else
                                    np.asarray(relative_deviation(ft_net, np.stack(ft_ker))))
             res["kernel_drift"].append(np.array(drift))
@@ -313,7 +324,7 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                                      tag=np.array(_tag(arch, loss, alpha, lr, optimizer, method,
                                                        x)), **arrays)
             prog.update(1, width=w, dev=float(np.max(res["dev_train"][-1][:, tgrid <= window])))
-    arr = {n: (None if res[n][0] is None else np.stack(res[n])) for n in _FIELDS}
+    arr = {n: (None if any(a is None for a in res[n]) else np.stack(res[n])) for n in _FIELDS}
     wmask = tgrid <= window
     deviation = arr["dev_train"][:, :, wmask].max(-1)
     fit = None
@@ -322,6 +333,23 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
     return WidthSweep(widths=np.array(widths), seeds=np.array(seeds), ts=tgrid, method=method,
                       window=window, deviation=deviation, seconds=np.array(seconds),
                       exponent=fit, **arr)
+
+
+def _train_seeds(models, x, loss, keys, kw, vmap_seeds):
+    """Train `models` (one per seed) → `f (S, T, 2n, k)`, `f_test`, `loss (S, T)`, the trained
+    models and `lr·ρ (S,)`; vmapped over the seeds when `vmap_seeds` and there are several."""
+    S = len(models)
+    if vmap_seeds and S > 1:
+        r = train_batched(stack_models(models), x, loss, keys=keys, **kw)
+        f = np.moveaxis(np.asarray(r.f), 1, 0)
+        ft = None if r.f_test is None else np.moveaxis(np.asarray(r.f_test), 1, 0)
+        rate = np.asarray(r.lr_rate) if r.lr_rate is not None else np.full(S, np.nan)
+        return f, ft, np.asarray(r.loss).T, [unstack_model(r.params, i) for i in range(S)], rate
+    rs = [train(m, x, loss, key=k, **kw) for m, k in zip(models, keys, strict=True)]
+    ft = None if rs[0].f_test is None else np.stack([np.asarray(r.f_test) for r in rs])
+    rate = np.array([np.nan if r.lr_rate is None else float(r.lr_rate) for r in rs])
+    return (np.stack([np.asarray(r.f) for r in rs]), ft, np.stack([np.asarray(r.loss) for r in rs]),
+            [r.model for r in rs], rate)
 
 
 def _tag(arch, loss, alpha, lr, optimizer, method, x) -> str:
