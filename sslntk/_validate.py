@@ -129,3 +129,17 @@ def check_test_pair(K_test_train, f0_test, N: int, k: int):
         raise ValueError(f"f0_test: expected shape (m, k) = ({K_test_train.shape[0]}, {k}), got "
                          f"{tuple(f0_test.shape)}")
     return K_test_train, f0_test
+
+
+def float_dtype(dtype) -> np.dtype:
+    """`dtype` as float32/float64 (float64 only with 64-bit JAX enabled), else a clear error."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from e
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    if dt == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("dtype: float64 needs 64-bit JAX; call "
+                         "jax.config.update('jax_enable_x64', True) first")
+    return dt

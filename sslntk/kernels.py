@@ -263,19 +263,6 @@ def ntk_and_nngp(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtyp
     return tuple(jnp.asarray(k) for k in out)
 
 
-def _float_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as e:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from e
-    if dt not in (np.float32, np.float64):
-        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
-    if dt == np.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("dtype: float64 needs 64-bit JAX; call "
-                         "jax.config.update('jax_enable_x64', True) first")
-    return dt
-
-
 def _unwrap_views(name: str, x):
     """A single-draw `sslntk.data.Views` → its stacked `(2n, ...)` array (duck-typed)."""
     if hasattr(x, "stacked") and hasattr(x, "has_draws"):
@@ -318,7 +305,7 @@ def _check_inputs(arch, x1, x2, dtype):
     if dtype is None:
         V.same_dtype(x1=x1, x2=x2)
     else:
-        dt = _float_dtype(dtype)
+        dt = V.float_dtype(dtype)
         x1 = x1.astype(dt)
         x2 = None if x2 is None else x2.astype(dt)
     return x1, x2
@@ -694,7 +681,7 @@ def pair_matrix(n: int, dtype=jnp.float32) -> jax.Array:
     """The positive-pair matrix `Z = [[0, I_n], [I_n, 0]]`, `(2n, 2n)`, for stacked views
     `[a_1..a_n, b_1..b_n]`."""
     n = V.positive_int("n", n)
-    dt = _float_dtype(dtype)
+    dt = V.float_dtype(dtype)
     eye = jnp.eye(n, dtype=dt)
     zero = jnp.zeros((n, n), dt)
     return jnp.block([[zero, eye], [eye, zero]])

@@ -170,7 +170,9 @@ class Network(nnx.Module):
         key = jax.random.wrap_key_data(jnp.asarray(np.asarray(data[1], np.uint32).reshape(data[0])),
                                        impl=impl)
         shp = _check_in_shape(self.arch, in_shape)
-        dt = _check_dtype(dt if dt is not None else (dtype if dtype is not None else jnp.float32))
+        if dt is None:
+            dt = jnp.float32 if dtype is None else dtype
+        dt = V.float_dtype(dt)
         theta = _draw(self.arch, self.width, self.out_dim, shp, key, dt)
         self.layers = [Affine(W, b, W, b) for W, b in theta]
         self.in_shape, self._pending = shp, None
@@ -302,7 +304,7 @@ def network(arch: kernels.Arch, width: int, out_dim: int, *, key, alpha: float =
     _check_key(key)
     alpha = _check_alpha(alpha)
     if dtype is not None:
-        dtype = _check_dtype(dtype)
+        dtype = V.float_dtype(dtype)
     if arch.activation not in SUPPORTED_ACTIVATIONS:
         activation_fn(arch)  # raises naming the activation
     if in_shape is None:
@@ -316,16 +318,6 @@ def network(arch: kernels.Arch, width: int, out_dim: int, *, key, alpha: float =
     theta = _draw(arch, int(width), int(out_dim), shp, key,
                   jnp.dtype(jnp.float32) if dtype is None else dtype)
     return Network(arch, width, out_dim, shp, theta, theta, alpha)
-
-
-def _check_dtype(dtype):
-    try:
-        dt = jnp.dtype(dtype)
-    except TypeError as e:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from e
-    if dt not in (jnp.float32, jnp.float64):
-        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
-    return dt
 
 
 def _draw(arch, width, out_dim, shp, key, dtype) -> list[tuple]:

@@ -253,7 +253,7 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
     Ktt = None if xt is None else kernels.ntk(arch, xt, x)
     K_drift = K[:nd, :nd]
     ckdir = Path(checkpoint) if checkpoint is not None else None
-    W, S = len(widths), len(seeds)
+    W = len(widths)
     res: dict[str, list] = {name: [] for name in _FIELDS}
     seconds = []
 
