@@ -29,7 +29,8 @@ accuracy: against the float64 eigen solve with m = 4·m_default (validated again
 ODE in the single-staircase rows).
 
     python benchmarks/bench_dynamics.py [--sizes 512,2048,8192] [--quick] [--no-sweep]
-        [--only-sweep] [--sweep-peer-runs 32] [--peer-horizon-frac 1.0] [--m M]
+        [--only-sweep] [--sweep-peer-runs 32] [--sweep-loop-runs 8] [--peer-horizon-frac 1.0]
+        [--m M] [--no-peer]
 """
 
 from __future__ import annotations
@@ -128,6 +129,18 @@ def single(N, args):
     err_ours = rel_err(tr.loss, ref.loss)
 
     res = dict(N=N, t_kernel=t_kernel, t_dec=t_dec, t_ours=t_ours, err_ours=err_ours)
+    if args.no_peer:
+        print(f"peer: skipped (--no-peer); loss error vs reference: sslntk {err_ours:.2e}; "
+              f"floor = kernel {t_kernel:.2f}s + decomposition {t_dec:.2f}s")
+        t_full = err_full = float("nan")
+        if args.full_ode:   # sslntk's own full-system ODE (Tsit5), the peer's algorithm class
+            timed(_ode.solve_ode, K, loss, f0, ts * 1e-3)
+            full, t_full = timed(_ode.solve_ode, K, loss, f0, ts)
+            err_full = rel_err(full.loss, ref.loss)
+            print(f"sslntk full (2n, k) ODE: {t_full:.3f}s, status {full.status_name}, "
+                  f"{int(full.n_steps)} steps, error {err_full:.2e} -> full/eigen "
+                  f"{t_full / t_ours:.1f}x")
+        return {**res, "t_peer": t_full, "err_peer": err_full}
     if args.peer_horizon_frac < 1.0 and N >= 8192:
         frac = args.peer_horizon_frac
         ts_p = ts[: max(2, int(T_SAVE * frac))]
@@ -182,6 +195,10 @@ def sweep(args, N=2048, n_seeds=4, n_alpha=8):
     print(f"sslntk solve_many (decomposition + 32 vmapped solves): {t_ours:.2f}s "
           f"(cold {t_cold:.2f}s); all ok: {bool(np.all(np.asarray(tr.status) == 0))}")
     B = len(f0s)
+    if args.no_peer:
+        print(f"peer: skipped (--no-peer); floor = kernel {t_kernel:.2f}s + one decomposition "
+              f"{t_dec:.2f}s")
+        return
     nv = min(args.sweep_peer_runs, B)
     # Loop: the step count of an adaptive solver depends on α, so the loop is timed on all n_alpha
     # α of seed 0 (runs 0..n_alpha-1) and scaled by the number of seeds (labelled when scaled).
@@ -231,6 +248,10 @@ def main():
                     help="time the peer's Python loop on the first this-many runs (seed 0, every "
                          "α) and scale to 32 (labelled); 32 measures the whole loop")
     ap.add_argument("--only-sweep", action="store_true")
+    ap.add_argument("--full-ode", action="store_true",
+                    help="with --no-peer: also time sslntk's full-system ODE in the peer column")
+    ap.add_argument("--no-peer", action="store_true",
+                    help="time sslntk only (e.g. on a GPU with a JAX that neural-tangents rejects)")
     ap.add_argument("--peer-horizon-frac", type=float, default=1.0,
                     help="at 2n >= 8192 time the peer on this fraction of the horizon and "
                          "extrapolate (labelled); 1.0 measures the whole horizon")

@@ -7,7 +7,8 @@ Prints (float32, digits views, BT λ = 1, MLP depth 1 ReLU, k = 4):
   3. empirical NTK on 2n = 512 views, width 1024: `sslntk.finite.empirical_ntk` vs neural-tangents'
      implementations 1 (Jacobian contraction) and 2 (NTK-vector products) via
      `kernels.reference_empirical_ntk`, second call of each (compiled), ratios and max rel. diff.
-Run: `python benchmarks/bench_finite.py` (part of `make bench`). Sizes shrink with `--quick`.
+Run: `python benchmarks/bench_finite.py` (part of `make bench`). Sizes shrink with `--quick`;
+`--no-peer` skips neural-tangents (sslntk timings only).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 from sslntk import data, finite, kernels, losses
 
 QUICK = "--quick" in sys.argv
+NO_PEER = "--no-peer" in sys.argv      # sslntk only (a GPU whose JAX neural-tangents rejects)
 
 
 def _timed(fn):
@@ -66,6 +68,12 @@ def main():
           f"steps/s (all seeds) -> vmapped/sequential speed ratio {vm / seq:.2f}")
 
     w = 256 if QUICK else 1024
+    if NO_PEER:
+        m = finite.network(arch, w, k, key=jax.random.key(2))
+        _timed(lambda: finite.empirical_ntk(m, x))
+        t, _ = _timed(lambda: finite.empirical_ntk(m, x))
+        print(f"empirical NTK 2n={x.shape[0]} width {w}: sslntk {t:8.3f} s (peer skipped)")
+        return
     init_fn, apply_fn, _ = kernels.stax_network(arch, w, k)
     _, p = init_fn(jax.random.key(2), (-1, *x.shape[1:]))
     m = finite.from_nt_params(finite.network(arch, w, k, key=jax.random.key(2),

@@ -46,27 +46,31 @@ import functools
 import math
 import sys
 import types
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
-# neural-tangents 0.6.5 imports `neural_tangents.experimental` (TF→JAX conversion via tensorflow and
-# tf2jax) at package import; sslntk uses none of it and drops both dependencies (pyproject
-# override), so an empty stand-in module is registered first to keep tensorflow out of the process.
-sys.modules.setdefault("neural_tangents.experimental",
-                       types.ModuleType("neural_tangents.experimental"))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import warnings  # noqa: E402
+from sslntk import _validate as V
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
-with warnings.catch_warnings():  # nt 0.6.5 touches jax.core.Jaxpr (deprecated in JAX 0.5, gone in 0.6)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import neural_tangents as nt
-    from neural_tangents import stax
-
-from sslntk import _validate as V  # noqa: E402
+@functools.cache
+def _nt():
+    """neural-tangents, imported on first use: only the stax triple and the reference wrappers (the
+    peer) need it; the native kernels below do not, so they also run on JAX releases nt rejects."""
+    # nt 0.6.5 imports `neural_tangents.experimental` (TF→JAX conversion via tensorflow and tf2jax)
+    # at package import; sslntk uses none of it and drops both dependencies (pyproject override),
+    # so an empty stand-in module is registered first to keep tensorflow out of the process.
+    sys.modules.setdefault("neural_tangents.experimental",
+                           types.ModuleType("neural_tangents.experimental"))
+    with warnings.catch_warnings():  # nt touches jax.core.Jaxpr: deprecated in JAX 0.5, gone in 0.6
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import neural_tangents
+        import neural_tangents.stax  # noqa: F401
+    return neural_tangents
 
 __all__ = [
     "ACTIVATIONS", "KINDS", "PADDINGS", "METHODS", "Arch", "mlp", "cnn", "activation_layer",
@@ -143,6 +147,7 @@ def cnn(depth: int = 1, activation: str = "relu", W_std: float = 1.0, b_std: flo
 
 def activation_layer(arch: Arch):
     """The stax layer for `arch.activation`."""
+    stax = _nt().stax
     a = arch.activation
     if a == "relu":
         return stax.Relu()
@@ -164,6 +169,7 @@ def stax_network(arch: Arch, width: int = 512, out_dim: int = 1):
     _check_arch(arch)
     V.positive_int("width", width)
     V.positive_int("out_dim", out_dim)
+    stax = _nt().stax
     layers = []
     if arch.kind == "mlp":
         layers.append(stax.Flatten())
@@ -869,7 +875,7 @@ _EMPIRICAL_IMPLEMENTATIONS = (1, 2)
 
 @functools.lru_cache(maxsize=64)
 def _empirical_ntk_jit(apply_fn, implementation: int):
-    return jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), implementation=implementation))
+    return jax.jit(_nt().empirical_ntk_fn(apply_fn, trace_axes=(-1,), implementation=implementation))
 
 
 def reference_empirical_ntk(apply_fn, params, x1, x2=None, implementation: int = 2) -> jax.Array:
@@ -918,7 +924,7 @@ def _as_pytree_callable(fn):
 
 @jax.jit
 def _nt_gradient_descent(loss, K, f0, ts, K_test_train, f0_test):
-    predict_fn = nt.predict.gradient_descent(
+    predict_fn = _nt().predict.gradient_descent(
         lambda fx, y: loss(fx), K, jnp.zeros_like(f0), learning_rate=1.0, trace_axes=(-1,))
     if K_test_train is None:
         return predict_fn(ts, f0), None
@@ -961,9 +967,10 @@ def _check_times(name: str, ts) -> jax.Array:
     ts = V.as_float_array(name, ts, ndim=1)
     if ts.shape[0] == 0:
         raise ValueError(f"{name}: expected at least one time, got an empty array")
-    if V.is_concrete(ts):
-        if bool(jnp.any(ts < 0)):
-            raise ValueError(f"{name}: expected non-negative times, got min {float(jnp.min(ts))}")
-        if ts.shape[0] > 1 and not bool(jnp.all(jnp.diff(ts) > 0)):
-            raise ValueError(f"{name}: expected strictly increasing times, got {ts}")
+    if V.is_concrete(ts):   # numpy: inside a jit trace jnp ops on a captured array are staged
+        t = np.asarray(ts)
+        if np.any(t < 0):
+            raise ValueError(f"{name}: expected non-negative times, got min {float(t.min())}")
+        if t.shape[0] > 1 and not np.all(np.diff(t) > 0):
+            raise ValueError(f"{name}: expected strictly increasing times, got {t}")
     return ts

@@ -406,3 +406,18 @@ def test_auto_method_rule(prob):
         warnings.simplefilter("error")
         assert dynamics.solve(K, bt, aligned, ts).method == "closed_form"
         assert dynamics.solve(K, bt, f0, ts).method == "ode"
+
+
+def test_reference_peer_under_jit_and_vmap(prob):
+    """The peer wrapper validates captured concrete arrays in numpy, so it can be vmapped inside
+    jit over initial conditions (the benchmark's sweep) and equals the separate runs."""
+    from sslntk import kernels
+
+    K, ts = prob["K"], jnp.linspace(0.0, 2.0, 5)
+    f0s = 1e-2 * jnp.stack([jnp.asarray(prob["g"]), -jnp.asarray(prob["g"])[::-1]])
+    bt = losses.get("barlow_twins")
+    batched = jax.jit(jax.vmap(lambda f0: kernels.reference_gradient_descent(bt, K, f0, ts)[0]))
+    out = batched(f0s)
+    for i in range(2):
+        np.testing.assert_allclose(out[i], kernels.reference_gradient_descent(bt, K, f0s[i], ts)[0],
+                                   rtol=1e-10, atol=1e-13)

@@ -44,6 +44,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from sslntk import _validate as V
@@ -123,7 +124,7 @@ def solve_constrained(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progr
     if f0.shape[1] > f0.shape[0]:
         raise ValueError(f"f0: method 'constrained' needs k <= 2n (k orthonormal functions on 2n "
                          f"views), got shape {tuple(f0.shape)}")
-    if V.is_concrete(K) and not bool(jnp.all(jnp.isfinite(jnp.linalg.cholesky(K)))):
+    if V.is_concrete(K) and not _is_pd(np.asarray(K)):
         raise ValueError("K: method 'constrained' needs a positive-definite kernel (the constraint "
                          "is fᵀK⁻¹f = I), but its Cholesky factorisation failed; add a small ridge "
                          "(K + εI)")
@@ -131,3 +132,11 @@ def solve_constrained(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progr
         f0, atol_scale=1.0, solver=solver, rtol=rtol, atol=atol, dt0=dt0, max_steps=max_steps,
         pcoeff=pcoeff, icoeff=icoeff, adjoint=adjoint, progress=progress)
     return _core(K, loss, f0, ts, K_test_train, f0_test, **traced, **static)
+
+
+def _is_pd(K: np.ndarray) -> bool:
+    """Host-side Cholesky test (numpy, so it also works on a concrete K captured inside a trace)."""
+    try:
+        return bool(np.all(np.isfinite(np.linalg.cholesky(K))))
+    except np.linalg.LinAlgError:
+        return False

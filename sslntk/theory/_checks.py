@@ -52,16 +52,16 @@ def nonneg(name: str, v):
     """A scalar or array >= 0 (weight decay, times, variances); the sign is checked on concrete
     values. Python/NumPy integers are accepted and cast to the default float dtype."""
     arr = real(name, v)
-    if V.is_concrete(arr) and arr.size and bool(jnp.any(arr < 0)):
-        raise ValueError(f"{name}: expected non-negative value(s), got min {float(jnp.min(arr))}")
+    if V.is_concrete(arr) and arr.size and np.any(np.asarray(arr) < 0):   # numpy: safe in traces
+        raise ValueError(f"{name}: expected non-negative value(s), got min {np.min(arr)}")
     return arr
 
 
 def positive(name: str, v):
     """A scalar or array > 0 (temperature, learning rate)."""
     arr = nonneg(name, v)
-    if V.is_concrete(arr) and arr.size and bool(jnp.any(arr <= 0)):
-        raise ValueError(f"{name}: expected positive value(s), got min {float(jnp.min(arr))}")
+    if V.is_concrete(arr) and arr.size and np.any(np.asarray(arr) <= 0):
+        raise ValueError(f"{name}: expected positive value(s), got min {np.min(arr)}")
     return arr
 
 

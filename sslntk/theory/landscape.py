@@ -444,8 +444,8 @@ def imbalance_variance(p, delta2, sigma_w2) -> jax.Array:
     squared mean gap δ² and within-class variance σ_w²: `a_e = σ_w² + p(1 − p)δ²` (digest §4.2
     [DER])."""
     p = C.nonneg("p", p)
-    if V.is_concrete(p) and bool(jnp.any(p > 1)):
-        raise ValueError(f"p: expected class fractions in [0, 1], got max {float(jnp.max(p))}")
+    if V.is_concrete(p) and np.any(np.asarray(p) > 1):
+        raise ValueError(f"p: expected class fractions in [0, 1], got max {np.max(p)}")
     return C.nonneg("sigma_w2", sigma_w2) + p * (1 - p) * C.nonneg("delta2", delta2)
 
 

@@ -62,6 +62,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sslntk import _validate as V
 
@@ -530,8 +531,8 @@ def stepwise(K, f0, k: int | None = None, *, ts=None, K_test_train=None) -> Step
     V.same_dtype(K=K, f0=f0, K_test_train=K_test_train)
     if ts is not None:
         ts = V.as_float_array("ts", jnp.asarray(ts, K.dtype), ndim=1)
-        if V.is_concrete(ts) and ts.size and bool(jnp.any(ts < 0)):
-            raise ValueError(f"ts: expected times >= 0, got min {float(jnp.min(ts))}")
+        if V.is_concrete(ts) and ts.size and np.any(np.asarray(ts) < 0):
+            raise ValueError(f"ts: expected times >= 0, got min {np.min(ts)}")
     m = min(k + 1, N)
     gam, A, E = contrastive_modes(K, m)
     return _stepwise(gam, A, E, f0, ts, K_test_train, k=k)
