@@ -211,10 +211,17 @@ class _Spec:
     cross_moment_only: bool | Callable = False
     checks: dict = dataclasses.field(default_factory=dict)   # constant -> "positive" | "nonnegative"
     options: dict = dataclasses.field(default_factory=dict)  # static option -> (default, choices)
+    # ℓ(C, **constants) for a cross-moment-only loss (L(f) = ℓ(C(f))); used by the eigen solver
+    of_moment: Callable | None = None
+
+
+def _neg_trace(C: jax.Array, **_) -> jax.Array:
+    return -jnp.trace(C)
 
 
 _REGISTRY: dict[str, _Spec] = {
-    "barlow_twins": _Spec(barlow_twins, {"lam": 1.0}, True, {"lam": "nonnegative"}),
+    "barlow_twins": _Spec(barlow_twins, {"lam": 1.0}, True, {"lam": "nonnegative"},
+                          of_moment=_bt_from_c),
     "barlow_twins_standardized": _Spec(
         barlow_twins_standardized, {"lam": 5e-3, "eps": 1e-5}, False,
         {"lam": "nonnegative", "eps": "nonnegative"}),
@@ -225,9 +232,9 @@ _REGISTRY: dict[str, _Spec] = {
     "simclr": _Spec(simclr, {"temperature": 0.5}, False, {"temperature": "positive"},
                     {"similarity": ("cosine", SIMILARITIES)}),
     "spectral": _Spec(spectral, {}, False),
-    "kernel_pca": _Spec(kernel_pca, {}, True),
+    "kernel_pca": _Spec(kernel_pca, {}, True, of_moment=_neg_trace),
     "naive": _Spec(naive, {}, lambda o: o["negatives"] == "none", {},
-                   {"negatives": ("none", NEGATIVES)}),
+                   {"negatives": ("none", NEGATIVES)}, of_moment=_neg_trace),
 }
 
 
@@ -266,6 +273,14 @@ class Loss:
         commute), means (standardised BT, VICReg) or per-sample nonlinearities (SimCLR)."""
         flag = _REGISTRY[self.name].cross_moment_only
         return bool(flag(dict(self.options)) if callable(flag) else flag)
+
+    def of_moment(self, C: jax.Array) -> jax.Array:
+        """`ℓ(C)` with `L(f) = ℓ(C(f))` for a `cross_moment_only` loss, `C (k, k)` symmetric;
+        raises `ValueError` for any other loss."""
+        spec = _REGISTRY[self.name]
+        if not self.cross_moment_only or spec.of_moment is None:
+            raise ValueError(f"loss: {self.name!r} is not a function of the cross-moment C alone")
+        return spec.of_moment(C, **self.constants)
 
     def __repr__(self) -> str:
         items = [f"{k}={v!r}" for k, v in {**self.constants, **dict(self.options)}.items()]

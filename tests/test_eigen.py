@@ -5,6 +5,8 @@ construction, a decaying spectrum like an NTK's), built in numpy so these tests 
 neural-tangents; `2n = 96` keeps the full-ODE reference fast.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -227,12 +229,15 @@ def test_solve_many_equals_separate_solves(setup):
     loss = losses.get("barlow_twins")
     batch = solve_many(K, loss, f0s, ts, decomposition=dec, rtol=1e-9)
     assert batch.f.shape == (3, 30, K.shape[0], 3)
+    # The runs are integrated jointly (shared steps, each run held to its own tolerance), so they
+    # agree with separate solves to the integration accuracy (rtol 1e-9), not bit for bit.
     for i in range(3):
         one = _eigen.solve_eigen(K, loss, f0s[i], ts, decomposition=dec, rtol=1e-9)
-        np.testing.assert_allclose(np.asarray(batch.f[i]), np.asarray(one.f), rtol=1e-9,
-                                   atol=1e-12)
-        np.testing.assert_allclose(np.asarray(batch.loss[i]), np.asarray(one.loss), rtol=1e-9,
-                                   atol=1e-12)
+        scale = float(jnp.max(jnp.abs(one.f)))
+        np.testing.assert_allclose(np.asarray(batch.f[i]), np.asarray(one.f), rtol=1e-6,
+                                   atol=1e-7 * scale)
+        np.testing.assert_allclose(np.asarray(batch.loss[i]), np.asarray(one.loss), rtol=1e-6,
+                                   atol=1e-9)
     # Different k (grouped by k) and different loss constants, in input order.
     f0_list = [_f0(K, 2, 1e-3, seed=3), _f0(K, 4, 1e-3, seed=4), _f0(K, 2, 1e-2, seed=5)]
     lams = [1.0, 1.0, 0.5]
@@ -242,7 +247,8 @@ def test_solve_many_equals_separate_solves(setup):
     for f0, lam, o in zip(f0_list, lams, outs, strict=True):
         one = _eigen.solve_eigen(K, losses.get("barlow_twins", lam=lam), f0, ts,
                                  decomposition=dec, rtol=1e-9)
-        np.testing.assert_allclose(np.asarray(o.f), np.asarray(one.f), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(o.f), np.asarray(one.f), rtol=1e-6,
+                                   atol=1e-7 * float(jnp.max(jnp.abs(one.f))))
 
 
 @pytest.mark.slow
@@ -347,3 +353,34 @@ def test_auto_picks_eigen_above_small_n():
     f0 = jnp.asarray(1e-3 * rng.normal(size=(N, 2)))
     tr = dynamics.solve(K, "barlow_twins", f0, jnp.linspace(0.0, 5.0, 6))
     assert tr.method == "eigen" and tr.ok
+
+
+def test_grad_wrt_kernel_through_rotated_moment_path(setup):
+    """d/ds of the mean BT loss for the kernel K + s·P (P PSD) through the eigen solver — the
+    decomposition, the S-eigenbasis rotation (`_diag_apply`'s exact dS·w) and the ODE — against
+    central finite differences, float64."""
+    K = setup["K"]
+    N = K.shape[0]
+    P = jnp.asarray(np.random.default_rng(5).normal(size=(N, 4)))
+    P = P @ P.T / N
+    f0 = _f0(K, 2, 1e-2)
+    ts = jnp.linspace(0.0, 40.0, 9)
+
+    dec0 = linalg.eigen_decomposition(K, 12, "contrastive", method="eigh", tail_iters=0)
+
+    def mean_loss(s, exact):
+        Ks = K + s * P
+        if exact:   # the decomposition of K + sP itself: S stays diagonal, dS too
+            dec = linalg.eigen_decomposition(Ks, 12, "contrastive", method="eigh", tail_iters=0)
+        else:       # K's vectors A with E = (K + sP)A: the exact flow of E Eᵀ, dS not diagonal
+            dec = dataclasses.replace(dec0, lift=Ks @ dec0.vectors)
+        tr = _eigen.solve_eigen(Ks, losses.get("barlow_twins"), f0, ts, decomposition=dec,
+                                rtol=1e-11, validate=False)
+        return jnp.mean(tr.loss)
+
+    h = 1e-5
+    for exact in (True, False):
+        g = jax.grad(mean_loss)(0.0, exact)
+        fd = (mean_loss(h, exact) - mean_loss(-h, exact)) / (2 * h)
+        assert np.isfinite(float(g))
+        assert float(g) == pytest.approx(float(fd), rel=1e-5, abs=1e-9)

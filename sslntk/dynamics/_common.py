@@ -184,7 +184,7 @@ class Integrated(NamedTuple):
 
 
 def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps, pcoeff, icoeff,
-              adjoint, progress: bool, retract=None) -> Integrated:
+              adjoint, progress: bool, retract=None, norm=None) -> Integrated:
     """Integrate `dy/dt = vector_field(t, y, args)` from t = 0 and save at `ts` (diffrax).
 
     Non-finite detection: the vector field is guarded. When any entry of `vector_field(t, y)` is
@@ -195,6 +195,7 @@ def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps,
     flag > 0 become NaN and the status NONFINITE.
     Status: diffrax `successful` → SUCCESS (NONFINITE if the flag rose), `max_steps_reached` →
     MAX_STEPS, anything else (e.g. implicit-solver divergence) → FAILED. `throw=False` throughout.
+    `norm`: the step controller's error norm over the state pytree `(y, flag)` (default RMS).
     """
     dtype = jax.tree_util.tree_leaves(y0)[0].dtype
 
@@ -208,7 +209,8 @@ def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps,
     inner = make_solver(solver)
     if retract is not None:
         inner = _Retracted(inner, lambda y: (retract(y[0]), y[1]))
-    controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff)
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff,
+                                       **({} if norm is None else {"norm": norm}))
     meter = diffrax.TextProgressMeter(minimum_increase=0.05) if progress \
         else diffrax.NoProgressMeter()
     sol = diffrax.diffeqsolve(
@@ -279,9 +281,11 @@ def loss_along(loss: _losses.Loss, fs: jax.Array) -> jax.Array:
 
 
 def finish(method: str, loss: _losses.Loss, ts, fs, status, n_steps, *, f_test=None,
-           reached=None, bound=None) -> Trajectory:
-    """Evaluate the loss, turn non-finite reached values into NONFINITE, build the Trajectory."""
-    L = loss_along(loss, fs)
+           reached=None, bound=None, L=None) -> Trajectory:
+    """Evaluate the loss (unless `L (T,)` is given), turn non-finite reached values into
+    NONFINITE, build the Trajectory."""
+    if L is None:
+        L = loss_along(loss, fs)
     if reached is None:
         reached = jnp.ones(ts.shape, bool)
     vals = [fs, L[:, None]] + ([f_test] if f_test is not None else [])

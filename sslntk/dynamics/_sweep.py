@@ -10,8 +10,9 @@
 * `loss` one `Loss` shared by all runs, a sequence of `B` `Loss`es of one name and options
   (stacked), or one `Loss` whose constants already carry a leading `B` axis.
 * method="eigen": the decomposition is computed once (for the largest `m` any group needs) and shared
-  by every run — the kernel-sized work is done once; each run then costs an `(m, k)` ODE plus the
-  lift. Other methods (`sslntk.dynamics.solve`'s) are vmapped over the runs the same way.
+  by every run — the kernel-sized work is done once — and the runs of a group are integrated as ONE
+  stacked `(B, m, k)` ODE whose step controller holds every run to its own tolerance
+  (`_eigen._core`), then lifted. Other methods (`sslntk.dynamics.solve`'s) are vmapped.
 Same results as separate solves with the same decomposition (tests/test_eigen.py).
 """
 
@@ -129,6 +130,13 @@ def solve_many(K, loss, f0s, ts, method: str = "eigen", *, m: int | None = None,
                               check_psd=False, **opts)
 
     def batched_run(F0, L, F0t):
+        if method == "eigen":   # one joint solve of all runs (see _eigen._core), not a vmap
+            dec = _eigen._check_decomposition(decomposition, N, m, F0.shape[2], F0.dtype)
+            lo = _one_loss(L, batched, 0)
+            path = "moment" if (dec.kind == "contrastive" and lo.cross_moment_only) else "lift"
+            eig_opts = {k_: v for k_, v in options.items() if k_ != "validate"}
+            return _eigen.solve_batch(K, L, F0, ts, dec, path=path, loss_batched=batched,
+                                      K_test_train=K_test_train, F0_test=F0t, **eig_opts)
         in_axes = (0, 0 if batched else None, None if F0t is None else 0)
         return jax.vmap(run, in_axes=in_axes)(F0, L, F0t)
 
