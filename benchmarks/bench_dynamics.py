@@ -202,7 +202,7 @@ def sweep(args, N=2048, n_seeds=4, n_alpha=8):
 
     _, t_cold = timed(run_ours)
     tr, t_ours = timed(run_ours)
-    print(f"sslntk solve_many (decomposition + 32 vmapped solves): {t_ours:.2f}s "
+    print(f"sslntk solve_many (decomposition + one joint solve of the 32 runs): {t_ours:.2f}s "
           f"(cold {t_cold:.2f}s); all ok: {bool(np.all(np.asarray(tr.status) == 0))}")
     B = len(f0s)
     if args.no_peer:

@@ -257,10 +257,15 @@ def _worst_run_norm(tree) -> jax.Array:
 
 
 def _spectral_norm_bound(G: jax.Array) -> jax.Array:
-    """Upper bound on ‖G‖₂ for symmetric G: the largest absolute row sum ‖G‖_∞ (≥ ρ(G) = ‖G‖₂),
-    O(k²) elementwise work (no k×k products, which dominated the batched right-hand side), and
-    tight for the nearly diagonal G = ∂L/∂C of BT in the rotated eigenbasis."""
-    return jnp.max(jnp.sum(jnp.abs(G), axis=1))
+    """Smooth upper bound on ‖G‖₂ for symmetric G: ‖G‖_F · tr(H¹⁶)^{1/16}, H = G/‖G‖_F
+    (≤ k^{1/16}·‖G‖₂; differentiable, unlike the largest |eigenvalue| at degeneracies). G lives in
+    output space, in no particular basis, so cheaper norms (‖G‖_∞, ‖G‖_F) are up to √k looser,
+    and that factor sits in the exponent of the Gronwall bound (measured: bound(T) 140 vs 1.1)."""
+    fro = jnp.sqrt(jnp.sum(G**2))
+    H = G / jnp.where(fro > 0, fro, 1.0)
+    for _ in range(4):
+        H = H @ H
+    return fro * jnp.maximum(jnp.trace(H), 0.0) ** (1.0 / 16)
 
 
 def _check_decomposition(dec, N: int, m: int | None, k: int, dtype) -> EigenDecomposition:
