@@ -2,7 +2,7 @@
 
 Prints (float32, digits views, BT λ = 1, MLP depth 1 ReLU, k = 4):
   1. full-batch GD steps/s at widths 1024 and 4096 on 2n = 512 views (compile excluded: the time
-     of `train(steps=s0 + N)` minus `train(steps=s0)`, divided by N);
+     of `train(steps=s0 + N)` minus `train(steps=s0)`, divided by N, both after an untimed run);
   2. 8 seeds trained vmapped (`train_batched`) vs one after another (`train`), same measure, ratio;
   3. empirical NTK on 2n = 512 views, width 1024: `sslntk.finite.empirical_ntk` vs neural-tangents'
      implementations 1 (Jacobian contraction) and 2 (NTK-vector products) via
@@ -42,11 +42,18 @@ def main():
     print(f"device: {jax.devices()[0].device_kind}, 2n = {x.shape[0]}, d = {x.shape[1]}, k = {k}")
 
     def steps_per_s(train_fn, s0, extra):
+        # each step count once untimed first (compilation, caches), then the difference of the two
+        # timed runs: the per-step cost without compile or setup
+        _timed(lambda: train_fn(s0))
+        _timed(lambda: train_fn(s0 + extra))
         t0, _ = _timed(lambda: train_fn(s0))
         t1, _ = _timed(lambda: train_fn(s0 + extra))
-        return extra / max(t1 - t0, 1e-9)
+        if t1 <= t0:
+            raise RuntimeError(f"timing: {s0 + extra} steps took no longer than {s0} ({t1:.4f}s "
+                               f"vs {t0:.4f}s); raise `extra`")
+        return extra / (t1 - t0)
 
-    extra = 5 if QUICK else 30
+    extra = 300 if QUICK else 60
     for w in ((256, 1024) if QUICK else (1024, 4096)):
         m = finite.network(arch, w, k, key=jax.random.key(1), in_shape=x.shape[1:], alpha=1e-2)
         sps = steps_per_s(lambda s, m=m: finite.train(m, views, loss, lr=0.01, steps=s,
