@@ -207,7 +207,8 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
         (isolates the finite-width effect from time discretisation), else "ode" (gradient flow;
         then `train` checks lr·ρ and warns when GD is too coarse for the flow).
       window: summary `deviation = max_{t ≤ window} dev_train` (default: the last time).
-      vmap_seeds: train all seeds of a width together (`jax.vmap`); False: one after another.
+      vmap_seeds: train all seeds of a width together in one compiled call (`train_batched`:
+        `jax.vmap` on GPU/TPU, `lax.map` on CPU); False: one `train` call after another.
       drift_points: number of train views (the first ones) for the empirical-NTK drift/init error.
       solve_options: extra options for `dynamics.solve` (e.g. `rtol`).
       checkpoint: a directory; each finished width is saved (atomically) and skipped on resume.

@@ -179,6 +179,24 @@ def _offsets(graphdef, params, rest, x):
     return jnp.zeros((x.shape[0], jax.eval_shape(m, x).shape[-1]), x.dtype)
 
 
+def _over_seeds(fn, in_axes):
+    """`fn` over a leading seed axis of the arguments with axis 0: `jax.vmap` on GPU/TPU; on CPU a
+    `lax.map` (a loop over the seeds inside the one compiled call), because XLA's CPU batched
+    matmuls are ~3x slower than a loop of plain ones (measured: 8 seeds, width 1024, 50 steps:
+    1.43 s vmapped vs 0.47 s looped)."""
+    if jax.default_backend() != "cpu":
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def mapped(*args):
+        def one(batched):
+            it = iter(batched)
+            return fn(*[next(it) if ax is not None else a for a, ax in zip(args, in_axes,
+                                                                            strict=True)])
+        return jax.lax.map(one, tuple(a for a, ax in zip(args, in_axes, strict=True)
+                                      if ax is not None))
+    return mapped
+
+
 @dataclass(frozen=True)
 class _Engine:
     graphdef: object
@@ -217,9 +235,9 @@ class _Engine:
     def __post_init__(self):
         adv, rec, offs = self._advance, self._record, lambda p, r, x: _offsets(self.graphdef, p, r, x)
         if self.vmapped:
-            adv = jax.vmap(adv, in_axes=(0, 0, 0, 0, None, 0, None, None))
-            rec = jax.vmap(rec, in_axes=(0, 0, None, 0, None, 0))
-            offs = jax.vmap(offs, in_axes=(0, 0, None))
+            adv = _over_seeds(adv, (0, 0, 0, 0, None, 0, None, None))
+            rec = _over_seeds(rec, (0, 0, None, 0, None, 0))
+            offs = _over_seeds(offs, (0, 0, None))
         object.__setattr__(self, "advance", jax.jit(adv))
         object.__setattr__(self, "record", jax.jit(rec))
         object.__setattr__(self, "offsets", jax.jit(offs))
@@ -456,7 +474,8 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
 def train_batched(models_state, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
                   batch_size: int | None = None, ts=None, x_test=None, keys, checkpoint=None,
                   progress: bool = True, check_lr: bool = True) -> TrainResult:
-    """`train` for several same-shaped networks at once, vmapped over a leading seed axis.
+    """`train` for several same-shaped networks at once, over a leading seed axis (one compiled
+    call: `jax.vmap` on GPU/TPU, a `lax.map` on CPU, see `_over_seeds`).
 
     `models_state = (graphdef, params, rest)` with every leaf of `params`/`rest` stacked along axis 0
     (see `stack_models`); `keys`: `(S,)` keys. Results carry a leading seed axis after time:
