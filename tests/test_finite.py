@@ -484,3 +484,20 @@ def test_width_sweep_exponent():
           f"\nfitted exponent {fit.slope:.3f}, 95% t-interval [{fit.ci_t[0]:.3f}, {fit.ci_t[1]:.3f}]"
           f", seed-bootstrap [{fit.ci_boot[0]:.3f}, {fit.ci_boot[1]:.3f}]")
     assert fit.slope < 0 and fit.ci_t[1] < 0 and fit.ci_boot[1] < 0
+
+
+def test_batched_seeds_vmap_and_map_paths_agree(monkeypatch, digits_views):
+    """`train_batched` uses lax.map on CPU and jax.vmap on accelerators: both give the same
+    trajectories (the vmap branch forced here by reporting a GPU backend)."""
+    arch = kernels.mlp(1, "erf")
+    models = [finite.network(arch, 16, 2, key=jax.random.key(s), alpha=0.1, in_shape=(64,),
+                             dtype=F64) for s in range(3)]
+    keys = jnp.stack([jax.random.key(s) for s in range(3)])
+    kw = dict(lr=0.05, steps=6, progress=False, check_lr=False, keys=keys)
+    cpu = finite.train_batched(finite.stack_models(models), digits_views, "barlow_twins", **kw)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    acc = finite.train_batched(finite.stack_models(models), digits_views, "barlow_twins", **kw)
+    np.testing.assert_allclose(acc.f, cpu.f, rtol=1e-10, atol=1e-13)
+    one = finite.train(models[2], digits_views, "barlow_twins", lr=0.05, steps=6, progress=False,
+                       check_lr=False)
+    np.testing.assert_allclose(cpu.f[:, 2], one.f, rtol=1e-10, atol=1e-13)
