@@ -274,13 +274,17 @@ class Loss:
         flag = _REGISTRY[self.name].cross_moment_only
         return bool(flag(dict(self.options)) if callable(flag) else flag)
 
+    @property
+    def has_moment_form(self) -> bool:
+        """True when `of_moment` is available (a `cross_moment_only` loss with a formula in C)."""
+        return self.cross_moment_only and _REGISTRY[self.name].of_moment is not None
+
     def of_moment(self, C: jax.Array) -> jax.Array:
         """`ℓ(C)` with `L(f) = ℓ(C(f))` for a `cross_moment_only` loss, `C (k, k)` symmetric;
         raises `ValueError` for any other loss."""
-        spec = _REGISTRY[self.name]
-        if not self.cross_moment_only or spec.of_moment is None:
+        if not self.has_moment_form:
             raise ValueError(f"loss: {self.name!r} is not a function of the cross-moment C alone")
-        return spec.of_moment(C, **self.constants)
+        return _REGISTRY[self.name].of_moment(C, **self.constants)
 
     def __repr__(self) -> str:
         items = [f"{k}={v!r}" for k, v in {**self.constants, **dict(self.options)}.items()]

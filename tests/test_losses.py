@@ -250,3 +250,19 @@ def test_float32_inputs_stay_float32(f):
         out = losses.get(name)(f32)
         assert out.dtype == jnp.float32, name
         assert np.isfinite(float(out)), name
+
+
+def test_of_moment_equals_the_loss_of_f():
+    """`Loss.of_moment(C)` (the eigen solver's moment path) equals `loss(f)` at `C = C(f)` for the
+    cross-moment-only losses, and is refused for the others."""
+    f = jax.random.normal(jax.random.PRNGKey(4), (12, 3), jnp.float64)
+    C = losses.cross_correlation(f)
+    for loss in (losses.get("barlow_twins", lam=0.7), losses.get("kernel_pca"),
+                 losses.get("naive")):
+        assert loss.has_moment_form
+        np.testing.assert_allclose(loss.of_moment(C), loss(f), rtol=1e-12, atol=1e-14)
+    for name in ("vicreg", "simclr", "spectral", "barlow_twins_standardized"):
+        assert not losses.get(name).has_moment_form
+        with pytest.raises(ValueError, match="cross-moment"):
+            losses.get(name).of_moment(C)
+    assert not losses.get("naive", negatives="shift").has_moment_form
