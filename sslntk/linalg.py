@@ -141,16 +141,46 @@ def _orthonormalize(Y, Q_prev):
     return Y
 
 
+def _k_orthonormalize(K, Y, Q_prev, P_prev, cut):
+    """A block `Q` with `QᵀKQ = I` spanning `Y` minus its K-projection on the previous blocks
+    (`P_prev = K Q_prev`), and `P = K Q` (the block's one O(N²b) product). Two passes of block
+    Gram–Schmidt in the K inner product with a Euclidean QR for conditioning; the small Gram
+    `YᵀKY` is whitened by its eigendecomposition and directions below `cut·max` (K's numerical
+    null space) become zero columns, so sizes stay static. Why K-orthonormal: the contrastive
+    pencil (KZK/2n, K) is then a plain symmetric eigenproblem on the basis, instead of a
+    whitening of an ill-conditioned Gram in float32 (measured at 2n = 8192, float32: eigen
+    residuals 7e-4 instead of 6e-3, and the BT staircase's loss error 5e-6–1e-5 instead of
+    4e-5–2e-4)."""
+    for _ in range(2):
+        if Q_prev is not None:
+            Y = Y - Q_prev @ (P_prev.T @ Y)
+        Y, _ = jnp.linalg.qr(Y)
+    P = K @ Y
+    g, Vg = jnp.linalg.eigh(0.5 * (Y.T @ P + P.T @ Y))
+    keep = g > cut * jnp.max(g)
+    W = Vg * jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, g, 1.0)), 0.0)
+    return Y @ W, P @ W
+
+
 @partial(jax.jit, static_argnames=("m", "kind", "block", "depth", "krylov"))
 def _krylov(K, key, *, m, kind, block, depth, krylov):
     N = K.shape[0]
     dtype = K.dtype
     n2 = jnp.asarray(N, dtype)
-    Y = jax.random.normal(key, (N, block), dtype)
+    eps = jnp.finfo(dtype).eps
+    contrastive = kind == "contrastive"
+
+    def next_block(Y, Qs, Ps):
+        Qp = jnp.concatenate(Qs, axis=1) if (krylov and Qs) else None
+        if contrastive:   # K-orthonormal basis (see _k_orthonormalize)
+            return _k_orthonormalize(K, Y, Qp, None if Qp is None else jnp.concatenate(Ps, axis=1),
+                                     100 * eps)
+        Q = _orthonormalize(Y, Qp)
+        return Q, K @ Q                              # the one O(N² b) product per block
+
     Qs, Ps = [], []
-    Q = _orthonormalize(Y, None)
+    Q, P = next_block(jax.random.normal(key, (N, block), dtype), Qs, Ps)
     for it in range(depth + 1):
-        P = K @ Q                                    # the one O(N² b) product per block
         if krylov:
             Qs.append(Q)
             Ps.append(P)
@@ -158,11 +188,9 @@ def _krylov(K, key, *, m, kind, block, depth, krylov):
             Qs, Ps = [Q], [P]
         if it == depth:
             break
-        Y = pair_flip(P) / n2 if kind == "contrastive" else P
-        Q = _orthonormalize(Y, jnp.concatenate(Qs, axis=1) if krylov else None)
+        Q, P = next_block(pair_flip(P) / n2 if contrastive else P, Qs, Ps)
     Qa = jnp.concatenate(Qs, axis=1)
     Pa = jnp.concatenate(Ps, axis=1)
-    eps = jnp.finfo(dtype).eps
     if kind == "contrastive":
         S = Pa.T @ pair_flip(Pa) / n2                # Qᵀ K Z K Q / 2n
         G = Qa.T @ Pa                                # Qᵀ K Q

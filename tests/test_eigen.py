@@ -355,10 +355,10 @@ def test_auto_picks_eigen_above_small_n():
     assert tr.method == "eigen" and tr.ok
 
 
-def test_grad_wrt_kernel_through_rotated_moment_path(setup):
+def test_grad_wrt_kernel_through_moment_path(setup):
     """d/ds of the mean BT loss for the kernel K + s·P (P PSD) through the eigen solver — the
-    decomposition, the S-eigenbasis rotation (`_diag_apply`'s exact dS·w) and the ODE — against
-    central finite differences, float64."""
+    decomposition (exact, or K's vectors with E = (K + sP)A, where S = EᵀZE/2n is not diagonal)
+    and the ODE — against central finite differences, float64."""
     K = setup["K"]
     N = K.shape[0]
     P = jnp.asarray(np.random.default_rng(5).normal(size=(N, 4)))
