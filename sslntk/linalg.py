@@ -105,15 +105,20 @@ def _descending_eigh(S):
     return w[::-1], V_[:, ::-1]
 
 
+def _whitener(G, cut):
+    """`W` with `Wᵀ G W = I` on the directions of the PSD `G` whose eigenvalue is at least
+    `cut·max`, zero columns for the others (static sizes); and the mask of kept columns."""
+    g, Vg = jnp.linalg.eigh(G)
+    keep = g > cut * jnp.max(g)
+    return Vg * jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, g, 1.0)), 0.0), keep
+
+
 def _whitened_rayleigh_ritz(S, G, cut):
     """Eigenpairs of the small pencil ``S v = θ G v`` (``G`` PSD, possibly singular).
 
     ``G`` is whitened by its eigendecomposition; directions with ``g < cut·max g`` (numerically
     dependent basis vectors) are dropped by giving them θ = −inf, so sizes stay static."""
-    g, Vg = jnp.linalg.eigh(G)
-    keep = g > cut * jnp.max(g)
-    W = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, g, 1.0)), 0.0)
-    Wm = Vg * W
+    Wm, keep = _whitener(G, cut)
     St = Wm.T @ S @ Wm
     St = 0.5 * (St + St.T)
     th, Vt = jnp.linalg.eigh(St)
@@ -156,9 +161,7 @@ def _k_orthonormalize(K, Y, Q_prev, P_prev, cut):
             Y = Y - Q_prev @ (P_prev.T @ Y)
         Y, _ = jnp.linalg.qr(Y)
     P = K @ Y
-    g, Vg = jnp.linalg.eigh(0.5 * (Y.T @ P + P.T @ Y))
-    keep = g > cut * jnp.max(g)
-    W = Vg * jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, g, 1.0)), 0.0)
+    W, _ = _whitener(0.5 * (Y.T @ P + P.T @ Y), cut)
     return Y @ W, P @ W
 
 

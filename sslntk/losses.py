@@ -52,6 +52,10 @@ def _bt_from_c(C: jax.Array, lam) -> jax.Array:
     return jnp.sum((d - 1.0) ** 2) + lam * off
 
 
+def _neg_trace(C: jax.Array, **_) -> jax.Array:
+    return -jnp.trace(C)
+
+
 def barlow_twins(f: jax.Array, lam=1.0) -> jax.Array:
     """Barlow Twins, theory form (DESIGN.md): `L = Σ_i (C_ii − 1)² + λ Σ_{i≠j} C_ij²`,
     `C = (f_aᵀ f_b + f_bᵀ f_a)/(2n)`. λ = 1 is the rotation-invariant case the stepwise theory solves
@@ -177,7 +181,7 @@ def kernel_pca(f: jax.Array) -> jax.Array:
     Without the constraint it is unbounded below and the flow collapses to rank one (it is then
     Esser's naive loss, `naive` with `negatives="none"`, the same function of f).
     """
-    return -jnp.trace(cross_correlation(f))
+    return _neg_trace(cross_correlation(f))
 
 
 NEGATIVES = ("none", "shift")
@@ -213,10 +217,6 @@ class _Spec:
     options: dict = dataclasses.field(default_factory=dict)  # static option -> (default, choices)
     # ℓ(C, **constants) for a cross-moment-only loss (L(f) = ℓ(C(f))); used by the eigen solver
     of_moment: Callable | None = None
-
-
-def _neg_trace(C: jax.Array, **_) -> jax.Array:
-    return -jnp.trace(C)
 
 
 _REGISTRY: dict[str, _Spec] = {

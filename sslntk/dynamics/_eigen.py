@@ -124,8 +124,9 @@ def _check_moment_loss(loss, f0) -> None:
                                              "has_dt0", "loss_batched"))
 def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, path, solver,
           max_steps, adjoint, progress, has_dt0, loss_batched):
-    """B runs on one decomposition: `F0 (B, 2n, k)`, `F0t (B, p, k)` or None, `atol (B,)`; the
-    loss constants carry a leading B axis when `loss_batched`. Returns a batched `Trajectory`.
+    """B runs on one decomposition: `F0 (B, 2n, k)`, `F0t (B, p, k)` or None; `atol` a scalar
+    shared by the runs or None for `atol_b = rtol·RMS(w₀_b)` per run; the loss constants carry a
+    leading B axis when `loss_batched`. Returns a batched `Trajectory`.
 
     ONE diffrax solve of the stacked `(B, m, k)` state (`solve_eigen` is the case B = 1): one
     loop of large array operations rather than a `jax.vmap` of adaptive loops (a batched
@@ -182,7 +183,9 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
         return -Etg, kappa * jnp.sqrt(jnp.sum((g - A @ Etg) ** 2))
 
     la = 0 if loss_batched else None
-    sc = jax.lax.stop_gradient(atol / rtol).astype(dtype)        # (B,) the runs' units
+    # (B,) the runs' units s_b = atol_b / rtol
+    sc = jax.vmap(C.atol_scale)(W0) if atol is None else jnp.full((B,), atol / rtol, dtype)
+    sc = jax.lax.stop_gradient(sc).astype(dtype)
     sc3 = sc[:, None, None]
 
     def vf(t, y, args):
@@ -340,12 +343,10 @@ def solve_batch(K, loss, F0, ts, dec, *, path, loss_batched, K_test_train=None, 
     """B validated runs `F0 (B, 2n, k)` on one checked decomposition → a batched `Trajectory`
     (one joint solve, see `_core`); default `atol_b = rtol·RMS(Aᵀ f0_b)` per run."""
     rtol = C.default_rtol(F0.dtype) if rtol is None else rtol
-    W0 = jnp.einsum("nm,bnk->bmk", dec.vectors, F0)
-    atol = (rtol * jax.vmap(C.atol_scale)(W0) if atol is None
-            else jnp.full((F0.shape[0],), atol, F0.dtype))
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     as_t = lambda x: jnp.asarray(x, F0.dtype)
-    return _core(K, loss, F0, ts, K_test_train, F0_test, dec, as_t(rtol), as_t(atol),
+    return _core(K, loss, F0, ts, K_test_train, F0_test, dec, as_t(rtol),
+                 None if atol is None else as_t(atol),
                  as_t(0.0 if dt0 is None else dt0), as_t(pcoeff), as_t(icoeff), path=path,
                  solver=solver, max_steps=max_steps, adjoint=adjoint, progress=bool(progress),
                  has_dt0=dt0 is not None, loss_batched=loss_batched)

@@ -207,12 +207,7 @@ class Network(nnx.Module):
         return self.layers[0].W.value.dtype
 
     def _check_input(self, x):
-        if not self.built and hasattr(x, "shape") and len(x.shape) >= 2:
-            if isinstance(x, jax.core.Tracer):
-                raise ValueError("model: this network has no parameters yet (made without "
-                                 "in_shape) and cannot draw them inside a jax transformation: "
-                                 "call model.build(in_shape) or model(x) once outside it")
-            self.build(tuple(x.shape[1:]), getattr(x, "dtype", None))
+        ensure_built(self, x)
         if not hasattr(x, "shape") or tuple(x.shape[1:]) != self.in_shape:
             self._require_built("a forward pass")
             got = tuple(getattr(x, "shape", ()))
@@ -252,6 +247,20 @@ class Linearized(Network):
         delta = jax.tree.map(lambda a, b: a - b, self.theta, self.theta0)
         g0, dg = jax.jvp(lambda th: forward(self.arch, th, x), (self.theta0,), (delta,))
         return g0 + dg
+
+
+def ensure_built(model, x) -> None:
+    """Draw the parameters of a network made without `in_shape` from the batch `x`'s per-example
+    shape and dtype (the one trigger of the lazy draw: forward pass, `train`, `empirical_ntk`).
+    No-op for built networks, other modules and non-batch `x`; a traced `x` raises, since
+    parameters drawn inside a jax transformation would leak tracers into the module."""
+    if getattr(model, "built", True) is not False or len(getattr(x, "shape", ())) < 2:
+        return
+    if isinstance(x, jax.core.Tracer):
+        raise ValueError("model: this network has no parameters yet (made without in_shape) and "
+                         "cannot draw them inside a jax transformation: call model.build(in_shape) "
+                         "or model(x) once outside it")
+    model.build(tuple(x.shape[1:]), x.dtype)
 
 
 def _check_key(key):

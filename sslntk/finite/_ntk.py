@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from sslntk import _validate as V
+from sslntk.finite._network import ensure_built
 
 
 def _check_model(model):
@@ -34,8 +35,7 @@ def _check_model(model):
 
 def _check_batch(name, x, model):
     x = V.as_float_array(name, x)
-    if getattr(model, "built", True) is False and x.ndim >= 2:
-        model.build(tuple(x.shape[1:]), x.dtype)
+    ensure_built(model, x)
     in_shape = getattr(model, "in_shape", None)
     if x.ndim < 2 or x.shape[0] == 0 or (in_shape is not None and tuple(x.shape[1:]) != in_shape):
         exp = f"(N, {', '.join(map(str, in_shape))})" if in_shape is not None else "(N, ...)"

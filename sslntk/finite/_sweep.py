@@ -165,10 +165,9 @@ class WidthSweep:
                    kernel_drift_mean=self.kernel_drift.mean(1).tolist(),
                    init_kernel_error_mean=self.init_kernel_error.mean(1).tolist(),
                    seconds=self.seconds.tolist())
-        if self.dev_test is not None:
-            w = self.ts <= self.window
-            out["deviation_test_mean"] = self.dev_test[:, :, w].max(-1).mean(1).tolist()
         w = self.ts <= self.window
+        if self.dev_test is not None:
+            out["deviation_test_mean"] = self.dev_test[:, :, w].max(-1).mean(1).tolist()
         for name in ("dev_net_lin", "dev_lin_ker"):
             arr = getattr(self, name)
             if arr is not None:

@@ -31,6 +31,7 @@ from sslntk import _validate as V
 from sslntk import losses as L
 from sslntk._progress import Progress
 from sslntk.dynamics._trajectory import NONFINITE, SUCCESS
+from sslntk.finite._network import _check_key, ensure_built
 from sslntk.finite._ntk import _f, split_trainable
 
 OPTIMIZERS = ("gd", "sgd", "adam")
@@ -80,18 +81,12 @@ def _stacked_inputs(views, model) -> jax.Array:
         raise ValueError("views: expected single-draw Views (no draw axis), got n_draws = "
                          f"{views.n_draws}; pick one with views.draw(i)")
     x = V.stacked_views("views", x, ndim=range(2, 6))
-    _ensure_built(model, x)
+    ensure_built(model, x)
     in_shape = getattr(model, "in_shape", None)
     if in_shape is not None and tuple(x.shape[1:]) != in_shape:
         raise ValueError(f"views: expected stacked views of shape (2n, {', '.join(map(str, in_shape))})"
                          f" for this {model.arch.kind} network, got {tuple(x.shape)}")
     return x
-
-
-def _ensure_built(model, x) -> None:
-    """Draw the parameters of a network made without `in_shape` from the inputs' shape/dtype."""
-    if getattr(model, "built", True) is False and not isinstance(x, jax.core.Tracer):
-        model.build(tuple(x.shape[1:]), x.dtype)
 
 
 def _test_inputs(x_test, x, model) -> jax.Array | None:
@@ -447,7 +442,6 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
     """
     x, xt, loss, steps, tx, bp, s_save = _common_checks(model, views, loss, lr, steps, optimizer,
                                                         batch_size, ts, x_test)
-    from sslntk.finite._network import _check_key
     if key is None:
         if bp is not None:
             raise ValueError(f"key: minibatch training (optimizer={optimizer!r}, batch_size="
