@@ -1,34 +1,41 @@
 # Every target sets the environment up itself (uv bootstrap included), so a fresh clone needs only
 # `make demo` or `make test`.
+#   PYTHON=3.11 make test   the same in a second environment (.venv-3.11) on another Python
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=1
 export PYTHONUNBUFFERED := 1
+# Python: a version or a path; empty takes the newest supported one found (tools/find_python).
+PYTHON ?=
+VENV := $(if $(PYTHON),.venv-$(notdir $(PYTHON)),.venv)
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+RUN = $$(command -v uv || echo "$(UV)") run --frozen
 
 .PHONY: setup demo test test-all bench lint clean
 
-setup: .venv/.synced
+setup: $(VENV)/.synced
 
-.venv/.synced: pyproject.toml uv.lock
+$(VENV)/.synced: pyproject.toml uv.lock tools/find_python
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet uv \
 	  || python3 -m pip install --quiet --user uv
-	@UV=$$(command -v uv || echo "$(UV)"); $$UV sync --frozen --quiet && touch $@
+	@UV=$$(command -v uv || echo "$(UV)"); PY=$$(tools/find_python "$(PYTHON)") || exit 1; \
+	  echo "sslntk environment $(VENV): $$PY"; \
+	  $$UV sync --frozen --quiet --python "$$PY" && touch $@
 
 demo: setup
-	$$(command -v uv || echo "$(UV)") run --frozen sslntk demo --out demo_out
+	$(RUN) sslntk demo --out demo_out
 
 test: setup
-	$$(command -v uv || echo "$(UV)") run --frozen pytest -q
+	$(RUN) pytest -q
 
 test-all: setup
-	$$(command -v uv || echo "$(UV)") run --frozen pytest -q -m ""
+	$(RUN) pytest -q -m ""
 
 bench: setup
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; \
-	  $$(command -v uv || echo "$(UV)") run --frozen python $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
 
 lint: setup
-	$$(command -v uv || echo "$(UV)") run --frozen ruff check sslntk tests benchmarks
+	$(RUN) ruff check sslntk tests benchmarks
 
 clean:
-	rm -rf .venv demo_out .pytest_cache
+	rm -rf .venv .venv-* demo_out .pytest_cache

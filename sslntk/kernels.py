@@ -1,6 +1,7 @@
 """Architectures and their infinite-width kernels over augmented views.
 
-The ONLY module of sslntk that imports `neural_tangents` (DESIGN.md). One `Arch` spec builds the
+neural-tangents (the reference) is reached only through `sslntk._nt_compat`, the one module that
+imports it (DESIGN.md). One `Arch` spec builds the
 neural-tangents `stax` network (kernel and finite reference) here and the matching Flax NNX module
 in `sslntk.finite`.
 
@@ -44,9 +45,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
-import types
-import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -54,23 +52,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sslntk import _nt_compat
 from sslntk import _validate as V
 
 
-@functools.cache
 def _nt():
-    """neural-tangents, imported on first use: only the stax triple and the reference wrappers (the
-    peer) need it; the native kernels below do not, so they also run on JAX releases nt rejects."""
-    # nt 0.6.5 imports `neural_tangents.experimental` (TF→JAX conversion via tensorflow and tf2jax)
-    # at package import; sslntk uses none of it and drops both dependencies (pyproject override),
-    # so an empty stand-in module is registered first to keep tensorflow out of the process.
-    sys.modules.setdefault("neural_tangents.experimental",
-                           types.ModuleType("neural_tangents.experimental"))
-    with warnings.catch_warnings():  # nt touches jax.core.Jaxpr: deprecated in JAX 0.5, gone in 0.6
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import neural_tangents
-        import neural_tangents.stax  # noqa: F401
-    return neural_tangents
+    """neural-tangents, imported on first use through `sslntk._nt_compat` (the shim that makes its
+    final release load on current JAX): only the stax triple and the reference wrappers (the peer)
+    need it; the native kernels below do not, so sslntk runs with neural-tangents absent."""
+    return _nt_compat.load()
+
 
 __all__ = [
     "ACTIVATIONS", "KINDS", "PADDINGS", "METHODS", "Arch", "mlp", "cnn", "activation_layer",
@@ -889,13 +880,13 @@ def reference_empirical_ntk(apply_fn, params, x1, x2=None, implementation: int =
     output-output blocks are `K δ_jj'`). For `k = 1` it is `J(x1) J(x2)ᵀ` exactly.
 
     `implementation`: 1 (Jacobian contraction) or 2 (NTK-vector products). neural-tangents'
-    implementations 0 (auto) and 3 (structured derivatives) fail on the pinned JAX 0.5.3 and are
-    rejected. `x2=None` means `x2 = x1`.
+    implementations 0 (auto) and 3 (structured derivatives) are broken (on JAX 0.5.3 already, and
+    their jaxpr-walking internals are gone from current JAX) and are rejected. `x2=None` means `x2 = x1`.
     """
     if isinstance(implementation, bool) or implementation not in _EMPIRICAL_IMPLEMENTATIONS:
         raise ValueError(f"implementation: expected 1 (Jacobian contraction) or 2 (NTK-vector "
                          f"products), got {implementation!r}; neural-tangents' 0 (auto) and 3 "
-                         f"(structured derivatives) are broken on JAX 0.5.3")
+                         f"(structured derivatives) are broken")
     if not callable(apply_fn):
         raise TypeError(f"apply_fn: expected a callable apply_fn(params, x), got "
                         f"{type(apply_fn).__name__}")

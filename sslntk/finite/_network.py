@@ -65,8 +65,7 @@ def activation_fn(arch: kernels.Arch):
 SUPPORTED_ACTIVATIONS = ("relu", "leaky_relu", "abs", "abs_relu", "erf", "gelu")
 
 
-# A list of submodules: plain `list` in flax 0.10; newer flax (0.12) wants `nnx.List` for data.
-_LAYERS = getattr(nnx, "List", list)
+_LAYERS = nnx.List
 
 
 class Frozen(nnx.Variable):
