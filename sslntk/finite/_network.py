@@ -65,9 +65,6 @@ def activation_fn(arch: kernels.Arch):
 SUPPORTED_ACTIVATIONS = ("relu", "leaky_relu", "abs", "abs_relu", "erf", "gelu")
 
 
-_LAYERS = nnx.List
-
-
 class Frozen(nnx.Variable):
     """θ₀: the frozen copy of the initial parameters (not an `nnx.Param`, so never trained)."""
 
@@ -147,7 +144,7 @@ class Network(nnx.Module):
         self.arch, self.width, self.out_dim = arch, int(width), int(out_dim)
         self.in_shape = None if in_shape is None else tuple(int(s) for s in in_shape)
         self.alpha = float(alpha)
-        self.layers = _LAYERS([Affine(W, b, W0, b0)
+        self.layers = nnx.List([Affine(W, b, W0, b0)
                                for (W, b), (W0, b0) in zip(theta, theta0, strict=True)])
         # (key impl, key data, dtype or None) until the input shape is known (`build`); plain
         # Python values so that the graphdef stays hashable for jit.
@@ -178,7 +175,7 @@ class Network(nnx.Module):
             dt = jnp.float32 if dtype is None else dtype
         dt = V.float_dtype(dt)
         theta = _draw(self.arch, self.width, self.out_dim, shp, key, dt)
-        self.layers = _LAYERS([Affine(W, b, W, b) for W, b in theta])
+        self.layers = nnx.List([Affine(W, b, W, b) for W, b in theta])
         self.in_shape, self._pending = shp, None
         return self
 
