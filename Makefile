@@ -7,6 +7,7 @@ export XLA_FLAGS ?= --xla_force_host_platform_device_count=1
 export PYTHONUNBUFFERED := 1
 # Python: a version or a path; empty takes the newest supported one found (tools/find_python).
 PYTHON ?=
+PYTEST_ARGS ?=
 VENV := $(if $(PYTHON),.venv-$(notdir $(PYTHON)),.venv)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 RUN = $$(command -v uv || echo "$(UV)") run --frozen
@@ -26,10 +27,10 @@ demo: setup
 	$(RUN) sslntk demo --out demo_out
 
 test: setup
-	$(RUN) pytest -q
+	$(RUN) pytest -q $(PYTEST_ARGS)
 
 test-all: setup
-	$(RUN) pytest -q -m ""
+	$(RUN) pytest -q -m "" $(PYTEST_ARGS)
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
