@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -802,7 +803,7 @@ def test_closed_form_outside_validity_fails_not_success(feature_problem):
 _SLACK = {jnp.float64: 1e-8, jnp.float32: 1e-4}
 
 
-def _long_horizon_check(K, k, alpha, init, dt, seed=0, horizon=10.0):
+def _long_horizon_check(K, k, alpha, init, dt, seed=0, horizon=10.0, allow_failed=False):
     """closed_form vs the float64 ODE over [0, horizon × last step time]: status, loss within
     bound + slack at every saved time, and monotone non-increasing up to twice that (the flow's
     loss is non-increasing, dL/dt = −‖∇L‖²_K ≤ 0; for an aligned init the closed form is exact)."""
@@ -814,7 +815,13 @@ def _long_horizon_check(K, k, alpha, init, dt, seed=0, horizon=10.0):
     ts = grid(horizon * t_last)
     ode = dynamics.solve(K, BT, f0, ts, method="ode", rtol=1e-10)
     assert ode.ok
-    tr = dynamics.solve(K.astype(dt), BT, f0.astype(dt), ts.astype(dt), method="closed_form")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if allow_failed else "error", RuntimeWarning)
+        tr = dynamics.solve(K.astype(dt), BT, f0.astype(dt), ts.astype(dt), method="closed_form")
+    if allow_failed and not tr.ok:
+        # an honest refusal (large α, random init: ε ≥ 1), never a silent success
+        assert tr.status_name == "failed" and init == "random", (tr.status_name, init)
+        return None
     assert tr.ok, (tr.status_name, float(tr.bound))
     bound = float(tr.bound)
     if init == "aligned":
@@ -840,12 +847,16 @@ def test_closed_form_long_horizon_matches_ode(feature_problem, init, dt):
 @pytest.mark.parametrize("dt", [jnp.float64, jnp.float32], ids=["f64", "f32"])
 def test_closed_form_long_horizon_matrix(dt):
     """Several k, α, inits, seeds and two kernels, to 30× the last step time."""
+    results = []
     for K in (feature_kernel(), rbf_kernel()[0]):
         for k in (2, 3, 4):
             for alpha in (1e-2, 1e-4, 1e-7):
                 for init in ("aligned", "random"):
                     for seed in (0, 1):
-                        _long_horizon_check(K, k, alpha, init, dt, seed=seed, horizon=30.0)
+                        results.append(_long_horizon_check(K, k, alpha, init, dt, seed=seed,
+                                                           horizon=30.0, allow_failed=True))
+    # only random inits at α = 1e-2 may be refused (ε ≥ 1 there); every other case is checked
+    assert sum(r is None for r in results) <= 2 * 3 * 2
 
 
 def test_lift_validity_flag_and_mode_norms():
