@@ -37,7 +37,14 @@ zero for a positive-definite K):
 * ``f0_test=None`` with ``K_test_train`` given: f0 is taken to lie in the RKHS span of the training
   views (``f0_test = K_tx K⁻¹ f0``, the A-space model of digest §6).
 
-Status: SUCCESS, or NONFINITE when a value is not finite, or FAILED when a traced λ is not 1.
+Status: SUCCESS; NONFINITE when a value is not finite; FAILED when a traced λ is not 1 or when
+the lift is outside its validity (`stepwise.LiftedCoefficients.valid` False, or ``bound`` ≥ 1 or
+not finite): a lower mode's component grows as large as a learned direction (the QR-effective
+``c0_i = γ_i R_ii²`` is tiny and a mode j with γ_j ≈ γ_i grows by ``c0_i^{−γ_j/2γ_i}``), a top-k
+mode is missing from f0 (bound = inf), or the frozen null-space part of f0 is as large as the final
+embedding. Measured before this check (issue 15; erf-MLP NTK, 2n = 300, α = 1e-3): ε = 3.6–3.7
+with the loss at 97–281 after the staircase (the ODE reaches 0) reported as "success". Called
+outside jit, a failure also warns (RuntimeWarning) with the reason and ε; use method='ode'.
 ``n_steps = 1`` (one eigendecomposition). Jittable, vmappable over f0 (hence α) and K,
 differentiable w.r.t. f0/α and K (eigh derivatives: needs a non-degenerate contrastive spectrum).
 Precision: the K^{-1/2} reduction loses ~cond(K)·eps; in float32 keep cond(K) ≲ 1e4 (tests:
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -101,8 +109,24 @@ def solve_closed_form(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progr
     if k > N:
         raise ValueError(f"f0: expected (2n, k) with k <= 2n (one mode per output at most), got "
                          f"{tuple(inp.f0.shape)}")
-    return _core(inp.K, inp.loss, inp.f0, inp.ts, inp.K_test_train,
+    traj = _core(inp.K, inp.loss, inp.f0, inp.ts, inp.K_test_train,
                  inp.f0_test if f0_test_given else None, corrections=bool(corrections))
+    _warn_if_invalid(traj)
+    return traj
+
+
+def _warn_if_invalid(traj: Trajectory) -> None:
+    """Outside jit: say why a closed form FAILED (the status code alone cannot)."""
+    if not (V.is_concrete(traj.status) and V.is_concrete(traj.bound)) \
+            or isinstance(traj.status, jax.core.Tracer) or int(traj.status) != FAILED:
+        return
+    warnings.warn(
+        f"closed_form: the stepwise closed form is outside its validity (estimated relative error "
+        f"bound = {float(traj.bound):.3g}; it needs bound < 1): a component it treats to first "
+        f"order (a lower mode competing with a learned direction, a top-k mode missing from f0, "
+        f"or f0 outside range(K)) ends as large as the learned embedding, so its curves are "
+        f"meaningless here; status FAILED. Use method='ode' or 'eigen'.", RuntimeWarning,
+        stacklevel=3)
 
 
 @functools.partial(jax.jit, static_argnames=("corrections",))
@@ -111,7 +135,9 @@ def _core(K, loss, f0, ts, K_tx, f0_test, *, corrections):
     gam, A, E = _sw.contrastive_modes(K, N)
     P0 = jnp.matmul(A.T, f0, precision=_HI)                                  # (N, k)
     f_null = f0 - jnp.matmul(E, P0, precision=_HI)
-    lift = _sw._lift(P0, gam, ts, corrections=corrections)
+    # ‖e_j‖ on the training views: ε weighs each neglected component by its size in f (§ lift)
+    lift = _sw._lift(P0, gam, ts, corrections=corrections,
+                     mode_norms=jnp.linalg.norm(E, axis=0))
     PQ = jnp.einsum("tji,oi->tjo", lift.P, lift.init.Q, precision=_HI)       # (T, N, k)
     fs = f_null[None] + jnp.einsum("nj,tjo->tno", E, PQ, precision=_HI)
     f_test = None
@@ -127,5 +153,6 @@ def _core(K, loss, f0, ts, K_tx, f0_test, *, corrections):
     null_rel = jnp.linalg.norm(f_null) / jnp.maximum(scale, jnp.finfo(f0.dtype).tiny)
     bound = jax.lax.stop_gradient(lift.estimate + null_rel)
     lam = loss.constants["lam"]
-    status = jnp.where(jnp.asarray(lam) == 1.0, SUCCESS, FAILED)
+    valid = lift.valid & jnp.isfinite(bound) & (bound < 1.0)
+    status = jnp.where((jnp.asarray(lam) == 1.0) & valid, SUCCESS, FAILED)
     return C.finish("closed_form", loss, ts, fs, status, 1, f_test=f_test, bound=bound)

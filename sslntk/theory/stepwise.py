@@ -271,15 +271,22 @@ class LiftedCoefficients:
       init: the `EffectiveInit` (Q, R, c0, s0) of the top-k block.
       c: ``(T, k)`` logistic embedding eigenvalues of the QR-effective aligned trajectory.
       estimate: scalar, estimated relative error of rotation-invariant quantities (0 when aligned).
+      valid: bool scalar, the lift is inside its first-order regime: ``estimate < 1`` (finite) and
+        the diagonal renormalisation (iii) stays in range (``δ_i c_i < 1`` at every time). Outside
+        it the neglected components end as large as the learned ones and the curves are not even
+        qualitative (measured: loss 97 instead of 0 at ε = 3.6); `sslntk.dynamics`' closed form
+        then reports FAILED.
     """
 
     P: jax.Array
     init: EffectiveInit
     c: jax.Array
     estimate: jax.Array
+    valid: jax.Array
 
 
-def lifted_coefficients(P0, gammas, ts, *, corrections: bool = True) -> LiftedCoefficients:
+def lifted_coefficients(P0, gammas, ts, *, corrections: bool = True,
+                        mode_norms=None) -> LiftedCoefficients:
     """Closed-form trajectory of ALL mode coefficients from a QR-effective aligned staircase.
 
     Args:
@@ -289,6 +296,12 @@ def lifted_coefficients(P0, gammas, ts, *, corrections: bool = True) -> LiftedCo
       ts: ``(T,)`` times.
       corrections: apply the first-order frame rotation (ii) and the second-order diagonal
         renormalisation (iii) below (default True; False gives the bare propagated lift (i)).
+      mode_norms: optional ``(N,)`` norms of the modes where the result is used (``‖e_j‖ = ‖K a_j‖``
+        on the training views in the kernel model); ``estimate`` then weighs the component of
+        mode j along direction i by ``min(1, ‖e_j‖/‖e_i‖)``. Default None: coefficient (RKHS)
+        norms, as in the linear model. Without it, round-off modes of an ill-conditioned K
+        (``‖e_j‖ ~ 1e-7``, coefficients ~1e7 × larger than their effect on f) dominate ε
+        (measured ε = 195 for a lift accurate to 1e-4).
 
     Construction. ``P0[:k]ᵀ = Q R`` (`effective_init`); in the frame Q, ``P̃0 = P0 Q`` and its top block
     is ``Rᵀ`` (lower triangular: mode j has components along ``q_1..q_j`` only). With
@@ -320,7 +333,14 @@ def lifted_coefficients(P0, gammas, ts, *, corrections: bool = True) -> LiftedCo
     Measured on Ref-A (float64 RK4; α = 1e-2, 1e-3, 1e-4, 1e-6, 1e-8 × 3 seeds, whole trajectory):
     relative Frobenius error of the embedding Gram ≤ 0.35 ε (≈ 0.07 ε for α ≤ 1e-4), eig(C) error
     ≤ 0.46 ε, loss error ≤ 0.33 ε; the errors scale like ε (first order, small constant).
-    ``estimate`` is an empirical error estimate, not a rigorous bound.
+    ``estimate`` is an empirical error estimate, not a rigorous bound. ``valid`` is False when
+    ``estimate ≥ 1`` (or not finite) or the renormalisation (iii) leaves its range; the curves are
+    then meaningless (a lower mode's component outgrows the learned one: with ``c0_i = γ_i R_ii²``
+    tiny, a mode j with γ_j ≈ γ_i grows by ``c0_i^{−γ_j/2γ_i}`` along direction i).
+
+    Numerics: the logistic ``c_i`` and ``τ_i`` never form ``e^{8γt}`` (`logistic_c`), and the
+    propagator exponent ``4 γ_j τ_i ≤ −(γ_j/2γ_i) ln c0_i`` is bounded in t, so every t ≥ 0 is
+    finite in float32 and float64; ``c0`` underflowing to 0 (``γ α² < tiny``) gives ε = inf.
     """
     P0 = V.as_float_array("P0", P0, ndim=2)
     gammas = V.as_float_array("gammas", gammas, ndim=1)
@@ -331,11 +351,16 @@ def lifted_coefficients(P0, gammas, ts, *, corrections: bool = True) -> LiftedCo
                          f"{tuple(gammas.shape)}")
     if k > N:
         raise ValueError(f"P0: expected (N, k) with k <= N, got {tuple(P0.shape)}")
-    return _lift(P0, gammas, ts, corrections=bool(corrections))
+    if mode_norms is not None:
+        mode_norms = V.as_float_array("mode_norms", jnp.asarray(mode_norms, P0.dtype), ndim=1)
+        if mode_norms.shape != (N,):
+            raise ValueError(f"mode_norms: expected shape ({N},) to match P0 {tuple(P0.shape)}, "
+                             f"got {tuple(mode_norms.shape)}")
+    return _lift(P0, gammas, ts, corrections=bool(corrections), mode_norms=mode_norms)
 
 
 @functools.partial(jax.jit, static_argnames=("corrections",))
-def _lift(P0, gammas, ts, *, corrections: bool):
+def _lift(P0, gammas, ts, *, corrections: bool, mode_norms=None):
     N, k = P0.shape
     gk = gammas[:k]
     init = _effective_init(P0[:k].T, gk)
@@ -345,6 +370,7 @@ def _lift(P0, gammas, ts, *, corrections: bool):
     expo = jnp.where(keep[None], 4.0 * gammas[None, :, None] * tau[:, None, :], 0.0)
     P = jnp.where(keep[None], Pt0[None] * jnp.exp(expo), 0.0)             # (T, N, k)
     c = logistic_c(ts[:, None], gk[None, :], init.c0[None, :])
+    in_range = jnp.asarray(True)
     if corrections:
         if k > 1:
             P = P.at[:, :k, :].add(_frame_rotation(P[:, :k, :], gk)
@@ -354,10 +380,14 @@ def _lift(P0, gammas, ts, *, corrections: bool):
                            precision=_HI)
         delta0 = jnp.einsum("ji,j->i", jnp.where(diag, 0.0, Pt0) ** 2, gammas, precision=_HI)
         floor = jnp.finfo(P.dtype).eps
-        fac = jnp.sqrt(jnp.maximum(1.0 - delta * c, floor)
-                       / jnp.maximum(1.0 - delta0 * init.c0, floor))
+        num, den = 1.0 - delta * c, 1.0 - delta0 * init.c0
+        # (iii) needs C_ii = c_i + δ_i (1 − c_i²) ≤ 1 reachable, i.e. δ_i c_i < 1
+        in_range = jax.lax.stop_gradient(jnp.all(num > floor) & jnp.all(den > floor))
+        fac = jnp.sqrt(jnp.maximum(num, floor) / jnp.maximum(den, floor))
         P = jnp.where(diag[None], P * fac[:, None, :], P)
-    return LiftedCoefficients(P=P, init=init, c=c, estimate=_estimate(Pt0, gammas, init.c0))
+    est = _estimate(Pt0, gammas, init.c0, mode_norms)
+    valid = jnp.isfinite(est) & (est < 1.0) & in_range
+    return LiftedCoefficients(P=P, init=init, c=c, estimate=est, valid=valid)
 
 
 def _frame_rotation(Pk, gk):
@@ -370,7 +400,7 @@ def _frame_rotation(Pk, gk):
     return jnp.where(upper[None], B, 0.0)
 
 
-def _estimate(Pt0, gammas, c0):
+def _estimate(Pt0, gammas, c0, mode_norms=None):
     """ε of `lifted_coefficients` (stop-gradient: a diagnostic, not a differentiable output)."""
     Pt0, gammas, c0 = map(jax.lax.stop_gradient, (Pt0, gammas, c0))
     N, k = Pt0.shape
@@ -385,6 +415,10 @@ def _estimate(Pt0, gammas, c0):
     off = (rows > cols) & learned[None, :]
     tiny = jnp.finfo(Pt0.dtype).tiny
     logv = jnp.log(jnp.maximum(jnp.abs(Pt0), tiny)) + log_growth + 0.5 * jnp.log(g)[None, :]
+    if mode_norms is not None:
+        # weight min(1, ‖e_j‖/‖e_i‖): the component's size where it is used, never above ε_RKHS
+        ln = jnp.log(jnp.maximum(jax.lax.stop_gradient(mode_norms), tiny))
+        logv = logv + jnp.minimum(0.0, ln[:, None] - ln[None, :k])
     logv = jnp.where(off, logv, -jnp.inf)
     eps = jnp.exp(jnp.max(logv))
     # A direction that can never saturate (γ_i > 0 with c0_i = 0) makes the estimate meaningless.
