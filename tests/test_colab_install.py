@@ -70,29 +70,29 @@ def test_install_cell_keeps_preinstalled_jax_and_notebook_runs(tmp_path):
     before = jax_versions()
     nb = json.loads(NOTEBOOK.read_text())
     cell = "".join(nb["cells"][1]["source"])
-    assert "SSLNTK_REPO" in cell and "pip" in cell
-    # The cell, as the kernel runs it (Colab's pip, PyPI reachable for what is missing).
-    r = subprocess.run([py, "-c", cell], env={**env, "SSLNTK_REPO": str(ROOT)},
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert jax_versions() == before, (before, jax_versions())
-    # sslntk imports without neural-tangents (it is a test-only reference, not a dependency).
-    chk = subprocess.run([py, "-c", "import sslntk, importlib.util as u, sys; "
-                          "assert u.find_spec('neural_tangents') is None; "
-                          "assert 'neural_tangents' not in sys.modules; print(sslntk.__version__)"],
-                         capture_output=True, text=True, env=env)
-    assert chk.returncode == 0, chk.stderr[-3000:]
-
-    # The notebook top to bottom in that environment's own kernel, at its small size.
+    assert "SSLNTK_REPO" in cell and "\"pip\", \"install\"" in cell
+    # A kernel of that environment (its own kernelspec: a user-level "python3" spec elsewhere on the
+    # machine must not be picked), then the whole notebook in it: the first cell installs sslntk
+    # into the running kernel with pip, as on Colab, and the rest imports and runs it.
+    subprocess.run([py, "-m", "ipykernel", "install", "--sys-prefix", "--name", "sslntk-colab"],
+                   check=True, capture_output=True, env=env)
     runner = (
         "import nbformat, sys; from nbclient import NotebookClient\n"
         "nb = nbformat.read(sys.argv[1], as_version=4)\n"
-        "NotebookClient(nb, timeout=900, kernel_name='python3',\n"
+        "NotebookClient(nb, timeout=900, kernel_name='sslntk-colab',\n"
         "               resources={'metadata': {'path': sys.argv[2]}}).execute()\n"
         "err = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])\n"
         "       if o.get('output_type') == 'error']\n"
         "assert not err, err\n")
     r = subprocess.run([py, "-c", runner, str(NOTEBOOK), str(tmp_path)], capture_output=True,
-                       text=True, env={**env, "SSLNTK_NOTEBOOK_SMALL": "1"}, cwd=tmp_path)
+                       text=True, cwd=tmp_path,
+                       env={**env, "SSLNTK_NOTEBOOK_SMALL": "1", "SSLNTK_REPO": str(ROOT)})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert jax_versions() == before
+    assert jax_versions() == before, (before, jax_versions())
+    # sslntk was installed by the cell, and imports without neural-tangents (a test-only reference).
+    chk = subprocess.run([py, "-c", "import sslntk, importlib.util as u, sys; "
+                          "assert u.find_spec('neural_tangents') is None; "
+                          "assert 'neural_tangents' not in sys.modules; print(sslntk.__file__)"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert chk.returncode == 0, chk.stderr[-3000:]
+    assert str(venv) in chk.stdout

@@ -298,7 +298,7 @@ def test_lidar_noise_collapse_scale_and_constant():
 def test_alignment_known_values():
     r = rng(10)
     a = r.standard_normal((50, 8))
-    # exact duplicates: zero up to float64 round-off squared (XLA CPU since JAX 0.6 vectorises rows
+    # exact duplicates: zero up to float64 round-off squared (current XLA CPU vectorises rows
     # differently, so two equal rows may normalise 1 ulp apart: d² ~ 1e-33)
     assert float(M.alignment(np.concatenate([a, a]))) < 1e-28
     assert float(M.alignment(np.concatenate([a, 3.0 * a]))) < 1e-28    # scale is normalised away
