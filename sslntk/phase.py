@@ -21,6 +21,7 @@ every barrier of the per-direction landscape — so it lands on the metastable b
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -44,7 +45,8 @@ class PhaseDiagram:
 
     x: `(G1,)` augmentation variance σ² (`x_axis="augmentation"`) or minority fraction p
         (`"imbalance"`). gamma: `(G2,)` weight decays.
-    measured_rank: `(G1, G2)` rank of the simulated representation (see module docstring).
+    measured_rank: `(G1, G2)` rank of the simulated representation (see module docstring); -1 in a
+        cell whose GD diverged (non-finite variances or loss; `phase_diagram` then warns).
     predicted_rank: `(G1, G2)` rank of the predicted global minimum.
     metastable_rank: `(G1, G2)` predicted rank of the state the chosen initialisation reaches
         (= predicted_rank for M1; `#{γ < γ_s,i}` for M2 from the large init).
@@ -245,6 +247,15 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
                          (warmup[0], jnp.asarray(warmup[1], dtype)), model=model)
     ev = np.asarray(ev)
     measured = np.sum(ev > rtol * tau, axis=-1)
+    # a diverged cell (NaN/inf: lr too large) has no measured rank; before issue 15's audit NaN
+    # variances counted as rank 0 and silently "agreed" with collapsed predictions
+    bad = ~(np.all(np.isfinite(ev), axis=-1) & np.isfinite(np.asarray(loss)))
+    if bad.any():
+        measured = np.where(bad, -1, measured)
+        cells = [(float(xs[i]), float(gs[j])) for i, j in zip(*np.nonzero(bad), strict=True)][:5]
+        warnings.warn(f"phase_diagram: GD diverged in {int(bad.sum())} of {bad.size} cells (lr = "
+                      f"{lr:.3g}; first (x, γ): {cells}); their measured_rank is -1 (counted as "
+                      f"disagreement). Reduce lr.", RuntimeWarning, stacklevel=2)
     return PhaseDiagram(x=xs, gamma=gs, measured_rank=measured, predicted_rank=pred,
                         metastable_rank=meta, hysteresis=pred != meta, gamma_c=gc, gamma_s=gsp,
                         variances=ev, grad_norm=np.asarray(gn), loss=np.asarray(loss),

@@ -7,6 +7,8 @@ k = 3, X rows scaled by linspace(2, 0.5, d), σ = 0.3, negatives = a random dera
 positives (float64; conftest enables x64).
 """
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -529,3 +531,179 @@ def test_bad_inputs(prob):
         col.collapse_rates(np.full((3, 3), np.nan))
     with pytest.raises(TypeError, match="mixed dtypes"):
         col.naive_flow(M, W0.astype(np.float32), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 15 audit: t = 0, very large t, exactly repeated eigenvalues, float32 and float64
+
+
+def _spec_problem(dtype, lam=(1.0, 0.0, -0.2, -0.3, -0.5, -0.7, -0.9, -1.0), k=3):
+    rng = np.random.default_rng(0)
+    p = len(lam)
+    Q = np.linalg.qr(rng.normal(size=(p, p)))[0]
+    M = Q @ np.diag(lam) @ Q.T
+    W0 = np.linalg.qr(rng.normal(size=(p, k)))[0]
+    return ((M + M.T) / 2).astype(dtype), W0.astype(dtype), Q
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M_kind", ["gap", "identity"])
+def test_naive_flow_large_t_never_nan(dtype, M_kind):
+    """Gap 1 (and M = I, an exactly repeated spectrum): before the audit M = I gave NaN at t = 1e3
+    (inf·0 in the matmul) with no warning. Now: finite and exact up to round-off while it fits the
+    range, ±inf (never NaN) with a RuntimeWarning beyond, and `scaled=True` bounded at every t.
+    Tolerance 1e-5 (f32) / 1e-13 (f64): a few eigh round-offs (eps·p) times e^{2t·0} factors <= 1."""
+    M, W0, _ = _spec_problem(dtype)
+    if M_kind == "identity":
+        M = np.eye(M.shape[0], dtype=dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    lam, U = np.linalg.eigh(M.astype(np.float64))
+    for t in (0.0, 10.0, 1e3, 1e6):
+        ref_s = (U * np.exp(2 * t * (lam - lam.max()))) @ (U.T @ W0.astype(np.float64))
+        Ws = np.asarray(col.naive_flow(M, W0, t, scaled=True), np.float64)
+        assert np.max(np.abs(Ws - ref_s)) <= tol, (t, np.max(np.abs(Ws - ref_s)))
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            W = np.asarray(col.naive_flow(M, W0, t))
+        assert not np.isnan(W).any(), t
+        if 2 * t * lam.max() < 0.9 * np.log(np.finfo(dtype).max):
+            assert np.all(np.isfinite(W)) and not rec
+            np.testing.assert_allclose(W, ref_s * np.exp(2 * t * lam.max()), rtol=tol * 10,
+                                       atol=tol * np.exp(2 * t * lam.max()))
+        else:
+            assert np.isinf(W).any() and any("naive_flow" in str(r.message) for r in rec)
+    # 1-D times: the warning names the first overflowing time, earlier rows are exact
+    with pytest.warns(RuntimeWarning, match=r"t = 1000"):
+        Wt = np.asarray(col.naive_flow(M, W0, np.array([0.0, 10.0, 1e3], dtype)))
+    assert np.all(np.isfinite(Wt[:2])) and not np.isnan(Wt).any()
+
+
+def test_naive_flow_decaying_large_t_exact():
+    """M = −A/2 (all eigenvalues < 0): no overflow at any t; vs scipy expm to 1e-12 relative at
+    t = 10 and an exact underflow to 0 at t = 1e6."""
+    M, W0, _ = _spec_problem(np.float64, lam=-np.linspace(1.0, 0.25, 8) / 2)
+    np.testing.assert_allclose(col.naive_flow(M, W0, 10.0), sl.expm(20 * M) @ W0, rtol=1e-12,
+                               atol=1e-12 * np.exp(-2.5))
+    assert np.all(np.asarray(col.naive_flow(M, W0, 1e6)) == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_naive_function_flow_large_t_never_nan(dtype):
+    """Before the audit: NaN at t = 1e3 (float32) and 1e6 (float64) silently. Reference: scipy expm of
+    2tKS (t = 0, 10) and, for the normalised form at every t, the eigen formula in float64 with
+    `expm1` (no cancellation). Tolerance 2e-5 (f32) / 1e-11 (f64): K^{1/2} of a rank-5 K and eigh
+    round-off, amplified by ||K^{1/2}||²·2t in the ψ term."""
+    rng = np.random.default_rng(1)
+    n = 6
+    X = rng.normal(size=(2 * n, 20))           # full-rank K: sqrtm of a singular K is only
+    K = X @ X.T / 20                           # sqrt(eps)-accurate, which would limit the reference
+    S = np.asarray(col.pair_matrix(n, "contrastive", dtype=jnp.float64))
+    F0 = X @ np.linalg.qr(rng.normal(size=(20, 2)))[0] / np.sqrt(20)
+    R = np.real(sl.sqrtm(K))
+    mu, Vn = np.linalg.eigh(R @ S @ R)
+    top = max(mu.max(), 0.0)
+    tol = 2e-5 if dtype == np.float32 else 1e-11
+    Kd, Sd, Fd = (a.astype(dtype) for a in (K, S, F0))
+    for t in (0.0, 10.0, 1e3, 1e6):
+        # e^{-2t·top}(e^{2tμ} − 1)/μ in float64 without overflow: factor e^{2tμ} out where μ > 0
+        mz = np.where(mu == 0, 1.0, mu)
+        psi = np.where(mu > 0, np.exp(2 * t * (mu - top)) * -np.expm1(-2 * t * np.abs(mu)) / mz,
+                       np.exp(-2 * t * top) * np.expm1(-2 * t * np.abs(mu)) / mz)
+        psi = np.where(mu == 0, 2 * t * np.exp(-2 * t * top), psi)
+        ref_s = np.exp(-2 * t * top) * F0 + R @ ((Vn * psi) @ (Vn.T @ (R @ (S @ F0))))
+        Fs = np.asarray(col.naive_function_flow(Kd, Sd, Fd, t, scaled=True), np.float64)
+        assert np.max(np.abs(Fs - ref_s)) <= tol * np.max(np.abs(ref_s)) + tol, t
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            F = np.asarray(col.naive_function_flow(Kd, Sd, Fd, t))
+        assert not np.isnan(F).any(), t
+        if t <= 10:
+            ref = sl.expm(2 * t * K @ S) @ F0
+            assert np.max(np.abs(F - ref)) <= tol * np.max(np.abs(ref)), t
+            assert not rec
+        elif not np.all(np.isfinite(F)):
+            assert any("naive_function_flow" in str(r.message) for r in rec)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_naive_limit_exactly_repeated_top_eigenvalue(dtype):
+    """λ_1 = λ_2 = 1 exactly: the limit is the projection onto the 2-dim top eigenspace. Before the
+    audit the float32 default rtol = 1e-10 was below eigh's round-off and kept ONE of the two
+    (relative error 1.03); now the default is max(1e-10, 1e3·eps). Tolerance 1e-5 / 1e-13 relative."""
+    lam = (1.0, 1.0, -0.2, -0.3, -0.5, -0.7, -0.9, -1.0)
+    M, W0, Q = _spec_problem(dtype, lam=lam)
+    ref = Q[:, :2] @ (Q[:, :2].T @ W0.astype(np.float64))
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    out = np.asarray(col.naive_limit(M, W0), np.float64)
+    assert np.max(np.abs(out - ref)) <= tol * np.max(np.abs(ref))
+    # and it is the t → ∞ limit of the normalised flow. float64 only: in float32 the stored M's two
+    # top eigenvalues differ by ~1e-7 (rounding of M itself), which e^{2t·1e-7} resolves at t = 1e6
+    if dtype == np.float64:
+        np.testing.assert_allclose(col.naive_flow(M, W0, 1e6, scaled=True), out, atol=10 * tol)
+
+
+def test_time_to_angle_zero_gap_and_singular():
+    """Zero gap λ_k = λ_{k+1}: 0 when already there (was 0/0 = NaN), inf otherwise; a W0 without
+    component along a top-k direction raises (was NaN)."""
+    M = np.eye(5)     # every gap 0; eigh(I) = standard basis, descending order: U_k = e5, e4, e3
+    assert float(col.time_to_angle(M, np.eye(5)[:, 2:])) == 0.0
+    W = np.linalg.qr(np.eye(5)[:, 2:] + 0.1 * np.random.default_rng(0).normal(size=(5, 3)))[0]
+    assert float(col.time_to_angle(M, W)) == np.inf
+    with pytest.raises(ValueError, match="singular"):
+        col.time_to_angle(np.diag([2.0, 1.0, 0.5, 0.2]), np.eye(4)[:, 2:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_width_free_flow_large_t(dtype):
+    """F/gram vs the parameter-space Grassmann solution `span U[I; T(t)]` in float64 (t = 0 … 1e6),
+    G and F_lin never NaN (they were NaN at t = 1e3 in float32 and 1e6 in float64): ±inf beyond the
+    range with a warning, their `scaled=True` forms finite; constrained_tangent_kernel stays silent
+    (it only uses gram). Tolerance gram 5e-5 (f32) / 1e-12 (f64): one QR of a (h + k) frame."""
+    rng = np.random.default_rng(2)
+    n, h, k = 6, 40, 2
+    phi = rng.normal(size=(2 * n, h)) / np.sqrt(h)
+    S = np.asarray(col.pair_matrix(n, "contrastive", dtype=jnp.float64))
+    W0 = np.linalg.qr(rng.normal(size=(h, k)))[0]
+    Mw = phi.T @ S @ phi
+    l, U = np.linalg.eigh(Mw)
+    l, U = l[::-1], U[:, ::-1]
+    C0 = U.T @ W0
+    T0 = np.linalg.solve(C0[:k].T, C0[k:].T).T
+    Kd, Sd, Fd = ((phi @ phi.T).astype(dtype), S.astype(dtype), (phi @ W0).astype(dtype))
+    tol = 5e-5 if dtype == np.float32 else 1e-12
+    for t in (0.0, 10.0, 1e3, 1e6):
+        Qb = np.linalg.qr(U @ np.vstack([np.eye(k), T0 * np.exp(2 * t * (l[k:, None] - l[None, :k]))]))[0]
+        ref = phi @ Qb @ Qb.T @ phi.T
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            wf = col.width_free_flow(Kd, Sd, Fd, t)
+        assert np.max(np.abs(np.asarray(wf.gram, np.float64) - ref)) <= tol * np.max(np.abs(ref)), t
+        assert not np.isnan(np.asarray(wf.G)).any() and not np.isnan(np.asarray(wf.F_lin)).any(), t
+        if not (np.all(np.isfinite(wf.G)) and np.all(np.isfinite(wf.F_lin))):
+            assert any("width_free_flow" in str(r.message) for r in rec)
+        ws = col.width_free_flow(Kd, Sd, Fd, t, scaled=True)
+        assert np.all(np.isfinite(ws.G)) and np.all(np.isfinite(ws.F_lin))
+        np.testing.assert_allclose(ws.gram, wf.gram)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            col.constrained_tangent_kernel(Kd, Sd, Fd, t)
+
+
+def test_width_free_limit_warns_at_repeated_eigenvalue():
+    """K = I, dot pairs: N's eigenvalues are ±1/(2n), each n-fold, so the top-k limit for k < n is
+    not unique (any k-subspace of the +1/(2n) eigenspace); it used to return one arbitrarily."""
+    n = 6
+    S = col.pair_matrix(n, "dot", dtype=jnp.float64)
+    with pytest.warns(RuntimeWarning, match="equal to round-off"):
+        col.width_free_limit(np.eye(2 * n), S, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        col.width_free_limit(np.eye(2 * n), S, n)                       # k = n: the whole cluster
+
+
+def test_stiefel_gd_warns_when_not_finite(prob):
+    """RK4 with η·||M|| = 10 diverges to NaN; it used to be returned silently."""
+    M = prob["M"] / np.max(np.abs(prob["lam"]))
+    with pytest.warns(RuntimeWarning, match="stiefel_gd"):
+        path = col.stiefel_gd(M, prob["W0"], 10.0, 100, method="rk4", n_saves=10)
+    assert not np.all(np.isfinite(path.loss))

@@ -5,6 +5,8 @@ GD of the models (4–7, 9–11, 13–15; converged when ||grad|| < 1e-10), bise
 tabulated numbers. float64 (conftest).
 """
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -390,3 +392,18 @@ def test_bad_inputs():
         L.m2_solution(np.array([1.0, np.nan]), 1.0, 1.0, 0.1)
     assert np.isnan(float(L.imbalance_threshold(4.0, 0.1, 2.0)))     # collapsed at every p
     assert float(L.imbalance_threshold(4.0, 0.1, 0.05)) == 0.0       # never collapses
+
+
+def test_simulators_warn_when_gd_diverges():
+    """Issue 15 audit: lr = 5 is far above 2/curvature (curvature ~ 4a_1/τ = 16): the GD loss is NaN;
+    it used to come back silently. The converged case must stay silent."""
+    A, B = np.diag([4.0, 2.0]), np.eye(2)
+    with pytest.warns(RuntimeWarning, match="simulate_m1: GD diverged"):
+        r = L.simulate_m1(A, B, 1.0, 0.1, 0.1 * np.eye(2), 5.0, 100)
+    assert not np.isfinite(float(r.loss))
+    with pytest.warns(RuntimeWarning, match="simulate_m2: GD diverged"):
+        L.simulate_m2(A, B, 1.0, 0.1, np.eye(2), np.eye(2), 5.0, 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = L.simulate_m1(A, B, 1.0, 0.1, 0.1 * np.eye(2), 0.01, 100)
+    assert np.isfinite(float(r.loss))

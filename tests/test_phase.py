@@ -169,3 +169,12 @@ def test_ziyin_check12_phase_diagram_30x30():
     band1 = np.any(np.abs(g[None, :, None] - pd1.a[:, None, :]) <= 0.01 * pd1.a[:, None, :], -1)
     np.testing.assert_array_equal(pd1.measured_rank[~band1], pd1.predicted_rank[~band1])
     assert np.all(pd1.predicted_rank == pd1.predicted_rank[0])        # same in every row
+
+
+def test_diverged_cells_are_not_counted_as_collapsed():
+    """Issue 15 audit: with lr = 2 (curvature 4a_1/τ = 16) every cell diverges; NaN variances used to
+    count as rank 0 and 'agree' with the collapsed predictions (agreement 0.33). Now rank -1 + warning."""
+    with pytest.warns(RuntimeWarning, match="GD diverged in 6 of 6 cells"):
+        pd = phase.phase_diagram("one_layer", x=[0.1, 1.0], gamma=[0.0, 1.0, 10.0],
+                                 key=jax.random.PRNGKey(0), lr=2.0, steps=200)
+    assert np.all(pd.measured_rank == -1) and pd.agreement() == 0.0

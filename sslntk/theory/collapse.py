@@ -20,10 +20,19 @@ Conventions (DESIGN.md row convention; the digest writes the transpose):
 
 Every prediction is a pure jittable function of the problem data; functions taking a time `t`
 accept a scalar or a 1-D array of times (then outputs carry a leading time axis).
+
+Large times (issue 15 audit). Quantities that genuinely grow like `e^{2tλ_1}` (`naive_flow`,
+`naive_function_flow`, `width_free_flow`'s `G` and `F_lin`) are evaluated as a bounded, normalised
+part times a scalar `e^{2tλ_1}` (exponents shifted by the largest eigenvalue), so they are exact up
+to round-off wherever the float range holds them and `±inf` (never NaN) beyond it; called outside
+jit, an overflow warns (RuntimeWarning) with the first time it happens, and `scaled=True` returns
+the normalised part, finite at every t. Frame-invariant quantities (projectors, angles, Gram
+matrices, losses) never form a growing exponential and are accurate at every t ≥ 0.
 """
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import NamedTuple
 
@@ -66,6 +75,27 @@ RETRACTIONS = ("qr", "polar", "rk4")
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def _rescale(Xs, log_scale):
+    """`e^{log_scale} · Xs` without NaN: exact zeros stay 0 (not 0·inf), overflow gives ±inf; the
+    scale is applied in two halves so that a tiny `Xs` times a huge scale stays representable."""
+    h = jnp.exp(log_scale / 2)
+    return jnp.where(Xs == 0, jnp.zeros_like(Xs), (Xs * h) * h)
+
+
+def _warn_overflow(fn: str, what: str, out, t, log_scale, hint: str):
+    """Outside jit: warn when `out` (an `e^{log_scale}`-scaled quantity) overflowed, naming the first
+    time at which it did (`t` scalar or 1-D, `log_scale` matching)."""
+    if not (V.is_concrete(out) and V.is_concrete(t)) or bool(jnp.all(jnp.isfinite(out))):
+        return
+    bad = ~jnp.all(jnp.isfinite(out.reshape(out.shape[:1] + (-1,) if t.ndim else (1, -1))), axis=-1)
+    tt = jnp.atleast_1d(t)
+    first = int(jnp.argmax(bad))
+    ls = float(jnp.atleast_1d(log_scale)[first])
+    warnings.warn(f"{fn}: {what} exceeds the {out.dtype} range at t = {float(tt[first]):.6g} (its "
+                  f"scale is e^{ls:.4g}; max {float(jnp.finfo(out.dtype).max):.3g}); entries there are "
+                  f"±inf. {hint}", RuntimeWarning, stacklevel=3)
 
 
 def _eigh_desc(M):
@@ -194,20 +224,34 @@ def function_operator(K, S) -> jax.Array:
 
 @jax.jit
 def _naive_flow_core(t, lam, U, W0):
-    return (U * jnp.exp(2 * t * lam)) @ (U.T @ W0)
+    # exponents shifted by λ_max: the normalised part is bounded by ||W0|| at every t
+    top = jnp.max(lam)
+    Ws = (U * jnp.exp(2 * t * (lam - top))) @ (U.T @ W0)
+    return Ws, 2 * t * top
 
 
-def naive_flow(M, W0, t) -> jax.Array:
+def naive_flow(M, W0, t, *, scaled: bool = False) -> jax.Array:
     """Exact naive gradient flow `W(t) = e^{2tM} W0` of `L = −Tr(WᵀMW)` (digest §2.1 [R]).
 
     `M: (p, p)` symmetric, `W0: (p, k)`, `t` scalar or `(T,)` → `(p, k)` or `(T, p, k)`.
-    For the squared-distance loss pass `M = −A/2` (digest §2.3: `W(t) = e^{−tA} W0`)."""
+    For the squared-distance loss pass `M = −A/2` (digest §2.3: `W(t) = e^{−tA} W0`).
+
+    Evaluated as `e^{2tλ_1} · W̃(t)`, `W̃(t) = U e^{2t(Λ − λ_1)} Uᵀ W0` (λ_1 the largest eigenvalue),
+    so `W(t)` is accurate wherever it fits the float range and `±inf` where it does not (warns
+    outside jit; before issue 15's audit M = I gave NaN from t ≈ 355 in float64). `scaled=True`
+    returns `W̃(t) = e^{−2tλ_1} W(t)` instead: bounded by ||W0||, finite at every t, → `naive_limit`."""
     M = C.symmetric("M", M)
     W0 = _frame("W0", W0, M.shape[0])
     V.same_dtype(M=M, W0=W0)
     t = _times("t", t, M.dtype)
     lam, U = jnp.linalg.eigh((M + M.T) / 2)
-    return _over_times(_naive_flow_core, t, lam, U, W0)
+    Ws, ls = _over_times(_naive_flow_core, t, lam, U, W0)
+    if scaled:
+        return Ws
+    out = _rescale(Ws, ls[..., None, None])
+    _warn_overflow("naive_flow", "W(t) = e^{2tM} W0", out, t, ls,
+                   "Pass scaled=True for the bounded e^{-2tλ_1} W(t).")
+    return out
 
 
 def _exprel(x):
@@ -226,21 +270,33 @@ def _function_parts(K, S):
 
 @jax.jit
 def _naive_function_core(t, R, mu, Vn, S, F0):
-    # e^{2tKS} F0 = F0 + K^{1/2} V diag((e^{2tμ} − 1)/μ) Vᵀ K^{1/2} S F0
-    psi = 2 * t * _exprel(2 * t * mu)
-    return F0 + R @ ((Vn * psi) @ (Vn.T @ (R @ (S @ F0))))
+    # e^{2tKS} F0 = F0 + K^{1/2} V diag(ψ) Vᵀ K^{1/2} S F0, ψ = (e^{2tμ} − 1)/μ, times e^{−2ts},
+    # s = max(μ_1, 0): e^{−2ts} ψ = 2t e^{2t(μ⁺ − s)} exprel(−2t|μ|) (every factor bounded)
+    top = jnp.maximum(mu[0], 0.0)
+    psi = 2 * t * jnp.exp(2 * t * (jnp.maximum(mu, 0.0) - top)) * _exprel(-2 * t * jnp.abs(mu))
+    Fs = jnp.exp(-2 * t * top) * F0 + R @ ((Vn * psi) @ (Vn.T @ (R @ (S @ F0))))
+    return Fs, 2 * t * top
 
 
-def naive_function_flow(K, S, F0, t) -> jax.Array:
+def naive_function_flow(K, S, F0, t, *, scaled: bool = False) -> jax.Array:
     """Exact naive flow in function space, `F_lin(t) = e^{2tKS} F0` (digest §3.3, §4.3 [R]).
 
     This is the unconstrained kernel-regime (NTK / linearised) trajectory of `L = −Tr(FᵀSF)` under
     `dF/dt = −K ∇_F L`. `K: (m, m)` PSD, `S: (m, m)`, `F0: (m, k)`, `t` scalar or `(T,)`.
-    Computed from one eigendecomposition of `N = K^{1/2} S K^{1/2}` (no matrix exponential)."""
+    Computed from one eigendecomposition of `N = K^{1/2} S K^{1/2}` (no matrix exponential), as
+    `e^{2ts} · F̃(t)` with `s = max(μ_1, 0)` and every exponent of `F̃` shifted by s: accurate
+    wherever `F_lin` fits the float range, `±inf` beyond (warns outside jit; before issue 15's audit:
+    NaN from 2tμ_1 ≈ 89 in float32). `scaled=True` returns the bounded `F̃(t) = e^{−2ts} F_lin(t)`."""
     K, S, F0 = _kernel_and_pairs(K, S, F0)
     t = _times("t", t, K.dtype)
     R, mu, Vn = _function_parts(K, S)
-    return _over_times(_naive_function_core, t, R, mu, Vn, S, F0)
+    Fs, ls = _over_times(_naive_function_core, t, R, mu, Vn, S, F0)
+    if scaled:
+        return Fs
+    out = _rescale(Fs, ls[..., None, None])
+    _warn_overflow("naive_function_flow", "F_lin(t) = e^{2tKS} F0", out, t, ls,
+                   "Pass scaled=True for the bounded e^{-2t max(μ_1, 0)} F_lin(t).")
+    return out
 
 
 class NaiveCollapse(NamedTuple):
@@ -289,13 +345,19 @@ def _limit_core(M, W0, rtol):
     return (U * top) @ (U.T @ W0)
 
 
-def naive_limit(M, W0, *, rtol: float = 1e-10) -> jax.Array:
+def naive_limit(M, W0, *, rtol: float | None = None) -> jax.Array:
     """`lim_{t→∞} e^{−2λ_1 t} W(t) = U_1 U_1ᵀ W0` (digest §2.1 [R]): the projection of W0 onto the top
     eigenspace of M (eigenvalues within `rtol·max|λ|` of λ_1). With a strict gap this is the rank-one
-    matrix `u_1 (u_1ᵀ W0)`: the trivial scalar representation `s(x) = u_1ᵀφ(x)` [A]."""
+    matrix `u_1 (u_1ᵀ W0)`: the trivial scalar representation `s(x) = u_1ᵀφ(x)` [A].
+
+    `rtol` default: `max(1e-10, 1e3·eps)` of M's dtype (1e-10 in float64, 1.2e-4 in float32). A
+    tolerance below eigh's round-off splits an exactly repeated top eigenvalue: before issue 15's
+    audit the float32 default 1e-10 kept one of two equal top eigenvalues (relative error 1.0)."""
     M = C.symmetric("M", M)
     W0 = _frame("W0", W0, M.shape[0])
     V.same_dtype(M=M, W0=W0)
+    if rtol is None:
+        rtol = max(1e-10, C._tol(M.dtype))
     V.positive_float("rtol", rtol, allow_zero=True)
     return _limit_core(M, W0, rtol)
 
@@ -409,15 +471,28 @@ def constrained_flow(M, W0, t) -> ConstrainedFlow:
 
 def time_to_angle(M, W0, eps: float = 1e-6) -> jax.Array:
     """Time after which the bound guarantees `θ_max < eps`: `ln(tan θ_max(0)/tan eps)/(2(λ_k −
-    λ_{k+1}))`, 0 if already there (digest §3.2, check 10 [R])."""
+    λ_{k+1}))`, 0 if already there (digest §3.2, check 10 [R]); `inf` at a zero gap
+    `λ_k = λ_{k+1}` unless already there. Raises like `constrained_flow` when `U_kᵀW0` is singular."""
     M = C.symmetric("M", M)
     W0 = C.orthonormal_columns("W0", W0)
     if W0.shape[0] != M.shape[0] or W0.shape[1] >= M.shape[0]:
         raise ValueError(f"W0: expected shape ({M.shape[0]}, k) with k < p, got {tuple(W0.shape)}")
     eps = C.positive("eps", eps)
-    lam, _, _, tan0 = _constrained_parts(M, W0)
-    k = W0.shape[1]
-    return jnp.maximum(jnp.log(tan0 / jnp.tan(eps)), 0.0) / (2 * (lam[k - 1] - lam[k]))
+    lam, _, T0, tan0 = _constrained_parts(M, W0)
+    if V.is_concrete(T0) and not bool(jnp.all(jnp.isfinite(T0))):
+        raise ValueError("W0: U_kᵀW0 is singular (W0 has no component along some top-k "
+                         "eigenvector of M, or λ_k = λ_{k+1} and the top-k eigenspace is not unique); "
+                         "the angle to that eigenspace never closes")
+    return _time_to_angle(lam, tan0, eps, W0.shape[1])
+
+
+@partial(jax.jit, static_argnums=3)
+def _time_to_angle(lam, tan0, eps, k):
+    # 0 when already within eps (also at a zero gap: 0/0 was NaN before issue 15's audit); inf when
+    # the gap is 0 and the angle is not yet within eps (the bound never guarantees it)
+    num = jnp.maximum(jnp.log(tan0 / jnp.tan(eps)), 0.0)
+    gap = lam[k - 1] - lam[k]
+    return jnp.where(num == 0, jnp.zeros_like(num), num / (2 * gap))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,8 +507,12 @@ class WidthFree(NamedTuple):
     gram: `(m, m)` `F Fᵀ = F_lin G^{−1} F_linᵀ` (digest: FᵀF).
     G: `(k, k)` `W0ᵀ e^{4tM} W0 = I + F0ᵀ [Σ_{j≥1} (4t)^j (SK)^{j−1} S / j!] F0`.
     F_lin: `(m, k)` the unconstrained (NTK) trajectory `e^{2tKS} F0`.
-    G and F_lin grow like e^{4tλ_1}, e^{2tλ_1} (overflow in float64 once 4tλ_1 >~ 700); F and gram
-    are computed without forming them and are accurate at every t.
+    G and F_lin grow like e^{4tλ_1}, e^{2tλ_1} (λ_1 = max(largest eigenvalue of M, 0)): they are
+    evaluated as `e^{4tλ_1}·G̃`, `e^{2tλ_1}·F̃_lin` with bounded normalised parts, so they are accurate
+    while they fit the float range and `±inf` beyond it (float64: 4tλ_1 >~ 709; warns outside jit;
+    before issue 15's audit they were NaN there); `width_free_flow(..., scaled=True)` returns the
+    normalised `G̃ = e^{−4tλ_1} G`, `F̃_lin = e^{−2tλ_1} F_lin` instead. F and gram are computed
+    without forming them and are accurate at every t.
     """
 
     F: jax.Array
@@ -471,11 +550,13 @@ def _width_free_core(t, B, M_aug, W_aug, lam, U, T0):
     T = T0 * jnp.exp(2 * t * (lam[k:, None] - lam[None, :k]))
     Q, _ = jnp.linalg.qr(U @ jnp.concatenate([jnp.eye(k, dtype=T.dtype), T], axis=0))
     F = B @ Q[:m]
-    Y = (U * jnp.exp(2 * t * lam)) @ (U.T @ W_aug)                      # e^{2t M_aug} W_aug
-    return WidthFree(F, F @ F.T, Y.T @ Y, B @ Y[:m])
+    # e^{2t M_aug} W_aug = e^{2t λ_1} Ys; M_aug has k zero eigenvalues, so λ_1 = lam[0] >= 0
+    top = jnp.maximum(lam[0], 0.0)
+    Ys = (U * jnp.exp(2 * t * (lam - top))) @ (U.T @ W_aug)
+    return WidthFree(F, F @ F.T, Ys.T @ Ys, B @ Ys[:m]), 2 * t * top
 
 
-def width_free_flow(K, S, F0, t) -> WidthFree:
+def width_free_flow(K, S, F0, t, *, scaled: bool = False) -> WidthFree:
     """Constrained-flow representation from `(K, S, F0)` alone (digest §3.3 [R]).
 
     For the random-feature model `F = phi W` with `WᵀW = I` trained by `dW/dt = 2(I − WWᵀ)MW`,
@@ -485,6 +566,10 @@ def width_free_flow(K, S, F0, t) -> WidthFree:
     part of W0 outside the feature span has Gram `I − F0ᵀK⁺F0`). Computed as an exact
     (m + k)-dimensional Oja flow (see `_width_free_parts`), so no quantity of size e^{4tλ} is
     inverted; kernel eigenvalues below 1e3·eps·max are treated as zero."""
+    return _width_free(K, S, F0, t, scaled=scaled, warn=True)
+
+
+def _width_free(K, S, F0, t, *, scaled, warn):
     K, S, F0 = _kernel_and_pairs(K, S, F0)
     t = _times("t", t, K.dtype)
     B, M_aug, W_aug = _width_free_parts(K, S, F0)
@@ -494,7 +579,21 @@ def width_free_flow(K, S, F0, t) -> WidthFree:
             raise ValueError(f"F0: expected F0 = phi W0 with W0ᵀW0 = I, i.e. F0ᵀK⁺F0 <= I, got "
                              f"largest eigenvalue {excess:.6g}")
     lam, U, T0, _ = _constrained_parts(M_aug, W_aug)
-    return _over_times(_width_free_core, t, B, M_aug, W_aug, lam, U, T0)
+    if V.is_concrete(T0) and not bool(jnp.all(jnp.isfinite(T0))):
+        raise ValueError("F0: the top-k eigenspace of the reduced operator is not reached from F0 "
+                         "(U_kᵀW0 singular, e.g. F0 = 0 along a top-k direction); the constrained "
+                         "flow has no well-defined limit frame here")
+    wf, ls = _over_times(_width_free_core, t, B, M_aug, W_aug, lam, U, T0)
+    if scaled:
+        return wf
+    G = _rescale(wf.G, 2 * ls[..., None, None])
+    F_lin = _rescale(wf.F_lin, ls[..., None, None])
+    if warn:
+        _warn_overflow("width_free_flow", "G = W0ᵀe^{4tM}W0", G, t, 2 * ls,
+                       "F and gram are unaffected; pass scaled=True for the normalised G and F_lin.")
+        _warn_overflow("width_free_flow", "F_lin = e^{2tKS}F0", F_lin, t, ls,
+                       "F and gram are unaffected; pass scaled=True for the normalised G and F_lin.")
+    return WidthFree(wf.F, wf.gram, G, F_lin)
 
 
 def width_free_limit(K, S, k: int) -> jax.Array:
@@ -506,16 +605,34 @@ def width_free_limit(K, S, k: int) -> jax.Array:
     k = V.positive_int("k", k)
     if k > K.shape[0]:
         raise ValueError(f"k: expected 1 <= k <= m = {K.shape[0]}, got {k}")
-    R, _, Vn = _function_parts(K, S)
+    R, mu, Vn = _function_parts(K, S)
+    if V.is_concrete(mu):
+        _warn_limit(np.asarray(mu, dtype=np.float64), k, C._tol(K.dtype))
     B = R @ Vn[:, :k]
     return B @ B.T
+
+
+def _warn_limit(mu, k, tol):
+    """Outside jit: say when `width_free_limit` is not the limit (issue 15 audit: an exactly
+    repeated eigenvalue across the k boundary made it an arbitrary eigh choice, silently)."""
+    scale = max(float(np.max(np.abs(mu))), 1e-300)
+    if mu[k - 1] <= tol * scale:
+        warnings.warn(f"width_free_limit: the k-th eigenvalue of N = K^(1/2) S K^(1/2) is "
+                      f"{mu[k - 1]:.3g} <= 0 (relative to {scale:.3g}): the top-{k} eigenspace of M "
+                      f"may leave the feature span and the returned FFᵀ need not be the limit",
+                      RuntimeWarning, stacklevel=3)
+    elif k < mu.size and mu[k - 1] - mu[k] <= tol * scale:
+        warnings.warn(f"width_free_limit: N's eigenvalues {k} and {k + 1} are equal to round-off "
+                      f"({mu[k - 1]:.6g}, {mu[k]:.6g}): the limit depends on F0 (the flow keeps its "
+                      f"initial angle inside that eigenspace) and the returned FFᵀ is one arbitrary "
+                      f"choice; use width_free_flow at a large t", RuntimeWarning, stacklevel=3)
 
 
 def constrained_tangent_kernel(K, S, F0, t) -> jax.Array:
     """Tangent kernel of the constrained flow, `K_t = phi (I − W_t W_tᵀ) phiᵀ = K − F(t)F(t)ᵀ`
     (digest §4.1 [R]); changes by O(1) relative to K during training, independent of width."""
     K, S, F0 = _kernel_and_pairs(K, S, F0)
-    return K - width_free_flow(K, S, F0, t).gram
+    return K - _width_free(K, S, F0, t, scaled=True, warn=False).gram
 
 
 def escape_time_shift(lam1, width_ratio) -> jax.Array:
@@ -600,7 +717,9 @@ def stiefel_gd(M, W0, eta, steps: int, *, method: str = "qr", n_saves: int | Non
 
     Time is `t = η·s`. `n_saves` (default `steps`) iterates are returned, evenly spaced; `steps`
     must be a multiple of it. This is the digest's parameter-space model (p-dimensional W), used as
-    the reference for the closed forms; the kernel-regime solver is `sslntk.dynamics`."""
+    the reference for the closed forms; the kernel-regime solver is `sslntk.dynamics`.
+    Non-finite iterates (e.g. `"rk4"` with η·||M|| >~ 5: measured NaN at η = 10, ||M|| = 1) warn
+    (RuntimeWarning, outside jit) with the first saved time at which they appear."""
     M = C.symmetric("M", M)
     W0 = C.orthonormal_columns("W0", W0)
     if W0.shape[0] != M.shape[0]:
@@ -612,4 +731,12 @@ def stiefel_gd(M, W0, eta, steps: int, *, method: str = "qr", n_saves: int | Non
     if steps % n_saves:
         raise ValueError(f"n_saves: expected a divisor of steps = {steps}, got {n_saves}")
     V.choice("method", method, RETRACTIONS)
-    return _stiefel_core(M, W0, eta.astype(M.dtype), steps=steps, n_saves=n_saves, method=method)
+    path = _stiefel_core(M, W0, eta.astype(M.dtype), steps=steps, n_saves=n_saves, method=method)
+    if V.is_concrete(path.W) and not bool(jnp.all(jnp.isfinite(path.loss))):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(path.loss)))
+        warnings.warn(f"stiefel_gd: the iterates are not finite from t = η·s = "
+                      f"{float(path.ts[bad[0]]):.6g} on (method={method!r}, η = {float(eta):.3g}, "
+                      f"η·||M||_2 = {float(eta) * float(jnp.max(jnp.abs(jnp.linalg.eigvalsh(M)))):.3g}"
+                      f"): the step is too large for this retraction; reduce η or use 'qr'",
+                      RuntimeWarning, stacklevel=2)
+    return path

@@ -25,6 +25,7 @@ jitted full-batch GD loops on these population losses, vmappable over a grid of 
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import NamedTuple
 
@@ -536,6 +537,19 @@ def _gd_m2(p0, A, S, tau, gamma, lr, steps, warmup=(0, 0.0)):
                     lambda p: _m2_grad(p, A, S, tau, gamma), warmup)
 
 
+def _checked(res: GDResult, who: str, lr) -> GDResult:
+    """Outside jit: a GD run whose loss or gradient is not finite diverged (lr too large for the
+    curvature); warn instead of handing back NaN silently (issue 15 audit)."""
+    if not (V.is_concrete(res.loss) and V.is_concrete(res.grad_norm)):
+        return res
+    ok = np.isfinite(np.asarray(res.loss)) & np.isfinite(np.asarray(res.grad_norm))
+    if not ok.all():
+        warnings.warn(f"{who}: GD diverged (loss or gradient not finite in {int((~ok).sum())} of "
+                      f"{ok.size} runs) at lr = {np.asarray(lr).max():.3g}; reduce lr (stable for "
+                      f"lr·curvature < 2)", RuntimeWarning, stacklevel=3)
+    return res
+
+
 _gd_m1_jit = jax.jit(_gd_m1)      # `steps` is traced: new step counts do not recompile
 _gd_m2_jit = jax.jit(_gd_m2)
 
@@ -552,7 +566,7 @@ def simulate(loss_fn, params, args, lr, steps: int) -> GDResult:
     landscapes."""
     steps = V.positive_int("steps", steps)
     lr = C.positive("lr", lr)
-    return _gd_jit(loss_fn, params, tuple(args), lr, steps)
+    return _checked(_gd_jit(loss_fn, params, tuple(args), lr, steps), "simulate", lr)
 
 
 def simulate_m1(A, B, tau, gamma, W0, lr, steps: int) -> GDResult:
@@ -560,20 +574,22 @@ def simulate_m1(A, B, tau, gamma, W0, lr, steps: int) -> GDResult:
     `−2WA/τ + 2(WΣWᵀ)WΣ/τ² + 2γW` (checked against autodiff by the closed-form tests). Traceable:
     `jax.vmap(lambda g: simulate_m1(A, B, τ, g, W0, lr, steps))(gammas)` runs a sweep in one call;
     `sslntk.phase` does whole grids. Stable for `lr · ||Hessian||` < 2 (curvature at the minimum
-    <= 4a_1/τ; digest §7.1 used lr 0.002–0.01)."""
+    <= 4a_1/τ; digest §7.1 used lr 0.002–0.01). Called outside jit, a diverged run (loss or
+    gradient not finite: lr too large) warns (RuntimeWarning) instead of returning NaN silently."""
     A, B = _cov_pair(A, B)
     W0 = _weights("W0", W0, A.shape[0])
     V.same_dtype(A=A, B=B, W0=W0)
     s = _scalars(tau=tau, gamma=gamma)
     steps = V.positive_int("steps", steps)
     lr = C.positive("lr", lr)
-    return _gd_m1_jit(W0, A, A + B, s["tau"], s["gamma"], lr, steps)
+    return _checked(_gd_m1_jit(W0, A, A + B, s["tau"], s["gamma"], lr, steps), "simulate_m1", lr)
 
 
 def simulate_m2(A, B, tau, gamma, U0, W0, lr, steps: int) -> GDResult:
     """GD on the M2 landscape from `(U0: (d_out, h), W0: (h, d))` (digest §2.2 model); params of the
     result are `(U, W)`. A small init with γ > 0 stays collapsed; a large one reaches the
-    metastable branch (hysteresis)."""
+    metastable branch (hysteresis). Like `simulate_m1`, a diverged run (non-finite loss or
+    gradient) warns outside jit (RuntimeWarning)."""
     A, B = _cov_pair(A, B)
     W0 = _weights("W0", W0, A.shape[0])
     U0 = _weights("U0", U0, W0.shape[0])
@@ -581,4 +597,5 @@ def simulate_m2(A, B, tau, gamma, U0, W0, lr, steps: int) -> GDResult:
     s = _scalars(tau=tau, gamma=gamma)
     steps = V.positive_int("steps", steps)
     lr = C.positive("lr", lr)
-    return _gd_m2_jit((U0, W0), A, A + B, s["tau"], s["gamma"], lr, steps)
+    return _checked(_gd_m2_jit((U0, W0), A, A + B, s["tau"], s["gamma"], lr, steps),
+                    "simulate_m2", lr)
