@@ -1,4 +1,4 @@
-"""Input validation shared by every public function.
+"""Input validation shared by every public function: the one home of sslntk's input checks.
 
 Errors name the argument, what was expected and what was given (DESIGN.md, "Errors"). These run on
 concrete arrays at the API boundary; under `jax.jit` tracing the value checks (NaN/inf, PSD) are
@@ -131,15 +131,98 @@ def check_test_pair(K_test_train, f0_test, N: int, k: int):
     return K_test_train, f0_test
 
 
-def float_dtype(dtype) -> np.dtype:
-    """`dtype` as float32/float64 (float64 only with 64-bit JAX enabled), else a clear error."""
+def float_dtype(dtype, *, any_float: bool = False) -> np.dtype:
+    """`dtype` as float32/float64 (float64 only with 64-bit JAX enabled), else a clear error.
+    `any_float=True` accepts every numpy floating dtype (the dataset loaders); wider than 32 bits
+    still needs 64-bit JAX."""
+    expected = "a floating dtype (float32/float64)" if any_float else "float32 or float64"
     try:
         dt = np.dtype(dtype)
     except TypeError as e:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from e
-    if dt not in (np.float32, np.float64):
-        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
-    if dt == np.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("dtype: float64 needs 64-bit JAX; call "
-                         "jax.config.update('jax_enable_x64', True) first")
+        raise TypeError(f"dtype: expected {expected}, got {dtype!r}") from e
+    if not (np.issubdtype(dt, np.floating) if any_float else dt in (np.float32, np.float64)):
+        raise TypeError(f"dtype: expected {expected}, got {dt}")
+    if dt.itemsize > 4 and not jax.config.jax_enable_x64:
+        raise ValueError(f"dtype: {dt} needs 64-bit JAX; call "
+                         f"jax.config.update('jax_enable_x64', True) first")
     return dt
+
+
+def check_key(name: str, key) -> None:
+    """A `jax.random` key: typed (`jax.random.key`, shape ()) or raw (`PRNGKey`, uint32 (2,))."""
+    hint = "expected a jax.random key (jax.random.key(seed) or jax.random.PRNGKey(seed))"
+    if key is None or isinstance(key, (bool, int, float, np.integer, np.floating, str)):
+        raise TypeError(f"{name}: {hint}, got {key!r}")
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is None:
+        raise TypeError(f"{name}: {hint}, got {type(key).__name__}")
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape != ():
+            raise ValueError(f"{name}: expected a single key of shape (), got a key array of shape "
+                             f"{shape}")
+        return
+    if dtype != np.uint32 or tuple(shape) != (2,):
+        raise TypeError(f"{name}: {hint}, got an array of dtype {dtype} and shape {tuple(shape)}")
+
+
+def batch(name: str, x, *, min_ndim: int = 2) -> jax.Array:
+    """A float batch `(N, ...)` with N >= 1 and at least `min_ndim` axes."""
+    arr = as_float_array(name, x)
+    if arr.ndim < min_ndim:
+        raise ValueError(f"{name}: expected a batch (N, ...) of rank >= {min_ndim}, got shape "
+                         f"{tuple(arr.shape)}")
+    return arr
+
+
+def images(name: str, x) -> jax.Array:
+    """A float batch of images `(N, H, W, C)` (NHWC)."""
+    arr = as_float_array(name, x)
+    if arr.ndim != 4:
+        raise ValueError(f"{name}: expected images (N, H, W, C), got shape {tuple(arr.shape)}")
+    return arr
+
+
+def covariance(name: str, M, d: int | None = None) -> np.ndarray:
+    """A covariance given as a `(d, d)` symmetric PSD matrix or a `(d,)` non-negative diagonal;
+    returns the `(d, d)` float64 matrix. PSD is checked to round-off (relative 1e-10)."""
+    if isinstance(M, (str, bytes)) or np.asarray(M).dtype == bool:
+        raise TypeError(f"{name}: expected a numeric matrix or vector, got {M!r}")
+    try:
+        M = np.asarray(M, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name}: expected a numeric matrix or vector, got {M!r}") from e
+    arr = np.asarray(as_float_array(name, M, ndim=(1, 2)), dtype=np.float64)
+    if arr.ndim == 1:
+        if np.any(arr < 0):
+            raise ValueError(f"{name}: expected a non-negative diagonal (variances), got minimum "
+                             f"{arr.min():.3g}")
+        arr = np.diag(arr)
+    if arr.shape[0] != arr.shape[1] or arr.shape[0] < 1:
+        raise ValueError(f"{name}: expected a square (d, d) covariance, got shape {arr.shape}")
+    if d is not None and arr.shape[0] != d:
+        raise ValueError(f"{name}: expected shape ({d}, {d}) (or ({d},) for a diagonal), got "
+                         f"{arr.shape}")
+    scale = max(float(np.abs(arr).max()), 1e-300)
+    if np.abs(arr - arr.T).max() > 1e-10 * scale:
+        raise ValueError(f"{name}: expected a symmetric matrix, got max |M - M^T| = "
+                         f"{np.abs(arr - arr.T).max():.3g}")
+    w = np.linalg.eigvalsh((arr + arr.T) / 2)
+    if w.min() < -1e-10 * scale:
+        raise ValueError(f"{name}: expected a positive semi-definite matrix, got smallest "
+                         f"eigenvalue {w.min():.3g}")
+    return (arr + arr.T) / 2
+
+
+def nonnegative_scalar(name: str, v, *, upper: float | None = None, upper_ok: bool = True):
+    """A non-negative scalar (e.g. an augmentation strength; traced values pass), with an optional
+    upper bound (`upper_ok`: whether it is included) checked on concrete values."""
+    positive_float(name, v, allow_zero=True)
+    if np.ndim(v) != 0:
+        raise ValueError(f"{name}: expected a scalar, got shape {np.shape(v)}")
+    if upper is not None and is_concrete(v):
+        fv = float(v)
+        if fv > upper or (fv == upper and not upper_ok):
+            interval = f"[0, {upper:g}" + ("]" if upper_ok else ")")
+            raise ValueError(f"{name}: expected a number in {interval}, got {v!r}")
+    return v

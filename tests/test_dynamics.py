@@ -374,12 +374,29 @@ def test_bad_inputs_raise_clear_errors(prob):
         solve(K, 42, f0, ts, method="ode")
 
 
-def test_missing_method_module_raises(monkeypatch, prob):
-    monkeypatch.setitem(dynamics.METHODS, "future", "_not_written_yet.solve_future")
-    assert "future" not in dynamics.available_methods()
-    with pytest.raises(NotImplementedError, match="'future' is not available.*not installed"):
+def test_methods_table_is_the_registry(monkeypatch, prob):
+    """`METHODS` (name -> solver) is what `solve` dispatches through and `choose_method` picks
+    from: a solver added to it is reachable by name, a removed one is neither chosen nor accepted."""
+    assert dynamics.available_methods() == list(dynamics.METHODS)
+    assert all(callable(fn) for fn in dynamics.METHODS.values())
+
+    class Called(Exception):
+        pass
+
+    def solve_future(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False):
+        raise Called
+
+    monkeypatch.setitem(dynamics.METHODS, "future", solve_future)
+    with pytest.raises(Called):
         dynamics.solve(prob["K"], "barlow_twins", jnp.asarray(prob["g"]), [0.0, 1.0],
                        method="future")
+    big = jax.ShapeDtypeStruct((dynamics.SMALL_N + 2, dynamics.SMALL_N + 2), jnp.float32)
+    assert dynamics.choose_method(big, "barlow_twins", None, None) == "eigen"
+    monkeypatch.delitem(dynamics.METHODS, "eigen")
+    assert dynamics.choose_method(big, "barlow_twins", None, None) == "ode"
+    with pytest.raises(ValueError, match="method: unknown value 'eigen'"):
+        dynamics.solve(prob["K"], "barlow_twins", jnp.asarray(prob["g"]), [0.0, 1.0],
+                       method="eigen")
 
 
 def test_auto_method_rule(prob):

@@ -16,6 +16,7 @@ import pytest
 
 from sslntk import kernels as K_
 from sslntk import losses
+from sslntk.kernels import _assembly
 
 
 def rel(a, b) -> float:
@@ -77,7 +78,7 @@ def test_one_hidden_layer_closed_form(act, W_std, b_std, method):
         assert rel(k_nngp, nngp_ref) < 1e-10
         if method == "nt" and xb is xa and act == "relu":
             # neural-tangents' own diagonal: arccos(1 − eps) = O(sqrt(eps)) ≈ 1e-8 rad enters the
-            # ReLU NTK factor (π − θ)/2π; the native path keeps θ = 0 (see kernels._dual).
+            # ReLU NTK factor (π − θ)/2π; the native path keeps θ = 0 (see kernels._recursion._dual).
             assert rel(k_ntk, ntk_ref) < 1e-7
         else:
             assert rel(k_ntk, ntk_ref) < 1e-10
@@ -198,7 +199,7 @@ def test_auto_block_size_bounds_memory():
     b_mlp = K_.auto_block_size(K_.mlp(depth=2), (1, 64))
     assert 8 <= b_cnn < 128 and b_cnn % 8 == 0
     assert b_mlp == 2048
-    per_pair = K_._PAIR_ARRAYS * (10 * 10) ** 2 * 4
+    per_pair = _assembly._PAIR_ARRAYS * (10 * 10) ** 2 * 4
     assert b_cnn**2 * per_pair <= K_.BLOCK_MEMORY_BUDGET
 
 
@@ -588,9 +589,9 @@ def test_import_keeps_tensorflow_out():
 
 
 def test_traced_inputs_are_differentiable():
-    """Under jit/grad the blocks are joined with jnp (kernels._blocked_traced): same values, and
-    gradients through duplicate pairs (θ = 0, where sqrt'(0) = ∞ is masked) are finite and match
-    central differences (step 1e-6 in float64: error ~1e-9 relative, asserted at 1e-6)."""
+    """Under jit/grad the blocks are joined with jnp (kernels._assembly._blocked_traced): same
+    values, and gradients through duplicate pairs (θ = 0, where sqrt'(0) = ∞ is masked) are finite
+    and match central differences (step 1e-6 in float64: error ~1e-9 relative, asserted at 1e-6)."""
     arch = K_.mlp(depth=2, b_std=0.1)
     x = normal(30, (4, 3))
     X = jnp.concatenate([x, x])

@@ -1,4 +1,4 @@
-"""sslntk._nt_compat: neural-tangents 0.6.5 loads on current JAX through a small, listed shim that only
+"""sslntk.kernels._nt_compat: neural-tangents 0.6.5 loads on current JAX through a small, listed shim that only
 adds names, and sslntk itself never needs it (issue [G], route a). The numbers nt gives through the
 shim are checked where they are used: kernels vs `kernel_fn` (test_kernels), the ODE vs
 `predict.gradient_descent` (test_dynamics), empirical NTKs implementations 1 and 2 (test_finite)."""
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslntk import _nt_compat
+from sslntk.kernels import _nt_compat
 
 
 def _run(code: str) -> str:
@@ -44,7 +44,8 @@ def test_sslntk_runs_with_neural_tangents_absent():
         importlib.util.find_spec = (lambda f: (lambda name, *a: None if name.startswith(
             'neural_tangents') else f(name, *a)))(importlib.util.find_spec)
         import jax, jax.numpy as jnp, sslntk as sk
-        from sslntk import kernels, losses, dynamics, _nt_compat
+        from sslntk import kernels, losses, dynamics
+        from sslntk.kernels import _nt_compat
         x = jax.random.normal(jax.random.PRNGKey(0), (12, 5))
         K = kernels.ntk(sk.mlp(depth=2), x)
         f0 = 1e-2 * jax.random.normal(jax.random.PRNGKey(1), (12, 2))
@@ -67,7 +68,7 @@ def test_shims_only_add_names_and_each_has_a_reason():
         import json, sys, jax, jax.core, jax.interpreters.ad as ad
         before = {m.__name__: dict(vars(m)) for m in (jax.core, ad)}
         had_util = 'jax.util' in sys.modules
-        from sslntk import _nt_compat
+        from sslntk.kernels import _nt_compat
         nt = _nt_compat.load()
         changed, added = [], []
         for m in (jax.core, ad):

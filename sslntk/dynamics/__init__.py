@@ -14,9 +14,11 @@ stacked views, with `t` in units of learning-rate × steps. Methods (one signatu
 | `closed_form` | `_closed_form.solve_closed_form` | stepwise BT closed form (λ = 1) |
 | `eigen` | `_eigen.solve_eigen` | eigen-reduced ODE on the top-m eigenpairs |
 
-Methods are resolved lazily (`importlib`): a method whose module is not installed raises a clear
-error when asked for. `method="auto"` picks one with `choose_method` and records it on
-`Trajectory.method`.
+`METHODS` (name → solver function) is the one registry: `solve` dispatches through it and
+`choose_method` picks from it. `method="auto"` picks one with `choose_method` and records it on
+`Trajectory.method`. The other modules: `_common` (input checks, diffrax plumbing shared by the
+solvers), `_trajectory` (`Trajectory` and the status codes), `_sweep` (`solve_many`: many runs, one
+kernel).
 
 Status semantics (`Trajectory.status`, int, per batch element under vmap):
   SUCCESS (0)   every requested time reached, all saved values finite;
@@ -34,8 +36,6 @@ constants may be traced; string/int options (`solver`, `max_steps`, loss names a
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import warnings
 
@@ -44,6 +44,11 @@ import jax.numpy as jnp
 
 from sslntk import _validate as V
 from sslntk.dynamics import _common
+from sslntk.dynamics._closed_form import solve_closed_form
+from sslntk.dynamics._constrained import solve_constrained
+from sslntk.dynamics._eigen import solve_eigen
+from sslntk.dynamics._gd import solve_gd
+from sslntk.dynamics._ode import solve_ode
 from sslntk.dynamics._trajectory import (
     FAILED,
     MAX_STEPS,
@@ -57,42 +62,21 @@ __all__ = ["solve", "choose_method", "available_methods", "METHODS", "SMALL_N", 
            "Trajectory", "SUCCESS",
            "MAX_STEPS", "NONFINITE", "FAILED", "STATUS_NAMES"]
 
-# method -> "module.function" inside this package, imported on first use.
+# method -> solver `fn(K, loss, f0, ts, *, K_test_train, f0_test, progress, **options) -> Trajectory`
 METHODS = {
-    "ode": "_ode.solve_ode",
-    "gd": "_gd.solve_gd",
-    "constrained": "_constrained.solve_constrained",
-    "closed_form": "_closed_form.solve_closed_form",
-    "eigen": "_eigen.solve_eigen",
+    "ode": solve_ode,
+    "gd": solve_gd,
+    "constrained": solve_constrained,
+    "closed_form": solve_closed_form,
+    "eigen": solve_eigen,
 }
 
 _COMMON_KW = ("K_test_train", "f0_test", "progress")
 
 
-def _module_name(method: str) -> str:
-    return f"{__name__}.{METHODS[method].split('.')[0]}"
-
-
-def _installed(method: str) -> bool:
-    return importlib.util.find_spec(_module_name(method)) is not None
-
-
 def available_methods() -> list[str]:
-    """Methods whose module is installed (the others raise when requested)."""
-    return [m for m in METHODS if _installed(m)]
-
-
-def _resolve(method: str):
-    V.choice("method", method, list(METHODS) + ["auto"])
-    modname, fname = _module_name(method), METHODS[method].split(".")[1]
-    if not _installed(method):
-        raise NotImplementedError(
-            f"method {method!r} is not available: its module {modname} is not installed in this "
-            f"version of sslntk; available methods are {available_methods()}")
-    fn = getattr(importlib.import_module(modname), fname, None)
-    if fn is None:
-        raise NotImplementedError(f"method {method!r}: module {modname} has no {fname}()")
-    return fn
+    """The method names `solve` accepts besides "auto": the keys of `METHODS`."""
+    return list(METHODS)
 
 
 # Size thresholds of `choose_method` (2n = N; measured in benchmarks/bench_dynamics.py, CPU float32):
@@ -123,11 +107,11 @@ def choose_method(K, loss, f0, ts) -> str:
 
     loss = as_loss(loss)
     N = int(K.shape[0])
-    if loss.cross_moment_only and N > SMALL_N and _installed("eigen"):
+    if loss.cross_moment_only and N > SMALL_N and "eigen" in METHODS:
         return "eigen"
-    if not loss.cross_moment_only and N > LARGE_N and _installed("eigen"):
+    if not loss.cross_moment_only and N > LARGE_N and "eigen" in METHODS:
         return "eigen"
-    if loss.name == "barlow_twins" and _installed("closed_form") and N <= SMALL_N:
+    if loss.name == "barlow_twins" and "closed_form" in METHODS and N <= SMALL_N:
         lam = loss.constants["lam"]
         if (V.is_concrete(lam) and jnp.ndim(lam) == 0 and float(lam) == 1.0
                 and V.is_concrete(K) and V.is_concrete(f0) and _aligned(K, f0)):
@@ -195,7 +179,7 @@ def solve(K, loss, f0, ts, method: str = "auto", *, K_test_train=None, f0_test=N
     inp = _common.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=check_psd)
     if method == "auto":
         method = choose_method(inp.K, inp.loss, inp.f0, inp.ts)
-    fn = _resolve(method)
+    fn = METHODS[method]
     _check_options(method, fn, options)
     traj = fn(inp.K, inp.loss, inp.f0, inp.ts, K_test_train=inp.K_test_train,
               f0_test=inp.f0_test, progress=progress, **options)

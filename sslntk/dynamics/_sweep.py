@@ -74,7 +74,7 @@ def solve_many(K, loss, f0s, ts, method: str = "eigen", *, m: int | None = None,
 
     Returns a batched `Trajectory` (array `f0s`) or a list of `Trajectory` (sequence `f0s`).
     """
-    from sslntk import dynamics  # lazy: dynamics/__init__ imports solvers lazily as well
+    from sslntk import dynamics  # lazy: sslntk.dynamics imports this module
 
     V.choice("method", method, list(dynamics.METHODS))
     K = V.square_kernel("K", K)

@@ -8,6 +8,10 @@
   `linearize(model)`: the first-order Taylor expansion in θ around init.
 - `width_sweep(arch, views, loss, widths, seeds, ...)`: finite nets vs the kernel trajectory from
   the same f₀, deviation over time, kernel drift, spectra, step times, fitted width exponent.
+
+Modules (one concept each): `_network` (the NNX network, its parameters and `linearize`), `_train`
+(optax training and checkpoints), `_ntk` (the empirical NTK), `_sweep` (width sweeps and the width
+exponent fit).
 """
 
 from sslntk.finite._network import (  # noqa: F401

@@ -6,6 +6,8 @@
 - `collapse`: naive-loss collapse and orthogonality-constrained (Grassmannian) flows (Esser et al.).
 - `landscape`: collapse thresholds of one-/two-layer linear models, hysteresis, pair-distance losses,
   imbalance (Ziyin et al. 2023).
+- `_checks` (private): the symmetric / PSD / sign / Stiefel checks and `sym_sqrt` that `collapse`,
+  `landscape` and `sslntk.phase` share.
 
 The submodules' public names are also re-exported here (`sslntk.theory.m2_thresholds`, ...).
 """

@@ -15,7 +15,8 @@ and nothing else:
   wrappers with a clear error (`kernels.reference_empirical_ntk`).
 
 This is the ONLY module of sslntk that imports `neural_tangents` (DESIGN.md); `sslntk.kernels`
-(its reference wrappers and `method="nt"`) reaches it through `load()`. `import sslntk` never calls
+(the stax triple in `_arch`, the reference wrappers and `method="nt"` in `_reference`) reaches it
+through `load()`. `import sslntk` never calls
 `load()`: sslntk runs with neural-tangents absent.
 """
 
@@ -49,7 +50,7 @@ def _safe_zip(*args):
     for a in args[1:]:
         if len(a) != n:
             raise ValueError(f"length mismatch: {list(map(len, args))}")
-    return list(zip(*args))
+    return list(zip(*args, strict=False))
 
 
 # name -> one-line reason. "jax.core.X" names are copied from jax.extend.core; modules are stand-ins.
@@ -88,7 +89,7 @@ def _apply_shims() -> None:
         jax.interpreters.ad.zeros_like_p = jax.extend.core.Primitive("nt_compat_zeros_like")
         _applied.append("jax.interpreters.ad.zeros_like_p")
     if importlib.util.find_spec("jax.util") is None and "jax.util" not in sys.modules:
-        util = types.ModuleType("jax.util", "sslntk._nt_compat stand-in for the removed jax.util")
+        util = types.ModuleType("jax.util", "sslntk.kernels._nt_compat stand-in for the removed jax.util")
         util.safe_map, util.safe_zip = _safe_map, _safe_zip
         sys.modules["jax.util"] = util
         _applied.append("jax.util")

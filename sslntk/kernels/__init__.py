@@ -1,0 +1,63 @@
+"""Architectures and their infinite-width kernels over augmented views.
+
+Conventions (DESIGN.md):
+
+* Kernels are `(n1, n2)` kernels of ONE output (neural-tangents `trace_axes=(-1,)`); the full kernel
+  of a k-output network is `K ⊗ I_k`. NTK parametrisation throughout.
+* Views are stacked `[a_1..a_n, b_1..b_n]`, `(2n, ...)`; the positive-pair matrix is
+  `Z = [[0, I], [I, 0]]` (`pair_matrix`).
+* float32 by default; every function keeps its input dtype (float64 needs `jax_enable_x64`).
+
+One concept per private module (the public names are re-exported here):
+
+* `_arch`: `Arch`, `mlp`, `cnn` (the architecture spec shared with `sslntk.finite`),
+  `activation_layer`, `stax_network` (its neural-tangents `(init_fn, apply_fn, kernel_fn)`).
+* `_recursion`: the native NNGP/NTK dual-activation recursion for one block, each formula with its
+  source, and why it replaces neural-tangents' `kernel_fn`.
+* `_assembly`: `ntk`, `nngp`, `ntk_and_nngp`, `averaged_kernel`: blocked construction, memory
+  bounded by `BLOCK_MEMORY_BUDGET` (`auto_block_size`), differentiable under jit/grad.
+* `_contrastive`: `pair_matrix`, `contrastive_kernel`, `contrastive_spectrum` (stepwise digest §6),
+  `kernel_spectrum` (the symmetric-PSD check).
+* `_reference`: `reference_empirical_ntk`, `reference_gradient_descent` and the `method="nt"`
+  block: the neural-tangents peer that tests and benchmarks compare against.
+* `_nt_compat`: the shim that makes neural-tangents 0.6.5 import on current JAX, the ONLY module of
+  sslntk that imports `neural_tangents` (`_arch`'s stax triple and `_reference` call its `load()`;
+  `import sslntk` never does).
+"""
+
+from sslntk.kernels._arch import (
+    ACTIVATIONS,
+    KINDS,
+    PADDINGS,
+    Arch,
+    activation_layer,
+    cnn,
+    mlp,
+    stax_network,
+)
+from sslntk.kernels._assembly import (  # noqa: F401  (GETS, BLOCK_MEMORY_BUDGET, auto_block_size)
+    BLOCK_MEMORY_BUDGET,
+    GETS,
+    METHODS,
+    auto_block_size,
+    averaged_kernel,
+    nngp,
+    ntk,
+    ntk_and_nngp,
+)
+from sslntk.kernels._contrastive import (
+    ContrastiveSpectrum,
+    KernelSpectrum,
+    contrastive_kernel,
+    contrastive_spectrum,
+    kernel_spectrum,
+    pair_matrix,
+)
+from sslntk.kernels._reference import reference_empirical_ntk, reference_gradient_descent
+
+__all__ = [
+    "ACTIVATIONS", "KINDS", "PADDINGS", "METHODS", "Arch", "mlp", "cnn", "activation_layer",
+    "stax_network", "ntk", "nngp", "ntk_and_nngp", "averaged_kernel", "pair_matrix",
+    "contrastive_kernel", "KernelSpectrum", "kernel_spectrum", "ContrastiveSpectrum",
+    "contrastive_spectrum", "reference_empirical_ntk", "reference_gradient_descent",
+]

@@ -1,0 +1,129 @@
+"""Architecture specs: `Arch` (with `mlp`, `cnn`) and its neural-tangents `stax` triple.
+
+One `Arch` spec describes an architecture once; it builds the neural-tangents `stax` network here
+(`stax_network`: `(init_fn, apply_fn, kernel_fn)`, the reference) and the matching Flax NNX module in
+`sslntk.finite`, and it is the static argument of the native kernels (`_recursion`, `_assembly`).
+neural-tangents is reached only through `_nt_compat.load()`, on first use of `stax_network` /
+`activation_layer`, so building and using specs never needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sslntk import _validate as V
+from sslntk.kernels import _nt_compat
+
+ACTIVATIONS = ("relu", "erf", "gelu", "leaky_relu", "abs", "abs_relu")
+KINDS = ("mlp", "cnn")
+PADDINGS = ("SAME", "VALID", "CIRCULAR")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture spec, shared by the kernels and the finite networks (hashable, static).
+
+    kind="mlp": `depth` hidden blocks (Dense → activation) then a Dense readout; input `(N, d)` or
+        images `(N, H, W, C)` (flattened first).
+    kind="cnn": `depth` blocks (Conv `filter_shape`, `padding`, stride 1 → activation), global
+        average pooling, Dense readout; input images `(N, H, W, C)` (NHWC).
+    Every layer uses the same `W_std`/`b_std` in NTK parametrisation: `W ~ N(0, 1)` stored, the
+    forward pass multiplies by `W_std / sqrt(fan_in)` and the bias by `b_std`, exactly as
+    `stax.Dense/Conv`. `leaky_slope` is the negative-side slope of `leaky_relu`; `abs_relu` is
+    `stax.ABRelu(-a, 1)`, i.e. `φ(x) = max(x, 0) − a·min(x, 0)` with `a = leaky_slope` (a = 1 gives
+    |x|); see `activation_layer`.
+    """
+
+    kind: str = "mlp"
+    depth: int = 1
+    activation: str = "relu"
+    W_std: float = 1.0
+    b_std: float = 0.0
+    filter_shape: tuple[int, int] = (3, 3)
+    padding: str = "SAME"
+    leaky_slope: float = 0.1
+
+    def __post_init__(self):
+        V.choice("kind", self.kind, KINDS)
+        V.positive_int("depth", self.depth, minimum=1)
+        V.choice("activation", self.activation, ACTIVATIONS)
+        V.positive_float("W_std", self.W_std)
+        V.positive_float("b_std", self.b_std, allow_zero=True)
+        if isinstance(self.leaky_slope, bool) or not isinstance(
+                self.leaky_slope, (int, float, np.integer, np.floating)) or not np.isfinite(
+                self.leaky_slope):
+            raise ValueError(f"leaky_slope: expected a finite number, got {self.leaky_slope!r}")
+        if self.kind == "cnn":
+            fs = self.filter_shape
+            if (not isinstance(fs, tuple) or len(fs) != 2
+                    or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1
+                           for s in fs)):
+                raise ValueError(f"filter_shape: expected a tuple of two positive ints, got {fs!r}")
+            V.choice("padding", self.padding, PADDINGS)
+
+
+def mlp(depth: int = 1, activation: str = "relu", W_std: float = 1.0, b_std: float = 0.0,
+        **kw) -> Arch:
+    """MLP spec: `depth` hidden (Dense → activation) blocks and a Dense readout (NTK param.)."""
+    return Arch(kind="mlp", depth=depth, activation=activation, W_std=W_std, b_std=b_std, **kw)
+
+
+def cnn(depth: int = 1, activation: str = "relu", W_std: float = 1.0, b_std: float = 0.0,
+        filter_shape: tuple[int, int] = (3, 3), padding: str = "SAME", **kw) -> Arch:
+    """CNN spec for NHWC images: (Conv → activation) × depth, global average pool, Dense readout."""
+    try:
+        filter_shape = tuple(filter_shape)
+    except TypeError as e:
+        raise ValueError(f"filter_shape: expected a tuple of two positive ints, got "
+                         f"{filter_shape!r}") from e
+    return Arch(kind="cnn", depth=depth, activation=activation, W_std=W_std, b_std=b_std,
+                filter_shape=filter_shape, padding=padding, **kw)
+
+
+def activation_layer(arch: Arch):
+    """The stax layer for `arch.activation`."""
+    stax = _nt_compat.load().stax
+    a = arch.activation
+    if a == "relu":
+        return stax.Relu()
+    if a == "erf":
+        return stax.Erf()
+    if a == "gelu":
+        return stax.Gelu()
+    if a == "leaky_relu":
+        return stax.LeakyRelu(arch.leaky_slope)
+    if a == "abs":
+        return stax.Abs()
+    if a == "abs_relu":
+        return stax.ABRelu(-arch.leaky_slope, 1.0)
+    raise ValueError(f"activation: unknown {a!r}; valid choices are {list(ACTIVATIONS)}")
+
+
+def stax_network(arch: Arch, width: int = 512, out_dim: int = 1):
+    """neural-tangents `(init_fn, apply_fn, kernel_fn)` for `arch` at hidden width `width`."""
+    _check_arch(arch)
+    V.positive_int("width", width)
+    V.positive_int("out_dim", out_dim)
+    stax = _nt_compat.load().stax
+    layers = []
+    if arch.kind == "mlp":
+        layers.append(stax.Flatten())
+        for _ in range(arch.depth):
+            layers += [stax.Dense(width, W_std=arch.W_std, b_std=arch.b_std),
+                       activation_layer(arch)]
+    else:
+        for _ in range(arch.depth):
+            layers += [stax.Conv(width, arch.filter_shape, padding=arch.padding,
+                                 W_std=arch.W_std, b_std=arch.b_std), activation_layer(arch)]
+        layers.append(stax.GlobalAvgPool())
+    layers.append(stax.Dense(out_dim, W_std=arch.W_std, b_std=arch.b_std))
+    return stax.serial(*layers)
+
+
+def _check_arch(arch) -> Arch:
+    if not isinstance(arch, Arch):
+        raise TypeError(f"arch: expected a sslntk.kernels.Arch (kernels.mlp(...) / kernels.cnn(...)),"
+                        f" got {type(arch).__name__}")
+    return arch

@@ -1,0 +1,259 @@
+"""The native infinite-width recursion: NNGP and NTK of an `Arch` for one block of inputs.
+
+`_native_kernels(arch, get, x1, x2)` computes the same kernels as neural-tangents' `stax`
+`kernel_fn` (the reference, `_reference`), by the layer recursion of the NTK/NNGP literature:
+
+* NNGP recursion through Dense/Conv layers, NTK parametrisation: Lee et al. 2018 ("Deep neural
+  networks as Gaussian processes"), Novak et al. 2019 ("Bayesian deep convolutional networks with
+  many channels are Gaussian processes", the CNN-GP: per-pixel-pair covariances, the conv as the
+  mean over filter offsets, global average pooling as the mean over pixel pairs).
+* NTK recursion `Θˡ⁺¹ = σ_w² conv(E[φ'φ'] ⊙ Θˡ) + Σˡ⁺¹`: Jacot et al. 2018 (MLP), Arora et al. 2019
+  ("On exact computation with an infinitely wide neural net", the CNTK with GAP).
+* Dual activations (`_dual`): ReLU / leaky ReLU / |x| / ABReLU: the degree-1 arc-cosine kernel
+  (Cho & Saul 2009), as neural-tangents' `stax.ABRelu`; erf: the arcsine kernel (Williams 1997,
+  "Computing with infinite networks"), as `stax.Erf`; GELU: the closed form of neural-tangents'
+  `stax.Gelu`.
+* `_atan2`: Cephes `atan` / `atanf` (Moshier), the rational/polynomial approximations.
+
+Why not neural-tangents' `kernel_fn`: on CPU, neural-tangents evaluates the CNN's pixel-pixel
+covariance convolution as a loop of single-channel `lax.conv` calls over a `(N1·N2, H, H, W, W)`
+tensor: ~10× slower than `_native_kernels`, which computes the same recursion with the first layer
+as a patch Gram matrix, the convolution as a shift-and-add over the filter offsets on
+`(N1, H, W, N2, H, W)`, and the dual activations on its free 2-D view with a polynomial `atan2`
+(XLA's is ~4× slower). The tests check it against `kernel_fn` to float32 round-off. The MLP uses
+the same code (the 1×1-image case), which also keeps the arc-cosine angle of identical inputs
+exactly 0 (neural-tangents' comes out O(sqrt(eps)): a 1e-9 relative NTK error in float64 and ~2e-4
+in float32 on the diagonal and on un-augmented view pairs).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from sslntk.kernels._arch import Arch
+
+
+def _pads(arch: Arch) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(low, high) padding per spatial axis, lax's convention for SAME (and CIRCULAR)."""
+    if arch.kind == "mlp" or arch.padding == "VALID":
+        return (0, 0), (0, 0)
+    return tuple(((f - 1) // 2, f - 1 - (f - 1) // 2) for f in arch.filter_shape)
+
+
+def _pad_spatial(x, axes, arch):
+    """Pad spatial `axes` (pairs (h, w)) for the conv: zeros for SAME, wrap for CIRCULAR."""
+    ph, pw = _pads(arch)
+    if ph == (0, 0) and pw == (0, 0):
+        return x
+    widths = [(0, 0)] * x.ndim
+    for ah, aw in axes:
+        widths[ah], widths[aw] = ph, pw
+    return jnp.pad(x, widths, mode="wrap" if arch.padding == "CIRCULAR" else "constant")
+
+
+def _filter(arch):
+    return (1, 1) if arch.kind == "mlp" else arch.filter_shape
+
+
+def _conv_pair(S, arch):
+    """Covariance through a conv with i.i.d. weights (1/F of the filter per offset):
+    `S'(p, p') = (1/F) Σ_δ S(p + δ, p' + δ)` on `S: (N1, H, W, N2, H, W)` (Novak et al. 2019,
+    eq. 7; Arora et al. 2019, §4)."""
+    fh, fw = _filter(arch)
+    H, W = S.shape[1], S.shape[2]
+    P = _pad_spatial(S, ((1, 2), (4, 5)), arch)
+    Ho, Wo = P.shape[1] - fh + 1, P.shape[2] - fw + 1
+    acc = None
+    for a in range(fh):
+        for c in range(fw):
+            t = P[:, a:a + Ho, c:c + Wo, :, a:a + Ho, c:c + Wo]
+            acc = t if acc is None else acc + t
+    del H, W
+    return acc / (fh * fw)
+
+
+def _conv_diag(q, arch):
+    """The same on the pixel diagonal `q: (N, H, W)` (self-variances)."""
+    fh, fw = _filter(arch)
+    P = _pad_spatial(q, ((1, 2),), arch)
+    Ho, Wo = P.shape[1] - fh + 1, P.shape[2] - fw + 1
+    acc = None
+    for a in range(fh):
+        for c in range(fw):
+            t = P[:, a:a + Ho, c:c + Wo]
+            acc = t if acc is None else acc + t
+    return acc / (fh * fw)
+
+
+def _pixel_diag(S):
+    """`S: (N, H, W, N, H, W)` → `(N, H, W)`: entries `S[a, i, j, a, i, j]`."""
+    N, H, W = S.shape[:3]
+    m = N * H * W
+    return jnp.diagonal(S.reshape(m, m)).reshape(N, H, W)
+
+
+def _patches(x, arch):
+    """`(N, H, W, C)` → `(N, Ho, Wo, F·C)`: the (padded) receptive field of every output pixel."""
+    fh, fw = _filter(arch)
+    P = _pad_spatial(x, ((1, 2),), arch)
+    Ho, Wo = P.shape[1] - fh + 1, P.shape[2] - fw + 1
+    return jnp.concatenate([P[:, a:a + Ho, c:c + Wo, :] for a in range(fh) for c in range(fw)],
+                           axis=-1)
+
+
+# Cephes `atan` (double: rational P/Q on [0, 0.66] after reduction, ~2 ulp) and `atanf` (float:
+# degree-4 polynomial on [0, tan(π/8)], ~2 ulp); XLA's CPU arctan2 is ~4× slower than this, and
+# the arc-cosine kernels evaluate one per pixel pair and layer.
+_ATAN_P = (-8.750608600031904122785e-1, -1.615753718733365076637e1, -7.500855792314704667340e1,
+           -1.228866684490136173410e2, -6.485021904942025371773e1)
+_ATAN_Q = (2.485846490142306297962e1, 1.650270098316988542046e2, 4.328810604912902668951e2,
+           4.853903996359136964868e2, 1.945506571482613964425e2)
+_ATANF = (8.05374449538e-2, -1.38776856032e-1, 1.99777106478e-1, -3.33329491539e-1)
+
+
+def _atan2(y, x):
+    """`arctan2(y, x)` (numpy's conventions, `atan2(0, 0) = 0`) from mul/add/div/select only
+    (Cephes `atan`/`atanf`, S. L. Moshier; the ratio reduced to [0, 1] by swapping |y|, |x|)."""
+    ay, ax = jnp.abs(y), jnp.abs(x)
+    hi, lo = jnp.maximum(ay, ax), jnp.minimum(ay, ax)
+    f64 = jnp.dtype(jnp.result_type(y, x)) == jnp.float64
+    big = lo > (0.66 if f64 else 0.41421356237309503) * hi
+    t = jnp.where(big, lo - hi, lo) / jnp.where(big, lo + hi, jnp.where(hi > 0, hi, 1))
+    z = t * t
+    if f64:
+        P, Q = _ATAN_P, _ATAN_Q
+        p = (((P[0] * z + P[1]) * z + P[2]) * z + P[3]) * z + P[4]
+        q = ((((z + Q[0]) * z + Q[1]) * z + Q[2]) * z + Q[3]) * z + Q[4]
+        r = t + t * (z * p / q)
+    else:
+        F = _ATANF
+        r = t + t * z * (((F[0] * z + F[1]) * z + F[2]) * z + F[3])
+    a = jnp.where(big, jnp.pi / 4 + r, r)
+    a = jnp.where(ay > ax, jnp.pi / 2 - a, a)
+    a = jnp.where(x < 0, jnp.pi - a, a)
+    return jnp.where(y < 0, -a, a)
+
+
+def _abrelu_ab(arch):
+    return {"relu": (0.0, 1.0), "leaky_relu": (arch.leaky_slope, 1.0), "abs": (-1.0, 1.0),
+            "abs_relu": (-arch.leaky_slope, 1.0)}[arch.activation]
+
+
+def _dual(arch, c, q1, q2, need_dot: bool):
+    """Dual activation: `(E[φ(u)φ(v)], E[φ'(u)φ'(v)], E[φ(u)²], E[φ(v)²])` for centred Gaussians
+    with Var u = q1, Var v = q2, Cov = c (closed forms as neural-tangents' elementwise kernels).
+    `c: (N1, H, W, N2, H, W)`, `q1: (N1, H, W)`, `q2: (N2, H, W)`. Evaluated on the free 2-D view
+    `(N1·H·W, N2·H·W)` of c, where XLA's CPU loops vectorise (~1.7× faster than 6-D broadcasts).
+
+    Sources: erf, the arcsine kernel `(2/π) arcsin(2c / sqrt((1 + 2q1)(1 + 2q2)))` (Williams 1997)
+    and its derivative; GELU, neural-tangents' `stax.Gelu` closed form; ReLU / leaky ReLU / |x| /
+    ABReLU `φ(x) = b·max(x, 0) + a·min(x, 0)`, the degree-1 arc-cosine kernel (Cho & Saul 2009)
+    `E[φφ] = (a − b)²/2π · (sinθ·sqrt(q1 q2)) + ((a² + b²)/2 − (a − b)²θ/2π)·c`,
+    `E[φ'φ'] = (a² + b²)/2 − (a − b)²θ/2π`, θ the angle between u and v (as `stax.ABRelu`)."""
+    shape = c.shape
+    c = c.reshape(q1.size, q2.size)
+    o1 = q1.reshape(-1, 1)
+    o2 = q2.reshape(1, -1)
+    act = arch.activation
+    dot = None
+    if act == "erf":
+        prod = (1 + 2 * o1) * (1 + 2 * o2)
+        root = jnp.sqrt(jnp.maximum(prod - 4 * c**2, 0.0))
+        new = (2 / jnp.pi) * _atan2(2 * c, root)
+        if need_dot:
+            dot = (4 / jnp.pi) / root
+
+        def diag(q):
+            return (2 / jnp.pi) * _atan2(q, jnp.sqrt(q + 0.25))
+    elif act == "gelu":
+        prod = o1 * o2
+        prod1 = (o1 + 1) * (o2 + 1)
+        d2 = prod1 - c**2
+        d = jnp.sqrt(jnp.maximum(d2, 0.0))
+        ang = _atan2(c, d)
+        new = ((c**2 + prod * d2) / (prod1 * d) + c * ang) / (2 * jnp.pi) + 0.25 * c
+        if need_dot:
+            first = (1 / d2 + (1 - prod) / prod1 + 1) * c / d / (2 * jnp.pi)
+            dot = first + 0.25 + ang / (2 * jnp.pi)
+
+        def diag(q):
+            r = jnp.sqrt(1 + 2 * q)
+            return q * ((q / ((q + 1) * r) + _atan2(q, r) / 2) / jnp.pi + 0.25)
+    else:
+        a, b = _abrelu_ab(arch)
+        # sin²θ·q1·q2 = q1 q2 − c². Where sin²θ is below round-off (identical inputs; c and q
+        # rounded differently, or an FMA-contracted q·q − c·c) it is set to 0: otherwise θ comes
+        # out O(sqrt(eps)) instead of 0 and the NTK factor E[φ'φ'] = (a²+b²)/2 − (a−b)²θ/2π is off
+        # by O(sqrt(eps)) (3e-4 in float32) on every duplicate pair. The change is below the
+        # arc-cosine's own conditioning error there.
+        prod = o1 * o2
+        r2 = prod - c**2
+        pos = r2 > 8 * jnp.finfo(c.dtype).eps * prod
+        # double `where`: no sqrt'(0) = inf reaches jax.grad through the masked branch
+        root = jnp.where(pos, jnp.sqrt(jnp.where(pos, r2, 1.0)), 0.0)
+        ang = jnp.where((root == 0) & (c == 0), jnp.pi / 2, _atan2(root, c))  # nt's fill
+        factor = (a - b) ** 2 / (2 * jnp.pi)
+        dsig = (a**2 + b**2) / 2 - factor * ang
+        new = factor * root + dsig * c
+        dot = dsig if need_dot else None
+
+        def diag(q):
+            return (a**2 + b**2) / 2 * q
+    return (new.reshape(shape), None if dot is None else dot.reshape(shape), diag(q1), diag(q2))
+
+
+def _spatial_mean(S):
+    """Global average pooling of `S: (N1, H, W, N2, H, W)` → `(N1, N2)`, as two reductions of H·W
+    terms each (float32 round-off grows with the length of one reduction)."""
+    return jnp.mean(jnp.mean(S, axis=(4, 5)), axis=(1, 2))
+
+
+def _native_kernels(arch: Arch, get: tuple[str, ...], x1, x2):
+    """NNGP/NTK of `stax_network(arch)` for one block, `(N1, N2)` each (x2=None: x2 = x1).
+
+    Recursion (NTK parametrisation, `F = fh·fw`, `C` input channels, `σ_w² = W_std²`, `σ_b² = b_std²`):
+    `Σ¹(p,p') = σ_w²/(F C) ⟨patch₁(p), patch₂(p')⟩ + σ_b²`, `Θ¹ = Σ¹`; per block after the first,
+    `Σˡ⁺¹ = σ_w² conv(E[φφ]) + σ_b²`, `Θˡ⁺¹ = σ_w² conv(E[φ'φ'] ⊙ Θˡ) + Σˡ⁺¹` with
+    `conv(S)(p,p') = (1/F) Σ_δ S(p+δ, p'+δ)`; then global average pooling (mean over p, p') and the
+    Dense readout `Σ = σ_w² Σ̄ + σ_b²`, `Θ = σ_w² Θ̄ + Σ`. An MLP is the 1×1 case (`C = d`).
+    Sources: Lee et al. 2018 (NNGP of an MLP), Jacot et al. 2018 (NTK recursion), Novak et al. 2019
+    (CNN-GP: per-pixel-pair covariances, conv and pooling), Arora et al. 2019 (CNTK with GAP).
+    """
+    sym = x2 is None
+    if arch.kind == "mlp":
+        x1 = x1.reshape(x1.shape[0], 1, 1, -1)
+        x2 = None if sym else x2.reshape(x2.shape[0], 1, 1, -1)
+    w2, b2 = float(arch.W_std) ** 2, float(arch.b_std) ** 2
+    fh, fw = _filter(arch)
+    C = x1.shape[-1]
+    P1 = _patches(x1, arch)
+    P2 = P1 if sym else _patches(x2, arch)
+    s = w2 / (fh * fw * C)
+    nngp_ = s * jnp.einsum("aijk,bxyk->aijbxy", P1, P2) + b2
+    if not sym:
+        q1 = s * jnp.sum(P1 * P1, axis=-1) + b2
+        q2 = s * jnp.sum(P2 * P2, axis=-1) + b2
+    need_ntk = "ntk" in get
+    ntk_ = nngp_ if need_ntk else None
+    for layer in range(arch.depth):
+        if layer:
+            new = w2 * _conv_pair(nngp_, arch) + b2
+            if need_ntk:
+                ntk_ = w2 * _conv_pair(ntk_, arch) + new
+            nngp_ = new
+            if not sym:
+                q1 = w2 * _conv_diag(q1, arch) + b2
+                q2 = w2 * _conv_diag(q2, arch) + b2
+        if sym:
+            # The variances ARE the pixel diagonal of the covariance (as in neural-tangents'
+            # x2=None path): on the diagonal c == q exactly, so the arc-cosine angle is exactly 0
+            # instead of O(sqrt(eps)) from two differently rounded computations.
+            q1 = q2 = _pixel_diag(nngp_)
+        nngp_, dot, q1, q2 = _dual(arch, nngp_, q1, q2, need_ntk)
+        if need_ntk:
+            ntk_ = ntk_ * dot
+    nngp_ = w2 * _spatial_mean(nngp_) + b2
+    res = {"nngp": nngp_}
+    if need_ntk:
+        res["ntk"] = w2 * _spatial_mean(ntk_) + nngp_
+    return tuple(res[g] for g in get)

@@ -1,0 +1,98 @@
+"""The public API, pinned: `sslntk.__all__` and each public package"s `__all__` (or, for a module
+without one, its public names defined in sslntk) against the list captured before the [L] layout
+refactor (kernels/ and data/ became packages). A change here is an API change: make it on purpose,
+together with the README and a note in the issue."""
+
+import importlib
+import inspect
+
+import pytest
+
+import sslntk
+
+API = {
+    "sslntk": [
+        "Arch", "Dataset", "Loss", "Trajectory", "Views", "averaged_kernel", "cli", "cnn",
+        "config", "contrastive_kernel", "contrastive_spectrum", "data", "datasets",
+        "dynamics", "empirical_ntk", "experiments", "finite", "kernel_spectrum", "kernels",
+        "linalg", "linearize", "load", "losses", "make_views", "metrics", "mlp", "network",
+        "nngp", "ntk", "ntk_and_nngp", "pair_matrix", "phase", "phase_diagram", "plots",
+        "solve", "solve_many", "theory", "train", "width_sweep",
+    ],
+    "kernels": [
+        "ACTIVATIONS", "Arch", "ContrastiveSpectrum", "KINDS", "KernelSpectrum", "METHODS",
+        "PADDINGS", "activation_layer", "averaged_kernel", "cnn", "contrastive_kernel",
+        "contrastive_spectrum", "kernel_spectrum", "mlp", "nngp", "ntk", "ntk_and_nngp",
+        "pair_matrix", "reference_empirical_ntk", "reference_gradient_descent",
+        "stax_network",
+    ],
+    "data": [
+        "Augmentation", "Compose", "Dataset", "GaussianNoise", "Jitter", "Mask",
+        "Translate", "Views", "augmentation", "augmentations", "compose", "datasets",
+        "digits", "gaussian_mixture", "gaussian_noise", "jitter", "load", "make_views",
+        "mask", "shift", "spiked", "translate",
+    ],
+    "dynamics": [
+        "FAILED", "LARGE_N", "MAX_STEPS", "METHODS", "NONFINITE", "SMALL_N", "STATUS_NAMES",
+        "SUCCESS", "Trajectory", "available_methods", "choose_method", "solve", "solve_many",
+    ],
+    "losses": [
+        "Loss", "NEGATIVES", "SIMILARITIES", "as_loss", "barlow_twins",
+        "barlow_twins_standardized", "cross_correlation", "get", "kernel_pca", "naive",
+        "names", "simclr", "spectral", "split_views", "vicreg",
+    ],
+    "finite": [
+        "ExponentFit", "Frozen", "Linearized", "MAX_LR_RATE", "Network", "OPTIMIZERS",
+        "SUPPORTED_ACTIVATIONS", "TrainResult", "WidthSweep", "activation_fn",
+        "empirical_ntk", "fit_exponent", "flow_rate", "forward", "from_nt_params",
+        "linearize", "n_params", "network", "relative_deviation", "save_steps",
+        "stack_models", "to_nt_params", "train", "train_batched", "unstack_model",
+        "width_sweep",
+    ],
+    "theory": [
+        "ConstrainedFlow", "EffectiveInit", "FixedPoint", "GDResult", "LiftedCoefficients",
+        "M1Solution", "M2Solution", "NaiveCollapse", "ORIGIN_TYPES", "PAIR_KINDS",
+        "RETRACTIONS", "StepwiseResult", "StiefelPath", "WidthFree", "collapse",
+        "collapse_rates", "constrained_flow", "constrained_tangent_kernel",
+        "contrastive_modes", "default_times", "effective_init", "effective_time",
+        "escape_time_shift", "final_embedding", "function_operator", "imbalance_gamma_c",
+        "imbalance_threshold", "imbalance_variance", "infonce_quartic", "landscape",
+        "lifted_coefficients", "logistic_c", "loss_curve", "m1_loss", "m1_rank",
+        "m1_solution", "m2_direction_loss", "m2_loss", "m2_magnitude", "m2_solution",
+        "m2_thresholds", "naive_flow", "naive_function_flow", "naive_limit",
+        "origin_hessian", "origin_type", "pair_distance_matrix", "pair_distance_rank",
+        "pair_matrix", "pair_operator", "representation_rank", "simulate", "simulate_m1",
+        "simulate_m2", "spectral_loss", "step_time", "step_width", "stepwise",
+        "stiefel_fixed_point", "stiefel_gd", "time_to_angle", "two_layer_blowup_time",
+        "view_covariance", "wang_isola_loss", "wang_isola_matrix", "width_free_flow",
+        "width_free_limit",
+    ],
+    "metrics": [
+        "Stability", "alignment", "alpha_req", "center_vector",
+        "cross_correlation_spectrum", "effective_rank", "embedding_spectrum", "group_views",
+        "lidar", "principal_angles", "rankme", "sample_means", "stability", "step_times",
+        "uniformity",
+    ],
+}
+
+
+def _public(mod) -> list[str]:
+    if hasattr(mod, "__all__"):
+        return sorted(mod.__all__)
+    return sorted(n for n in dir(mod) if not n.startswith("_")
+                  and not inspect.ismodule(getattr(mod, n))
+                  and str(getattr(getattr(mod, n), "__module__", "sslntk")).startswith("sslntk"))
+
+
+def test_top_level_api():
+    assert sorted(sslntk.__all__) == API["sslntk"]
+    for name in sslntk.__all__:
+        assert getattr(sslntk, name) is not None
+
+
+@pytest.mark.parametrize("name", [k for k in API if k != "sslntk"])
+def test_package_api(name):
+    mod = importlib.import_module(f"sslntk.{name}")
+    assert _public(mod) == API[name]
+    missing = [n for n in API[name] if not hasattr(mod, n)]
+    assert not missing, missing
