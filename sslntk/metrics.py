@@ -367,7 +367,8 @@ def alignment(f, *, alpha: float = 2.0) -> jax.Array:
 
     `L_align = (1/n) Σ_i ||z_{a_i} − z_{b_i}||_2^α`, `z = f / ||f||_2` (rows projected onto the unit
     sphere as the authors' code does; an all-zero row stays zero), default α = 2 (Jha §3.5).
-    0 for exact duplicate views (up to round-off). With α = 2: `mean_i z_{a_i}·z_{b_i} = 1 − L_align/2` (Jha §4 check 5).
+    0 for exact duplicate views (to round-off). With α = 2: `mean_i z_{a_i}·z_{b_i} = 1 − L_align/2`
+    (Jha §4 check 5).
     """
     f = _stacked("f", f)
     V.positive_float("alpha", alpha)

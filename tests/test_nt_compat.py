@@ -1,5 +1,5 @@
-"""sslntk.kernels._nt_compat: neural-tangents 0.6.5 loads on current JAX through a small, listed shim that only
-adds names, and sslntk itself never needs it (issue [G], route a). The numbers nt gives through the
+"""sslntk.kernels._nt_compat: neural-tangents 0.6.5 loads on current JAX through a small, listed shim
+that only adds names, and sslntk itself never needs it (issue [G], route a). The numbers nt gives through the
 shim are checked where they are used: kernels vs `kernel_fn` (test_kernels), the ODE vs
 `predict.gradient_descent` (test_dynamics), empirical NTKs implementations 1 and 2 (test_finite)."""
 
