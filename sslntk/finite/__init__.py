@@ -17,6 +17,14 @@
 
 from sslntk.finite._augtrain import AugmentedResult, train_augmented  # noqa: F401
 from sslntk.finite._coord import CoordCheck, coord_check  # noqa: F401
+from sslntk.finite._kernel_prediction import (  # noqa: F401
+    KernelMotion,
+    KernelPrediction,
+    kernel_alignment,
+    kernel_drift,
+    kernel_prediction,
+    output_space_ntk,
+)
 from sslntk.finite._network import (  # noqa: F401
     SUPPORTED_ACTIVATIONS,
     Frozen,
