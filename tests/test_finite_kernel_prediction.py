@@ -129,3 +129,21 @@ def test_kernel_prediction_follows_training_width_4096():
     dev = np.asarray(finite.relative_deviation(r.f, p.f))[w]
     print(f"\nwidth 4096 through step 3 (t <= {ts[hit[0]]:.2f}): max deviation {dev.max():.4f}")
     assert dev.max() < 0.01
+
+
+def test_width_sweep_across_parametrisations():
+    """param / reference plumbing: against each network's own empirical-NTK prediction, the
+    linearisation IS that prediction (dev_lin_ker ≈ 0 to round-off), for NTK and μP alike."""
+    views = _digits(4)
+    kw = dict(alpha=0.1, lr=0.002, steps=12, ts=0.002 * np.arange(0, 13, 4), out_dim=2,   # μP: ‖JSJᵀ‖≈250
+              method="gd", progress=False, drift_points=8, linearized=True)
+    arch = kernels.mlp(1, "erf")
+    for param in ("ntk", "mup"):
+        r = finite.width_sweep(arch, views, "barlow_twins", [8, 32], 1, param=param,
+                               base_width=8 if param == "mup" else None, reference="empirical",
+                               **kw)
+        assert np.all(r.dev_lin_ker < 1e-8) and np.all(np.isnan(r.init_kernel_error))
+        assert np.all(r.dev_train[:, :, 1:] > 0) and r.exponent is not None
+    with pytest.raises(ValueError, match="reference"):
+        finite.width_sweep(arch, views, "barlow_twins", [8, 32], 1, param="standard",
+                           reference="infinite", **kw)

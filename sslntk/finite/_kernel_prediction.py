@@ -13,7 +13,9 @@ with the FULL output-space tangent kernel `Θ[(i,o),(j,p)] = Σ_θ ∂f_o(x_i)/�
 = `empirical_ntk`) is used instead, `df/dt = −K ∇_f L`, which is exact only when `Θ = K ⊗ I_k`;
 `cross_output` reports how far from that the model is. Time t = lr·steps (DESIGN.md); with
 `method="gd"` and the training lr the prediction is the model's own linearisation trained by GD, so
-the deviation from the trained network is the kernel's motion only.
+the deviation from the trained network is the kernel's motion only. For a μP model the kernel is
+`Θ = J S Jᵀ` with S its per-group SGD learning-rate factors (`_param`), the kernel of GD as `train`
+runs it.
 
 Θ is built without materialising the Jacobian: column r is `J (Jᵀ e_r)` (one VJP + one JVP of the
 whole batch), so it also holds for models that couple a batch (BatchNorm). Cost: 2n·k JVP/VJP pairs.
@@ -37,6 +39,7 @@ from flax import nnx
 from sslntk import _validate as V
 from sslntk import dynamics
 from sslntk import losses as L
+from sslntk.finite import _param
 from sslntk.finite._ntk import _f, split_trainable
 from sslntk.finite._train import _check_loss, _offsets, _stacked_inputs, _test_inputs
 
@@ -77,8 +80,9 @@ def _wrap(loss, k):
     return _OutputSpaceLoss(constants={}, k=k, fn=fn)
 
 
-def _kernels(graphdef, params, rest, x, xt, chunk):
-    """Θ (Nk, Nk) and, with test points, Θ_tx (mk, Nk), column by column (`J Jᵀ e_r`)."""
+def _kernels(graphdef, params, rest, x, xt, chunk, scales=None):
+    """Θ (Nk, Nk) and, with test points, Θ_tx (mk, Nk), column by column (`J S Jᵀ e_r`, S the
+    per-parameter learning-rate factors `scales` (a pytree like params) or I)."""
     fwd = lambda p: _f(graphdef, p, rest, x).reshape(-1)  # noqa: E731
     out, vjp = jax.vjp(fwd, params)
     Nk = out.shape[0]
@@ -87,6 +91,8 @@ def _kernels(graphdef, params, rest, x, xt, chunk):
     def cols(E):
         def one(e):
             (ct,) = vjp(e)
+            if scales is not None:
+                ct = jax.tree.map(lambda a, s: a * s, ct, scales)
             c = jax.jvp(fwd, (params,), (ct,))[1]
             ct_ = None if xt is None else jax.jvp(
                 lambda p: _f(graphdef, p, rest, xt).reshape(-1), (params,), (ct,))[1]
@@ -196,7 +202,12 @@ def kernel_prediction(model, views, loss, ts, *, method: str = "gd", lr: float |
     N, k = f0.shape
     f0t = None if xt is None else jnp.asarray(_f(graphdef, params, rest, xt)
                                               - _offsets(graphdef, params, rest, xt))
-    Th, Ttx = _kernels(graphdef, params, rest, x, xt, V.positive_int("chunk", chunk))
+    scales = None
+    if getattr(model, "param", "ntk") == "mup":   # GD with μP's per-group factors: Θ = J S Jᵀ
+        groups = _param.param_groups(model, params)
+        scales = jax.tree.map(lambda g: _param.lr_multiplier("mup", g, "gd", model.width,
+                                                             model.base_width), groups)
+    Th, Ttx = _kernels(graphdef, params, rest, x, xt, V.positive_int("chunk", chunk), scales)
     K, cross = _one_output(Th, N, k)
     ts_a = jnp.asarray(ts, f0.dtype)
     if kernel == "full":
