@@ -8,8 +8,13 @@ Prints (float32, digits views, BT λ = 1, MLP depth 1 ReLU, k = 4):
   3. empirical NTK on 2n = 512 views, width 1024: `sslntk.finite.empirical_ntk` vs neural-tangents'
      implementations 1 (Jacobian contraction) and 2 (NTK-vector products) via
      `kernels.reference_empirical_ntk`, second call of each (compiled), ratios and max rel. diff.
+  4. one training step of a pre-activation ResNet (`finite.resnet(2, norm="layer")`, standard
+     parametrisation, projector 1, SGD + momentum, full batch) by `finite.train` vs a plain Flax
+     NNX + optax loop written here for the same ResNet (nnx.Conv / nnx.LayerNorm / nnx.Linear,
+     `nnx.Optimizer`, one `nnx.jit` step per iteration, the usual practitioner's loop): time per
+     step, ratio sslntk / plain (target <= 1.1).
 Run: `python benchmarks/bench_finite.py` (part of `make bench`). Sizes shrink with `--quick`;
-`--no-peer` skips neural-tangents (sslntk timings only).
+`--no-peer` skips neural-tangents (sslntk timings only); `--resnet` runs only section 4.
 """
 
 from __future__ import annotations
@@ -19,11 +24,90 @@ import time
 
 import jax
 import jax.numpy as jnp
+import optax
+from flax import nnx
 
 from sslntk import data, finite, kernels, losses
 
 QUICK = "--quick" in sys.argv
 NO_PEER = "--no-peer" in sys.argv      # sslntk only (a GPU whose JAX neural-tangents rejects)
+RESNET_ONLY = "--resnet" in sys.argv
+
+
+class _PlainBlock(nnx.Module):
+    def __init__(self, width, rngs):
+        self.n1 = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
+        self.c1 = nnx.Conv(width, width, (3, 3), padding="SAME", rngs=rngs)
+        self.n2 = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
+        self.c2 = nnx.Conv(width, width, (3, 3), padding="SAME", rngs=rngs)
+
+    def __call__(self, h):
+        u = self.c1(jax.nn.relu(self.n1(h)))
+        return h + self.c2(jax.nn.relu(self.n2(u)))
+
+
+class _PlainResNet(nnx.Module):
+    """The same pre-activation ResNet as finite.resnet(2, norm="layer") with projector=1."""
+
+    def __init__(self, c_in, width, blocks, k, rngs):
+        self.stem = nnx.Conv(c_in, width, (3, 3), padding="SAME", rngs=rngs)
+        self.blocks = nnx.List([_PlainBlock(width, rngs) for _ in range(blocks)])
+        self.n_out = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
+        self.proj = nnx.Linear(width, width, rngs=rngs)
+        self.n_proj = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
+        self.out = nnx.Linear(width, k, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.stem(x)
+        for b in self.blocks:
+            h = b(h)
+        h = jnp.mean(jax.nn.relu(self.n_out(h)), axis=(1, 2))
+        h = jax.nn.relu(self.n_proj(self.proj(h)))
+        return self.out(h)
+
+
+def bench_resnet():
+    n, width, k = (32, 16, 8) if QUICK else (128, 64, 16)
+    ds = data.load("digits", n=n, dtype=jnp.float32)
+    views = data.make_views(ds.x, data.gaussian_noise(0.3), jax.random.key(0))
+    x = views.stacked
+    loss = losses.get("vicreg")
+    lr, extra = 1e-3, (100 if QUICK else 200)   # compile (a new jit per train call) must cancel
+    m = finite.network(finite.resnet(2, norm="layer"), width, k, key=jax.random.key(1),
+                       in_shape=x.shape[1:], param="standard", projector=1)
+
+    def ours(s):
+        return finite.train(m, views, loss, lr=lr, steps=s, optimizer="momentum",
+                            ts=[0.0, lr * s], progress=False, check_lr=False).f
+
+    plain_model = _PlainResNet(x.shape[-1], width, 2, k, nnx.Rngs(1))
+
+    @nnx.jit
+    def step(model, opt, xb):
+        g = nnx.grad(lambda mm: loss(mm(xb)))(model)
+        opt.update(model, g)
+
+    def plain(s):
+        model = nnx.clone(plain_model)
+        opt = nnx.Optimizer(model, optax.sgd(lr, momentum=0.9), wrt=nnx.Param)
+        for _ in range(s):
+            step(model, opt, x)
+        return nnx.state(model, nnx.Param)
+
+    def per_step(fn):
+        fn(2)
+        fn(2 + extra)                        # compile / warm both lengths
+        best = float("inf")
+        for _ in range(3):
+            t0, _ = _timed(lambda: fn(2))
+            t1, _ = _timed(lambda: fn(2 + extra))
+            best = min(best, (t1 - t0) / extra)
+        return best
+
+    a, b = per_step(ours), per_step(plain)
+    print(f"ResNet (2 blocks, LayerNorm, width {width}, projector, 2n = {x.shape[0]}, 8x8x1, "
+          f"k = {k}, SGD momentum): sslntk train {a * 1e3:.2f} ms/step, plain NNX+optax loop "
+          f"{b * 1e3:.2f} ms/step -> ratio {a / b:.3f} (target <= 1.1)")
 
 
 def _timed(fn):
@@ -34,6 +118,9 @@ def _timed(fn):
 
 
 def main():
+    if RESNET_ONLY:
+        bench_resnet()
+        return
     n = 64 if QUICK else 256
     ds = data.load("digits", n=n, dtype=jnp.float32)
     views = data.make_views(ds.flat, data.gaussian_noise(0.5), jax.random.key(0))
@@ -82,6 +169,7 @@ def main():
         _timed(lambda: finite.empirical_ntk(m, x))
         t, _ = _timed(lambda: finite.empirical_ntk(m, x))
         print(f"empirical NTK 2n={x.shape[0]} width {w}: sslntk {t:8.3f} s (peer skipped)")
+        bench_resnet()
         return
     init_fn, apply_fn, _ = kernels.stax_network(arch, w, k)
     _, p = init_fn(jax.random.key(2), (-1, *x.shape[1:]))
@@ -101,6 +189,9 @@ def main():
         print(f"empirical NTK 2n={x.shape[0]} width {w}: {name:9s} {times[name]:8.3f} s  "
               f"(sslntk speed-up x{times[name] / times['sslntk']:.2f}, max rel diff vs impl 1 "
               f"{diff:.1e})")
+
+
+    bench_resnet()
 
 
 if __name__ == "__main__":

@@ -8,12 +8,29 @@
   `linearize(model)`: the first-order Taylor expansion in θ around init.
 - `width_sweep(arch, views, loss, widths, seeds, ...)`: finite nets vs the kernel trajectory from
   the same f₀, deviation over time, kernel drift, spectra, step times, fitted width exponent.
+- `network(..., param="ntk" | "standard" | "mup", base_width=64, projector=0)`: parametrisations
+  (`_param`: per-layer init, multipliers, μP learning-rate groups); `resnet(...)`: a small
+  pre-activation ResNet spec with optional BatchNorm / LayerNorm (finite width only);
+  `coord_check(...)`: the μP coordinate check; `make_optimizer(...)`: SGD/momentum/Adam/AdamW/LARS
+  with weight decay and warm-up + cosine schedules (`train(..., optimizer_options=...)`).
 
 Modules (one concept each): `_network` (the NNX network, its parameters and `linearize`), `_train`
 (optax training and checkpoints), `_ntk` (the empirical NTK), `_sweep` (width sweeps and the width
-exponent fit).
+exponent fit), `_param` (parametrisations), `_resnet` (the ResNet spec and module), `_optim`
+(optimisers and schedules), `_coord` (μP coordinate check), `_augtrain` (training on fresh views
+each step), `_kernel_prediction` (any model's empirical-NTK prediction, kernel drift).
 """
 
+from sslntk.finite._augtrain import AugmentedResult, train_augmented  # noqa: F401
+from sslntk.finite._coord import CoordCheck, coord_check  # noqa: F401
+from sslntk.finite._kernel_prediction import (  # noqa: F401
+    KernelMotion,
+    KernelPrediction,
+    kernel_alignment,
+    kernel_drift,
+    kernel_prediction,
+    output_space_ntk,
+)
 from sslntk.finite._network import (  # noqa: F401
     SUPPORTED_ACTIVATIONS,
     Frozen,
@@ -28,6 +45,9 @@ from sslntk.finite._network import (  # noqa: F401
     to_nt_params,
 )
 from sslntk.finite._ntk import empirical_ntk  # noqa: F401
+from sslntk.finite._optim import SCHEDULES, learning_rate, make_optimizer  # noqa: F401
+from sslntk.finite._param import PARAMS  # noqa: F401
+from sslntk.finite._resnet import NORMS, ResNet, resnet  # noqa: F401
 from sslntk.finite._sweep import (  # noqa: F401
     ExponentFit,
     WidthSweep,

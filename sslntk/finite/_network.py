@@ -32,6 +32,7 @@ from flax import nnx
 
 from sslntk import _validate as V
 from sslntk import kernels
+from sslntk.finite import _param, _resnet
 
 # Activations exactly as neural-tangents' stax defines them (elementwise.py): ABRelu(a, b) is
 # `a·min(x, 0) + b·max(x, 0)`; Relu = ABRelu(0, 1), LeakyRelu(s) = ABRelu(s, 1), Abs = ABRelu(-1, 1);
@@ -78,9 +79,11 @@ class Affine(nnx.Module):
         self.W0, self.b0 = Frozen(W0), Frozen(b0)
 
 
-def _layer_plan(arch: kernels.Arch, width: int, out_dim: int, in_shape: tuple[int, ...]):
+def _layer_plan(arch: kernels.Arch, width: int, out_dim: int, in_shape: tuple[int, ...],
+                projector: int = 0):
     """The stax layer sequence as `(kind, W_shape, b_shape)` per layer (`kind` None for
-    parameter-free layers: Flatten, activations, pooling), in `stax.serial` order."""
+    parameter-free layers: Flatten, activations, pooling), in `stax.serial` order; `projector`
+    hidden Dense(width) → act layers before the readout (no stax counterpart)."""
     plan = []
     if arch.kind == "mlp":
         plan.append((None, None, None))                                   # Flatten
@@ -95,8 +98,28 @@ def _layer_plan(arch: kernels.Arch, width: int, out_dim: int, in_shape: tuple[in
             c = width
         plan.append((None, None, None))                                   # GlobalAvgPool
         fan = width
+    for _ in range(projector):
+        plan += [("dense", (fan, width), (1, width)), (None, None, None)]
+        fan = width
     plan.append(("dense", (fan, out_dim), (1, out_dim)))
     return plan
+
+
+def _plan(arch, width: int, out_dim: int, in_shape, projector: int = 0):
+    """`(kind, W_shape, b_shape, role)` per layer (parameter-free ones with kind/role None); roles
+    as in `_param`: the first affine layer "input", the readout "output", others "hidden"."""
+    if isinstance(arch, _resnet.ResNet):
+        return _resnet.plan(arch, width, out_dim, in_shape, projector)
+    plan = _layer_plan(arch, width, out_dim, in_shape, projector)
+    n_aff = sum(k is not None for k, _, _ in plan)
+    out, i = [], 0
+    for kind, ws, bs in plan:
+        role = None
+        if kind is not None:
+            role = "input" if i == 0 else "output" if i == n_aff - 1 else "hidden"
+            i += 1
+        out.append((kind, ws, bs, role))
+    return out
 
 
 def _conv(arch: kernels.Arch, x, W):
@@ -109,22 +132,34 @@ def _conv(arch: kernels.Arch, x, W):
     return jax.lax.conv_general_dilated(x, W, (1, 1), pad, dimension_numbers=dn)
 
 
-def forward(arch: kernels.Arch, theta: Sequence[tuple], x: jax.Array) -> jax.Array:
+def forward(arch, theta: Sequence[tuple], x: jax.Array, *, param: str = "ntk",
+            projector: int = 0, taps: list | None = None) -> jax.Array:
     """`g_θ(x)`: the stax network's `apply_fn` with `theta` = the list of `(W, b)` pairs of the affine
-    layers (in order), on a batch `x: (N, *in_shape)` → `(N, out_dim)`. Pure; jit/vmap/grad-able."""
+    layers (in order), on a batch `x: (N, *in_shape)` → `(N, out_dim)`. Pure; jit/vmap/grad-able.
+    `param`: the parametrisation's forward multipliers (`_param`); `projector`: the number of
+    projector layers in `theta` (before the readout). `arch` may be a `_resnet.ResNet`.
+    `taps`: a list that receives every hidden layer's output (after its activation; for a ResNet
+    after each residual block and projector layer), e.g. for μP coordinate checks."""
     act = activation_fn(arch)
+    if isinstance(arch, _resnet.ResNet):
+        return _resnet.forward(arch, theta, x, param=param, act=act, projector=projector,
+                               taps=taps)
+    ntk = param == "ntk"
     h = x.reshape(x.shape[0], -1) if arch.kind == "mlp" else x
     for i, (W, b) in enumerate(theta):
         last = i == len(theta) - 1
-        if arch.kind == "cnn" and not last:
+        if arch.kind == "cnn" and i < arch.depth:
             fan_in = h.shape[-1] * int(np.prod(arch.filter_shape))
-            h = (arch.W_std / fan_in**0.5) * _conv(arch, h, W) + arch.b_std * b
+            z = _conv(arch, h, W)
+            h = (arch.W_std / fan_in**0.5) * z + arch.b_std * b if ntk else z + b
         else:
-            if arch.kind == "cnn":
+            if arch.kind == "cnn" and i == arch.depth:
                 h = jnp.mean(h, axis=(1, 2))                                # GlobalAvgPool
-            h = (arch.W_std / h.shape[-1] ** 0.5) * (h @ W) + arch.b_std * b
+            h = (arch.W_std / h.shape[-1] ** 0.5) * (h @ W) + arch.b_std * b if ntk else h @ W + b
         if not last:
             h = act(h)
+            if taps is not None:
+                taps.append(h)
     return h
 
 
@@ -132,7 +167,8 @@ class Network(nnx.Module):
     """A kernel-regime network `f_θ = g_θ − (1 − α)·g_θ₀` (build it with `network(...)`).
 
     Attributes: `arch`, `width`, `out_dim`, `in_shape` (per-example input shape), `alpha`,
-    `layers` (one `Affine` per Dense/Conv layer). Methods:
+    `param` ("ntk" / "standard" / "mup"), `base_width` (μP), `projector` (projector layers),
+    `layers` (one `Affine` per Dense/Conv/norm layer), `roles` (their `_param` roles). Methods:
       `g(x)` = g_θ(x); `g0(x)` = g_θ₀(x); `trainable(x)` = the θ-dependent part (here g_θ);
       `offset(x)` = the constant part subtracted from it ((1 − α)·g_θ₀); `__call__(x)` = f_θ(x).
     Inputs are batches `(N, *in_shape)`; outputs `(N, out_dim)`.
@@ -140,8 +176,11 @@ class Network(nnx.Module):
 
     def __init__(self, arch: kernels.Arch, width: int, out_dim: int,
                  in_shape: tuple[int, ...] | None, theta: Sequence[tuple], theta0: Sequence[tuple],
-                 alpha: float = 1.0, pending: tuple | None = None):
+                 alpha: float = 1.0, pending: tuple | None = None, param: str = "ntk",
+                 base_width: int | None = None, projector: int = 0):
         self.arch, self.width, self.out_dim = arch, int(width), int(out_dim)
+        self.param, self.projector = param, int(projector)
+        self.base_width = None if base_width is None else int(base_width)
         self.in_shape = None if in_shape is None else tuple(int(s) for s in in_shape)
         self.alpha = float(alpha)
         self.layers = nnx.List([Affine(W, b, W0, b0)
@@ -174,7 +213,8 @@ class Network(nnx.Module):
         if dt is None:
             dt = jnp.float32 if dtype is None else dtype
         dt = V.float_dtype(dt)
-        theta = _draw(self.arch, self.width, self.out_dim, shp, key, dt)
+        theta = _draw(self.arch, self.width, self.out_dim, shp, key, dt, self.param,
+                      self.base_width, self.projector)
         self.layers = nnx.List([Affine(W, b, W, b) for W, b in theta])
         self.in_shape, self._pending = shp, None
         return self
@@ -184,6 +224,29 @@ class Network(nnx.Module):
             raise ValueError(f"model: {what} needs the parameters, which are drawn once the input "
                              f"shape is known: call model.build(in_shape) or model(x) first, or "
                              f"pass in_shape to sslntk.finite.network")
+
+    @property
+    def roles(self) -> list[str]:
+        """The `_param` role of each entry of `layers`: "input" / "hidden" / "output" / "norm"."""
+        self._require_built("roles")
+        return [r for k, _, _, r in _plan(self.arch, self.width, self.out_dim, self.in_shape,
+                                          self.projector) if k is not None]
+
+    @property
+    def couples_batch(self) -> bool:
+        """True when one example's output depends on the rest of its batch (BatchNorm)."""
+        return bool(getattr(self.arch, "couples_batch", False))
+
+    def _fwd(self, theta, x, taps=None):
+        return forward(self.arch, theta, x, param=self.param, projector=self.projector, taps=taps)
+
+    def hidden(self, x) -> list:
+        """The hidden layers' outputs of `g_θ` on `x` (after each activation; ResNet: after each
+        residual block and projector layer), a list of `(N, ...)` arrays."""
+        self._check_input(x)
+        taps: list = []
+        self._fwd(self.theta, x, taps)
+        return taps
 
     @property
     def theta(self) -> list[tuple]:
@@ -214,11 +277,11 @@ class Network(nnx.Module):
 
     def g(self, x):
         self._check_input(x)
-        return forward(self.arch, self.theta, x)
+        return self._fwd(self.theta, x)
 
     def g0(self, x):
         self._check_input(x)
-        return forward(self.arch, self.theta0, x)
+        return self._fwd(self.theta0, x)
 
     def trainable(self, x):
         return self.g(x)
@@ -241,7 +304,7 @@ class Linearized(Network):
     def g(self, x):
         self._check_input(x)
         delta = jax.tree.map(lambda a, b: a - b, self.theta, self.theta0)
-        g0, dg = jax.jvp(lambda th: forward(self.arch, th, x), (self.theta0,), (delta,))
+        g0, dg = jax.jvp(lambda th: self._fwd(th, x), (self.theta0,), (delta,))
         return g0 + dg
 
 
@@ -274,12 +337,13 @@ def _check_in_shape(arch: kernels.Arch, in_shape) -> tuple[int, ...]:
                         f"{in_shape!r}") from e
     if not shp or any(s < 1 for s in shp):
         raise ValueError(f"in_shape: expected a non-empty tuple of positive ints, got {in_shape!r}")
-    if arch.kind == "cnn":
+    if arch.kind in ("cnn", "resnet"):
         if len(shp) != 3:
-            raise ValueError(f"in_shape: a cnn needs NHWC images, i.e. in_shape = (H, W, C), got "
-                             f"{shp} (flat inputs need kernels.mlp)")
-        if arch.padding == "VALID" and (shp[0] - arch.depth * (arch.filter_shape[0] - 1) < 1
-                                        or shp[1] - arch.depth * (arch.filter_shape[1] - 1) < 1):
+            raise ValueError(f"in_shape: a {arch.kind} needs NHWC images, i.e. in_shape = "
+                             f"(H, W, C), got {shp} (flat inputs need kernels.mlp)")
+        if arch.kind == "cnn" and arch.padding == "VALID" and (
+                shp[0] - arch.depth * (arch.filter_shape[0] - 1) < 1
+                or shp[1] - arch.depth * (arch.filter_shape[1] - 1) < 1):
             raise ValueError(f"in_shape: {shp[:2]} images are too small for {arch.depth} VALID "
                              f"convolutions with filter {arch.filter_shape}")
     return shp
@@ -290,8 +354,9 @@ def _check_alpha(alpha) -> float:
     return float(alpha)
 
 
-def network(arch: kernels.Arch, width: int, out_dim: int, *, key, alpha: float = 1.0,
-            in_shape=None, dtype=None) -> Network:
+def network(arch, width: int, out_dim: int, *, key, alpha: float = 1.0,
+            in_shape=None, dtype=None, param: str = "ntk", base_width: int | None = None,
+            projector: int = 0) -> Network:
     """The Flax NNX network of `arch` at hidden width `width` with `out_dim` outputs.
 
     Args:
@@ -305,10 +370,25 @@ def network(arch: kernels.Arch, width: int, out_dim: int, *, key, alpha: float =
         the parameters are drawn when the shape is first seen (the first eager `model(x)`,
         `train`, `empirical_ntk`, or `model.build(in_shape)`) — the same draw either way.
       dtype: float32 or float64; default float32, or (built later) the dtype of the first input.
+      param: the parametrisation, "ntk" (default, stax-exact), "standard" or "mup" (see
+        `sslntk.finite._param` for the per-layer init, multipliers and μP learning-rate factors,
+        which `train` applies through `optax.multi_transform`). `arch` may also be a
+        `finite.resnet(...)` spec (pre-activation ResNet, finite width only).
+      base_width: μP base width (the width at which μP equals the standard parametrisation);
+        default 64; only for param="mup".
+      projector: number of projector layers (Dense(width) → [norm] → act) between the encoder and
+        the readout, as BT/VICReg/SimCLR use (0: none; then "ntk" draws match stax bit for bit).
     """
-    if not isinstance(arch, kernels.Arch):
-        raise TypeError(f"arch: expected a sslntk.kernels.Arch (kernels.mlp/cnn), got "
-                        f"{type(arch).__name__}")
+    if not isinstance(arch, (kernels.Arch, _resnet.ResNet)):
+        raise TypeError(f"arch: expected a sslntk.kernels.Arch (kernels.mlp/cnn) or a "
+                        f"sslntk.finite.resnet(...) spec, got {type(arch).__name__}")
+    param = _param.check_param(param)
+    if param == "mup":
+        base_width = 64 if base_width is None else V.positive_int("base_width", base_width)
+    elif base_width is not None:
+        raise ValueError(f"base_width: only param='mup' has a base width, got base_width="
+                         f"{base_width!r} with param={param!r}")
+    projector = V.positive_int("projector", projector, minimum=0)
     V.positive_int("width", width)
     V.positive_int("out_dim", out_dim)
     _check_key(key)
@@ -323,25 +403,37 @@ def network(arch: kernels.Arch, width: int, out_dim: int, *, key, alpha: float =
         data = np.asarray(jax.random.key_data(key))
         pending = (str(jax.random.key_impl(key)), (data.shape, tuple(int(v) for v in data.ravel())),
                    None if dtype is None else dtype.name)
-        return Network(arch, width, out_dim, None, [], [], alpha, pending=pending)
+        return Network(arch, width, out_dim, None, [], [], alpha, pending=pending, param=param,
+                       base_width=base_width, projector=projector)
     shp = _check_in_shape(arch, in_shape)
     theta = _draw(arch, int(width), int(out_dim), shp, key,
-                  jnp.dtype(jnp.float32) if dtype is None else dtype)
-    return Network(arch, width, out_dim, shp, theta, theta, alpha)
+                  jnp.dtype(jnp.float32) if dtype is None else dtype, param, base_width, projector)
+    return Network(arch, width, out_dim, shp, theta, theta, alpha, param=param,
+                   base_width=base_width, projector=projector)
 
 
-def _draw(arch, width, out_dim, shp, key, dtype) -> list[tuple]:
+def _draw(arch, width, out_dim, shp, key, dtype, param="ntk", base_width=None,
+          projector=0) -> list[tuple]:
     """The `(W, b)` pairs exactly as stax's `init_fn(key, (-1, *shp))` draws them (`serial` splits
-    the key once per layer, parameter-free layers included), cast to `dtype`."""
+    the key once per layer, parameter-free layers included), cast to `dtype`; for "standard"/"mup"
+    the same normal draws times the `_param.init_scales`; norm layers start at scale 1, shift 0."""
     default = jnp.zeros(()).dtype  # what stax's random.normal draws (float64 under x64)
     theta, rng = [], key
-    for kind, wshape, bshape in _layer_plan(arch, width, out_dim, shp):
+    for kind, wshape, bshape, role in _plan(arch, width, out_dim, shp, projector):
         rng, layer_rng = jax.random.split(rng)
         if kind is None:
             continue
+        if kind == "norm":
+            theta.append((jnp.ones(wshape, dtype), jnp.zeros(bshape, dtype)))
+            continue
         k1, k2 = jax.random.split(layer_rng)
-        theta.append((jax.random.normal(k1, wshape, default).astype(dtype),
-                      jax.random.normal(k2, bshape, default).astype(dtype)))
+        W = jax.random.normal(k1, wshape, default)
+        b = jax.random.normal(k2, bshape, default)
+        if param != "ntk":
+            sw, sb = _param.init_scales(param, role, _param.fan_in(kind, wshape), arch.W_std,
+                                        arch.b_std, base_width)
+            W, b = sw * W, sb * b
+        theta.append((W.astype(dtype), b.astype(dtype)))
     return theta
 
 
@@ -352,13 +444,21 @@ def linearize(model: Network) -> Linearized:
         raise TypeError(f"model: expected a sslntk.finite Network, got {type(model).__name__}")
     if not model.built:  # unbuilt: the same lazy draw, linearised once built
         return Linearized(model.arch, model.width, model.out_dim, None, [], [], model.alpha,
-                          pending=model._pending)
+                          pending=model._pending, **_extra(model))
     return Linearized(model.arch, model.width, model.out_dim, model.in_shape, model.theta,
-                      model.theta0, model.alpha)
+                      model.theta0, model.alpha, **_extra(model))
+
+
+def _extra(model: Network) -> dict:
+    return dict(param=model.param, base_width=model.base_width, projector=model.projector)
 
 
 def _nt_layout(model: Network) -> list:
     model._require_built("the neural-tangents parameter layout")
+    if not isinstance(model.arch, kernels.Arch) or model.param != "ntk" or model.projector:
+        raise ValueError(f"model: only NTK-parametrised MLP/CNN networks without a projector have a "
+                         f"neural-tangents counterpart; got {model.arch.kind} with param="
+                         f"{model.param!r}, projector={model.projector}")
     return _layer_plan(model.arch, model.width, model.out_dim, model.in_shape)
 
 

@@ -79,6 +79,10 @@ def empirical_ntk(model, x1, x2=None, *, block_size: int | None = None,
     Returns: a `(n1, n2)` array in the model's dtype.
     """
     _check_model(model)
+    if getattr(model, "couples_batch", False):
+        raise ValueError("model: its outputs couple the examples of a batch (BatchNorm), so the "
+                         "per-example Jacobians of empirical_ntk do not apply; use "
+                         "sslntk.finite.kernel_prediction / full_ntk (Jacobian of the whole batch)")
     x1 = _check_batch("x1", x1, model)
     if x2 is not None:
         x2 = _check_batch("x2", x2, model)

@@ -191,7 +191,8 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                 method: str | None = None, window: float | None = None, optimizer: str = "gd",
                 batch_size: int | None = None, vmap_seeds: bool = True, drift_points: int = 256,
                 solve_options: dict | None = None, checkpoint=None, linearized: bool = False,
-                progress: bool = True) -> WidthSweep:
+                progress: bool = True, param: str = "ntk", base_width: int | None = None,
+                reference: str | None = None) -> WidthSweep:
     """Finite networks of several widths × seeds against the kernel trajectory from the same f₀.
 
     Args:
@@ -214,9 +215,29 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
       linearized: also train each network's linearisation at init (`linearize`) and split the
         deviation into `dev_net_lin` (kernel motion) and `dev_lin_ker` (init kernel fluctuation);
         doubles the training cost.
+      param, base_width: the networks' parametrisation (`network`). reference: the kernel
+        trajectory compared with: "infinite" (`kernels.ntk(arch)`, the default for param="ntk";
+        only defined for it) or "empirical" (each network's own empirical-NTK prediction from
+        `kernel_prediction`, full output-space kernel, the default otherwise; then the deviation
+        is the kernel's motion, and `init_kernel_error` is NaN).
     """
-    if not isinstance(arch, kernels.Arch):
-        raise TypeError(f"arch: expected a sslntk.kernels.Arch, got {type(arch).__name__}")
+    from sslntk.finite import _param
+    from sslntk.finite._kernel_prediction import kernel_prediction
+    param = _param.check_param(param)
+    if reference is None:
+        reference = "infinite" if param == "ntk" else "empirical"
+    V.choice("reference", reference, ["infinite", "empirical"])
+    if reference == "infinite" and param != "ntk":
+        raise ValueError(f"reference: the infinite-width NTK (kernels.ntk) is the limit of the NTK "
+                         f"parametrisation only; with param={param!r} use reference='empirical'")
+    pkw = dict(param=param, base_width=base_width)
+    tag_arch = (arch if param == "ntk" and reference == "infinite"
+                else f"{arch!r}|{param}|{base_width}|{reference}")
+    if not isinstance(arch, kernels.Arch) and not (reference == "empirical"
+                                                   and getattr(arch, "kind", None) == "resnet"):
+        raise TypeError(f"arch: expected a sslntk.kernels.Arch (a finite.resnet has no "
+                        f"infinite-width kernel: use reference='empirical'), got "
+                        f"{type(arch).__name__}")
     widths = [V.positive_int("widths[i]", w) for w in widths]
     if not widths or any(b <= a for a, b in zip(widths, widths[1:], strict=False)):
         raise ValueError(f"widths: expected a non-empty increasing sequence, got {widths}")
@@ -230,7 +251,7 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
     x = V.stacked_views("views", x, ndim=range(2, 6))
     in_shape = tuple(x.shape[1:])
     probe = network(arch, 1, out_dim, key=jax.random.key(0), in_shape=in_shape, alpha=alpha,
-                    dtype=x.dtype)
+                    dtype=x.dtype, **pkw)
     x = _stacked_inputs(views, probe)
     loss = _check_loss(loss, x, probe)
     V.positive_float("lr", lr)
@@ -249,9 +270,10 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                          f"{tuple(xt.shape)}")
     nd = min(V.positive_int("drift_points", drift_points), x.shape[0])
 
-    K = kernels.ntk(arch, x)
-    Ktt = None if xt is None else kernels.ntk(arch, xt, x)
-    K_drift = K[:nd, :nd]
+    if reference == "infinite":
+        K = kernels.ntk(arch, x)
+        Ktt = None if xt is None else kernels.ntk(arch, xt, x)
+        K_drift = K[:nd, :nd]
     ckdir = Path(checkpoint) if checkpoint is not None else None
     W = len(widths)
     res: dict[str, list] = {name: [] for name in _FIELDS}
@@ -263,7 +285,7 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
             if cfile is not None and cfile.exists():
                 z = _io.load_npz(cfile)
                 if (z["seeds"].tolist() == seeds and np.array_equal(z["ts"], tgrid)
-                        and str(z["tag"]) == _tag(arch, loss, alpha, lr, optimizer, method, x)
+                        and str(z["tag"]) == _tag(tag_arch, loss, alpha, lr, optimizer, method, x)
                         and (not linearized or "dev_net_lin" in z)):
                     for name in _FIELDS:
                         res[name].append(z[name] if name in z else None)
@@ -272,7 +294,8 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                     continue
             t0 = time.perf_counter()
             models = [network(arch, w, out_dim, key=jax.random.fold_in(jax.random.key(s), w),
-                              in_shape=in_shape, alpha=alpha, dtype=x.dtype) for s in seeds]
+                              in_shape=in_shape, alpha=alpha, dtype=x.dtype, **pkw)
+                      for s in seeds]
             keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 10**9 + w) for s in seeds])
             # the lr·ρ warning concerns GD vs the gradient FLOW; a "gd" kernel solve at the same
             # lr is discrete on both sides, so there is nothing to warn about.
@@ -288,15 +311,26 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
             for m, mt in zip(models, trained, strict=True):
                 f0 = m(x)
                 f0t = None if xt is None else m(xt)
-                traj = dynamics.solve(K, loss, f0, jnp.asarray(tgrid, x.dtype), method=method,
-                                      K_test_train=Ktt, f0_test=f0t, **opts)
+                if reference == "infinite":
+                    traj = dynamics.solve(K, loss, f0, jnp.asarray(tgrid, x.dtype), method=method,
+                                          K_test_train=Ktt, f0_test=f0t, **opts)
+                else:
+                    o = {k: v for k, v in opts.items() if k != "lr"}
+                    traj = kernel_prediction(m, x, loss, tgrid, method=method,
+                                             lr=opts.get("lr"), x_test=xt,
+                                             solve_options=o or None)
                 f_ker.append(np.asarray(traj.f))
                 ft_ker.append(None if xt is None else np.asarray(traj.f_test))
                 l_ker.append(np.asarray(traj.loss))
-                th0 = np.asarray(empirical_ntk(m, x[:nd]))
-                th1 = np.asarray(empirical_ntk(mt, x[:nd]))
+                if getattr(m, "couples_batch", False):    # BatchNorm: the batch map's kernel
+                    from sslntk.finite._kernel_prediction import output_space_ntk
+                    th0, th1 = (output_space_ntk(mm, x[:nd])[0] for mm in (m, mt))
+                else:
+                    th0 = np.asarray(empirical_ntk(m, x[:nd]))
+                    th1 = np.asarray(empirical_ntk(mt, x[:nd]))
                 drift.append(np.linalg.norm(th1 - th0) / np.linalg.norm(th0))
-                err0.append(np.linalg.norm(th0 - np.asarray(K_drift)) / np.linalg.norm(K_drift))
+                err0.append(np.nan if reference != "infinite" else
+                            np.linalg.norm(th0 - np.asarray(K_drift)) / np.linalg.norm(K_drift))
             f_ker = np.stack(f_ker)
             res["dev_train"].append(np.asarray(relative_deviation(f_net, f_ker)))
             res["dev_net_lin"].append(None if f_lin is None else
@@ -321,7 +355,7 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                 arrays = {n: res[n][-1] for n in _FIELDS if res[n][-1] is not None}
                 _io.atomic_write_npz(cfile, seeds=np.array(seeds), ts=tgrid,
                                      seconds=np.array(seconds[-1]),
-                                     tag=np.array(_tag(arch, loss, alpha, lr, optimizer, method,
+                                     tag=np.array(_tag(tag_arch, loss, alpha, lr, optimizer, method,
                                                        x)), **arrays)
             prog.update(1, width=w, dev=float(np.max(res["dev_train"][-1][:, tgrid <= window])))
     arr = {n: (None if any(a is None for a in res[n]) else np.stack(res[n])) for n in _FIELDS}

@@ -31,10 +31,11 @@ from sslntk import _validate as V
 from sslntk import losses as L
 from sslntk._progress import Progress
 from sslntk.dynamics._trajectory import NONFINITE, SUCCESS
+from sslntk.finite import _optim, _param
 from sslntk.finite._network import _check_key, ensure_built
 from sslntk.finite._ntk import _f, split_trainable
 
-OPTIMIZERS = ("gd", "sgd", "adam")
+OPTIMIZERS = _optim.OPTIMIZERS
 
 #: `train` warns when lr·ρ exceeds this (ρ: see `flow_rate`); the expected relative error of the
 #: BT step times of GD against the gradient flow is ≈ lr·ρ/2 (stepwise digest §9 check 3: 2ηγ_j,
@@ -143,7 +144,15 @@ def save_steps(lr: float, steps: int, ts=None) -> np.ndarray:
     return s
 
 
-def _optimizer(name, lr, batch_size, n):
+def _optimizer(name, lr, batch_size, n, steps=1, options=None, model=None):
+    if isinstance(name, optax.GradientTransformation):
+        if options:
+            raise ValueError("optimizer_options: not used with an optax GradientTransformation")
+        if getattr(model, "param", "ntk") == "mup":
+            raise ValueError("optimizer: a μP model needs its per-group learning rates; pass the "
+                             "optimiser by name (e.g. 'sgd', 'adam') so that train applies them")
+        return name, (None if batch_size in (None, n) else V.positive_int("batch_size",
+                                                                           batch_size))
     V.choice("optimizer", name, OPTIMIZERS)
     if batch_size is not None:
         batch_size = V.positive_int("batch_size", batch_size)
@@ -159,7 +168,12 @@ def _optimizer(name, lr, batch_size, n):
                          "step); use optimizer='gd' for full batch")
     if batch_size == n:
         batch_size = None
-    tx = optax.adam(lr) if name == "adam" else optax.sgd(lr)
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"optimizer_options: expected a dict, got {type(options).__name__}")
+    tx = _optim.make_optimizer(name, lr, steps, **(options or {}))
+    if model is not None and getattr(model, "param", "ntk") == "mup":
+        _param.lr_multiplier("mup", "hidden.W", name, 1, 1)       # raises for LARS
+        tx = _param.with_param_groups(tx, model, nnx.state(model, nnx.Param), name)
     return tx, batch_size
 
 
@@ -243,7 +257,7 @@ class _Engine:
 
 def _describe(model) -> str:
     """A stable description of the model for checkpoint fingerprints (no object ids)."""
-    attrs = ("arch", "width", "out_dim", "in_shape", "alpha")
+    attrs = ("arch", "width", "out_dim", "in_shape", "alpha", "param", "base_width", "projector")
     return type(model).__name__ + repr({a: getattr(model, a, None) for a in attrs})
 
 
@@ -392,7 +406,8 @@ def _warn_rate(lr, rho, where=""):
 # public entry points
 
 
-def _common_checks(model, views, loss, lr, steps, optimizer, batch_size, ts, x_test):
+def _common_checks(model, views, loss, lr, steps, optimizer, batch_size, ts, x_test,
+                   optimizer_options=None):
     if not isinstance(model, nnx.Module) or not callable(model):
         raise TypeError(f"model: expected a flax.nnx.Module such as sslntk.finite.network(...), "
                         f"got {type(model).__name__}")
@@ -406,7 +421,11 @@ def _common_checks(model, views, loss, lr, steps, optimizer, batch_size, ts, x_t
     if x.dtype != leaves[0].dtype:
         raise TypeError(f"views: expected the model's dtype {leaves[0].dtype}, got {x.dtype}")
     xt = _test_inputs(x_test, x, model)
-    tx, bp = _optimizer(optimizer, float(lr), batch_size, x.shape[0] // 2)
+    tx, bp = _optimizer(optimizer, float(lr), batch_size, x.shape[0] // 2, steps,
+                        optimizer_options, model)
+    if bp is not None and getattr(model, "couples_batch", False) and getattr(model, "alpha", 1) != 1:
+        raise ValueError("batch_size: a BatchNorm model with alpha != 1 needs its offset on each "
+                         "minibatch; use finite.train_augmented (offsets per step) or full batch")
     s_save = save_steps(float(lr), steps, ts)
     return x, xt, loss, steps, tx, bp, s_save
 
@@ -414,7 +433,7 @@ def _common_checks(model, views, loss, lr, steps, optimizer, batch_size, ts, x_t
 def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
           batch_size: int | None = None, ts=None, x_test=None, key=None, checkpoint=None,
           progress: bool = True, check_lr: bool = True,
-          callback: Callable | None = None) -> TrainResult:
+          callback: Callable | None = None, optimizer_options: dict | None = None) -> TrainResult:
     """Train `model` on the SSL `loss` of the stacked `views` and record it over time.
 
     Args:
@@ -425,8 +444,12 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
       loss: `sslntk.losses.Loss`, a loss name, or a callable `loss(f: (2n, k)) -> scalar`.
       lr: learning rate. steps: optimiser steps; time `t = lr·step` (DESIGN.md "Time").
       optimizer: "gd" (full-batch `optax.sgd`, the gradient-flow comparison), "sgd" (minibatches
-        of `batch_size` positive pairs drawn without replacement each step, both views kept) or
-        "adam" (`optax.adam(lr)`, full batch unless `batch_size`).
+        of `batch_size` positive pairs drawn without replacement each step, both views kept),
+        "momentum", "adam", "adamw" or "lars" (full batch unless `batch_size`; see
+        `sslntk.finite._optim`), or any `optax.GradientTransformation`. A μP model
+        (`param="mup"`) gets its per-group learning-rate factors (`_param`) on top.
+      optimizer_options: dict for `_optim.make_optimizer`: momentum, nesterov, weight_decay,
+        warmup_steps, schedule ("constant" | "cosine"), end_lr, b1, b2, eps, trust_coefficient.
       ts: save times (rounded to steps `rint(t/lr)`; the result's `ts` are the exact `lr·step`);
         default: 101 points over `[0, lr·steps]`. Training always runs all `steps`.
       x_test: held-out inputs `(m, *in_shape)` whose embeddings are recorded too.
@@ -441,7 +464,7 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
       callback: `callback(i, step, loss)` after save point i is recorded (and checkpointed).
     """
     x, xt, loss, steps, tx, bp, s_save = _common_checks(model, views, loss, lr, steps, optimizer,
-                                                        batch_size, ts, x_test)
+                                                        batch_size, ts, x_test, optimizer_options)
     if key is None:
         if bp is not None:
             raise ValueError(f"key: minibatch training (optimizer={optimizer!r}, batch_size="
@@ -459,7 +482,8 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
         engine, params, rest, key, x, xt, loss, float(lr), steps, s_save, checkpoint=checkpoint,
         progress=progress, label=f"train {type(model).__name__} width "
                                  f"{getattr(model, 'width', '?')}",
-        callback=callback, fingerprint_parts=(_describe(model), optimizer))
+        callback=callback, fingerprint_parts=(_describe(model), optimizer,
+                                              repr(sorted((optimizer_options or {}).items()))))
     return TrainResult(ts=s_save * float(lr), steps=s_save, f=jnp.asarray(f), loss=jnp.asarray(lv),
                        f_test=None if ft is None else jnp.asarray(ft), status=status,
                        model=nnx.merge(graphdef, params, rest), lr_rate=rate)
