@@ -299,13 +299,18 @@ def test_recipe_with_standardisation_round_trips_when_every_step_is_off():
     np.testing.assert_allclose(v.a, x, atol=1e-12)
 
 
-def test_recipe_views_and_gradients_reach_the_strengths():
+def test_recipe_views():
     # byol and barlow_twins share one structure (one compiled program); simclr has its own
     x = imgs(n=3, h=8, w=8)
     for name in D.recipes():
         v = D.make_views(x, D.recipe(name), KEY)
         assert v.a.shape == (3, 8, 8, 3) and np.all(np.isfinite(v.stacked))
         assert not np.allclose(v.a, v.b)
+
+
+@pytest.mark.slow  # compiles the reverse pass of a whole recipe (~1 min on a shared CPU)
+def test_recipe_gradients_reach_the_strengths():
+    x = imgs(n=3, h=8, w=8)
     r = D.recipe("barlow_twins")
     g = jax.grad(lambda r: jnp.sum(D.make_views(x, r, KEY).stacked ** 2))(r)
     leaves = jax.tree_util.tree_leaves(g)
