@@ -5,7 +5,7 @@ Where the files are looked for: `root` if given, else `$SSLNTK_DATA`, else `~/.c
 
 | name | folder under root | files |
 | --- | --- | --- |
-| mnist | `mnist/` (or torchvision's `MNIST/raw/`) | `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte` (each plain or `.gz`) |
+| mnist | `mnist/` (or `MNIST/raw/`) | `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]` |
 | fashion_mnist | `fashion_mnist/` (or `FashionMNIST/raw/`) | the same four names |
 | cifar10 | `cifar-10-batches-py/` | `data_batch_1`…`data_batch_5`, `test_batch` |
 | cifar100 | `cifar-100-python/` | `train`, `test` |
