@@ -226,3 +226,34 @@ def nonnegative_scalar(name: str, v, *, upper: float | None = None, upper_ok: bo
             interval = f"[0, {upper:g}" + ("]" if upper_ok else ")")
             raise ValueError(f"{name}: expected a number in {interval}, got {v!r}")
     return v
+
+
+def interval(name: str, v, *, lower: float = 0.0, upper: float | None = None,
+             lower_ok: bool = False) -> tuple:
+    """A pair `(lo, hi)` with `lower < lo <= hi <= upper` (`lower <= lo` when `lower_ok`), e.g. a
+    crop scale range; traced entries pass (they may be differentiated). Returns the pair as a tuple."""
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != 2:
+        raise TypeError(f"{name}: expected a pair (lo, hi), got {v!r}")
+    lo, hi = v
+    for x in (lo, hi):
+        if isinstance(x, bool) or x is None or np.ndim(x) != 0:
+            raise TypeError(f"{name}: expected a pair of numbers (lo, hi), got {v!r}")
+    if is_concrete(lo) and is_concrete(hi):
+        flo, fhi = float(lo), float(hi)
+        ok = np.isfinite(flo) and np.isfinite(fhi) and flo <= fhi
+        ok = ok and (flo >= lower if lower_ok else flo > lower)
+        ok = ok and (upper is None or fhi <= upper)
+        if not ok:
+            lo_rel = ">=" if lower_ok else ">"
+            up = f" <= {upper:g}" if upper is not None else ""
+            raise ValueError(f"{name}: expected (lo, hi) with {lower:g} {lo_rel.replace('>', '<')} "
+                             f"lo <= hi{up}, got {tuple(v)!r}")
+    return (lo, hi)
+
+
+def odd_int(name: str, v, *, minimum: int = 1) -> int:
+    """An odd integer >= minimum (e.g. a blur kernel size)."""
+    v = positive_int(name, v, minimum=minimum)
+    if v % 2 == 0:
+        raise ValueError(f"{name}: expected an odd integer >= {minimum}, got {v}")
+    return v

@@ -38,7 +38,10 @@ def cmd_list() -> int:
 
     print("experiment kinds:", ", ".join(config.KINDS))
     print("losses:          ", ", ".join(losses.names()))
-    print("datasets:        ", ", ".join(data.datasets()))
+    print("datasets:        ", ", ".join(data.datasets()),
+          "| files: root or $SSLNTK_DATA (download = true fetches them)")
+    print("recipes:         ", ", ".join(data.recipes()))
+    print("augmentations:   ", ", ".join(data.augmentations()))
     print("architectures:   ", ", ".join(kernels.KINDS), "| activations:", ", ".join(kernels.ACTIVATIONS))
     print("solvers:         ", ", ".join(dynamics.METHODS))
     return 0
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True, help="output directory (resumable)")
     d = sub.add_parser("demo", help="Barlow Twins staircase on digits with the default MLP NTK")
     d.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    sub.add_parser("list", help="list losses, datasets, architectures and solvers")
+    sub.add_parser("list", help="list losses, datasets, recipes, augmentations, architectures "
+                              "and solvers")
     sub.add_parser("show-demo-config", help="print the demo config as JSON")
     args = p.parse_args(argv)
 

@@ -86,6 +86,23 @@ def table_of_numbers(key, v):
 POS = number(0, strict_lo=True)
 NONNEG = number(0)
 
+# sslntk.data.datasets() / recipes(), spelled out so that validating a config imports no JAX
+# (tests/test_experiments.py checks they agree).
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "stl10")
+DATASETS = ("digits", "gaussian_mixture", "spiked") + FILE_DATASETS
+IMAGE_DATASETS = ("digits",) + FILE_DATASETS
+RECIPES = ("none", "simclr", "byol", "barlow_twins")
+
+
+def boolean(key, v):
+    if not isinstance(v, bool):
+        _fail(key, "true or false", v)
+
+
+def string(key, v):
+    if not isinstance(v, str):
+        _fail(key, "a string", v)
+
 # Sections shared by all kinds. Loss constants are validated by `sslntk.losses.get` itself (it names
 # the constant and lists the valid ones) when the config is checked.
 COMMON = {
@@ -93,7 +110,18 @@ COMMON = {
     "precision": Key("float64", one_of("float64", "float32"),
                      "float64 (reference accuracy, enables jax_enable_x64) or float32 (speed)"),
     "data": {
-        "name": Key("digits", one_of("digits", "gaussian_mixture", "spiked"), "dataset"),
+        "name": Key("digits", one_of(*DATASETS), "dataset"),
+        "root": Key("", string, "folder of the dataset files (file datasets); '' = $SSLNTK_DATA "
+                    "or ~/.cache/sslntk"),
+        "download": Key(False, boolean, "fetch the official files if missing (file datasets)"),
+        "split": Key("train", one_of("train", "test", "unlabeled"),
+                     "file split the n + n_test samples come from (file datasets)"),
+        "classes": Key([], lambda k, v: None if v == [] else list_of(integer(0))(k, v),
+                       "classes to keep ([] = all; digits and file datasets)"),
+        "recipe": Key("none", one_of(*RECIPES), "SSL augmentation recipe (image datasets; "
+                      "replaces translate, noise is added after it)"),
+        "color_strength": Key(1.0, number(0, 1.25), "SimCLR colour strength s (recipe simclr)"),
+        "blur": Key(True, boolean, "Gaussian blur in the recipe (SimCLR on CIFAR: false)"),
         "n": Key(128, integer(2), "source samples (two views each)"),
         "n_test": Key(64, integer(0), "held-out source samples"),
         "noise": Key(0.3, NONNEG, "additive Gaussian noise strength of the augmentation"),
@@ -210,9 +238,28 @@ def _check_semantics(cfg: dict):
         losses.get(cfg["loss"]["name"], **cfg["loss"]["constants"])
     except (ValueError, TypeError) as e:
         raise ConfigError(f"config key 'loss.constants': {e}") from None
-    if cfg["arch"]["kind"] == "cnn" and cfg["data"]["name"] != "digits":
+    d = cfg["data"]
+    if cfg["arch"]["kind"] == "cnn" and d["name"] not in IMAGE_DATASETS:
         raise ConfigError("config key 'arch.kind': expected 'mlp' for non-image data "
-                          f"{cfg['data']['name']!r}, got 'cnn'")
+                          f"{d['name']!r}, got 'cnn'")
+    if d["name"] not in FILE_DATASETS:
+        for k, default in (("root", ""), ("download", False), ("split", "train")):
+            if d[k] != default:
+                raise ConfigError(f"config key 'data.{k}': only file datasets "
+                                  f"{list(FILE_DATASETS)} take it, got {d[k]!r} for "
+                                  f"{d['name']!r}")
+    elif d["split"] == "unlabeled" and d["name"] != "stl10":
+        raise ConfigError(f"config key 'data.split': 'unlabeled' exists only for stl10, got it "
+                          f"for {d['name']!r}")
+    if d["classes"] and d["name"] not in IMAGE_DATASETS:
+        raise ConfigError(f"config key 'data.classes': only digits and file datasets take it, got "
+                          f"{d['classes']!r} for {d['name']!r}")
+    if d["recipe"] != "none" and d["name"] not in IMAGE_DATASETS:
+        raise ConfigError(f"config key 'data.recipe': expected 'none' for non-image data "
+                          f"{d['name']!r}, got {d['recipe']!r}")
+    if d["recipe"] not in ("none", "simclr") and d["color_strength"] != 1.0:
+        raise ConfigError(f"config key 'data.color_strength': only the simclr recipe has one, got "
+                          f"{d['color_strength']!r} with recipe {d['recipe']!r}")
     if cfg["kind"] == "staircase":
         lc = cfg["loss"]
         if cfg["dynamics"]["method"] == "closed_form" and (

@@ -34,14 +34,21 @@ def _arch(cfg):
                         W_std=float(a["W_std"]), b_std=float(a["b_std"]))
 
 
-def _augment(cfg, noise=None):
-    """The config's augmentation; `noise` may be a traced value (hypergradients)."""
+def _augment(cfg, noise=None, stats=(0.0, 1.0)):
+    """The config's augmentation; `noise` may be a traced value (hypergradients). `stats`: the
+    dataset's (mean, std) in [0, 1] pixel units, for the recipes' photometric steps."""
     from sslntk import data
 
     d = cfg["data"]
     noise = d["noise"] if noise is None else noise
+    if d["recipe"] != "none":
+        opts = {"color_strength": d["color_strength"]} if d["recipe"] == "simclr" else {}
+        r = data.recipe(d["recipe"], mean=stats[0], std=stats[1], blur=d["blur"], **opts)
+        g = data.gaussian_noise(noise)
+        return data.ViewPair(data.compose(r.a, g), data.compose(r.b, g))
     augs = [data.gaussian_noise(noise)]
-    if d["name"] == "digits" and d["translate"] > 0:
+    if d["name"] in ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "stl10") \
+            and d["translate"] > 0:
         augs.insert(0, data.translate(d["translate"]))
     return data.compose(*augs)
 
@@ -50,18 +57,46 @@ def _dtype(cfg):
     return jnp.float64 if cfg["precision"] == "float64" else jnp.float32
 
 
-def _dataset(cfg):
-    """(train x, test x) as arrays in the config's precision."""
+_FILE = ("mnist", "fashion_mnist", "cifar10", "cifar100", "stl10")
+
+
+def _load(cfg):
     from sslntk import data
 
     d = cfg["data"]
     key = jax.random.PRNGKey(cfg["seed"])
-    n_all = d["n"] + d["n_test"]
     opts = dict(d["options"])
     opts.setdefault("key", jax.random.fold_in(key, 1))
-    ds = data.load(d["name"], n=n_all, dtype=_dtype(cfg), **opts)
-    x = ds.x
+    if d["classes"]:
+        opts.setdefault("classes", d["classes"])
+    if d["name"] in _FILE:
+        opts.setdefault("root", d["root"] or None)
+        opts.setdefault("download", d["download"])
+        opts.setdefault("split", d["split"])
+    return data.load(d["name"], n=d["n"] + d["n_test"], dtype=_dtype(cfg), **opts)
+
+
+def _pixel_stats(ds):
+    """(mean, std) mapping the dataset's x back to [0, 1] pixels (digits: raw values / 16)."""
+    if ds.name == "digits":
+        return np.asarray(ds.info["mean"]) / 16.0, np.asarray(ds.info["std"]) / 16.0
+    if "mean" in ds.info:
+        return ds.info["mean"], ds.info["std"]
+    return 0.0, 1.0
+
+
+def _dataset(cfg):
+    """(train x, test x) as arrays in the config's precision."""
+    d = cfg["data"]
+    x = _load(cfg).x
     return x[: d["n"]], x[d["n"]:]
+
+
+def _dataset_and_augment(cfg, noise=None):
+    d = cfg["data"]
+    ds = _load(cfg)
+    x = ds.x
+    return x[: d["n"]], x[d["n"]:], _augment(cfg, noise, _pixel_stats(ds))
 
 
 def views_and_kernels(cfg, *, noise=None):
@@ -69,8 +104,8 @@ def views_and_kernels(cfg, *, noise=None):
     from sslntk import data, kernels
 
     key = jax.random.PRNGKey(cfg["seed"])
-    x_tr, x_te = _dataset(cfg)
-    views = data.make_views(x_tr, _augment(cfg, noise), jax.random.fold_in(key, 2))
+    x_tr, x_te, aug = _dataset_and_augment(cfg, noise)
+    views = data.make_views(x_tr, aug, jax.random.fold_in(key, 2))
     X = jnp.concatenate([views.stacked, x_te], axis=0) if x_te.shape[0] else views.stacked
     arch = _arch(cfg)
     K, K_nngp = kernels.ntk_and_nngp(arch, X)
@@ -290,8 +325,8 @@ def run_width_sweep(rd: RunDir, cfg: dict, progress: bool):
 
     dyn, fin = cfg["dynamics"], cfg["finite"]
     key = jax.random.PRNGKey(cfg["seed"])
-    x_tr, x_te = _dataset(cfg)
-    views = data.make_views(x_tr, _augment(cfg), jax.random.fold_in(key, 2))
+    x_tr, x_te, aug = _dataset_and_augment(cfg)
+    views = data.make_views(x_tr, aug, jax.random.fold_in(key, 2))
     loss = losses.get(cfg["loss"]["name"], **cfg["loss"]["constants"])
     T = fin["lr"] * fin["steps"]
     ts = np.linspace(0.0, T, dyn["n_times"])

@@ -37,9 +37,10 @@ def within_se(est, ref, se, k=5.0):
 # --------------------------------------------------------------------------------------------------
 
 def test_datasets_lists_names_and_unknown_raises():
-    assert D.datasets() == ["digits", "gaussian_mixture", "spiked"]
-    with pytest.raises(ValueError, match=r"name: unknown value 'mnist'.*valid choices.*digits"):
-        D.load("mnist")
+    assert D.datasets() == ["cifar10", "cifar100", "digits", "fashion_mnist", "gaussian_mixture",
+                            "mnist", "spiked", "stl10"]
+    with pytest.raises(ValueError, match=r"name: unknown value 'imagenet'.*valid choices.*digits"):
+        D.load("imagenet")
     with pytest.raises(TypeError, match="name: expected a dataset name"):
         D.load(3)
     with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
@@ -466,7 +467,10 @@ def test_augmentation_pytree_structure():
 
 
 def test_augmentation_registry():
-    assert D.augmentations() == ["gaussian_noise", "identity", "jitter", "mask", "translate"]
+    assert D.augmentations() == ["color_jitter", "gaussian_blur", "gaussian_noise",
+                                 "horizontal_flip", "identity", "jitter", "mask",
+                                 "random_grayscale", "random_resized_crop", "solarize",
+                                 "translate"]
     assert isinstance(D.augmentation("translate", strength=2.0), D.Translate)
     with pytest.raises(ValueError, match="name: unknown value 'blur'.*valid choices"):
         D.augmentation("blur")

@@ -147,6 +147,56 @@ def test_cli_refuses_other_runs_directory_and_lists(tmp_path, capsys):
 
 def test_shipped_example_configs_validate():
     files = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
-    assert {f.stem for f in files} == set(config.KINDS)
-    for f in files:
-        assert config.load(f)["kind"] == f.stem
+    kinds = set()
+    for f in files:            # `<kind>.toml` or `<variant>_<kind>.toml`
+        kind = config.load(f)["kind"]
+        assert f.stem == kind or f.stem.endswith("_" + kind), f
+        kinds.add(kind)
+    assert kinds == set(config.KINDS)
+
+
+def test_config_lists_agree_with_the_library():
+    from sslntk import data
+
+    assert sorted(config.DATASETS) == data.datasets()
+    assert sorted(config.RECIPES[1:]) == data.recipes()
+
+
+def test_cifar10_example_and_new_data_keys(tmp_path):
+    cfg = config.load(Path(__file__).parent.parent / "examples" / "cifar10_staircase.toml")
+    assert cfg["data"]["name"] == "cifar10" and cfg["data"]["recipe"] == "simclr"
+    base = {"kind": "staircase", "data": {"name": "cifar10", "recipe": "byol"}}
+    assert config.validate(base)["data"]["download"] is False
+    bad = [({"recipe": "moco"}, r"'data.recipe': expected one of \['none', 'simclr'"),
+           ({"download": "yes"}, r"'data.download': expected true or false"),
+           ({"classes": [0, -1]}, r"'data.classes\[1\]': expected an integer >= 0"),
+           ({"colour_strength": 0.5}, r"'data.colour_strength': unknown key"),
+           ({"color_strength": 0.5}, r"'data.color_strength': only the simclr recipe"),
+           ({"split": "unlabeled"}, r"'data.split': 'unlabeled' exists only for stl10")]
+    for extra, match in bad:
+        with pytest.raises(config.ConfigError, match=match):
+            config.validate({**base, "data": {**base["data"], **extra}})
+    with pytest.raises(config.ConfigError, match=r"'data.root': only file datasets"):
+        config.validate({"kind": "staircase", "data": {"name": "digits", "root": "/x"}})
+    with pytest.raises(config.ConfigError, match=r"'data.recipe': expected 'none' for non-image"):
+        config.validate({"kind": "staircase", "data": {"name": "spiked", "recipe": "simclr"}})
+
+
+def test_file_dataset_and_recipe_reach_the_views(tmp_path):
+    """A tiny MNIST-format file set through the config path: data.load with root, the recipe with
+    the dataset's pixel statistics, two different views."""
+    from sslntk import data, experiments
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    y = np.resize(np.arange(10, dtype=np.uint8), 60)
+    data.write_idx(tmp_path / "mnist" / "train-images-idx3-ubyte.gz", x)
+    data.write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte.gz", y)
+    cfg = config.validate({"kind": "staircase", "precision": "float32",
+                           "data": {"name": "mnist", "root": str(tmp_path), "n": 8, "n_test": 2,
+                                    "classes": [1, 2], "recipe": "simclr", "noise": 0.0,
+                                    "blur": False}})
+    x_tr, x_te, aug = experiments._dataset_and_augment(cfg)
+    assert x_tr.shape == (8, 28, 28, 1) and x_te.shape == (2, 28, 28, 1)
+    v = data.make_views(x_tr, aug, jax.random.PRNGKey(0))
+    assert v.a.shape == x_tr.shape and not np.allclose(v.a, v.b)

@@ -64,6 +64,7 @@ from sslntk.data._augment import (  # noqa: F401  (PADDINGS: translate's padding
     Jitter,
     Mask,
     Translate,
+    ViewPair,
     augmentation,
     augmentations,
     compose,
@@ -82,11 +83,65 @@ from sslntk.data._datasets import (  # noqa: F401  (STANDARDIZE: digits' standar
     load,
     spiked,
 )
+from sslntk.data._download import DownloadError, fetch
+from sslntk.data._files import (  # noqa: F401  (SPLITS, STANDARDIZE_IMAGES: file datasets' options)
+    SPLITS,
+    STANDARDIZE_IMAGES,
+    cifar10,
+    cifar100,
+    data_root,
+    fashion_mnist,
+    load_files,
+    mnist,
+    stl10,
+)
+from sslntk.data._formats import (
+    FormatError,
+    read_cifar_batch,
+    read_idx,
+    read_stl10_images,
+    read_stl10_labels,
+    write_idx,
+)
+from sslntk.data._image import (  # noqa: F401  (GATES, ORDERS: the gate / jitter-order modes)
+    GATES,
+    ORDERS,
+    Affine,
+    ColorJitter,
+    GaussianBlur,
+    HorizontalFlip,
+    RandomGrayscale,
+    RandomResizedCrop,
+    Solarize,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    color_jitter,
+    gaussian_blur,
+    grayscale,
+    horizontal_flip,
+    random_grayscale,
+    random_resized_crop,
+    resized_crop,
+    solarize,
+    standardize,
+    unstandardize,
+)
+from sslntk.data._recipes import recipe, recipes
 from sslntk.data._views import Views, make_views
 
 __all__ = [
     "Dataset", "load", "datasets", "digits", "gaussian_mixture", "spiked",
+    "mnist", "fashion_mnist", "cifar10", "cifar100", "stl10", "load_files", "data_root",
+    "read_idx", "write_idx", "read_cifar_batch", "read_stl10_images", "read_stl10_labels",
+    "FormatError", "fetch", "DownloadError",
     "Augmentation", "GaussianNoise", "Translate", "Mask", "Jitter", "Compose",
     "gaussian_noise", "translate", "mask", "jitter", "compose", "shift", "augmentation",
-    "augmentations", "Views", "make_views",
+    "augmentations", "Views", "make_views", "ViewPair",
+    "RandomResizedCrop", "HorizontalFlip", "ColorJitter", "RandomGrayscale", "GaussianBlur",
+    "Solarize", "Affine", "random_resized_crop", "horizontal_flip", "color_jitter",
+    "random_grayscale", "gaussian_blur", "solarize", "standardize", "unstandardize", "recipe",
+    "recipes", "grayscale", "adjust_brightness", "adjust_contrast", "adjust_saturation",
+    "adjust_hue", "resized_crop",
 ]

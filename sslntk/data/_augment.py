@@ -288,19 +288,50 @@ def compose(*augs) -> Compose:
     return Compose(augs=tuple(augs))
 
 
+@_pytree(data=("a", "b"))
+@dataclass(frozen=True, eq=False)
+class ViewPair:
+    """Different augmentations for the two views (the asymmetric BYOL / Barlow Twins recipes):
+    `make_views(x, ViewPair(aug_a, aug_b), key)` draws view a with `aug_a` and view b with `aug_b`
+    (keys as for one augmentation). `ViewPair(aug, aug)` equals passing `aug`."""
+
+    a: Callable
+    b: Callable
+
+    def __post_init__(self):
+        for n in ("a", "b"):
+            if not callable(getattr(self, n)):
+                raise TypeError(f"{n}: expected an augmentation (callable (key, x) -> x), got "
+                                f"{type(getattr(self, n)).__name__}")
+
+    def _check(self, key, x):
+        for aug in (self.a, self.b):
+            if isinstance(aug, Augmentation):
+                aug._check(key, x)
+
+
 _AUGMENTATIONS: dict[str, Callable[..., Augmentation]] = {
     "gaussian_noise": gaussian_noise, "translate": translate, "mask": mask, "jitter": jitter,
     "identity": compose,
 }
 
 
+def _all_augmentations() -> dict[str, Callable[..., Augmentation]]:
+    from sslntk.data import _image  # imports this module: look it up lazily
+
+    return {**_AUGMENTATIONS, "random_resized_crop": _image.random_resized_crop,
+            "horizontal_flip": _image.horizontal_flip, "color_jitter": _image.color_jitter,
+            "random_grayscale": _image.random_grayscale, "gaussian_blur": _image.gaussian_blur,
+            "solarize": _image.solarize}
+
+
 def augmentations() -> list[str]:
-    """Names accepted by `augmentation`."""
-    return sorted(_AUGMENTATIONS)
+    """Names accepted by `augmentation` (the named recipes are `sslntk.data.recipes()`)."""
+    return sorted(_all_augmentations())
 
 
 def augmentation(name: str, **params) -> Augmentation:
     """Build an augmentation by name (for configs): `augmentation("translate", strength=1.0)`."""
     V.choice("name", name, augmentations())
-    return _AUGMENTATIONS[name](**params)
+    return _all_augmentations()[name](**params)
 

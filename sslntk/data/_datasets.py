@@ -1,6 +1,6 @@
 """Built-in offline datasets: `Dataset` and the loaders `digits`, `gaussian_mixture`, `spiked`,
-by name through `load` / `datasets`. (Issue [I] adds file readers and a downloader in their own
-modules beside this one.)
+and the registry `load` / `datasets` that also holds the file-backed image datasets of `_files`
+(`mnist`, `fashion_mnist`, `cifar10`, `cifar100`, `stl10`).
 """
 
 from __future__ import annotations
@@ -303,15 +303,23 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+def _all_loaders() -> dict[str, Callable[..., Dataset]]:
+    from sslntk.data._files import LOADERS  # imports this module: look it up lazily
+
+    return {**_LOADERS, **LOADERS}
+
+
 def datasets() -> list[str]:
-    """Names accepted by `load`."""
-    return sorted(_LOADERS)
+    """Names accepted by `load`: the built-in ones and the file-backed image datasets."""
+    return sorted(_all_loaders())
 
 
 def load(name: str, **options) -> Dataset:
     """Load dataset `name` (see `datasets()`); `options` are the keyword arguments of the loader of
-    the same name (`digits`, `gaussian_mixture`, `spiked`), including `dtype` (default float32)."""
+    the same name (`digits`, `gaussian_mixture`, `spiked`; `mnist`, `fashion_mnist`, `cifar10`,
+    `cifar100`, `stl10`: `root`, `split`, `n`, `classes`, `standardize`, `key`, `download`,
+    `progress`, see `sslntk.data.load_files`), including `dtype` (default float32)."""
     if not isinstance(name, str):
         raise TypeError(f"name: expected a dataset name (str), got {type(name).__name__}")
     V.choice("name", name, datasets())
-    return _LOADERS[name](**options)
+    return _all_loaders()[name](**options)

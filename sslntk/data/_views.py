@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from sslntk import _validate as V
-from sslntk.data._augment import Augmentation, compose
+from sslntk.data._augment import Augmentation, ViewPair, compose
 from sslntk.data._pytree import _pytree
 
 
@@ -108,9 +108,14 @@ class Views:
 
 
 def _views(augment, x, key, n_draws: int):
+    aug_a, aug_b = (augment.a, augment.b) if isinstance(augment, ViewPair) else (augment, augment)
+
+    def run(aug, k):
+        return aug._apply(k, x) if isinstance(aug, Augmentation) else aug(k, x)
+
     def one(k):
         ka, kb = jax.random.split(k)
-        return augment(ka, x), augment(kb, x)
+        return run(aug_a, ka), run(aug_b, kb)
 
     if n_draws == 1:
         return one(jax.random.fold_in(key, 0))
@@ -125,7 +130,9 @@ def make_views(x, augment: Callable | None, key, n_draws: int = 1) -> Views:
     """Two augmented views of every row of `x: (n, ...)`.
 
     Draw i uses `k_i = jax.random.fold_in(key, i)`, split into one key for view a and one for view b,
-    each passed to `augment(k, x)` (a whole-batch call; every sample gets its own randomness). So
+    each passed to `augment(k, x)` (a whole-batch call; every sample gets its own randomness);
+    `augment` may be a `ViewPair(aug_a, aug_b)` (or a 2-tuple) to draw view a with `aug_a` and view
+    b with `aug_b` (the asymmetric BYOL / Barlow Twins recipes, `sslntk.data.recipe`). So
     views are nested across `n_draws`: draw 0 is the `n_draws=1` result, and draws with
     `n_draws=5` are the first five of `n_draws=10`. `augment=None` gives identical views `a = b = x`.
     `n_draws=1` returns `Views` without a draw axis, `n_draws > 1` with one (`(n_draws, n, ...)`).
@@ -137,11 +144,17 @@ def make_views(x, augment: Callable | None, key, n_draws: int = 1) -> Views:
     n_draws = V.positive_int("n_draws", n_draws)
     if augment is None:
         augment = compose()
-    if not callable(augment):
-        raise TypeError(f"augment: expected an augmentation (callable (key, x) -> x) or None, got "
-                        f"{type(augment).__name__}")
+    if isinstance(augment, tuple) and len(augment) == 2:
+        augment = ViewPair(*augment)
+    if not (callable(augment) or isinstance(augment, ViewPair)):
+        raise TypeError(f"augment: expected an augmentation (callable (key, x) -> x), a ViewPair "
+                        f"or None, got {type(augment).__name__}")
+    members = (augment.a, augment.b) if isinstance(augment, ViewPair) else (augment,)
+    for m in members:  # validate the input against each augmentation before tracing
+        if isinstance(m, Augmentation):
+            x = m._check(key, x)
 
-    if isinstance(augment, Augmentation):
+    if all(isinstance(m, Augmentation) for m in members):
         a, b = _views_jit(augment, x, key, n_draws)
     else:  # a plain function cannot be a jit argument: run eagerly
         a, b = _views(augment, x, key, n_draws)
