@@ -15,6 +15,7 @@ backed by the same display, so ODE solves show the same bar instead of diffrax's
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -30,6 +31,21 @@ def _interactive(stream) -> bool:
     except (AttributeError, ValueError):
         pass
     return "ipykernel" in sys.modules and type(stream).__module__.startswith("ipykernel")
+
+
+def _columns(stream) -> int | None:
+    """None when the terminal reports a usable width (tqdm then follows resizes), else a fixed
+    width (`COLUMNS`, or 100): a pseudo-terminal without a window size reports 0 columns (and 0
+    rows, which would make tqdm hide the bar, so the caller fixes the rows as well)."""
+    try:
+        if os.get_terminal_size(stream.fileno()).columns > 0:
+            return None
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
+    try:
+        return max(40, int(os.environ.get("COLUMNS", "100")))
+    except ValueError:
+        return 100
 
 
 def mode(stream=None, enabled: bool = True) -> str:
@@ -71,8 +87,10 @@ class Progress:
         if self.mode == "bar":
             from tqdm import tqdm
 
+            width = _columns(self.stream)
             self._bar = tqdm(total=self.total, desc=label, file=self.stream, unit=unit,
-                             mininterval=every, dynamic_ncols=True, leave=True)
+                             mininterval=every, leave=True, dynamic_ncols=width is None,
+                             ncols=width, **({} if width is None else {"nrows": 40}))
 
     def __enter__(self):
         return self
