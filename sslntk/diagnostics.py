@@ -8,7 +8,7 @@
 | --- | --- | --- | --- |
 | `rankme` | RankMe of the raw embeddings (Garrido et al. 2023; ε = 1e-7, no centring) | ≈ 1 | ≈ k |
 | `effective_rank` | effective rank of the CENTRED embeddings (Roy & Vetterli), mean-blind | ≈ 1 | ≈ k |
-| `center_norm` | `‖ŝ‖`, centre-vector norm of the L2-normalised views (Jha et al. 2024, §3.1) | → 1 | ≈ 1/sqrt(n) floor |
+| `center_norm` | `‖ŝ‖`, centre vector of the L2-normalised views (Jha et al. §3.1) | → 1 | ≈ 1/sqrt(n) |
 | `center_ratio` | `R = ‖ŝ‖ / E_n‖μ̂_n‖` ∈ [0, 1] (Jha §1.3.5) | 1 | small |
 | `alignment_u` | `E_n‖μ_n‖²_U = mean_n z(a_n)·z(b_n)` (invariance; Jha §3.1) | 1 | → 1 |
 | `embedding_rms` | RMS of the embeddings (0: collapsed to zero, e.g. every ReLU died) | 0 | > 0 |
@@ -18,9 +18,10 @@ NaN ranks (`metrics` convention: undefined, not 0). Sources: `../shared/papers/j
 (§3.1 estimators [RECON], §3.2 RankMe).
 
 `check_collapse(diag, threshold=...)` warns (`CollapseWarning`, a RuntimeWarning) when the
-embeddings at the last finite time are all zero, or their RankMe is below `threshold` (default `COLLAPSE_RANK = 1.5`: the embeddings
-span about one direction). Only the end of a run is checked: from a small initialisation a
-healthy stepwise run passes through low-rank plateaus (one mode learned at a time) on its way.
+embeddings at the last finite time are all zero, or their RankMe is below `threshold` (default
+`COLLAPSE_RANK = 1.5`: the embeddings span about one direction). Only the end of a run is
+checked: from a small initialisation a healthy stepwise run passes through low-rank plateaus (one
+mode learned at a time) on its way.
 Runs with k = 1 cannot collapse dimensionally and are not checked.
 """
 

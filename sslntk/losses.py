@@ -4,12 +4,13 @@
 and `jax.grad` over loss constants work) and whose name and string options (e.g. SimCLR's
 `similarity`) are static (hashed by `jax.jit`, never traced). Call it as `loss(f) -> scalar`;
 `loss.terms(f)` returns its named, weighted terms (a dict of scalars that sums to `loss(f)`).
+VICReg's `convention` is "paper" (default) or "official" (the reference code's normalisation).
 
 | name | constants (default) | static options | `cross_moment_only` |
 | --- | --- | --- | --- |
 | `barlow_twins` | `lam` (1.0) | | True |
 | `barlow_twins_standardized` | `lam` (5e-3), `eps` (1e-5) | | False |
-| `vicreg` | `lam_inv` (25), `mu` (25), `nu` (1), `eps` (1e-4), `gamma` (1) | `convention` ("paper" / "official") | False |
+| `vicreg` | `lam_inv` (25), `mu` (25), `nu` (1), `eps` (1e-4), `gamma` (1) | `convention` | False |
 | `simclr` | `temperature` (0.5) | `similarity` ("cosine" / "dot") | False |
 | `spectral` | | | False |
 | `kernel_pca` | | | True |

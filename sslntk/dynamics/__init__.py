@@ -27,7 +27,8 @@ Status semantics (`Trajectory.status`, int, per batch element under vmap):
   STATIONARY (5) nothing moves: `∇_f L(f0) = 0` exactly (e.g. f0 = 0, the saddle of Barlow Twins
                 at α = 0, DESIGN.md); the trajectory is the constant f0 (checked on concrete inputs).
 (`sslntk._status` holds the codes, shared with `finite.train`, which adds DIVERGED (4).)
-k = 0 (`f0` of shape (2n, 0)) raises ValueError. Outside jit, `solve` warns (RuntimeWarning) when a solve did not succeed; call
+k = 0 (`f0` of shape (2n, 0)) raises ValueError. Outside jit, `solve` warns (RuntimeWarning)
+when a solve did not succeed; call
 `traj.raise_if_failed()` to turn that into an error.
 
 Jit/vmap/grad: `solve` is traceable. Array arguments (K, f0, ts, test arrays) and numeric loss
@@ -37,17 +38,17 @@ constants may be traced; string/int options (`solver`, `max_steps`, loss names a
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
-import dataclasses
 import inspect
 
 import jax
 import jax.numpy as jnp
 
+from sslntk import _status
 from sslntk import _validate as V
 from sslntk.dynamics import _common
-from sslntk import _status
 from sslntk.dynamics._trajectory import (
     DIVERGED,
     FAILED,

@@ -24,7 +24,6 @@ from sslntk._progress import Progress
 from sslntk.dynamics import _common as C
 from sslntk.dynamics._trajectory import MAX_STEPS, NONFINITE, SUCCESS, Trajectory
 
-
 _BARS: list = []   # the open `Progress` of the running solve_gd call (host side)
 
 

@@ -29,8 +29,8 @@ import numpy as np
 import scipy.stats
 
 from sslntk import _io, dynamics, kernels, metrics
-from sslntk import losses as L
 from sslntk import _validate as V
+from sslntk import losses as L
 from sslntk._progress import Progress
 from sslntk.finite._network import linearize, network
 from sslntk.finite._ntk import empirical_ntk
