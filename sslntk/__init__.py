@@ -16,7 +16,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("data", "kernels", "losses", "dynamics", "theory", "metrics", "finite", "phase",
-               "linalg", "experiments", "config", "plots", "cli")
+               "linalg", "experiments", "config", "plots", "cli", "diagnostics", "explain")
 
 # name -> module that defines it
 _EXPORTS = {
@@ -27,6 +27,8 @@ _EXPORTS = {
     "dynamics": ("solve", "solve_many", "Trajectory"),
     "finite": ("network", "train", "empirical_ntk", "linearize", "width_sweep"),
     "phase": ("phase_diagram",),
+    "diagnostics": ("CollapseWarning",),
+    "_status": ("SUCCESS", "NONFINITE", "DIVERGED", "STATIONARY", "STATUS_NAMES"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 

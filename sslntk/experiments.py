@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslntk import plots
+from sslntk._status import STATUS_NAMES
 from sslntk.rundir import RunDir
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ def _dataset_and_augment(cfg, noise=None):
     return x[: d["n"]], x[d["n"]:], _augment(cfg, noise, _pixel_stats(ds))
 
 
-def views_and_kernels(cfg, *, noise=None):
+def views_and_kernels(cfg, *, noise=None, progress: bool = False):
     """Stacked views `(2n, ...)`, test inputs, and the NTK/NNGP over [views; test]."""
     from sslntk import data, kernels
 
@@ -108,7 +109,7 @@ def views_and_kernels(cfg, *, noise=None):
     views = data.make_views(x_tr, aug, jax.random.fold_in(key, 2))
     X = jnp.concatenate([views.stacked, x_te], axis=0) if x_te.shape[0] else views.stacked
     arch = _arch(cfg)
-    K, K_nngp = kernels.ntk_and_nngp(arch, X)
+    K, K_nngp = kernels.ntk_and_nngp(arch, X, progress=progress)
     return views, X, K, K_nngp
 
 
@@ -125,14 +126,14 @@ def initial_function(K_nngp, k, alpha, key):
 # ---------------------------------------------------------------------------------------------------
 
 def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
-    from sslntk import dynamics, losses, metrics
+    from sslntk import diagnostics, dynamics, explain, losses, metrics
     from sslntk.theory import stepwise
 
     dyn = cfg["dynamics"]
     N = 2 * cfg["data"]["n"]
 
     def kernel_part():
-        _, X, K_all, Kn_all = views_and_kernels(cfg)
+        _, X, K_all, Kn_all = views_and_kernels(cfg, progress=progress)
         f0_all = initial_function(Kn_all, dyn["k"], dyn["alpha"],
                                   jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 3))
         return {"K_all": K_all, "f0_all": f0_all}
@@ -165,13 +166,16 @@ def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
 
     sp = rd.part("solve", solve_part)
     f = jnp.asarray(sp["f"])
+    terms = {n: np.asarray(v) for n, v in jax.vmap(loss.terms)(f).items()}
+    diag = diagnostics.collapse(f)
+    diagnostics.check_collapse(diag, k=dyn["k"], where="staircase")
     c_sim = metrics.cross_correlation_spectrum(f)            # (T, k), descending
     st_sim = np.asarray(metrics.step_times(c_sim, ts))
     st_th = np.asarray(th.step_times)
     rel = np.abs(st_sim - st_th) / st_th
     ts_np = np.asarray(ts)
     plots.staircase(rd.path, "loss_staircase", ts_np, sp["loss"], st_th,
-                    loss_theory=np.asarray(th.loss), simulated_steps=st_sim,
+                    loss_theory=np.asarray(th.loss), simulated_steps=st_sim, terms=terms,
                     title=f"{cfg['loss']['name']} loss, 2n = {N}, k = {dyn['k']}, α = {dyn['alpha']:g}")
     plots.eigenvalues(rd.path, "eigenvalues", ts_np, np.asarray(c_sim), np.asarray(th.c),
                       title="Eigenvalues of C(t): simulation (solid) vs logistic theory (dashed)")
@@ -194,16 +198,34 @@ def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
         G_th = np.asarray(th.f_final_test @ th.f_final_test.T)
         headline["test_gram_rel_error_vs_kernel_pca"] = float(
             np.linalg.norm(G_sim - G_th) / np.linalg.norm(G_th))
-    lines = [f"solver: {headline['method']} ({int(sp['n_steps'])} steps, status {int(sp['status'])})",
-             "step times  predicted | simulated | rel. error"]
+    headline["final_terms"] = {n: float(v[-1]) for n, v in terms.items()}
+    chead, cnotes, clines = explain.collapse_lines(diag, k=dyn["k"],
+                                                   threshold=diagnostics.COLLAPSE_RANK)
+    headline.update(chead)
+    notes, why = explain.staircase_notes(headline, gam_all, k=dyn["k"], alpha=dyn["alpha"],
+                                         step_rel_errors=rel)
+    notes.update(cnotes)
+    degenerate = {m for p in notes["step_time_rel_error_max"]["degenerate_pairs"] for m in p[:2]}
+    status = STATUS_NAMES.get(int(sp["status"]), str(int(sp["status"])))
+    lines = [f"solver: {headline['method']} ({int(sp['n_steps'])} steps, status {status})",
+             "step times  predicted | simulated | rel. error   (! = near-degenerate pair)"]
     lines += [f"  mode {j + 1:2d}: {a:10.4g} | {b:10.4g} | {r:8.2%}"
+              + ("  !" if j + 1 in degenerate else "")
               for j, (a, b, r) in enumerate(zip(st_th, st_sim, rel, strict=True))]
-    lines.append(f"final loss {headline['final_loss']:.3g}")
+    lines += [w for w in why if w.startswith(("  → step", "    !"))]
+    lines.append(f"final loss {headline['final_loss']:.3g} ("
+                 + ", ".join(f"{n} {v:.3g}" for n, v in headline["final_terms"].items()) + ")")
+    lines += [w for w in why if w.startswith("  → final")]
     if has_test:
         lines.append("held-out embedding Gram vs kernel-PCA closed form: rel. error "
                      f"{headline['test_gram_rel_error_vs_kernel_pca']:.3g}")
+        lines += [w for w in why if w.startswith("  → held-out")]
+    lines += clines
+    headline["notes"] = notes
     arrays = {"ts": ts_np, "loss": sp["loss"], "loss_theory": np.asarray(th.loss),
-              "c_sim": np.asarray(c_sim), "c_theory": np.asarray(th.c), "gammas": gam_all}
+              "c_sim": np.asarray(c_sim), "c_theory": np.asarray(th.c), "gammas": gam_all,
+              **{f"term_{n}": v for n, v in terms.items()},
+              **{f"diag_{n}": np.asarray(v) for n, v in diag.items()}}
     return headline, lines, arrays
 
 
@@ -321,7 +343,7 @@ KINDS["hypergradient"] = run_hypergradient
 # ---------------------------------------------------------------------------------------------------
 
 def run_width_sweep(rd: RunDir, cfg: dict, progress: bool):
-    from sslntk import data, finite, losses
+    from sslntk import data, explain, finite, losses
 
     dyn, fin = cfg["dynamics"], cfg["finite"]
     key = jax.random.PRNGKey(cfg["seed"])
@@ -334,7 +356,7 @@ def run_width_sweep(rd: RunDir, cfg: dict, progress: bool):
                             alpha=dyn["alpha"], lr=fin["lr"], steps=fin["steps"], ts=ts,
                             x_test=x_te if x_te.shape[0] else None, out_dim=dyn["k"],
                             method=dyn["method"], checkpoint=rd.parts / "width_sweep",
-                            progress=progress)
+                            progress=progress, record_terms=True)
     fit = ws.exponent
     kw = {}
     if fit is not None:
@@ -345,7 +367,12 @@ def run_width_sweep(rd: RunDir, cfg: dict, progress: bool):
     plots.deviation_vs_width(rd.path, "kernel_drift_vs_width", ws.widths, ws.kernel_drift,
                              ylabel="kernel drift  ‖Θ_T − Θ_0‖_F / ‖Θ_0‖_F",
                              title="Empirical-NTK drift during training")
+    if ws.terms_net:
+        plots.loss_terms(rd.path, "loss_terms_vs_width", ws.ts, ws.terms_net,
+                         reference=ws.terms_ker, labels=[f"width {int(w)}" for w in ws.widths],
+                         title=f"{cfg['loss']['name']} loss terms (mean over seeds)")
     headline = ws.summary()
+    notes, why = explain.width_sweep_notes(headline)
     lines = [f"kernel solver: {ws.method}; deviation = max over t ≤ {ws.window:g} of "
              "‖f_net − f_ntk‖/‖f_ntk‖ on train views"]
     for i, w in enumerate(ws.widths):
@@ -356,11 +383,18 @@ def run_width_sweep(rd: RunDir, cfg: dict, progress: bool):
         lines.append(f"fitted exponent: deviation ∝ width^{fit.slope:.3f}, 95% CI (bootstrap) "
                      f"[{fit.ci_boot[0]:.3f}, {fit.ci_boot[1]:.3f}], t-interval "
                      f"[{fit.ci_t[0]:.3f}, {fit.ci_t[1]:.3f}]")
+    lines += why
+    if ws.terms_net:
+        headline["final_terms_net_mean"] = {n: np.asarray(v)[..., -1].mean(1).tolist()
+                                            for n, v in ws.terms_net.items()}
+    headline["notes"] = notes
     arrays = {"widths": ws.widths, "ts": ws.ts, "dev_train": ws.dev_train,
               "deviation": ws.deviation, "kernel_drift": ws.kernel_drift,
               "loss_net": ws.loss_net, "loss_ker": ws.loss_ker}
     if ws.dev_test is not None:
         arrays["dev_test"] = ws.dev_test
+    for pre, src in (("terms_net_", ws.terms_net), ("terms_ker_", ws.terms_ker)):
+        arrays.update({pre + n: v for n, v in (src or {}).items()})
     return headline, lines, arrays
 
 
@@ -384,7 +418,7 @@ def run_phase_diagram(rd: RunDir, cfg: dict, progress: bool):
     def grid_part():
         pd = phase.phase_diagram(ph["model"], ph["x_axis"], x=xs, gamma=gs,
                                  key=jax.random.PRNGKey(cfg["seed"]), spectrum=ph["spectrum"],
-                                 tau=ph["tau"])
+                                 tau=ph["tau"], progress=progress)
         return {"measured_rank": pd.measured_rank, "predicted_rank": pd.predicted_rank,
                 "metastable_rank": pd.metastable_rank, "hysteresis": pd.hysteresis,
                 "boundary_cells": pd.boundary_agreement(), "agreement": pd.agreement()}

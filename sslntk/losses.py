@@ -2,13 +2,15 @@
 
 `get(name, **constants)` returns a `Loss`: a pytree whose numeric constants are leaves (so `jax.vmap`
 and `jax.grad` over loss constants work) and whose name and string options (e.g. SimCLR's
-`similarity`) are static (hashed by `jax.jit`, never traced). Call it as `loss(f) -> scalar`.
+`similarity`) are static (hashed by `jax.jit`, never traced). Call it as `loss(f) -> scalar`;
+`loss.terms(f)` returns its named, weighted terms (a dict of scalars that sums to `loss(f)`).
+VICReg's `convention` is "paper" (default) or "official" (the reference code's normalisation).
 
 | name | constants (default) | static options | `cross_moment_only` |
 | --- | --- | --- | --- |
 | `barlow_twins` | `lam` (1.0) | | True |
 | `barlow_twins_standardized` | `lam` (5e-3), `eps` (1e-5) | | False |
-| `vicreg` | `lam_inv` (25), `mu` (25), `nu` (1), `eps` (1e-4), `gamma` (1) | | False |
+| `vicreg` | `lam_inv` (25), `mu` (25), `nu` (1), `eps` (1e-4), `gamma` (1) | `convention` | False |
 | `simclr` | `temperature` (0.5) | `similarity` ("cosine" / "dot") | False |
 | `spectral` | | | False |
 | `kernel_pca` | | | True |
@@ -52,6 +54,12 @@ def _bt_from_c(C: jax.Array, lam) -> jax.Array:
     return jnp.sum((d - 1.0) ** 2) + lam * off
 
 
+def _bt_terms_from_c(C: jax.Array, lam) -> dict:
+    d = jnp.diagonal(C)
+    return {"on_diagonal": jnp.sum((d - 1.0) ** 2),
+            "off_diagonal": lam * (jnp.sum(C**2) - jnp.sum(d**2))}
+
+
 def _neg_trace(C: jax.Array, **_) -> jax.Array:
     return -jnp.trace(C)
 
@@ -62,6 +70,10 @@ def barlow_twins(f: jax.Array, lam=1.0) -> jax.Array:
     (then `L = ‖C − I‖_F²`, ∇_W L = 4 (C − I) W Γ, stepwise digest §2; in function space
     `∇_f L = (2/n)·Z f (C − I)` at λ = 1). No centring, no standardisation (stepwise digest §10)."""
     return _bt_from_c(cross_correlation(f), lam)
+
+
+def _bt_terms(f, lam=1.0):
+    return _bt_terms_from_c(cross_correlation(f), lam)
 
 
 def _standardize(x: jax.Array, eps) -> jax.Array:
@@ -83,10 +95,16 @@ def barlow_twins_standardized(f: jax.Array, lam=5e-3, eps=1e-5) -> jax.Array:
     `eps` (default 1e-5, the BatchNorm default). A different dynamical system from the theory form:
     near small initialisation the standardisation divides by tiny standard deviations.
     """
+    return _bt_from_c(_standardized_c(f, eps), lam)
+
+
+def _standardized_c(f, eps):
     fa, fb = split_views(f)
-    n = fa.shape[0]
-    C = _standardize(fa, eps).T @ _standardize(fb, eps) / n
-    return _bt_from_c(C, lam)
+    return _standardize(fa, eps).T @ _standardize(fb, eps) / fa.shape[0]
+
+
+def _bt_std_terms(f, lam=5e-3, eps=1e-5):
+    return _bt_terms_from_c(_standardized_c(f, eps), lam)
 
 
 def _vicreg_var_cov(x: jax.Array, eps, gamma) -> tuple[jax.Array, jax.Array]:
@@ -99,7 +117,24 @@ def _vicreg_var_cov(x: jax.Array, eps, gamma) -> tuple[jax.Array, jax.Array]:
     return v, c
 
 
-def vicreg(f: jax.Array, lam_inv=25.0, mu=25.0, nu=1.0, eps=1e-4, gamma=1.0) -> jax.Array:
+CONVENTIONS = ("paper", "official")
+
+
+def _vicreg_terms(f, lam_inv=25.0, mu=25.0, nu=1.0, eps=1e-4, gamma=1.0, convention="paper"):
+    fa, fb = split_views(f)
+    n, k = fa.shape
+    inv = jnp.sum((fa - fb) ** 2) / n
+    va, ca = _vicreg_var_cov(fa, eps, gamma)
+    vb, cb = _vicreg_var_cov(fb, eps, gamma)
+    var = va + vb
+    if convention == "official":
+        inv = inv / k          # F.mse_loss: mean over the n·d entries
+        var = var / 2          # mean(relu(1 − std_x))/2 + mean(relu(1 − std_y))/2
+    return {"invariance": lam_inv * inv, "variance": mu * var, "covariance": nu * (ca + cb)}
+
+
+def vicreg(f: jax.Array, lam_inv=25.0, mu=25.0, nu=1.0, eps=1e-4, gamma=1.0,
+           convention: str = "paper") -> jax.Array:
     """VICReg (Bardes et al. 2022; stepwise digest §8), with `Z = f_a`, `Z' = f_b`, `d = k`:
 
         L = lam_inv · s(Z, Z') + mu · [v(Z) + v(Z')] + nu · [c(Z) + c(Z')]
@@ -108,16 +143,18 @@ def vicreg(f: jax.Array, lam_inv=25.0, mu=25.0, nu=1.0, eps=1e-4, gamma=1.0) -> 
         c(Z)     = (1/d) Σ_{i≠j} Cov(Z)_ij²                          (covariance)
 
     `Var`/`Cov` are the unbiased (1/(n−1)) batch estimates of the centred embeddings.
-    Defaults: lam_inv = 25, mu = 25, nu = 1, eps = 1e-4, gamma = 1 (the paper's values). This is
-    the paper's formula; the official code differs by constant factors (its invariance term is
-    `mse_loss`, i.e. additionally divided by d, and it halves the variance term).
+    Defaults: lam_inv = 25, mu = 25, nu = 1, eps = 1e-4, gamma = 1 (the paper's values).
+
+    `convention` (static option): "paper" (default) is the formula above. "official" is what the
+    official code (facebookresearch/vicreg `main_vicreg.py`, `VICReg.forward`) and the libraries
+    that copy it (lightly, solo-learn) compute with the same constants (25, 25, 1): the invariance
+    term is `F.mse_loss(x, y)` = s/d (a mean over the n·d entries) and the variance term is halved,
+    `mean(relu(1 − std_x))/2 + mean(relu(1 − std_y))/2`; the covariance term is the same. So at equal
+    constants "official" weighs invariance d× and variance 2× less than "paper".
+    `terms(f)`: `invariance`, `variance`, `covariance` (each with its weight).
     """
-    fa, fb = split_views(f)
-    n = fa.shape[0]
-    inv = jnp.sum((fa - fb) ** 2) / n
-    va, ca = _vicreg_var_cov(fa, eps, gamma)
-    vb, cb = _vicreg_var_cov(fb, eps, gamma)
-    return lam_inv * inv + mu * (va + vb) + nu * (ca + cb)
+    t = _vicreg_terms(f, lam_inv, mu, nu, eps, gamma, convention)
+    return t["invariance"] + t["variance"] + t["covariance"]
 
 
 SIMILARITIES = ("cosine", "dot")
@@ -129,11 +166,19 @@ def simclr(f: jax.Array, temperature=0.5, similarity: str = "cosine") -> jax.Arr
         s(u, v) = z_uᵀ z_v,  z_u = f_u/‖f_u‖ ("cosine", default) or z_u = f_u ("dot")
         ℓ_u = −s(u, p(u))/τ + log Σ_{v≠u} exp(s(u, v)/τ),    L = (1/2n) Σ_u ℓ_u
 
+    `terms(f)`: `alignment` `−(1/2n) Σ_u s(u, p(u))/τ` (positive pairs) and `uniformity`
+    `(1/2n) Σ_u log Σ_{v≠u} exp(s(u, v)/τ)` (the repulsive log-sum-exp; Wang & Isola's split).
+
     where `p(u)` is the other view of the same sample (`u ± n`) and the sum runs over the 2n − 1
     other views (the positive included). Constant: `temperature` τ (default 0.5, the SimCLR CIFAR
     value; 0.1–0.5 is typical). Option (static): `similarity`. With "cosine" the loss is invariant
     under `f_u → c_u f_u` for every `c_u > 0`; a zero row has no direction and gives NaN.
     """
+    s_pos, lse = _simclr_parts(f, temperature, similarity)
+    return jnp.mean(lse - s_pos)
+
+
+def _simclr_parts(f, temperature, similarity):
     n2 = f.shape[0]
     n = n2 // 2
     if similarity == "cosine":
@@ -144,7 +189,12 @@ def simclr(f: jax.Array, temperature=0.5, similarity: str = "cosine") -> jax.Arr
     pos = jnp.concatenate([jnp.arange(n, n2), jnp.arange(n)])
     s_pos = s[jnp.arange(n2), pos]
     s_neg = jnp.where(jnp.eye(n2, dtype=bool), -jnp.inf, s)
-    return jnp.mean(jax.nn.logsumexp(s_neg, axis=1) - s_pos)
+    return s_pos, jax.nn.logsumexp(s_neg, axis=1)
+
+
+def _simclr_terms(f, temperature=0.5, similarity="cosine"):
+    s_pos, lse = _simclr_parts(f, temperature, similarity)
+    return {"alignment": -jnp.mean(s_pos), "uniformity": jnp.mean(lse)}
 
 
 def spectral(f: jax.Array) -> jax.Array:
@@ -158,12 +208,17 @@ def spectral(f: jax.Array) -> jax.Array:
 
     Hence `L = −2 tr(C) + ‖S‖_F²` with `S = fᵀ f / (2n)`; no constants. Equivalently
     `L = ‖f fᵀ/(2n) − Z‖_F² − 2n`: a rank-k approximation of the pair matrix Z (HaoChen's
-    matrix-factorisation view). Depends on f through second moments (C and S), not through C
+    matrix-factorisation view). `terms(f)`: `alignment` `−2 tr(C)`, `uniformity` `‖S‖_F²`.
+    Depends on f through second moments (C and S), not through C
     alone, so `cross_moment_only` is False.
     """
-    n2 = f.shape[0]
-    S = f.T @ f / n2
-    return -2.0 * jnp.trace(cross_correlation(f)) + jnp.sum(S**2)
+    t = _spectral_terms(f)
+    return t["alignment"] + t["uniformity"]
+
+
+def _spectral_terms(f):
+    S = f.T @ f / f.shape[0]
+    return {"alignment": -2.0 * jnp.trace(cross_correlation(f)), "uniformity": jnp.sum(S**2)}
 
 
 def kernel_pca(f: jax.Array) -> jax.Array:
@@ -199,11 +254,20 @@ def naive(f: jax.Array, negatives: str = "none") -> jax.Array:
     becomes rank one (Esser digest §2: "trivial scalar representation"); under the orthogonality
     constraint (`method="constrained"`) it converges to the top-k eigenspace (Esser digest §3).
     """
-    L = kernel_pca(f)
+    t = _naive_terms(f, negatives)
+    return t["positive"] + t["negative"] if negatives == "shift" else t["positive"]
+
+
+def _naive_terms(f, negatives="none"):
+    t = {"positive": kernel_pca(f)}
     if negatives == "shift":
         fa, fb = split_views(f)
-        L = L + jnp.sum(fa * jnp.roll(fb, -1, axis=0)) / fa.shape[0]
-    return L
+        t["negative"] = jnp.sum(fa * jnp.roll(fb, -1, axis=0)) / fa.shape[0]
+    return t
+
+
+def _kernel_pca_terms(f):
+    return {"alignment": kernel_pca(f)}
 
 
 @dataclass(frozen=True)
@@ -217,24 +281,27 @@ class _Spec:
     options: dict = dataclasses.field(default_factory=dict)  # static option -> (default, choices)
     # ℓ(C, **constants) for a cross-moment-only loss (L(f) = ℓ(C(f))); used by the eigen solver
     of_moment: Callable | None = None
+    # terms(f, **constants, **options) -> dict of named, weighted terms summing to fn(f)
+    terms: Callable | None = None
 
 
 _REGISTRY: dict[str, _Spec] = {
     "barlow_twins": _Spec(barlow_twins, {"lam": 1.0}, True, {"lam": "nonnegative"},
-                          of_moment=_bt_from_c),
+                          of_moment=_bt_from_c, terms=_bt_terms),
     "barlow_twins_standardized": _Spec(
         barlow_twins_standardized, {"lam": 5e-3, "eps": 1e-5}, False,
-        {"lam": "nonnegative", "eps": "nonnegative"}),
+        {"lam": "nonnegative", "eps": "nonnegative"}, terms=_bt_std_terms),
     "vicreg": _Spec(
         vicreg, {"lam_inv": 25.0, "mu": 25.0, "nu": 1.0, "eps": 1e-4, "gamma": 1.0}, False,
         {"lam_inv": "nonnegative", "mu": "nonnegative", "nu": "nonnegative",
-         "eps": "nonnegative", "gamma": "nonnegative"}),
+         "eps": "nonnegative", "gamma": "nonnegative"},
+        {"convention": ("paper", CONVENTIONS)}, terms=_vicreg_terms),
     "simclr": _Spec(simclr, {"temperature": 0.5}, False, {"temperature": "positive"},
-                    {"similarity": ("cosine", SIMILARITIES)}),
-    "spectral": _Spec(spectral, {}, False),
-    "kernel_pca": _Spec(kernel_pca, {}, True, of_moment=_neg_trace),
+                    {"similarity": ("cosine", SIMILARITIES)}, terms=_simclr_terms),
+    "spectral": _Spec(spectral, {}, False, terms=_spectral_terms),
+    "kernel_pca": _Spec(kernel_pca, {}, True, of_moment=_neg_trace, terms=_kernel_pca_terms),
     "naive": _Spec(naive, {}, lambda o: o["negatives"] == "none", {},
-                   {"negatives": ("none", NEGATIVES)}, of_moment=_neg_trace),
+                   {"negatives": ("none", NEGATIVES)}, of_moment=_neg_trace, terms=_naive_terms),
 }
 
 
@@ -258,6 +325,23 @@ class Loss:
 
     def __call__(self, f: jax.Array) -> jax.Array:
         return _REGISTRY[self.name].fn(f, **self.constants, **dict(self.options))
+
+    def terms(self, f: jax.Array) -> dict[str, jax.Array]:
+        """Named, weighted terms of the loss at `f (2n, k)`: a dict of scalars whose sum is
+        `self(f)` (to round-off). Barlow Twins (both forms): `on_diagonal` `Σ_i (C_ii − 1)²`,
+        `off_diagonal` `λ Σ_{i≠j} C_ij²`; VICReg: `invariance`, `variance`, `covariance`; SimCLR:
+        `alignment` (positive pairs), `uniformity` (log-sum-exp over the other views); spectral:
+        `alignment` `−2 tr C`, `uniformity` `‖fᵀf/2n‖²`; kernel PCA: `alignment`; naive:
+        `positive` (and `negative` with negatives="shift"). Jittable; vmap it over a trajectory
+        (`jax.vmap(loss.terms)(traj.f)`), or pass `record_terms=True` to `dynamics.solve` /
+        `finite.train`."""
+        return _REGISTRY[self.name].terms(f, **self.constants, **dict(self.options))
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        """The keys of `terms(f)` (without evaluating it)."""
+        f = jax.ShapeDtypeStruct((4, 2), jnp.float32)
+        return tuple(jax.eval_shape(self.terms, f))
 
     def grad(self, f: jax.Array) -> jax.Array:
         """∇_f L, `(2n, k)`."""

@@ -156,7 +156,7 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
                   delta2: float = 4.0, sigma_w2: float = 0.1, dim: int = 2,
                   d_out: int | None = None, h: int | None = None, init_scale: float | None = None,
                   lr: float | None = None, steps: int | None = None, rtol: float = 1e-6,
-                  dtype=None) -> PhaseDiagram:
+                  dtype=None, progress: bool = False) -> PhaseDiagram:
     """Simulate and predict a collapse phase diagram over `x × gamma`.
 
     model: `"one_layer"` (M1) or `"two_layer"` (M2, square `h = d_out = d` by default).
@@ -171,6 +171,8 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
         `lr = 1/(2·curvature bound)` at the γ = 0 minimum after a warm-up of 2τ time units at the
         rate the stiffer large init allows (`_m2_curvature`); `steps` = 200 time units / lr.
     rtol: rank threshold relative to τ (module docstring).
+    progress: show the grid phase (one compiled call over all cells) with the shared progress
+      display (`sslntk._progress`: a bar on a terminal, one line in logs).
     dtype: simulation dtype (default: float64 when x64 is enabled, else float32).
 
     Predictions: M1 rank `min(d_out, #{a_i > γτ})` (digest §2.1, independent of σ²); M2 global rank
@@ -242,10 +244,16 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
     if model == "one_layer":
         warmup = (0, lr)
 
-    ev, loss, gn, maps = _grid(jnp.asarray(As, dtype), jnp.asarray(As + Bs, dtype), jnp.asarray(gs, dtype),
-                         jnp.asarray(tau, dtype), init, jnp.asarray(lr, dtype), steps,
-                         (warmup[0], jnp.asarray(warmup[1], dtype)), model=model)
-    ev = np.asarray(ev)
+    from sslntk._progress import Progress
+
+    with Progress(xs.size * gs.size, f"phase grid ({model}, {steps} GD steps per cell)",
+                  enabled=progress, unit="cell") as bar:
+        ev, loss, gn, maps = _grid(jnp.asarray(As, dtype), jnp.asarray(As + Bs, dtype),
+                                   jnp.asarray(gs, dtype), jnp.asarray(tau, dtype), init,
+                                   jnp.asarray(lr, dtype), steps,
+                                   (warmup[0], jnp.asarray(warmup[1], dtype)), model=model)
+        ev = np.asarray(ev)
+        bar.update(xs.size * gs.size)
     measured = np.sum(ev > rtol * tau, axis=-1)
     # a diverged cell (NaN/inf: lr too large) has no measured rank; before issue 15's audit NaN
     # variances counted as rank 0 and silently "agreed" with collapsed predictions

@@ -32,10 +32,13 @@ def _save(fig, out: str | Path, name: str) -> list[Path]:
 
 
 def staircase(out, name, ts, loss, predicted_steps, *, loss_theory=None, simulated_steps=None,
-              title="Barlow Twins loss staircase"):
-    """Loss vs time with the predicted step times as dashed verticals (and the theory curve)."""
+              title="Barlow Twins loss staircase", terms=None):
+    """Loss vs time with the predicted step times as dashed verticals (and the theory curve).
+    `terms`: optional `{name: (T,)}` named loss terms (`Loss.terms`), drawn as thin lines."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.plot(ts, loss, lw=2, label="simulated (kernel dynamics)")
+    for i, (tn, tv) in enumerate(sorted((terms or {}).items())):
+        ax.plot(ts, np.asarray(tv), lw=1, alpha=0.8, color=f"C{4 + i}", label=f"term: {tn}")
     if loss_theory is not None:
         ax.plot(ts, loss_theory, "k--", lw=1, label="stepwise theory")
     for j, t in enumerate(np.asarray(predicted_steps)):
@@ -167,4 +170,31 @@ def hypergradient(out, name, xs, outcome, *, grad_at=None, grad=None, xlabel="au
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return _save(fig, out, name)
+
+
+def loss_terms(out, name, ts, terms, *, reference=None, labels=None, title="Loss terms over time"):
+    """Named loss terms over time: `terms {term: (..., T)}` (leading axes, e.g. widths × seeds,
+    are averaged over all but the first, which becomes one line per entry with `labels`).
+    `reference {term: (..., T)}` (e.g. the kernel prediction) is drawn dashed."""
+    names = sorted(terms)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    for ax, tn in zip(axes[0], names, strict=True):
+        for src, ls in ((terms, "-"), (reference, "--")):
+            if src is None or tn not in src:
+                continue
+            v = np.asarray(src[tn], dtype=np.float64)
+            v = v.reshape((-1,) + v.shape[-1:]) if v.ndim <= 2 else \
+                v.reshape(v.shape[0], -1, v.shape[-1]).mean(1)
+            for i, row in enumerate(v):
+                lab = None if ls == "--" else (labels[i] if labels is not None and i < len(labels)
+                                               else None)
+                ax.plot(ts, row, ls, lw=1.5 if ls == "-" else 1, color=f"C{i}", label=lab)
+        ax.set_title(tn, fontsize=10)
+        ax.set_xlabel(TIME_LABEL)
+        ax.grid(alpha=0.3)
+    if labels is not None:
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle(title + ("  (dashed: kernel prediction)" if reference else ""), fontsize=10)
+    fig.tight_layout()
     return _save(fig, out, name)

@@ -105,7 +105,9 @@ class RunDir:
         if f.exists():
             self._say(f"{name}: loaded (finished by an earlier run)")
             return _io.load_npz(f)
-        self._say(f"{name}: computing ...")
+        # on a terminal: "computing" (its progress bars follow) and "done"; in logs one line per
+        # part (the parts' own progress phases print one line each, sslntk._progress)
+        self._say(f"{name}: computing ...", only_bar=True)
         t0 = time.perf_counter()
         arrays = compute()
         self.timings[name] = time.perf_counter() - t0
@@ -115,8 +117,11 @@ class RunDir:
         self.computed.append(name)
         return _io.load_npz(f)   # the same dtype/rounding whether computed now or resumed
 
-    def _say(self, msg: str):
-        if self.verbose:
+    def _say(self, msg: str, only_bar: bool = False):
+        from sslntk._progress import mode
+
+        m = mode(sys.stderr, self.verbose)
+        if m == "bar" or (m == "line" and not only_bar):
             print(f"[sslntk] {msg}", file=sys.stderr, flush=True)
 
     def write_results(self, headline: dict, arrays: dict | None = None,

@@ -26,7 +26,11 @@ Status semantics (`Trajectory.status`, int, per batch element under vmap):
   NONFINITE (2) NaN/inf appeared in the state, its derivative or the loss; saved times after the
                 blow-up hold NaN (ode/constrained) or whatever the iteration produced (gd);
   FAILED (3)    any other solver failure (e.g. implicit-solver non-convergence).
-Outside jit, `solve` warns (RuntimeWarning) when a solve did not succeed; call
+  STATIONARY (5) nothing moves: `∇_f L(f0) = 0` exactly (e.g. f0 = 0, the saddle of Barlow Twins
+                at α = 0, DESIGN.md); the trajectory is the constant f0 (checked on concrete inputs).
+(`sslntk._status` holds the codes, shared with `finite.train`, which adds DIVERGED (4).)
+k = 0 (`f0` of shape (2n, 0)) raises ValueError. Outside jit, `solve` warns (RuntimeWarning)
+when a solve did not succeed; call
 `traj.raise_if_failed()` to turn that into an error.
 
 Jit/vmap/grad: `solve` is traceable. Array arguments (K, f0, ts, test arrays) and numeric loss
@@ -36,12 +40,13 @@ constants may be traced; string/int options (`solver`, `max_steps`, loss names a
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-import warnings
 
 import jax
 import jax.numpy as jnp
 
+from sslntk import _status
 from sslntk import _validate as V
 from sslntk.dynamics import _common
 from sslntk.dynamics._closed_form import solve_closed_form
@@ -50,9 +55,11 @@ from sslntk.dynamics._eigen import solve_eigen
 from sslntk.dynamics._gd import solve_gd
 from sslntk.dynamics._ode import solve_ode
 from sslntk.dynamics._trajectory import (
+    DIVERGED,
     FAILED,
     MAX_STEPS,
     NONFINITE,
+    STATIONARY,
     STATUS_NAMES,
     SUCCESS,
     Trajectory,
@@ -60,7 +67,7 @@ from sslntk.dynamics._trajectory import (
 
 __all__ = ["solve", "choose_method", "available_methods", "METHODS", "SMALL_N", "LARGE_N",
            "Trajectory", "SUCCESS",
-           "MAX_STEPS", "NONFINITE", "FAILED", "STATUS_NAMES"]
+           "MAX_STEPS", "NONFINITE", "FAILED", "DIVERGED", "STATIONARY", "STATUS_NAMES"]
 
 # method -> solver `fn(K, loss, f0, ts, *, K_test_train, f0_test, progress, **options) -> Trajectory`
 METHODS = {
@@ -154,7 +161,9 @@ def _check_options(method: str, fn, options: dict) -> None:
 
 
 def solve(K, loss, f0, ts, method: str = "auto", *, K_test_train=None, f0_test=None,
-          progress: bool = False, check_psd: bool = True, **options) -> Trajectory:
+          progress: bool = False, check_psd: bool = True, record_terms: bool = False,
+          diagnostics: bool = False, collapse_threshold: float | None = None,
+          **options) -> Trajectory:
     """Kernel-regime training trajectory of `loss` from `f0`, saved at times `ts`.
 
     Args:
@@ -168,7 +177,14 @@ def solve(K, loss, f0, ts, method: str = "auto", *, K_test_train=None, f0_test=N
       K_test_train, f0_test: `(m, 2n)` cross kernel and `(m, k)` test embeddings at t = 0 (both or
         neither); then `Trajectory.f_test (T, m, k)` holds the kernel-regime predictions
         `f_test(t) = f0_test − K_test_train ∫₀ᵗ ∇_f L ds` (constrained: its own flow, see there).
-      progress: print progress of long solves.
+      progress: one progress bar for the solve (`sslntk._progress`: a tqdm bar with rate, elapsed
+        and ETA on a terminal or in a notebook, one line at the end in logs).
+      record_terms: also record `Trajectory.terms`, the loss's named terms at every saved time
+        (`Loss.terms`, e.g. VICReg invariance / variance / covariance).
+      diagnostics: also record `Trajectory.diagnostics`, collapse diagnostics over time
+        (`sslntk.diagnostics.collapse`: RankMe, effective rank, centre-vector norm, ...), and warn
+        (`CollapseWarning`) when the final RankMe is below `collapse_threshold` (default
+        `diagnostics.COLLAPSE_RANK` = 1.5). Setting `collapse_threshold` turns diagnostics on.
       **options: method options (e.g. `rtol`, `max_steps`, `solver` for "ode"; `lr` for "gd");
         unknown ones raise `ValueError` listing the valid ones.
 
@@ -184,13 +200,32 @@ def solve(K, loss, f0, ts, method: str = "auto", *, K_test_train=None, f0_test=N
     traj = fn(inp.K, inp.loss, inp.f0, inp.ts, K_test_train=inp.K_test_train,
               f0_test=inp.f0_test, progress=progress, **options)
     traj = _common.with_method(traj, method)
-    if V.is_concrete(traj.status) and not isinstance(traj.status, jax.core.Tracer) \
-            and not traj.ok:
-        warnings.warn(f"sslntk.dynamics.solve: method {method!r} did not succeed "
-                      f"(status={traj.status_name}, n_steps={jnp.asarray(traj.n_steps).tolist()});"
-                      f" call .raise_if_failed() to make this an error", RuntimeWarning,
-                      stacklevel=2)
+    concrete = V.is_concrete(traj.status) and not isinstance(traj.status, jax.core.Tracer)
+    if concrete and traj.ok and _stationary(inp.loss, inp.f0):
+        traj = dataclasses.replace(traj, status=jnp.asarray(STATIONARY, jnp.int32))
+    if record_terms:
+        traj = dataclasses.replace(traj, terms=jax.vmap(inp.loss.terms)(traj.f))
+    if diagnostics or collapse_threshold is not None:
+        from sslntk import diagnostics as _diag
+
+        d = _diag.collapse(traj.f)
+        traj = dataclasses.replace(traj, diagnostics=d)
+        if concrete and not isinstance(traj.f, jax.core.Tracer):
+            _diag.check_collapse(d, threshold=collapse_threshold or _diag.COLLAPSE_RANK,
+                                 k=int(inp.f0.shape[1]),
+                                 where=f"sslntk.dynamics.solve (method {method!r})")
+    if concrete and not traj.ok:
+        _status.warn_status(f"sslntk.dynamics.solve: method {method!r}", traj.status,
+                            detail=f"n_steps={jnp.asarray(traj.n_steps).tolist()}")
     return traj
+
+
+def _stationary(loss, f0) -> bool:
+    """True when `∇_f L(f0) = 0` exactly on a concrete `f0` (nothing can move)."""
+    if not V.is_concrete(f0) or isinstance(f0, jax.core.Tracer):
+        return False
+    g = loss.grad(f0)
+    return bool(jnp.all(g == 0))
 
 
 from sslntk.dynamics._sweep import solve_many  # noqa: E402  (sweep API: many runs, one kernel)

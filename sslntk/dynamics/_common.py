@@ -69,6 +69,9 @@ def validate_inputs(K, loss, f0, ts, K_test_train=None, f0_test=None, *,
     if f0.shape[0] != K.shape[0]:
         raise ValueError(f"f0: expected shape (2n, k) = ({K.shape[0]}, k) to match K "
                          f"{tuple(K.shape)}, got {tuple(f0.shape)}")
+    if f0.shape[1] < 1:
+        raise ValueError(f"f0: expected k >= 1 embedding dimensions, shape (2n, k), got "
+                         f"{tuple(f0.shape)} (k = 0: nothing to learn)")
     K_test_train, f0_test = V.check_test_pair(K_test_train, f0_test, K.shape[0], f0.shape[1])
     V.same_dtype(K=K, f0=f0, K_test_train=K_test_train, f0_test=f0_test)
     ts = _times(ts, K.dtype)
@@ -184,7 +187,7 @@ class Integrated(NamedTuple):
 
 
 def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps, pcoeff, icoeff,
-              adjoint, progress: bool, retract=None, norm=None) -> Integrated:
+              adjoint, progress: bool | str, retract=None, norm=None) -> Integrated:
     """Integrate `dy/dt = vector_field(t, y, args)` from t = 0 and save at `ts` (diffrax).
 
     Non-finite detection: the vector field is guarded. When any entry of `vector_field(t, y)` is
@@ -196,6 +199,8 @@ def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps,
     Status: diffrax `successful` → SUCCESS (NONFINITE if the flag rose), `max_steps_reached` →
     MAX_STEPS, anything else (e.g. implicit-solver divergence) → FAILED. `throw=False` throughout.
     `norm`: the step controller's error norm over the state pytree `(y, flag)` (default RMS).
+    `progress`: False, True or a label: one `sslntk._progress` bar for the solve (percent of
+    `ts[-1]`), or one line at its end when stderr is not a terminal.
     """
     dtype = jax.tree_util.tree_leaves(y0)[0].dtype
 
@@ -211,8 +216,12 @@ def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps,
         inner = _Retracted(inner, lambda y: (retract(y[0]), y[1]))
     controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff,
                                        **({} if norm is None else {"norm": norm}))
-    meter = diffrax.TextProgressMeter(minimum_increase=0.05) if progress \
-        else diffrax.NoProgressMeter()
+    if progress:
+        from sslntk._progress import progress_meter
+
+        meter = progress_meter(progress if isinstance(progress, str) else "ode solve")
+    else:
+        meter = diffrax.NoProgressMeter()
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(guarded), inner, t0=jnp.zeros((), ts.dtype), t1=ts[-1], dt0=dt0,
         y0=(y0, jnp.zeros((), dtype)), args=args, saveat=diffrax.SaveAt(ts=ts),

@@ -13,7 +13,6 @@ with updates after the last requested step skipped.
 from __future__ import annotations
 
 import functools
-import sys
 import warnings
 
 import jax
@@ -21,12 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslntk import _validate as V
+from sslntk._progress import Progress
 from sslntk.dynamics import _common as C
 from sslntk.dynamics._trajectory import MAX_STEPS, NONFINITE, SUCCESS, Trajectory
 
+_BARS: list = []   # the open `Progress` of the running solve_gd call (host side)
+
 
 def _report(step, total):
-    print(f"gd: step {int(step)}/{int(total)}", file=sys.stderr, flush=True)
+    if _BARS:
+        _BARS[-1].set(int(step))
 
 
 @functools.partial(jax.jit, static_argnames=("n_total", "progress"))
@@ -35,7 +38,7 @@ def _core(K, loss, f0, lr, steps, K_tx, f0_test, *, n_total, progress):
     T = steps.shape[0]
     s_last = steps[-1]
     grad = jax.grad(loss)
-    every = max(1, n_total // 20)
+    every = max(1, n_total // 100)
 
     def save(carry, st):
         f, I, out_f, out_I, ptr = carry[:5]
@@ -126,5 +129,15 @@ def solve_gd(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False
                              "concrete ts and lr")
         n_total = max_steps
         steps = jnp.rint(jnp.asarray(ts) / lr_arr).astype(jnp.int32)
-    return _core(K, loss, f0, lr_arr, steps, K_test_train, f0_test, n_total=n_total,
-                 progress=bool(progress))
+    if not progress:
+        return _core(K, loss, f0, lr_arr, steps, K_test_train, f0_test, n_total=n_total,
+                     progress=False)
+    with Progress(n_total, "gd solve", unit="step") as bar:
+        _BARS.append(bar)
+        try:
+            traj = jax.block_until_ready(_core(K, loss, f0, lr_arr, steps, K_test_train, f0_test,
+                                               n_total=n_total, progress=True))
+            bar.set(n_total)
+        finally:
+            _BARS.remove(bar)
+    return traj

@@ -8,12 +8,17 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-# Solver status codes carried by every Trajectory (never a silent NaN).
-SUCCESS = 0
-MAX_STEPS = 1      # the solver hit `max_steps` before the last requested time
-NONFINITE = 2      # NaN/inf appeared in the state or the loss
-FAILED = 3         # any other solver failure (e.g. step size collapsed)
-STATUS_NAMES = {SUCCESS: "success", MAX_STEPS: "max_steps", NONFINITE: "nonfinite", FAILED: "failed"}
+# Solver status codes carried by every Trajectory (never a silent NaN); shared with the finite
+# trainer in sslntk/_status.py (SUCCESS, MAX_STEPS, NONFINITE, FAILED, DIVERGED, STATIONARY).
+from sslntk._status import (  # noqa: F401
+    DIVERGED,
+    FAILED,
+    MAX_STEPS,
+    NONFINITE,
+    STATIONARY,
+    STATUS_NAMES,
+    SUCCESS,
+)
 
 
 @jax.tree_util.register_dataclass
@@ -30,6 +35,10 @@ class Trajectory:
       f_test: `(T, m, k)` predictions at test points when a cross kernel was given, else None.
       bound: method-specific error bound (e.g. discarded spectral mass for `eigen`), else None.
       method: which solver produced it (static; `auto` records its choice here).
+      terms: with `solve(..., record_terms=True)`, `{name: (T,)}` the loss's named terms over time
+        (`Loss.terms`; they sum to `loss`), else None.
+      diagnostics: with `solve(..., diagnostics=True)`, `{name: (T,)}` collapse diagnostics over
+        time (`sslntk.diagnostics.collapse`: RankMe, effective rank, centre-vector norm, ...).
     """
 
     ts: jax.Array
@@ -40,6 +49,8 @@ class Trajectory:
     f_test: jax.Array | None = None
     bound: jax.Array | None = None
     method: str = dataclasses.field(default="", metadata=dict(static=True))
+    terms: dict | None = None
+    diagnostics: dict | None = None
 
     @property
     def ok(self) -> bool:

@@ -30,6 +30,7 @@ import scipy.stats
 
 from sslntk import _io, dynamics, kernels, metrics
 from sslntk import _validate as V
+from sslntk import losses as L
 from sslntk._progress import Progress
 from sslntk.finite._network import linearize, network
 from sslntk.finite._ntk import empirical_ntk
@@ -131,6 +132,11 @@ class WidthSweep:
     into the network vs its own linearisation at init (the kernel MOVING during training) and that
     linearisation vs the kernel trajectory (the finite-width kernel at init differing from the
     infinite-width one, including its cross-output terms).
+    status_net, failed_step_net: (W, S) the trainer's status (`sslntk._status`: success /
+    nonfinite / diverged / stationary) and failing step (−1: none) of every network.
+    status_ker: (W, S) the kernel solve's status. `ok`: every run of both succeeded; the sweep
+    warns (RuntimeWarning) otherwise, and the exponent fit skips when a deviation is not finite.
+    terms_net, terms_ker: with `record_terms=True`, `{term: (W, S, T)}` the loss's named terms.
     """
 
     widths: np.ndarray
@@ -155,6 +161,36 @@ class WidthSweep:
     dev_net_lin: np.ndarray | None = None
     dev_lin_ker: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
+    status_net: np.ndarray | None = None
+    failed_step_net: np.ndarray | None = None
+    status_ker: np.ndarray | None = None
+    terms_net: dict | None = None
+    terms_ker: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(a is None or bool(np.all(np.asarray(a) == 0))
+                   for a in (self.status_net, self.status_ker))
+
+    def raise_if_failed(self) -> WidthSweep:
+        if not self.ok:
+            raise RuntimeError(f"width_sweep failed: {self._status_text()}")
+        return self
+
+    def _status_text(self) -> str:
+        from sslntk._status import names
+
+        out = []
+        for i, w in enumerate(self.widths):
+            for j, s in enumerate(self.seeds):
+                sn = None if self.status_net is None else int(self.status_net[i, j])
+                sk = None if self.status_ker is None else int(self.status_ker[i, j])
+                if sn or sk:
+                    step = "" if self.failed_step_net is None or self.failed_step_net[i, j] < 0 \
+                        else f" at step {int(self.failed_step_net[i, j])}"
+                    out.append(f"width {int(w)} seed {int(s)}: network {names(sn or 0)}{step}, "
+                               f"kernel {names(sk or 0)}")
+        return "; ".join(out) or "success"
 
     def summary(self) -> dict:
         """JSON-ready summary (per-width means/max and the exponent)."""
@@ -164,7 +200,7 @@ class WidthSweep:
                    deviation_max=self.deviation.max(1).tolist(),
                    kernel_drift_mean=self.kernel_drift.mean(1).tolist(),
                    init_kernel_error_mean=self.init_kernel_error.mean(1).tolist(),
-                   seconds=self.seconds.tolist())
+                   seconds=self.seconds.tolist(), ok=self.ok, status=self._status_text())
         w = self.ts <= self.window
         if self.dev_test is not None:
             out["deviation_test_mean"] = self.dev_test[:, :, w].max(-1).mean(1).tolist()
@@ -179,7 +215,7 @@ class WidthSweep:
 
 _FIELDS = ("dev_train", "dev_test", "kernel_drift", "init_kernel_error", "spectra_net",
            "spectra_ker", "step_times_net", "step_times_ker", "loss_net", "loss_ker", "lr_rate",
-           "dev_net_lin", "dev_lin_ker")
+           "dev_net_lin", "dev_lin_ker", "status_net", "failed_step_net", "status_ker")
 
 
 def _default_method():
@@ -192,7 +228,7 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                 batch_size: int | None = None, vmap_seeds: bool = True, drift_points: int = 256,
                 solve_options: dict | None = None, checkpoint=None, linearized: bool = False,
                 progress: bool = True, param: str = "ntk", base_width: int | None = None,
-                reference: str | None = None) -> WidthSweep:
+                reference: str | None = None, record_terms: bool = False) -> WidthSweep:
     """Finite networks of several widths × seeds against the kernel trajectory from the same f₀.
 
     Args:
@@ -220,6 +256,12 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
         only defined for it) or "empirical" (each network's own empirical-NTK prediction from
         `kernel_prediction`, full output-space kernel, the default otherwise; then the deviation
         is the kernel's motion, and `init_kernel_error` is NaN).
+      progress: one bar over the widths (and one for the kernel), `sslntk._progress`.
+      record_terms: also record the loss's named terms of the networks and the kernel solves
+        (`WidthSweep.terms_net`, `terms_ker`; needs a `losses.Loss`).
+
+    Outcome: `status_net`, `failed_step_net`, `status_ker` per (width, seed); a RuntimeWarning
+    names every run that did not succeed (a NaN deviation leaves the exponent unfitted).
     """
     from sslntk.finite import _param
     from sslntk.finite._kernel_prediction import kernel_prediction
@@ -270,14 +312,18 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                          f"{tuple(xt.shape)}")
     nd = min(V.positive_int("drift_points", drift_points), x.shape[0])
 
+    if record_terms and not isinstance(loss, L.Loss):
+        raise ValueError("record_terms: needs a sslntk.losses.Loss or a loss name, got a callable")
     if reference == "infinite":
-        K = kernels.ntk(arch, x)
-        Ktt = None if xt is None else kernels.ntk(arch, xt, x)
+        K = kernels.ntk(arch, x, progress=progress)
+        Ktt = None if xt is None else kernels.ntk(arch, xt, x, progress=progress)
         K_drift = K[:nd, :nd]
     ckdir = Path(checkpoint) if checkpoint is not None else None
     W = len(widths)
     res: dict[str, list] = {name: [] for name in _FIELDS}
     seconds = []
+    terms_net: dict[str, list] = {}
+    terms_ker: dict[str, list] = {}
 
     with Progress(W, "width sweep", enabled=progress) as prog:
         for w in widths:
@@ -286,9 +332,14 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                 z = _io.load_npz(cfile)
                 if (z["seeds"].tolist() == seeds and np.array_equal(z["ts"], tgrid)
                         and str(z["tag"]) == _tag(tag_arch, loss, alpha, lr, optimizer, method, x)
-                        and (not linearized or "dev_net_lin" in z)):
+                        and (not linearized or "dev_net_lin" in z)
+                        and (not record_terms or any(n.startswith("terms_") for n in z))):
                     for name in _FIELDS:
                         res[name].append(z[name] if name in z else None)
+                    for name in z:
+                        for pre, tgt in (("terms_net__", terms_net), ("terms_ker__", terms_ker)):
+                            if name.startswith(pre):
+                                tgt.setdefault(name[len(pre):], []).append(z[name])
                     seconds.append(float(z["seconds"]))
                     prog.update(1, width=w, resumed=1)
                     continue
@@ -301,13 +352,13 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
             # lr is discrete on both sides, so there is nothing to warn about.
             kw = dict(lr=lr, steps=steps, optimizer=optimizer, batch_size=batch_size, ts=tgrid,
                       x_test=xt, progress=False, check_lr=method != "gd")
-            f_net, ft_net, l_net, trained, rate = _train_seeds(models, x, loss, keys, kw,
-                                                               vmap_seeds)
+            f_net, ft_net, l_net, trained, rate, st_net, fs_net = _train_seeds(
+                models, x, loss, keys, kw, vmap_seeds)
             f_lin = None
             if linearized:
                 f_lin = _train_seeds([linearize(m) for m in models], x, loss, keys,
                                      {**kw, "check_lr": False, "x_test": None}, vmap_seeds)[0]
-            f_ker, ft_ker, l_ker, drift, err0 = [], [], [], [], []
+            f_ker, ft_ker, l_ker, drift, err0, st_ker = [], [], [], [], [], []
             for m, mt in zip(models, trained, strict=True):
                 f0 = m(x)
                 f0t = None if xt is None else m(xt)
@@ -322,6 +373,8 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                 f_ker.append(np.asarray(traj.f))
                 ft_ker.append(None if xt is None else np.asarray(traj.f_test))
                 l_ker.append(np.asarray(traj.loss))
+                st_ker.append(int(traj.status if reference == "infinite"
+                                  else traj.trajectory.status))
                 if getattr(m, "couples_batch", False):    # BatchNorm: the batch map's kernel
                     from sslntk.finite._kernel_prediction import output_space_ntk
                     th0, th1 = (output_space_ntk(mm, x[:nd])[0] for mm in (m, mt))
@@ -350,13 +403,24 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
             res["loss_net"].append(l_net)
             res["loss_ker"].append(np.stack(l_ker))
             res["lr_rate"].append(rate)
+            res["status_net"].append(np.asarray(st_net, np.int32))
+            res["failed_step_net"].append(np.asarray(fs_net, np.int64))
+            res["status_ker"].append(np.asarray(st_ker, np.int32))
+            new_terms = {}
+            if record_terms:
+                tf = jax.vmap(jax.vmap(loss.terms))
+                for pre, tgt, ff in (("terms_net__", terms_net, f_net),
+                                     ("terms_ker__", terms_ker, f_ker)):
+                    for name, v in tf(jnp.asarray(ff)).items():
+                        tgt.setdefault(name, []).append(np.asarray(v))
+                        new_terms[pre + name] = np.asarray(v)
             seconds.append(time.perf_counter() - t0)
             if cfile is not None:
                 arrays = {n: res[n][-1] for n in _FIELDS if res[n][-1] is not None}
                 _io.atomic_write_npz(cfile, seeds=np.array(seeds), ts=tgrid,
                                      seconds=np.array(seconds[-1]),
                                      tag=np.array(_tag(tag_arch, loss, alpha, lr, optimizer, method,
-                                                       x)), **arrays)
+                                                       x)), **arrays, **new_terms)
             prog.update(1, width=w, dev=float(np.max(res["dev_train"][-1][:, tgrid <= window])))
     arr = {n: (None if any(a is None for a in res[n]) else np.stack(res[n])) for n in _FIELDS}
     wmask = tgrid <= window
@@ -364,9 +428,19 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
     fit = None
     if W >= 2 and np.all(np.isfinite(deviation)) and np.all(deviation > 0):
         fit = fit_exponent(widths, deviation)
-    return WidthSweep(widths=np.array(widths), seeds=np.array(seeds), ts=tgrid, method=method,
-                      window=window, deviation=deviation, seconds=np.array(seconds),
-                      exponent=fit, **arr)
+    ws = WidthSweep(widths=np.array(widths), seeds=np.array(seeds), ts=tgrid, method=method,
+                    window=window, deviation=deviation, seconds=np.array(seconds),
+                    exponent=fit, **arr,
+                    terms_net={k: np.stack(v) for k, v in terms_net.items()} or None,
+                    terms_ker={k: np.stack(v) for k, v in terms_ker.items()} or None)
+    if not ws.ok:
+        import warnings
+
+        warnings.warn(f"finite.width_sweep: did not succeed ({ws._status_text()})"
+                      + ("" if fit is not None or W < 2 else "; exponent not fitted")
+                      + "; call .raise_if_failed() to make this an error", RuntimeWarning,
+                      stacklevel=2)
+    return ws
 
 
 def _train_seeds(models, x, loss, keys, kw, vmap_seeds):
@@ -378,12 +452,14 @@ def _train_seeds(models, x, loss, keys, kw, vmap_seeds):
         f = np.moveaxis(np.asarray(r.f), 1, 0)
         ft = None if r.f_test is None else np.moveaxis(np.asarray(r.f_test), 1, 0)
         rate = np.asarray(r.lr_rate) if r.lr_rate is not None else np.full(S, np.nan)
-        return f, ft, np.asarray(r.loss).T, [unstack_model(r.params, i) for i in range(S)], rate
+        return (f, ft, np.asarray(r.loss).T, [unstack_model(r.params, i) for i in range(S)], rate,
+                np.asarray(r.status), np.asarray(r.failed_step))
     rs = [train(m, x, loss, key=k, **kw) for m, k in zip(models, keys, strict=True)]
     ft = None if rs[0].f_test is None else np.stack([np.asarray(r.f_test) for r in rs])
     rate = np.array([np.nan if r.lr_rate is None else float(r.lr_rate) for r in rs])
     return (np.stack([np.asarray(r.f) for r in rs]), ft, np.stack([np.asarray(r.loss) for r in rs]),
-            [r.model for r in rs], rate)
+            [r.model for r in rs], rate, np.array([int(r.status) for r in rs]),
+            np.array([int(r.failed_step) for r in rs]))
 
 
 def _tag(arch, loss, alpha, lr, optimizer, method, x) -> str:

@@ -30,7 +30,9 @@ from sslntk import _io
 from sslntk import _validate as V
 from sslntk import losses as L
 from sslntk._progress import Progress
-from sslntk.dynamics._trajectory import NONFINITE, SUCCESS
+from sslntk._status import DIVERGE_FACTOR, DIVERGED, NONFINITE, STATIONARY, SUCCESS
+from sslntk._status import names as _status_names
+from sslntk._status import warn_status as _warn_status
 from sslntk.finite import _optim, _param
 from sslntk.finite._network import _check_key, ensure_built
 from sslntk.finite._ntk import _f, split_trainable
@@ -50,9 +52,17 @@ class TrainResult:
     ts: `(T,)` times `lr·steps[i]` of the save points. steps: `(T,)` int step counts.
     f: `(T, 2n, k)` embeddings of the stacked training views (the full set, also for SGD).
     loss: `(T,)` full-batch loss at the save points. f_test: `(T, m, k)` or None.
-    status: `SUCCESS` or `NONFINITE` (training stopped when the loss became NaN/inf; later saved
-      values are NaN). model: the trained network (a new module; the input model is unchanged).
+    status: `sslntk._status` code: SUCCESS; NONFINITE (the loss became NaN/inf) or DIVERGED
+      (`|loss| > DIVERGE_FACTOR·max(1, |loss(0)|)`): training of that run stopped there and later
+      saved values are NaN; STATIONARY (nothing moved: the start is a stationary point of the
+      loss, e.g. α = 0 with Barlow Twins). `train` warns (RuntimeWarning) unless SUCCESS.
+    failed_step: the first optimiser step whose loss was non-finite / diverged (exact: the chunk
+      before the failing save point is replayed step by step), −1 when none.
+    model: the trained network (a new module; the input model is unchanged).
     lr_rate: `lr·ρ` of the GD step-size check (`flow_rate`), or None when not computed.
+    terms: with `record_terms=True`, `{name: (T,)}` the loss's named terms (`Loss.terms`).
+    diagnostics: with `diagnostics=True`, `{name: (T,)}` collapse diagnostics
+      (`sslntk.diagnostics.collapse`).
     For `train_batched`, every array has a leading seed axis and `model` is None; `params` then
     holds the stacked final parameter state.
     """
@@ -66,10 +76,24 @@ class TrainResult:
     model: nnx.Module | None = None
     lr_rate: np.ndarray | None = None
     params: object = None
+    failed_step: np.ndarray | None = None
+    terms: dict | None = None
+    diagnostics: dict | None = None
 
     @property
     def ok(self) -> bool:
         return bool(np.all(np.asarray(self.status) == SUCCESS))
+
+    @property
+    def status_name(self) -> str:
+        return _status_names(self.status)
+
+    def raise_if_failed(self) -> TrainResult:
+        """Raise `RuntimeError` naming the status and step unless every run succeeded."""
+        if not self.ok:
+            raise RuntimeError(f"training failed: status={self.status_name}, failed_step="
+                               f"{np.asarray(self.failed_step).tolist()}")
+        return self
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,6 +311,8 @@ def _run(engine, params, rest, keys, x, xt, loss, lr, steps, s_save, *, checkpoi
     ft_hist = None if xt is None else np.full((T, *lead, xt.shape[0], off.shape[-1]), np.nan,
                                               dtype=x.dtype)
     status = np.full(lead, SUCCESS, dtype=np.int32)
+    failed_step = np.full(lead, -1, dtype=np.int64)
+    l0 = None
     treedef = jax.tree.structure((params, opt_state))
     fp = _fingerprint(*jax.tree.leaves(params), *jax.tree.leaves(rest), keys, x,
                       xt if xt is not None else "no-test", repr(loss), lr, steps, s_save,
@@ -303,6 +329,8 @@ def _run(engine, params, rest, keys, x, xt, loss, lr, steps, s_save, *, checkpoi
         params, opt_state = jax.tree.unflatten(treedef, leaves)
         i0, step = int(z["next_save"]), int(z["step"])
         f_hist, l_hist, status = z["f"], z["loss"], z["status"]
+        failed_step = z["failed_step"] if "failed_step" in z else failed_step
+        l0 = z["loss0"] if "loss0" in z else None
         if ft_hist is not None:
             ft_hist = z["f_test"]
     with Progress(steps, label, enabled=progress) as prog:
@@ -311,14 +339,21 @@ def _run(engine, params, rest, keys, x, xt, loss, lr, steps, s_save, *, checkpoi
             if np.all(status != SUCCESS):
                 break
             n_adv = int(s_save[i]) - step
+            prev = (params, opt_state, step)
             if n_adv:
                 params, opt_state = engine.advance(params, opt_state, rest, keys, x, off, step,
                                                    n_adv)
                 step = int(s_save[i])
             f, lv, ft = engine.record(params, rest, x, off, xt, offt)
             lv = np.asarray(lv)
-            bad = ~np.isfinite(lv) & (status == SUCCESS)
-            status = np.where(bad, NONFINITE, status).astype(np.int32)
+            if l0 is None:
+                l0 = lv
+            code = _failure(lv, l0)
+            bad = (code != SUCCESS) & (status == SUCCESS)
+            if np.any(bad):
+                first = _first_failure(engine, prev, rest, keys, x, off, n_adv, bad, l0)
+                failed_step = np.where(bad, np.where(first >= 0, first, step), failed_step)
+            status = np.where(bad, code, status).astype(np.int32)
             keep = status == SUCCESS
             f_hist[i] = np.where(keep[..., None, None], np.asarray(f), np.nan)
             l_hist[i] = np.where(keep, lv, np.nan)
@@ -329,7 +364,8 @@ def _run(engine, params, rest, keys, x, xt, loss, lr, steps, s_save, *, checkpoi
                 leaves = jax.tree.leaves((params, opt_state))
                 arrays = {f"state_{j}": np.asarray(a) for j, a in enumerate(leaves)}
                 arrays.update(fingerprint=np.array(fp), next_save=np.array(i + 1),
-                              step=np.array(step), f=f_hist, loss=l_hist, status=status)
+                              step=np.array(step), f=f_hist, loss=l_hist, status=status,
+                              failed_step=failed_step, loss0=np.asarray(l0))
                 if ft_hist is not None:
                     arrays["f_test"] = ft_hist
                 _io.atomic_write_npz(ckpt, **arrays)
@@ -339,7 +375,67 @@ def _run(engine, params, rest, keys, x, xt, loss, lr, steps, s_save, *, checkpoi
             params, opt_state = engine.advance(params, opt_state, rest, keys, x, off, step,
                                                steps - step)
             prog.update(steps - step)
-    return params, f_hist, l_hist, ft_hist, status
+    # nothing moved at all (e.g. α = 0 with Barlow Twins: f0 = 0 is a saddle, ∇L = 0)
+    moved = np.max(np.abs(f_hist - f_hist[:1]), axis=(0, -2, -1))
+    scale = np.max(np.abs(f_hist[:1]), axis=(0, -2, -1))
+    still = (status == SUCCESS) & (moved <= 8 * np.finfo(f_hist.dtype).eps * scale) \
+        & (len(s_save) > 1)
+    status = np.where(still, STATIONARY, status).astype(np.int32)
+    return params, f_hist, l_hist, ft_hist, status, failed_step
+
+
+def _failure(lv, l0) -> np.ndarray:
+    """Status code per run from its loss `lv` and initial loss `l0`: NONFINITE, DIVERGED, SUCCESS."""
+    big = np.abs(lv) > DIVERGE_FACTOR * np.maximum(1.0, np.abs(np.nan_to_num(l0)))
+    return np.where(~np.isfinite(lv), NONFINITE, np.where(big, DIVERGED, SUCCESS)).astype(np.int32)
+
+
+#: at most this many steps are replayed one by one to find the exact failing step
+_REPLAY_MAX = 20000
+
+
+def _first_failure(engine, prev, rest, keys, x, off, n_adv, bad, l0) -> np.ndarray:
+    """Replay the chunk before a failing save point one step at a time (runs flagged `bad`) and
+    return the first step whose loss fails (`_failure`), −1 where not found / not replayed."""
+    params, opt_state, s0 = prev
+    first = np.full(np.shape(bad), -1, dtype=np.int64)
+    if n_adv <= 0 or n_adv > _REPLAY_MAX:
+        return first
+    for j in range(n_adv):
+        params, opt_state = engine.advance(params, opt_state, rest, keys, x, off, s0 + j, 1)
+        _, lv, _ = engine.record(params, rest, x, off, None, None)
+        hit = bad & (first < 0) & (_failure(np.asarray(lv), l0) != SUCCESS)
+        first = np.where(hit, s0 + j + 1, first)
+        if np.all(first[bad] >= 0):
+            break
+    return first
+
+
+def _finish(result: TrainResult, loss, *, record_terms, diagnostics, collapse_threshold,
+            batched: bool, where: str) -> TrainResult:
+    """Warn on a failed status; add terms / collapse diagnostics (post hoc, from `result.f`)."""
+    import dataclasses
+
+    from sslntk import diagnostics as _diag
+
+    if not result.ok:
+        _warn_status(where, result.status, detail=f"failed_step="
+                     f"{np.asarray(result.failed_step).tolist()}", stacklevel=4)
+    upd = {}
+    if record_terms:
+        if not isinstance(loss, L.Loss):
+            raise ValueError("record_terms: needs a sslntk.losses.Loss (or a loss name); a plain "
+                             "callable loss has no named terms")
+        fn = jax.vmap(jax.vmap(loss.terms)) if batched else jax.vmap(loss.terms)
+        upd["terms"] = {k: np.asarray(v) for k, v in fn(result.f).items()}
+    if diagnostics or collapse_threshold is not None:
+        f = jnp.moveaxis(result.f, 0, 1) if batched else result.f     # time next to (2n, k)
+        d = {k: np.asarray(v) for k, v in _diag.collapse(f).items()}
+        _diag.check_collapse(d, threshold=collapse_threshold or _diag.COLLAPSE_RANK,
+                             k=int(result.f.shape[-1]), where=where,
+                             mask=np.asarray(result.status) == SUCCESS)
+        upd["diagnostics"] = {k: (v.T if batched else v) for k, v in d.items()}
+    return dataclasses.replace(result, **upd) if upd else result
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,7 +529,9 @@ def _common_checks(model, views, loss, lr, steps, optimizer, batch_size, ts, x_t
 def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
           batch_size: int | None = None, ts=None, x_test=None, key=None, checkpoint=None,
           progress: bool = True, check_lr: bool = True,
-          callback: Callable | None = None, optimizer_options: dict | None = None) -> TrainResult:
+          callback: Callable | None = None, optimizer_options: dict | None = None,
+          record_terms: bool = False, diagnostics: bool = False,
+          collapse_threshold: float | None = None) -> TrainResult:
     """Train `model` on the SSL `loss` of the stacked `views` and record it over time.
 
     Args:
@@ -462,6 +560,13 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
       progress: print progress to stderr. check_lr: for "gd", estimate ρ (`flow_rate`) and warn
         (RuntimeWarning, with the numbers) when `lr·ρ > MAX_LR_RATE`.
       callback: `callback(i, step, loss)` after save point i is recorded (and checkpointed).
+      record_terms: also record `TrainResult.terms` (the loss's named terms at the save points).
+      diagnostics: also record `TrainResult.diagnostics` (collapse diagnostics over time) and warn
+        (`CollapseWarning`) when the final RankMe < `collapse_threshold` (default 1.5; setting it
+        turns diagnostics on).
+
+    Outcome: `status` / `failed_step` (see `TrainResult`); a RuntimeWarning names the status and
+    the step when a run did not succeed (`result.raise_if_failed()` makes it an error).
     """
     x, xt, loss, steps, tx, bp, s_save = _common_checks(model, views, loss, lr, steps, optimizer,
                                                         batch_size, ts, x_test, optimizer_options)
@@ -478,26 +583,31 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
         rate = np.asarray(lr * rho)
         _warn_rate(float(lr), rho)
     engine = _Engine(graphdef, loss, tx, bp, x.shape[0] // 2, False)
-    params, f, lv, ft, status = _run(
+    params, f, lv, ft, status, fstep = _run(
         engine, params, rest, key, x, xt, loss, float(lr), steps, s_save, checkpoint=checkpoint,
         progress=progress, label=f"train {type(model).__name__} width "
                                  f"{getattr(model, 'width', '?')}",
         callback=callback, fingerprint_parts=(_describe(model), optimizer,
                                               repr(sorted((optimizer_options or {}).items()))))
-    return TrainResult(ts=s_save * float(lr), steps=s_save, f=jnp.asarray(f), loss=jnp.asarray(lv),
-                       f_test=None if ft is None else jnp.asarray(ft), status=status,
-                       model=nnx.merge(graphdef, params, rest), lr_rate=rate)
+    res = TrainResult(ts=s_save * float(lr), steps=s_save, f=jnp.asarray(f), loss=jnp.asarray(lv),
+                      f_test=None if ft is None else jnp.asarray(ft), status=status,
+                      model=nnx.merge(graphdef, params, rest), lr_rate=rate, failed_step=fstep)
+    return _finish(res, loss, record_terms=record_terms, diagnostics=diagnostics,
+                   collapse_threshold=collapse_threshold, batched=False, where="finite.train")
 
 
 def train_batched(models_state, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
                   batch_size: int | None = None, ts=None, x_test=None, keys, checkpoint=None,
-                  progress: bool = True, check_lr: bool = True) -> TrainResult:
+                  progress: bool = True, check_lr: bool = True, record_terms: bool = False,
+                  diagnostics: bool = False, collapse_threshold: float | None = None
+                  ) -> TrainResult:
     """`train` for several same-shaped networks at once, over a leading seed axis (one compiled
     call: `jax.vmap` on GPU/TPU, a `lax.map` on CPU, see `_over_seeds`).
 
     `models_state = (graphdef, params, rest)` with every leaf of `params`/`rest` stacked along axis 0
     (see `stack_models`); `keys`: `(S,)` keys. Results carry a leading seed axis after time:
-    `f: (T, S, 2n, k)`, `loss: (T, S)`, `status: (S,)`; `params` holds the final stacked state.
+    `f: (T, S, 2n, k)`, `loss: (T, S)`, `status: (S,)`, `failed_step: (S,)`, terms and
+    diagnostics `(T, S)`; `params` holds the final stacked state.
     """
     graphdef, params, rest = models_state
     model0 = nnx.merge(graphdef, *jax.tree.map(lambda a: a[0], (params, rest)))
@@ -510,13 +620,17 @@ def train_batched(models_state, views, loss, *, lr: float, steps: int, optimizer
         rate = lr * rho
         _warn_rate(float(lr), rho)
     engine = _Engine(graphdef, loss, tx, bp, x.shape[0] // 2, True)
-    params, f, lv, ft, status = _run(
+    params, f, lv, ft, status, fstep = _run(
         engine, params, rest, keys, x, xt, loss, float(lr), steps, s_save, checkpoint=checkpoint,
         progress=progress, label=f"train {keys.shape[0]} seeds width {getattr(model0, 'width', '?')}",
         callback=None, fingerprint_parts=(_describe(model0), optimizer, "batched"))
-    return TrainResult(ts=s_save * float(lr), steps=s_save, f=jnp.asarray(f), loss=jnp.asarray(lv),
-                       f_test=None if ft is None else jnp.asarray(ft), status=status,
-                       model=None, lr_rate=rate, params=(graphdef, params, rest))
+    res = TrainResult(ts=s_save * float(lr), steps=s_save, f=jnp.asarray(f), loss=jnp.asarray(lv),
+                      f_test=None if ft is None else jnp.asarray(ft), status=status,
+                      model=None, lr_rate=rate, params=(graphdef, params, rest),
+                      failed_step=fstep)
+    return _finish(res, loss, record_terms=record_terms, diagnostics=diagnostics,
+                   collapse_threshold=collapse_threshold, batched=True,
+                   where="finite.train_batched")
 
 
 def stack_models(models) -> tuple:
