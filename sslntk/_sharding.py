@@ -180,6 +180,16 @@ def place(x, layout: RowLayout):
     return jax.make_array_from_callback(a.shape, layout.replicated, lambda idx: a[idx])
 
 
+def to_host(x) -> np.ndarray:
+    """A replicated (or single-process) array as numpy, also under `jax.distributed`, where a
+    replicated array spans processes and only its local copies are addressable."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if not x.is_fully_replicated:
+            raise ValueError("expected a replicated array (a sharded one spans other processes)")
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
 def place_rows(x, layout: RowLayout):
     """A host array `(N, ...)` split by rows over the mesh (each device gets its row block)."""
     a = np.asarray(x)
@@ -218,7 +228,8 @@ def _probe(K, key, *, layout):
 def check_kernel(name: str, K, layout: RowLayout, sym_tol: float | None = None) -> None:
     """Finite entries (sharded reduction) and symmetry to round-off (random probe), no host copy."""
     check_rows(name, K.shape[0], layout)
-    finite, asym, _ = _probe(K, jax.random.PRNGKey(7), layout=layout)
+    finite, asym, _ = (to_host(v) for v in _probe(K, place(jax.random.PRNGKey(7), layout),
+                                                    layout=layout))
     if not bool(finite):
         raise ValueError(f"{name}: expected finite values, got NaN/inf entries (sharded kernel)")
     tol = sym_tol if sym_tol is not None else 100 * float(jnp.finfo(K.dtype).eps)

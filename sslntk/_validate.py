@@ -42,7 +42,9 @@ def as_float_array(name: str, x, *, ndim: int | Sequence[int] | None = None,
             raise ValueError(f"{name}: expected rank {exp}, got shape {tuple(arr.shape)}")
     if finite and is_concrete(arr) and arr.size and is_distributed(arr):
         # a sharded array (issue [H]): a sharded reduction, never a host copy of the whole array
-        if not bool(_all_finite(arr)):
+        from sslntk._sharding import to_host
+
+        if not bool(to_host(_all_finite(arr))):
             raise ValueError(f"{name}: expected finite values, got NaN/inf entries")
         finite = False
     # value checks in numpy: inside a jit trace even a concrete captured array would be staged

@@ -70,7 +70,7 @@ def check_psd(K: jax.Array, name: str = "K") -> float | None:
         # A row-sharded K is never gathered, so no dense eigh: check what the local blocks give
         # without one (diag(K) >= −tol·max diag; a PSD kernel has a non-negative diagonal). The
         # eigen method's decomposition reports λ/γ and residuals of the spectrum it uses.
-        d = np.asarray(_diag(K, layout=layout))
+        d = _sharding.to_host(_diag(K, layout=layout))
         lo, hi = float(d.min()), float(d.max())
         tol = max(K.shape[0], 10) * float(jnp.finfo(K.dtype).eps) * max(hi, 0.0)
         if lo < -tol:

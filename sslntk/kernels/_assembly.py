@@ -117,7 +117,8 @@ def ntk_and_nngp(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtyp
                              "not traceable under jit/grad); call it outside the transformation")
         out = _sharded.sharded_kernels(arch, x1, x2, get, block_size, method, layout,
                                        memory_limit)
-        bad = [g for g, k in zip(get, out, strict=True) if not bool(_all_finite(k))]
+        bad = [g for g, k in zip(get, out, strict=True)
+               if not bool(_sharding.to_host(_all_finite(k)))]
         if bad:
             raise ValueError(f"{bad[0]}: the kernel has NaN/inf entries (inputs with zero variance "
                              f"and b_std = 0, or overflow in {x1.dtype}?)")
