@@ -35,7 +35,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 K_OUT = 16
 ALPHA = 1e-3
