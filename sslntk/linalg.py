@@ -29,6 +29,11 @@ Algorithms (all jittable, static sizes):
   Cost ``(depth + 1)`` products ``K @ (N, b)`` plus ``O(N (depth·b)²)``: no O(N³) work.
 * ``method="subspace"``: randomised subspace iteration (the same, keeping only the last block;
   Halko, Martinsson & Tropp 2011, Alg. 4.4) — slower to converge, kept for comparison.
+
+Sharded kernels (issue [H]): both Krylov methods take a row-sharded ``K`` (``NamedSharding(mesh,
+P(axis, None))``) and run every ``K @ block`` where its row blocks live (``_sharding.row_matmul``:
+a ``shard_map`` plus an ``all_gather``); the ``(N, b)`` blocks and small problems are replicated.
+``memory_plan`` gives the compiled programs' per-device memory for any size without running them.
 """
 
 from __future__ import annotations
