@@ -40,11 +40,34 @@ def as_float_array(name: str, x, *, ndim: int | Sequence[int] | None = None,
         if arr.ndim not in allowed:
             exp = " or ".join(str(a) for a in allowed)
             raise ValueError(f"{name}: expected rank {exp}, got shape {tuple(arr.shape)}")
+    if finite and is_concrete(arr) and arr.size and is_distributed(arr):
+        # a sharded array (issue [H]): a sharded reduction, never a host copy of the whole array
+        from sslntk._sharding import to_host
+
+        if not bool(to_host(_all_finite(arr))):
+            raise ValueError(f"{name}: expected finite values, got NaN/inf entries")
+        finite = False
     # value checks in numpy: inside a jit trace even a concrete captured array would be staged
     if finite and is_concrete(arr) and arr.size and not np.all(np.isfinite(np.asarray(arr))):
         bad = int(np.sum(~np.isfinite(np.asarray(arr))))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
     return arr
+
+
+def is_distributed(x) -> bool:
+    """A concrete `jax.Array` spread over more than one device or process (checked without a host
+    copy, see `sslntk._sharding`)."""
+    if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+        return False
+    try:
+        return (not x.is_fully_addressable) or len(x.sharding.device_set) > 1
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@jax.jit
+def _all_finite(x):
+    return jnp.all(jnp.isfinite(x))
 
 
 def same_dtype(**arrays) -> jnp.dtype:
@@ -100,6 +123,16 @@ def square_kernel(name: str, K, *, sym_tol: float | None = None) -> jax.Array:
     arr = as_float_array(name, K, ndim=2)
     if arr.shape[0] != arr.shape[1]:
         raise ValueError(f"{name}: expected a square (N, N) kernel, got shape {tuple(arr.shape)}")
+    from sslntk import _sharding
+
+    layout = _sharding.layout_of(arr)
+    if layout is not None:   # row-sharded (issue [H]): probe-based checks, no host copy
+        _sharding.check_kernel(name, arr, layout, sym_tol)
+        return arr
+    if is_concrete(arr) and is_distributed(arr) and not arr.is_fully_replicated:
+        raise ValueError(f"{name}: expected an unsharded kernel or one sharded by rows over one "
+                         f"mesh axis (NamedSharding(mesh, P(axis, None))), got sharding "
+                         f"{arr.sharding}")
     if is_concrete(arr):
         tol = sym_tol if sym_tol is not None else 100 * float(jnp.finfo(arr.dtype).eps)
         a = np.asarray(arr)

@@ -29,6 +29,11 @@ Algorithms (all jittable, static sizes):
   Cost ``(depth + 1)`` products ``K @ (N, b)`` plus ``O(N (depth·b)²)``: no O(N³) work.
 * ``method="subspace"``: randomised subspace iteration (the same, keeping only the last block;
   Halko, Martinsson & Tropp 2011, Alg. 4.4) — slower to converge, kept for comparison.
+
+Sharded kernels (issue [H]): both Krylov methods take a row-sharded ``K`` (``NamedSharding(mesh,
+P(axis, None))``) and run every ``K @ block`` where its row blocks live (``_sharding.row_matmul``:
+a ``shard_map`` plus an ``all_gather``); the ``(N, b)`` blocks and small problems are replicated.
+``memory_plan`` gives the compiled programs' per-device memory for any size without running them.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from sslntk import _sharding
 from sslntk import _validate as V
 
 KINDS = ("kernel", "contrastive")
@@ -146,7 +152,7 @@ def _orthonormalize(Y, Q_prev):
     return Y
 
 
-def _k_orthonormalize(K, Y, Q_prev, P_prev, cut):
+def _k_orthonormalize(Kmm, Y, Q_prev, P_prev, cut):
     """A block `Q` with `QᵀKQ = I` spanning `Y` minus its K-projection on the previous blocks
     (`P_prev = K Q_prev`), and `P = K Q` (the block's one O(N²b) product). Two passes of block
     Gram–Schmidt in the K inner product with a Euclidean QR for conditioning; the small Gram
@@ -160,14 +166,15 @@ def _k_orthonormalize(K, Y, Q_prev, P_prev, cut):
         if Q_prev is not None:
             Y = Y - Q_prev @ (P_prev.T @ Y)
         Y, _ = jnp.linalg.qr(Y)
-    P = K @ Y
+    P = Kmm(Y)
     W, _ = _whitener(0.5 * (Y.T @ P + P.T @ Y), cut)
     return Y @ W, P @ W
 
 
-@partial(jax.jit, static_argnames=("m", "kind", "block", "depth", "krylov"))
-def _krylov(K, key, *, m, kind, block, depth, krylov):
+@partial(jax.jit, static_argnames=("m", "kind", "block", "depth", "krylov", "layout"))
+def _krylov(K, key, *, m, kind, block, depth, krylov, layout=None):
     N = K.shape[0]
+    Kmm = lambda X: _sharding.row_matmul(K, X, layout)   # K @ X where K's row blocks live
     dtype = K.dtype
     n2 = jnp.asarray(N, dtype)
     eps = jnp.finfo(dtype).eps
@@ -176,10 +183,10 @@ def _krylov(K, key, *, m, kind, block, depth, krylov):
     def next_block(Y, Qs, Ps):
         Qp = jnp.concatenate(Qs, axis=1) if (krylov and Qs) else None
         if contrastive:   # K-orthonormal basis (see _k_orthonormalize)
-            return _k_orthonormalize(K, Y, Qp, None if Qp is None else jnp.concatenate(Ps, axis=1),
+            return _k_orthonormalize(Kmm, Y, Qp, None if Qp is None else jnp.concatenate(Ps, axis=1),
                                      100 * eps)
         Q = _orthonormalize(Y, Qp)
-        return Q, K @ Q                              # the one O(N² b) product per block
+        return Q, Kmm(Q)                             # the one O(N² b) product per block
 
     Qs, Ps = [], []
     Q, P = next_block(jax.random.normal(key, (N, block), dtype), Qs, Ps)
@@ -250,20 +257,60 @@ def _dense(K, *, m, kind):
     return gam, A, E, res
 
 
-@partial(jax.jit, static_argnames=("iters", "block"))
-def _tail_norm(K, E, key, *, iters=12, block=8):
+@partial(jax.jit, static_argnames=("iters", "block", "layout"))
+def _tail_norm(K, E, key, *, iters=12, block=8, layout=None):
     """‖K − E Eᵀ‖₂ by block power iteration (the remainder is PSD, so the estimate is from below)."""
     X = jax.random.normal(key, (K.shape[0], block), K.dtype)
+    Kmm = lambda X: _sharding.row_matmul(K, X, layout)
 
     def body(X, _):
-        Y = K @ X - E @ (E.T @ X)
+        Y = Kmm(X) - E @ (E.T @ X)
         Q, _ = jnp.linalg.qr(Y)
         return Q, None
 
     X, _ = jax.lax.scan(body, jnp.linalg.qr(X)[0], None, length=iters)
-    Y = K @ X - E @ (E.T @ X)
+    Y = Kmm(X) - E @ (E.T @ X)
     S = X.T @ Y
     return jnp.max(jnp.linalg.eigvalsh(0.5 * (S + S.T)))
+
+
+@partial(jax.jit, static_argnames=("layout",))
+def _trace(K, *, layout=None):
+    return _sharding.row_trace(K, layout)
+
+
+def memory_plan(N: int, m: int, kind: str = "contrastive", *, mesh=None, sharding=None,
+                dtype=jnp.float32, method: str = "krylov", block: int | None = None,
+                depth: int | None = None, tail_iters: int = 12) -> dict:
+    """Per-device memory of `eigen_decomposition` on a row-sharded `(N, N)` kernel, from the
+    compiled programs' own `memory_analysis()` (shapes only; nothing runs). Returns
+    `{"krylov": bytes dict, "tail_norm": bytes dict, "peak": max of the two, "limit": ...}` (see
+    `sslntk._sharding.compiled_bytes`)."""
+    N = V.positive_int("N", N)
+    m = V.positive_int("m", m)
+    V.choice("kind", kind, KINDS)
+    V.choice("method", method, ("krylov", "subspace"))
+    layout = _sharding.resolve(mesh, sharding)
+    if layout is None:
+        raise ValueError("mesh, sharding: expected one of them (the plan is for a sharded kernel)")
+    _sharding.check_rows("mesh", N, layout)
+    dt = V.float_dtype(dtype)
+    b = min(default_block(m, N) if block is None else V.positive_int("block", block), N)
+    d = (6 if method == "krylov" else 30) if depth is None else V.positive_int("depth", depth,
+                                                                               minimum=0)
+    if method == "krylov":
+        d = max(0, min(d, N // b - 1))
+    Ks = jax.ShapeDtypeStruct((N, N), dt, sharding=layout.rows)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=layout.replicated)
+    E = jax.ShapeDtypeStruct((N, m), dt, sharding=layout.replicated)
+    kry = _sharding.compiled_bytes(_krylov.lower(Ks, key, m=m, kind=kind, block=b, depth=d,
+                                                 krylov=method == "krylov",
+                                                 layout=layout).compile())
+    tail = _sharding.compiled_bytes(_tail_norm.lower(Ks, E, key, iters=int(tail_iters),
+                                                     layout=layout).compile())
+    return dict(krylov=kry, tail_norm=tail, peak=max(kry.get("peak", 0), tail.get("peak", 0)),
+                limit=_sharding.device_memory_limit(layout)[0], devices=layout.size, block=b,
+                depth=d)
 
 
 def default_block(m: int, N: int) -> int:
@@ -273,7 +320,8 @@ def default_block(m: int, N: int) -> int:
 
 def eigen_decomposition(K, m: int, kind: str = "contrastive", *, method: str = "auto",
                         key: jax.Array | None = None, block: int | None = None,
-                        depth: int | None = None, tail_iters: int = 12) -> EigenDecomposition:
+                        depth: int | None = None, tail_iters: int = 12,
+                        memory_limit: int | None = None) -> EigenDecomposition:
     """Top-``m`` eigenpairs of ``K`` (``kind="kernel"``) or of ``M = K^{1/2} Z K^{1/2}/2n``
     (``kind="contrastive"``), as a reusable :class:`EigenDecomposition`.
 
@@ -289,6 +337,17 @@ def eigen_decomposition(K, m: int, kind: str = "contrastive", *, method: str = "
       block: Krylov block size (default ``m + max(8, m/4)``).
       depth: number of Krylov blocks after the first (default 6 for krylov, 30 for subspace).
       tail_iters: power iterations for ``tail_norm``.
+      memory_limit: sharded K only: bytes per device the compiled Krylov program may use (default:
+        the device memory, or the host's available memory shared by its local CPU devices); a
+        larger plan (its ``memory_analysis()``) raises ``MemoryError`` before it runs.
+
+    Sharded kernels (issue [H]): a row-sharded ``K`` (``NamedSharding(mesh, P(axis, None))``, e.g.
+    from ``kernels.ntk(..., mesh=mesh)``) is never gathered: every product ``K @ (N, b)`` runs as a
+    ``shard_map`` on the devices that hold the row blocks, joined by an ``all_gather`` collective,
+    and everything else (the ``(N, b)`` Krylov blocks, the small Rayleigh–Ritz problems, the
+    result) is replicated on the mesh. ``"auto"`` then means ``"krylov"`` (``"eigh"`` raises: it
+    needs the whole matrix). Same algorithm, same key, same result as for the unsharded K (to
+    round-off). Works across processes under ``jax.distributed``.
 
     Returns:
       :class:`EigenDecomposition` with ``values`` descending. Under ``jax.jit`` pass ``m``, ``kind``,
@@ -306,6 +365,17 @@ def eigen_decomposition(K, m: int, kind: str = "contrastive", *, method: str = "
                          f"even size N = 2n >= 4, got N={N}")
     if key is None:
         key = jax.random.PRNGKey(0)
+    layout = _sharding.layout_of(K)
+    if memory_limit is not None:
+        memory_limit = V.positive_int("memory_limit", memory_limit)
+    if layout is not None:
+        if method == "eigh":
+            raise ValueError("method: 'eigh' is a dense eigendecomposition of the whole kernel, "
+                             "which a row-sharded K never gathers on one device; use 'krylov' "
+                             "(or 'auto', which picks it for a sharded K) or 'subspace'")
+        if method == "auto":
+            method = "krylov"
+        key = _sharding.place(key, layout)
     if method == "auto":
         method = "eigh" if N <= DENSE_MAX_N else "krylov"
     k_eig, k_tail = jax.random.split(key)
@@ -320,13 +390,21 @@ def eigen_decomposition(K, m: int, kind: str = "contrastive", *, method: str = "
             "depth", depth, minimum=0)
         if method == "krylov":
             d = max(0, min(d, N // b - 1))            # the Krylov space cannot exceed N
-        vals, A, E, res = _krylov(K, k_eig, m=m, kind=kind, block=b, depth=d,
-                                  krylov=(method == "krylov"))
+        opts = dict(m=m, kind=kind, block=b, depth=d, krylov=(method == "krylov"), layout=layout)
+        if layout is None:
+            vals, A, E, res = _krylov(K, k_eig, **opts)
+        else:   # compiled first: its memory_analysis() is checked before it runs
+            vals, A, E, res = _sharding.checked_call(
+                f"eigen_decomposition ({method}, N = {N}, m = {m}, sharded over "
+                f"{layout.describe()})", _krylov, (K, k_eig), opts, layout, memory_limit)
     if m < N and tail_iters > 0:
-        tail = _tail_norm(K, E, k_tail, iters=int(tail_iters))
+        tail = _tail_norm(K, E, k_tail, iters=int(tail_iters), layout=layout)
     else:
         tail = jnp.zeros((), K.dtype)
-    return EigenDecomposition(values=vals, vectors=A, lift=E, trace=jnp.trace(K),
+        if layout is not None:
+            tail = _sharding.place(tail, layout)
+    trace = _trace(K, layout=layout)
+    return EigenDecomposition(values=vals, vectors=A, lift=E, trace=trace,
                               tail_norm=jnp.maximum(tail, 0.0), residual=res, kind=kind,
                               method=method)
 

@@ -46,7 +46,7 @@ import inspect
 import jax
 import jax.numpy as jnp
 
-from sslntk import _status
+from sslntk import _sharding, _status
 from sslntk import _validate as V
 from sslntk.dynamics import _common
 from sslntk.dynamics._closed_form import solve_closed_form
@@ -106,6 +106,8 @@ def choose_method(K, loss, f0, ts) -> str:
       decomposition; agrees with the full ODE to ≤ 1e-3 over the whole BT staircase, tests).
     * any other loss with N > LARGE_N: ``eigen`` (kernel kind; its `Trajectory.bound` says how far
       the rank-m kernel is from K).
+    * a row-sharded K (issue [H]): ``eigen`` for cross-moment-only losses or N > LARGE_N, else
+      ``ode`` (the methods whose K-products are sharded, `_common.SHARDED_METHODS`).
     * otherwise ``ode`` (the reference). ``closed_form`` from a random `f0` is the α → 0
       approximation (its estimate in `Trajectory.bound`): ask for it by name.
     Traced inputs (inside jit/vmap) skip the alignment check.
@@ -114,6 +116,9 @@ def choose_method(K, loss, f0, ts) -> str:
 
     loss = as_loss(loss)
     N = int(K.shape[0])
+    if _sharding.layout_of(K) is not None:
+        # row-sharded K (issue [H]): only the methods with sharded products; no dense checks
+        return "eigen" if (loss.cross_moment_only or N > LARGE_N) else "ode"
     if loss.cross_moment_only and N > SMALL_N and "eigen" in METHODS:
         return "eigen"
     if not loss.cross_moment_only and N > LARGE_N and "eigen" in METHODS:
@@ -169,7 +174,10 @@ def solve(K, loss, f0, ts, method: str = "auto", *, K_test_train=None, f0_test=N
     Args:
       K: `(2n, 2n)` kernel over the stacked views `[a_1..a_n, b_1..b_n]` (NTK of one output),
         symmetric PSD (checked to round-off when concrete; `check_psd=False` skips the O(n³)
-        eigenvalue check).
+        eigenvalue check). A row-sharded K (`kernels.ntk(..., mesh=mesh)`, issue [H]) works with
+        the "eigen" and "ode" methods: its products run where its row blocks live, the small
+        arrays (f0, ts, reduced state) are replicated on its mesh, K is never gathered (the PSD
+        check is then a diagonal check: no dense eigh). f0 must be unsharded or on K's mesh.
       loss: a `sslntk.losses.Loss` (`losses.get(name, **constants)`) or a registered loss name.
       f0: `(2n, k)` embeddings at t = 0, same dtype as K.
       ts: `(T,)` non-decreasing times ≥ 0 (units of learning-rate × steps); integration starts at 0.
@@ -195,6 +203,9 @@ def solve(K, loss, f0, ts, method: str = "auto", *, K_test_train=None, f0_test=N
     inp = _common.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=check_psd)
     if method == "auto":
         method = choose_method(inp.K, inp.loss, inp.f0, inp.ts)
+    if _sharding.layout_of(inp.K) is not None and method not in _common.SHARDED_METHODS:
+        raise ValueError(f"method: {method!r} does not support a row-sharded K (its kernel work is "
+                         f"dense); use one of {list(_common.SHARDED_METHODS)} or an unsharded K")
     fn = METHODS[method]
     _check_options(method, fn, options)
     traj = fn(inp.K, inp.loss, inp.f0, inp.ts, K_test_train=inp.K_test_train,

@@ -15,6 +15,7 @@ neither of `K_test_train (m, 2n)`, `f0_test (m, k)`, all of one floating dtype.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import diffrax
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sslntk import _sharding
 from sslntk import _validate as V
 from sslntk import losses as _losses
 from sslntk.dynamics._trajectory import FAILED, MAX_STEPS, NONFINITE, SUCCESS, Trajectory
@@ -30,9 +32,17 @@ from sslntk.dynamics._trajectory import FAILED, MAX_STEPS, NONFINITE, SUCCESS, T
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def mm(a, b):
-    """Matrix product at full float32 precision on accelerators (no TF32/bf16 passes)."""
+def mm(a, b, layout=None):
+    """Matrix product at full float32 precision on accelerators (no TF32/bf16 passes); with a
+    `_sharding.RowLayout` (row-sharded `a`, issue [H]) a sharded product whose result is
+    replicated (`_sharding.row_matmul`)."""
+    if layout is not None:
+        return _sharding.row_matmul(a, b, layout, precision=HIGHEST)
     return jnp.matmul(a, b, precision=HIGHEST)
+
+
+# Methods that accept a row-sharded K (their K-products are sharded; the others need dense K work).
+SHARDED_METHODS = ("eigen", "ode")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,6 +65,18 @@ def check_psd(K: jax.Array, name: str = "K") -> float | None:
     that `check_psd=False` never loads neural-tangents."""
     if not V.is_concrete(K):
         return None
+    layout = _sharding.layout_of(K)
+    if layout is not None:
+        # A row-sharded K is never gathered, so no dense eigh: check what the local blocks give
+        # without one (diag(K) >= −tol·max diag; a PSD kernel has a non-negative diagonal). The
+        # eigen method's decomposition reports λ/γ and residuals of the spectrum it uses.
+        d = _sharding.to_host(_diag(K, layout=layout))
+        lo, hi = float(d.min()), float(d.max())
+        tol = max(K.shape[0], 10) * float(jnp.finfo(K.dtype).eps) * max(hi, 0.0)
+        if lo < -tol:
+            raise ValueError(f"{name}: expected a positive semi-definite kernel, got a negative "
+                             f"diagonal entry {lo:.3g} (largest {hi:.3g})")
+        return None
     from sslntk.kernels import kernel_spectrum
 
     return kernel_spectrum(K, vectors=False, name=name).min_eigenvalue
@@ -65,6 +87,10 @@ def validate_inputs(K, loss, f0, ts, K_test_train=None, f0_test=None, *,
     """Check and convert the common solver inputs (see module docstring); clear errors otherwise."""
     loss = _losses.as_loss(loss)
     K = V.square_kernel("K", K)
+    layout = _sharding.layout_of(K)
+    if layout is not None:
+        for nm, x in (("f0", f0), ("K_test_train", K_test_train), ("f0_test", f0_test)):
+            _sharding.check_same_mesh(nm, x, layout)
     f0 = V.stacked_views("f0", f0, ndim=2)
     if f0.shape[0] != K.shape[0]:
         raise ValueError(f"f0: expected shape (2n, k) = ({K.shape[0]}, k) to match K "
@@ -77,7 +103,15 @@ def validate_inputs(K, loss, f0, ts, K_test_train=None, f0_test=None, *,
     ts = _times(ts, K.dtype)
     if check_psd_:
         check_psd(K)
+    if layout is not None:   # the small arrays live replicated on K's mesh
+        f0, ts, K_test_train, f0_test = (_sharding.place(x, layout)
+                                         for x in (f0, ts, K_test_train, f0_test))
     return Inputs(K, loss, f0, ts, K_test_train, f0_test)
+
+
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _diag(K, *, layout):
+    return _sharding.row_diagonal(K, layout)
 
 
 def _times(ts, dtype) -> jax.Array:

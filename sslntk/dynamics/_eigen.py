@@ -66,8 +66,8 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from sslntk import _sharding, linalg
 from sslntk import _validate as V
-from sslntk import linalg
 from sslntk.dynamics import _common as C
 from sslntk.dynamics._trajectory import NONFINITE, SUCCESS, Trajectory
 from sslntk.linalg import EigenDecomposition, pair_flip
@@ -121,9 +121,9 @@ def _check_moment_loss(loss, f0) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("path", "solver", "max_steps", "adjoint", "progress",
-                                             "has_dt0", "loss_batched"))
+                                             "has_dt0", "loss_batched", "layout"))
 def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, path, solver,
-          max_steps, adjoint, progress, has_dt0, loss_batched):
+          max_steps, adjoint, progress, has_dt0, loss_batched, layout=None):
     """B runs on one decomposition: `F0 (B, 2n, k)`, `F0t (B, p, k)` or None; `atol` a scalar
     shared by the runs or None for `atol_b = rtol·RMS(w₀_b)` per run; the loss constants carry a
     leading B axis when `loss_batched`. Returns a batched `Trajectory`.
@@ -135,7 +135,9 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
     the runs' own RMS error norms, so every run is held to the accuracy it would get alone; the
     steps are shared, so one stiff run slows its whole group. On CPU this costs what the vmap does
     (32 runs at 2n = 2048: 3.2 s vs 3.1 s). A run whose right-hand side turns non-finite is
-    frozen and flagged alone (status NONFINITE).
+    frozen and flagged alone (status NONFINITE). A row-sharded K (`layout`, issue [H]) enters
+    only through the one product `K Z R₀` of all runs at once (sharded, replicated result); the
+    `(B, m, k)` state and everything else is replicated.
     """
     B, N, k = F0.shape
     dtype = F0.dtype
@@ -150,17 +152,23 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
         S = E.T @ ZE / N
         S = 0.5 * (S + S.T)
 
-    def prep(f0):
+    def prep(f0, KZr0):
         w0 = A.T @ f0                                 # (m, k)
         r0 = f0 - E @ w0                              # frozen remainder (Aᵀ r₀ = 0)
         if not moment:
             return w0, r0, ()
         X = ZE.T @ r0 / N
         Cr = r0.T @ pair_flip(r0) / N
-        D0 = (K @ pair_flip(r0) - E @ (ZE.T @ r0)) * (2.0 / N)
+        D0 = (KZr0 - E @ (ZE.T @ r0)) * (2.0 / N)
         return w0, r0, (X, 0.5 * (Cr + Cr.T), D0.T @ D0)  # H = D₀ᵀD₀: ‖D₀ G‖² = tr(G H G)
 
-    W0, R0, AUX = jax.vmap(prep)(F0)
+    if moment:   # K Z r₀ for all runs in ONE product K @ (N, B·k) (sharded when K is)
+        R0_ = F0 - jnp.einsum("im,bmk->bik", E, jnp.einsum("im,bik->bmk", A, F0))
+        ZR = jnp.moveaxis(jax.vmap(pair_flip)(R0_), 0, 1).reshape(N, B * k)
+        KZR = jnp.moveaxis(_sharding.row_matmul(K, ZR, layout).reshape(N, B, k), 1, 0)
+    else:
+        KZR = jnp.zeros((B, 1, 1), dtype)
+    W0, R0, AUX = jax.vmap(prep)(F0, KZR)
     rate = 2.0 * kappa / N
     gradC = jax.grad(moment_loss, argnums=1)
     gradL = jax.grad(lambda lo, f: lo(f), argnums=1)
@@ -345,8 +353,26 @@ def solve_batch(K, loss, F0, ts, dec, *, path, loss_batched, K_test_train=None, 
     rtol = C.default_rtol(F0.dtype) if rtol is None else rtol
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     as_t = lambda x: jnp.asarray(x, F0.dtype)
+    layout = _sharding.layout_of(K)
+    if layout is not None:
+        _check_dec_mesh(dec, layout)
+        F0, F0_test, K_test_train, ts = (_sharding.place(x, layout)
+                                         for x in (F0, F0_test, K_test_train, ts))
+        dec = jax.tree_util.tree_map(lambda x: _sharding.place(x, layout), dec)
     return _core(K, loss, F0, ts, K_test_train, F0_test, dec, as_t(rtol),
                  None if atol is None else as_t(atol),
                  as_t(0.0 if dt0 is None else dt0), as_t(pcoeff), as_t(icoeff), path=path,
                  solver=solver, max_steps=max_steps, adjoint=adjoint, progress=bool(progress),
-                 has_dt0=dt0 is not None, loss_batched=loss_batched)
+                 has_dt0=dt0 is not None, loss_batched=loss_batched, layout=layout)
+
+
+def _check_dec_mesh(dec: EigenDecomposition, layout) -> None:
+    """A decomposition used with a row-sharded K must live on K's mesh (or on one device)."""
+    s = getattr(dec.vectors, "sharding", None)
+    if s is None or isinstance(dec.vectors, jax.core.Tracer):
+        return
+    on_mesh = getattr(s, "mesh", None) == layout.mesh
+    if not on_mesh and not (len(s.device_set) == 1 and dec.vectors.is_fully_addressable):
+        raise ValueError(f"decomposition: expected one computed on K's mesh ({layout.describe()}), "
+                         f"got arrays with sharding {s}; compute it with "
+                         f"linalg.eigen_decomposition(K, m, kind) on this K")

@@ -46,6 +46,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from sslntk import _sharding
 from sslntk.dynamics import _common as C
 from sslntk.dynamics._trajectory import Trajectory
 
@@ -53,9 +54,9 @@ DEFAULT_MAX_STEPS = 100_000
 
 
 @functools.partial(jax.jit, static_argnames=("solver", "max_steps", "adjoint", "progress",
-                                             "has_dt0"))
+                                             "has_dt0", "layout"))
 def _core(K, loss, f0, ts, K_tx, f0_test, rtol, atol, dt0, pcoeff, icoeff, *, solver, max_steps,
-          adjoint, progress, has_dt0):
+          adjoint, progress, has_dt0, layout=None):
     has_test = K_tx is not None
 
     def vf(t, y, args):
@@ -65,7 +66,7 @@ def _core(K, loss, f0, ts, K_tx, f0_test, rtol, atol, dt0, pcoeff, icoeff, *, so
         else:
             f = y
         g = jax.grad(loss_)(f)
-        df = -C.mm(K, g)
+        df = -C.mm(K, g, layout)   # row-sharded K: sharded product, replicated df
         return (df, g) if has_test else df
 
     y0 = (f0, jnp.zeros_like(f0)) if has_test else f0
@@ -98,8 +99,11 @@ def solve_ode(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=Fals
       adjoint: diffrax adjoint (default `RecursiveCheckpointAdjoint()`).
     Saved at exactly `ts` (`SaveAt(ts=...)`, dense interpolation between steps). `n_steps` is the
     number of accepted steps. Inputs are assumed validated (`sslntk.dynamics.solve` does it).
+    A row-sharded K (issue [H]) stays sharded: each right-hand side is one sharded product
+    `K @ ∇L` (`_sharding.row_matmul`), the state `f` is replicated.
     """
     traced, static = C.diffrax_settings(
         f0, atol_scale=C.atol_scale(f0), solver=solver, rtol=rtol, atol=atol, dt0=dt0,
         max_steps=max_steps, pcoeff=pcoeff, icoeff=icoeff, adjoint=adjoint, progress=progress)
-    return _core(K, loss, f0, ts, K_test_train, f0_test, **traced, **static)
+    return _core(K, loss, f0, ts, K_test_train, f0_test, **traced, **static,
+                 layout=_sharding.layout_of(K))

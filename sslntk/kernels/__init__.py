@@ -20,6 +20,8 @@ One concept per private module (the public names are re-exported here):
   `kernel_spectrum` (the symmetric-PSD check).
 * `_reference`: `reference_empirical_ntk`, `reference_gradient_descent` and the `method="nt"`
   block: the neural-tangents peer that tests and benchmarks compare against.
+* `_sharded`: row-sharded construction over a 1-D device mesh (`ntk(..., mesh=)`, issue [H]),
+  the sharded `contrastive_kernel`, and `memory_plan` (per-device bytes from the compiled program).
 * `_nt_compat`: the shim that makes neural-tangents 0.6.5 import on current JAX, the ONLY module of
   sslntk that imports `neural_tangents` (`_arch`'s stax triple and `_reference` call its `load()`;
   `import sslntk` never does).
@@ -54,10 +56,11 @@ from sslntk.kernels._contrastive import (
     pair_matrix,
 )
 from sslntk.kernels._reference import reference_empirical_ntk, reference_gradient_descent
+from sslntk.kernels._sharded import memory_plan
 
 __all__ = [
     "ACTIVATIONS", "KINDS", "PADDINGS", "METHODS", "Arch", "mlp", "cnn", "activation_layer",
     "stax_network", "ntk", "nngp", "ntk_and_nngp", "averaged_kernel", "pair_matrix",
     "contrastive_kernel", "KernelSpectrum", "kernel_spectrum", "ContrastiveSpectrum",
-    "contrastive_spectrum", "reference_empirical_ntk", "reference_gradient_descent",
+    "contrastive_spectrum", "reference_empirical_ntk", "reference_gradient_descent", "memory_plan",
 ]

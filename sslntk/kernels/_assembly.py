@@ -6,7 +6,8 @@ The `(n1, n2)` kernel is assembled from jitted blocks (`_block_fn`: the native r
 bounded by the block size (`auto_block_size`, from `BLOCK_MEMORY_BUDGET`) for 2n = 8192 views. With
 `x2=None` only the upper block triangle is computed and the result is exactly symmetric. Under
 `jax.jit`/`jax.grad` (traced inputs) the blocks are joined with jnp instead of a host array
-(`_blocked_traced`), so the kernel stays differentiable. (Issue [H] adds sharded construction here.)
+(`_blocked_traced`), so the kernel stays differentiable. With `mesh=`/`sharding=` the kernel is
+built row-sharded instead (`_sharded`, issue [H]).
 
 Cost (benchmarks/bench_kernels.py, 2 shared cores): a depth-2 MLP kernel on 2n = 8192 digits views
 takes seconds; a depth-2 CNN on 8×8 images needs 2 · 64² dual-activation evaluations per pair of
@@ -23,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sslntk import _sharding
 from sslntk import _validate as V
+from sslntk.kernels import _sharded
 from sslntk.kernels._arch import Arch, _check_arch
 from sslntk.kernels._recursion import _native_kernels
 from sslntk.kernels._reference import nt_block
@@ -42,7 +45,8 @@ _MIN_BLOCK = 8
 
 
 def ntk(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
-        method: str = "auto", progress: bool = False) -> jax.Array:
+        method: str = "auto", progress: bool = False, mesh=None, sharding=None,
+        memory_limit: int | None = None) -> jax.Array:
     """Infinite-width NTK of `arch` (one output), `(n1, n2)`; equal to neural-tangents'
     `stax_network(arch)[2](x1, x2, "ntk")`.
 
@@ -60,23 +64,38 @@ def ntk(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
         `kernel_fn` per block, the reference). They agree to round-off except on identical inputs,
         where neural-tangents' arc-cosine angle comes out O(sqrt(eps)) instead of 0 (see `_dual`).
       progress: print block progress to stderr.
+      mesh, sharding: build K row-sharded (issue [H], `kernels._sharded`): a 1-D
+        `jax.sharding.Mesh` (`jax.make_mesh((D,), ("rows",))`) or a `NamedSharding(mesh,
+        P(axis, None))`. The result is a `jax.Array` with that sharding: device d holds rows
+        `[d·R, (d+1)·R)`, `R = n1 / D` (D must divide n1), computed there; the full kernel is never
+        gathered on one device. Works across processes under `jax.distributed.initialize` (every
+        process passes the same inputs). Both triangles are computed (2× the work of the
+        symmetric single-device path, no communication).
+      memory_limit: sharded only: bytes per device the compiled program may use (default: the
+        device's memory, or the host's available memory shared by its local CPU devices); a
+        larger plan (from the compiled `memory_analysis()`) raises MemoryError before running.
     """
     return ntk_and_nngp(arch, x1, x2, block_size=block_size, dtype=dtype, method=method,
-                        progress=progress, get=("ntk",))[0]
+                        progress=progress, get=("ntk",), mesh=mesh, sharding=sharding,
+                        memory_limit=memory_limit)[0]
 
 
 def nngp(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
-         method: str = "auto", progress: bool = False) -> jax.Array:
+         method: str = "auto", progress: bool = False, mesh=None, sharding=None,
+         memory_limit: int | None = None) -> jax.Array:
     """Infinite-width NNGP kernel of `arch` (one output), `(n1, n2)`; arguments as `ntk`."""
     return ntk_and_nngp(arch, x1, x2, block_size=block_size, dtype=dtype, method=method,
-                        progress=progress, get=("nngp",))[0]
+                        progress=progress, get=("nngp",), mesh=mesh, sharding=sharding,
+                        memory_limit=memory_limit)[0]
 
 
 def ntk_and_nngp(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
                  method: str = "auto", progress: bool = False,
-                 get: tuple[str, ...] = ("ntk", "nngp")) -> tuple[jax.Array, ...]:
+                 get: tuple[str, ...] = ("ntk", "nngp"), mesh=None, sharding=None,
+                 memory_limit: int | None = None) -> tuple[jax.Array, ...]:
     """Both kernels in one pass (the NTK recursion computes the NNGP anyway): `(ntk, nngp)`, each
-    `(n1, n2)`; `get` selects and orders them. Arguments as `ntk`."""
+    `(n1, n2)`; `get` selects and orders them. Arguments as `ntk` (with `mesh=`/`sharding=`
+    both come back row-sharded)."""
     _check_arch(arch)
     V.choice("method", method, METHODS)
     if isinstance(get, str):
@@ -89,6 +108,21 @@ def ntk_and_nngp(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtyp
         block_size = V.positive_int("block_size", block_size)
     if method == "auto":
         method = "native"
+    layout = _sharding.resolve(mesh, sharding)
+    if memory_limit is not None:
+        memory_limit = V.positive_int("memory_limit", memory_limit)
+    if layout is not None:
+        if not (V.is_concrete(x1) and (x2 is None or V.is_concrete(x2))):
+            raise ValueError("mesh, sharding: sharded construction needs concrete inputs (it is "
+                             "not traceable under jit/grad); call it outside the transformation")
+        out = _sharded.sharded_kernels(arch, x1, x2, get, block_size, method, layout,
+                                       memory_limit)
+        bad = [g for g, k in zip(get, out, strict=True)
+               if not bool(_sharding.to_host(_all_finite(k)))]
+        if bad:
+            raise ValueError(f"{bad[0]}: the kernel has NaN/inf entries (inputs with zero variance "
+                             f"and b_std = 0, or overflow in {x1.dtype}?)")
+        return out
     if not (V.is_concrete(x1) and (x2 is None or V.is_concrete(x2))):
         # traced inputs (jax.grad / vmap w.r.t. augmentation strength, data, ...): assemble the
         # blocks with jnp so the kernel stays differentiable; no host copy, no value checks
@@ -99,6 +133,11 @@ def ntk_and_nngp(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtyp
         raise ValueError(f"{bad[0]}: the kernel has NaN/inf entries (inputs with zero variance "
                          f"and b_std = 0, or overflow in {x1.dtype}?)")
     return tuple(jnp.asarray(k) for k in out)
+
+
+@jax.jit
+def _all_finite(k):
+    return jnp.all(jnp.isfinite(k))
 
 
 def _unwrap_views(name: str, x):

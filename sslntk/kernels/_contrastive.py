@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sslntk import _sharding
 from sslntk import _validate as V
 
 
@@ -28,6 +29,14 @@ def _swap_halves(k: jax.Array) -> jax.Array:
     """`k Z` for `k: (m, 2n)` (Z symmetric): swap the a- and b-halves of the columns."""
     n = k.shape[-1] // 2
     return jnp.concatenate([k[..., n:], k[..., :n]], axis=-1)
+
+
+def _dense_only(name: str, K, what: str) -> None:
+    if _sharding.layout_of(K) is not None:
+        raise ValueError(f"{name}: {what} is a dense eigendecomposition of the whole kernel, which "
+                         f"a row-sharded K never gathers on one device; use "
+                         f"sslntk.linalg.eigen_decomposition(K, m, kind, method='krylov') (top-m "
+                         f"eigenpairs by sharded products) or pass an unsharded K")
 
 
 def _even_kernel(name: str, K) -> jax.Array:
@@ -52,9 +61,18 @@ def contrastive_kernel(K, k_x1=None, k_x2=None) -> jax.Array:
     `K`: `(2n, 2n)` base kernel over the stacked views (sets n; checked). `k_x1`: `(m1, 2n)` rows
     `k_X(x) = [K(x, x_1..x_n), K(x, x'_1..x'_n)]`, or None for the training views (`k_X = K`);
     `k_x2`: `(m2, 2n)`, None for `k_x2 = k_x1`. Returns `(m1, m2)`; on the training views it is
-    `K Z K / 2n`.
+    `K Z K / 2n`. A row-sharded `K` (`kernels.ntk(..., mesh=)`, issue [H]) with `k_x1 = k_x2 =
+    None` gives a row-sharded `K Z K / 2n`, by a ring of collective permutes (never gathered).
     """
     K = _even_kernel("K", K)
+    layout = _sharding.layout_of(K)
+    if layout is not None:
+        if k_x1 is not None or k_x2 is not None:
+            raise ValueError("k_x1, k_x2: a row-sharded K supports only the training views "
+                             "(k_x1 = k_x2 = None); pass unsharded arrays for test points")
+        from sslntk.kernels._sharded import contrastive_kernel_sharded
+
+        return contrastive_kernel_sharded(K, layout)
     k1 = K if k_x1 is None else _cross("k_x1", k_x1, K)
     k2 = k1 if k_x2 is None else _cross("k_x2", k_x2, K)
     V.same_dtype(K=K, k_x1=k1, k_x2=k2)
@@ -102,6 +120,7 @@ def kernel_spectrum(K, *, tol: float | None = None, vectors: bool = True,
     `KernelSpectrum.psd_values` for the clipped copy.
     """
     K = V.square_kernel(name, K)
+    _dense_only(name, K, "kernel_spectrum")
     if K.shape[0] == 0:
         raise ValueError(f"{name}: expected a non-empty kernel, got shape {tuple(K.shape)}")
     Ks = 0.5 * (K + K.T)
@@ -176,6 +195,7 @@ def contrastive_spectrum(K, *, ridge: float = 0.0, rcond: float | None = None,
     use float64 for closed-form work.
     """
     K = _even_kernel("K", K)
+    _dense_only("K", K, "contrastive_spectrum")
     ridge = float(V.positive_float("ridge", ridge, allow_zero=True))
     N = K.shape[0]
     if ridge:
