@@ -29,6 +29,7 @@ from sslntk.kernels._arch import (
     ACTIVATIONS,
     KINDS,
     PADDINGS,
+    READOUTS,
     Arch,
     activation_layer,
     cnn,
@@ -56,7 +57,7 @@ from sslntk.kernels._contrastive import (
 from sslntk.kernels._reference import reference_empirical_ntk, reference_gradient_descent
 
 __all__ = [
-    "ACTIVATIONS", "KINDS", "PADDINGS", "METHODS", "Arch", "mlp", "cnn", "activation_layer",
+    "ACTIVATIONS", "KINDS", "PADDINGS", "READOUTS", "METHODS", "Arch", "mlp", "cnn", "activation_layer",
     "stax_network", "ntk", "nngp", "ntk_and_nngp", "averaged_kernel", "pair_matrix",
     "contrastive_kernel", "KernelSpectrum", "kernel_spectrum", "ContrastiveSpectrum",
     "contrastive_spectrum", "reference_empirical_ntk", "reference_gradient_descent",

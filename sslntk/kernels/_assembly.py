@@ -150,11 +150,13 @@ def _check_inputs(arch, x1, x2, dtype):
 
 
 def _pair_entries(arch: Arch, shape: tuple[int, ...]) -> int:
-    """Entries of the (padded) per-pair covariance: `((H + fh − 1)(W + fw − 1))²` for a CNN."""
+    """Entries of the (padded) per-pair covariance: `((H + fh − 1)(W + fw − 1))²` for a CNN with
+    global average pooling, its pixel diagonal `(H + fh − 1)(W + fw − 1)` with the flatten readout."""
     if arch.kind == "mlp":
         return 1
     fh, fw = arch.filter_shape
-    return ((shape[1] + fh - 1) * (shape[2] + fw - 1)) ** 2
+    pixels = (shape[1] + fh - 1) * (shape[2] + fw - 1)
+    return pixels if arch.readout == "flatten" else pixels ** 2
 
 
 def auto_block_size(arch: Arch, shape: tuple[int, ...], dtype=jnp.float32) -> int:
