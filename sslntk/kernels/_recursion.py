@@ -28,6 +28,7 @@ in float32 on the diagonal and on un-augmented view pairs).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from sslntk.kernels._arch import Arch
@@ -60,16 +61,23 @@ def _conv_pair(S, arch):
     `S'(p, p') = (1/F) Σ_δ S(p + δ, p' + δ)` on `S: (N1, H, W, N2, H, W)` (Novak et al. 2019,
     eq. 7; Arora et al. 2019, §4)."""
     fh, fw = _filter(arch)
-    H, W = S.shape[1], S.shape[2]
-    P = _pad_spatial(S, ((1, 2), (4, 5)), arch)
+    P = _pad_spatial(_barrier(S), ((1, 2), (4, 5)), arch)
     Ho, Wo = P.shape[1] - fh + 1, P.shape[2] - fw + 1
     acc = None
     for a in range(fh):
         for c in range(fw):
             t = P[:, a:a + Ho, c:c + Wo, :, a:a + Ho, c:c + Wo]
             acc = t if acc is None else acc + t
-    del H, W
-    return acc / (fh * fw)
+    return _barrier(acc / (fh * fw))
+
+
+def _barrier(S):
+    """Materialise `S` (`lax.optimization_barrier`) on both sides of a convolution's shift-and-add.
+    Without it XLA's CPU fusion splits the F-term sum into F fusions that each re-evaluate the
+    producing dual activation, and fuses the sum into its consumers: 2.4× slower for a depth-2 CNN
+    on 8×8 images with GAP (benchmarks/bench_kernels.py); values are unchanged up to FMA
+    contraction (round-off)."""
+    return jax.lax.optimization_barrier(S)
 
 
 def _conv_diag(q, arch, axis: int = 1):
@@ -77,7 +85,7 @@ def _conv_diag(q, arch, axis: int = 1):
     self-variances, axis 1) or `(H, W, N1, N2)` (the flatten readout's pair covariances, axis 0):
     `q'(p) = (1/F) Σ_δ q(p + δ)`, since the diagonal `p = p'` only ever reads the diagonal."""
     fh, fw = _filter(arch)
-    P = _pad_spatial(q, ((axis, axis + 1),), arch)
+    P = _pad_spatial(_barrier(q), ((axis, axis + 1),), arch)
     Ho, Wo = P.shape[axis] - fh + 1, P.shape[axis + 1] - fw + 1
     lead = (slice(None),) * axis
     acc = None
@@ -85,7 +93,7 @@ def _conv_diag(q, arch, axis: int = 1):
         for c in range(fw):
             t = P[(*lead, slice(a, a + Ho), slice(c, c + Wo))]
             acc = t if acc is None else acc + t
-    return acc / (fh * fw)
+    return _barrier(acc / (fh * fw))
 
 
 def _pixel_diag(S):
