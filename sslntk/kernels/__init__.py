@@ -10,7 +10,8 @@ Conventions (DESIGN.md):
 
 One concept per private module (the public names are re-exported here):
 
-* `_arch`: `Arch`, `mlp`, `cnn` (the architecture spec shared with `sslntk.finite`),
+* `_arch`: `Arch`, `mlp`, `cnn` (the architecture spec shared with `sslntk.finite`; a CNN's
+  `readout` is "gap" or "flatten", `READOUTS`),
   `activation_layer`, `stax_network` (its neural-tangents `(init_fn, apply_fn, kernel_fn)`).
 * `_recursion`: the native NNGP/NTK dual-activation recursion for one block, each formula with its
   source, and why it replaces neural-tangents' `kernel_fn`.

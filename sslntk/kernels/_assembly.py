@@ -8,10 +8,11 @@ bounded by the block size (`auto_block_size`, from `BLOCK_MEMORY_BUDGET`) for 2n
 `jax.jit`/`jax.grad` (traced inputs) the blocks are joined with jnp instead of a host array
 (`_blocked_traced`), so the kernel stays differentiable. (Issue [H] adds sharded construction here.)
 
-Cost (benchmarks/bench_kernels.py, 2 shared cores): a depth-2 MLP kernel on 2n = 8192 digits views
-takes seconds; a depth-2 CNN on 8×8 images needs 2 · 64² dual-activation evaluations per pair of
-views, ~1.2k pairs/s, i.e. ~0.2 CPU-hour at 2n = 2048 and ~3.4 CPU-hours at 2n = 8192 (memory stays
-bounded by the block size either way).
+Cost (benchmarks/bench_kernels.py, 2 shared cores; complexity in `_recursion`): a depth-2 MLP
+kernel on 2n = 8192 digits views takes seconds; a depth-2 CNN with global average pooling on 8×8
+images needs 2 · 64² dual-activation evaluations per pair of views (~6k pairs per CPU-second), with
+the flatten readout 2 · H·W (32×32×3 images: ~30k pairs per CPU-second). Memory stays bounded by
+the block size either way (`_pair_entries`: the pixel-pixel covariance, or its diagonal).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def ntk(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
       x2: like `x1` (same per-example shape and dtype), or None for `x2 = x1` (then only the
         upper block triangle is computed and the result is exactly symmetric).
       block_size: rows/columns per block (None: derived from `BLOCK_MEMORY_BUDGET`, 768 MiB of
-        intermediates: 2048 for MLPs, 48 for a CNN on 8×8 images). Inputs up to `block_size`
-        rows are one unblocked call.
+        intermediates: 2048 for MLPs, 48 for a GAP CNN on 8×8 images, 144 for a flatten CNN on
+        32×32 images). Inputs up to `block_size` rows are one unblocked call.
       dtype: compute dtype (float32/float64); None keeps the inputs' dtype (float32 default).
       method: "native" (sslntk's recursion; "auto" picks it) or "nt" (neural-tangents'
         `kernel_fn` per block, the reference). They agree to round-off except on identical inputs,
