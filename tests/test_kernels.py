@@ -173,6 +173,20 @@ def test_flatten_cnn_matches_neural_tangents_all(arch):
                       methods=("native", "nt"))
 
 
+def test_circular_gap_is_the_shift_average_of_flatten():
+    """Under CIRCULAR padding the pixel-pixel band p' = p + d of the GAP recursion is the flatten
+    recursion of (x, x' rolled by −d), so GAP(x, x') = mean_d Flatten(x, roll(x', −d)) for NTK and
+    NNGP: an identity between the two native paths (float64, round-off only)."""
+    kw = dict(depth=2, activation="erf", b_std=0.3, padding="CIRCULAR", filter_shape=(3, 2))
+    gap, flat = K_.cnn(**kw, readout="gap"), K_.cnn(**kw, readout="flatten")
+    x1, x2 = normal(16, (3, 4, 5, 2)), normal(17, (2, 4, 5, 2))
+    shifted = [jnp.roll(x2, (-u, -v), axis=(1, 2)) for u in range(4) for v in range(5)]
+    avg = [np.mean([np.asarray(K_.ntk_and_nngp(flat, x1, xs)[i]) for xs in shifted], 0)
+           for i in range(2)]
+    for g, a in zip(K_.ntk_and_nngp(gap, x1, x2), avg, strict=True):
+        assert rel(g, a) < 1e-13
+
+
 def test_flatten_blocked_and_float64():
     """Blocks (x2 = None, 8 rows of 19) change only the variances' rounding; float64 agrees with
     neural-tangents to its own round-off (1e-13)."""
