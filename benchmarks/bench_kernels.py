@@ -32,6 +32,19 @@ time of the timed region (all threads): on a shared machine wall time depends on
 with the table (`os.getloadavg`, at start and end of every case).
 
 Run: `python benchmarks/bench_kernels.py` (add `--quick` for 2n = 2048 only).
+
+A `--quick` run (2 cores shared with other jobs, load 11-16, after the conv `_barrier` change; the
+GAP 32×32×3 row was then measured at 2n = 64, the flatten peer on a 16×16 block):
+
+    arch        images      2n block     ntk time      cpu s  peak MiB      nt time nt/sslntk
+    mlp         digits    2048  2048         0.3s        0.1       117         0.8s      2.47
+    cnn-flatten 32x32x3   2048   144       337.7s       99.8       564      1212.8s      3.59
+    cnn-gap     digits    2048    48      1046.3s      361.9       377     24576.9s     23.49
+    cnn-gap     32x32x3     64     8       150.5s       94.9      2000      2597.1s     17.25
+    cnn-gap     32x32x3   2048     8    151855.4s    95759.0       nan   2619768.6s     17.25 EXTRAPOLATED
+
+Before the `_barrier` change the same CNN blocks took 2.8× (GAP) and 3.5× (flatten) the CPU time.
+The GAP 32×32×3 block (8 rows, the minimum) needs ~2 GB, over `BLOCK_MEMORY_BUDGET`.
 """
 
 from __future__ import annotations
@@ -60,8 +73,11 @@ LONG_CASES = [
     ("cnn-flatten", "cnn", "flatten", "digits", 8192, "full"),
     ("cnn-gap", "cnn", "gap", "digits", 8192, "blocks"),
 ]
-PEER_BLOCK = {"digits": 16, "32x32x3": 16}
-PEER_BLOCK_GAP32 = 4          # neural-tangents' GAP conv on 32×32 images: ~1M entries per pair
+# peer blocks: large enough that the ratio is not set by per-call overheads (a 16×16 flatten block
+# on 32×32 images takes ~10 ms), small enough for neural-tangents' GAP conv (~1M entries per pair
+# on 32×32 images)
+PEER_BLOCK = {"digits": 16, "32x32x3": 64}
+PEER_BLOCK_GAP32 = 4
 
 
 def _rss_mib() -> float:

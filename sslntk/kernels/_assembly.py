@@ -10,8 +10,9 @@ bounded by the block size (`auto_block_size`, from `BLOCK_MEMORY_BUDGET`) for 2n
 
 Cost (benchmarks/bench_kernels.py, 2 shared cores; complexity in `_recursion`): a depth-2 MLP
 kernel on 2n = 8192 digits views takes seconds; a depth-2 CNN with global average pooling on 8×8
-images needs 2 · 64² dual-activation evaluations per pair of views (~6k pairs per CPU-second), with
-the flatten readout 2 · H·W (32×32×3 images: ~30k pairs per CPU-second). Memory stays bounded by
+images needs 2 · 64² dual-activation evaluations per pair of views (~5.8k pairs per CPU-second:
+2n = 2048 in 6 CPU-minutes), with the flatten readout 2 · H·W (32×32×3 images: ~21k pairs per
+CPU-second, 2n = 2048 in 100 CPU-seconds). Memory stays bounded by
 the block size either way (`_pair_entries`: the pixel-pixel covariance, or its diagonal).
 """
 

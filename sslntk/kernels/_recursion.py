@@ -32,8 +32,10 @@ Complexity per pair of images (H×W pixels, C channels, F = fh·fw filter taps, 
   averages the last layer over all `(p, p')`, and the conv reads every pixel pair at every layer.
 * readout "flatten" (`_native_flatten`): only the pixel diagonal, `L·H·W` dual evaluations and
   `L·F·H·W` adds (plus `C·H·W` for the per-pixel Gram); memory `(H+fh−1)(W+fw−1)` per pair.
-Measured (benchmarks/bench_kernels.py, float32, depth 2, 2 shared cores): ~6k pairs/CPU-s for GAP
-on 8×8 images, ~30 pairs/CPU-s for GAP on 32×32×3 and ~30k pairs/CPU-s for flatten on 32×32×3.
+Measured (benchmarks/bench_kernels.py, float32, depth 2, 2 shared cores at load 11-16): GAP on
+8×8 images ~5.8k pairs per CPU-second (2n = 2048: 362 CPU-s, 17 min wall), GAP on 32×32×3 ~22
+(2n = 64 measured; 2n = 2048 would be ~27 CPU-hours), flatten on 32×32×3 ~21k (2n = 2048: 100
+CPU-s, 5.6 min wall).
 The constant factor is set by XLA's CPU fusion: `_barrier` keeps the conv's F-term shift-and-add
 one loop over a materialised input (2.8× less CPU for GAP, 3.5× for flatten than without it).
 """
