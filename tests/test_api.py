@@ -21,7 +21,7 @@ API = {
     ],
     "kernels": [
         "ACTIVATIONS", "Arch", "ContrastiveSpectrum", "KINDS", "KernelSpectrum", "METHODS",
-        "PADDINGS", "activation_layer", "averaged_kernel", "cnn", "contrastive_kernel",
+        "PADDINGS", "READOUTS", "activation_layer", "averaged_kernel", "cnn", "contrastive_kernel",
         "contrastive_spectrum", "kernel_spectrum", "mlp", "nngp", "ntk", "ntk_and_nngp",
         "pair_matrix", "reference_empirical_ntk", "reference_gradient_descent",
         "stax_network",

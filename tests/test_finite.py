@@ -34,8 +34,11 @@ ARCHS = [
     (kernels.cnn(2, "relu", b_std=0.2), (6, 6, 2)),
     (kernels.cnn(1, "gelu", W_std=1.2, padding="VALID"), (5, 5, 1)),
     (kernels.cnn(1, "erf", filter_shape=(2, 3), padding="CIRCULAR", b_std=0.1), (5, 4, 3)),
+    (kernels.cnn(2, "relu", b_std=0.2, readout="flatten"), (6, 5, 2)),
+    (kernels.cnn(1, "gelu", padding="VALID", readout="flatten"), (5, 6, 1)),
 ]
-IDS = [f"{a.kind}-{a.activation}-{a.padding if a.kind == 'cnn' else a.depth}" for a, _ in ARCHS]
+IDS = [f"{a.kind}-{a.activation}-{a.padding + '-' + a.readout if a.kind == 'cnn' else a.depth}"
+       for a, _ in ARCHS]
 
 
 def test_every_kernel_activation_has_a_network():
@@ -88,7 +91,8 @@ def test_network_without_in_shape_is_built_from_the_first_input(digits_views):
                      batch_size=4, progress=False)
 
 
-@pytest.mark.parametrize("arch,shape", ARCHS[1:3] + ARCHS[6:8], ids=IDS[1:3] + IDS[6:8])
+@pytest.mark.parametrize("arch,shape", ARCHS[1:3] + ARCHS[6:8] + ARCHS[9:10],
+                         ids=IDS[1:3] + IDS[6:8] + IDS[9:10])
 @pytest.mark.parametrize("impl", [1, 2])
 def test_empirical_ntk_equals_neural_tangents(arch, shape, impl):
     """Own Jacobian-contraction NTK == nt's empirical NTK (implementations 1 and 2), 1e-5 rel."""
@@ -140,6 +144,22 @@ def test_empirical_ntk_approaches_analytic_ntk(digits_views):
         errs[w] = np.mean(e)
     print("relative NTK error by width:", errs)
     assert errs[4096] < 0.35 * errs[64]
+
+
+def test_flatten_cnn_empirical_ntk_approaches_analytic_ntk():
+    """The same for a CNN with the flatten readout: the finite network and `kernels.ntk` describe
+    the same architecture (width 16 → 4096 is ×16 in theory; asserted ×0.35)."""
+    arch = kernels.cnn(1, "relu", b_std=0.1, readout="flatten")
+    x = jax.random.normal(jax.random.key(2), (6, 4, 5, 2), F64)
+    K = np.asarray(kernels.ntk(arch, x))
+    errs = {}
+    for w in (16, 4096):
+        e = [np.linalg.norm(np.asarray(finite.empirical_ntk(
+            finite.network(arch, w, 1, key=jax.random.key(s), in_shape=(4, 5, 2), dtype=F64), x))
+            - K) / np.linalg.norm(K) for s in range(2)]
+        errs[w] = np.mean(e)
+    print("relative NTK error by width:", errs)
+    assert errs[4096] < 0.35 * errs[16]
 
 
 def test_small_init_function_and_kernel():

@@ -148,6 +148,58 @@ def test_cnn_matches_neural_tangents(arch):
     _check_against_nt(arch, normal(6, (5, 5, 5, 2), jnp.float32), None, methods=("native",))
 
 
+@pytest.mark.parametrize("readout", K_.READOUTS)
+@pytest.mark.parametrize("depth", [1, 3])
+def test_cnn_readouts_match_neural_tangents(readout, depth):
+    """Both readouts (GAP: the full pixel-pixel recursion; flatten: its pixel diagonal only) on two
+    depths equal `stax_network(arch)`'s kernel_fn (GlobalAvgPool / Flatten) to 1e-6 relative in
+    float32 (x2 given and x2 = None); non-square 5×6 images and b_std > 0."""
+    arch = K_.cnn(depth=depth, activation="relu", b_std=0.2, readout=readout)
+    _check_against_nt(arch, normal(13, (4, 5, 6, 3), jnp.float32), normal(14, (3, 5, 6, 3),
+                                                                       jnp.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [
+    K_.cnn(depth=1, activation="erf", W_std=1.3, b_std=0.3, readout="flatten"),
+    K_.cnn(depth=2, activation="gelu", b_std=0.1, padding="VALID", readout="flatten"),
+    K_.cnn(depth=2, activation="leaky_relu", padding="CIRCULAR", filter_shape=(2, 3),
+           readout="flatten"),
+    K_.cnn(depth=3, activation="abs_relu", leaky_slope=0.3, b_std=0.5, readout="flatten"),
+], ids=lambda a: f"{a.activation}-{a.padding}-d{a.depth}")
+def test_flatten_cnn_matches_neural_tangents_all(arch):
+    _check_against_nt(arch, normal(8, (4, 6, 6, 2), jnp.float32), normal(9, (3, 6, 6, 2),
+                                                                      jnp.float32),
+                      methods=("native", "nt"))
+
+
+def test_circular_gap_is_the_shift_average_of_flatten():
+    """Under CIRCULAR padding the pixel-pixel band p' = p + d of the GAP recursion is the flatten
+    recursion of (x, x' rolled by −d), so GAP(x, x') = mean_d Flatten(x, roll(x', −d)) for NTK and
+    NNGP: an identity between the two native paths (float64, round-off only)."""
+    kw = dict(depth=2, activation="erf", b_std=0.3, padding="CIRCULAR", filter_shape=(3, 2))
+    gap, flat = K_.cnn(**kw, readout="gap"), K_.cnn(**kw, readout="flatten")
+    x1, x2 = normal(16, (3, 4, 5, 2)), normal(17, (2, 4, 5, 2))
+    shifted = [jnp.roll(x2, (-u, -v), axis=(1, 2)) for u in range(4) for v in range(5)]
+    avg = [np.mean([np.asarray(K_.ntk_and_nngp(flat, x1, xs)[i]) for xs in shifted], 0)
+           for i in range(2)]
+    for g, a in zip(K_.ntk_and_nngp(gap, x1, x2), avg, strict=True):
+        assert rel(g, a) < 1e-13
+
+
+def test_flatten_blocked_and_float64():
+    """Blocks (x2 = None, 8 rows of 19) change only the variances' rounding; float64 agrees with
+    neural-tangents to its own round-off (1e-13)."""
+    arch = K_.cnn(depth=2, activation="erf", b_std=0.1, readout="flatten")
+    x = normal(15, (19, 4, 4, 2), jnp.float32)
+    for f, b in zip(K_.ntk_and_nngp(arch, x), K_.ntk_and_nngp(arch, x, block_size=8), strict=True):
+        assert rel(b, f) < 1e-6 and np.array_equal(np.asarray(b), np.asarray(b).T)
+    x64 = x[:6].astype(jnp.float64)
+    ref = K_.stax_network(arch)[2](x64, None, ("ntk", "nngp"))
+    for g, r in zip(K_.ntk_and_nngp(arch, x64), ref, strict=True):
+        assert g.dtype == jnp.float64 and rel(g, r) < 1e-13
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", CNN_ARCHS + CNN_ARCHS_SLOW,
                          ids=lambda a: f"{a.activation}-{a.padding}-d{a.depth}")
@@ -201,6 +253,10 @@ def test_auto_block_size_bounds_memory():
     assert b_mlp == 2048
     per_pair = _assembly._PAIR_ARRAYS * (10 * 10) ** 2 * 4
     assert b_cnn**2 * per_pair <= K_.BLOCK_MEMORY_BUDGET
+    # flatten: only the pixel diagonal per pair, so far larger blocks (32×32 images: 144)
+    b_flat = K_.auto_block_size(K_.cnn(depth=2, readout="flatten"), (1, 32, 32, 3))
+    assert b_flat**2 * _assembly._PAIR_ARRAYS * 34 * 34 * 4 <= K_.BLOCK_MEMORY_BUDGET
+    assert b_flat >= 128
 
 
 # ------------------------------------------------------------------------------------------------
@@ -552,6 +608,9 @@ IMG = np.ones((4, 5, 5, 1))
     (lambda: K_.cnn(filter_shape=(3, 0)), ValueError, "filter_shape"),
     (lambda: K_.cnn(filter_shape=3), ValueError, "filter_shape"),
     (lambda: K_.cnn(padding="same"), ValueError, "padding"),
+    (lambda: K_.cnn(readout="pool"), ValueError, "readout"),
+    (lambda: K_.cnn(readout=None), ValueError, "readout"),
+    (lambda: K_.mlp(readout="flatten"), ValueError, "readout"),
     (lambda: K_.Arch(kind="rnn"), ValueError, "kind"),
     (lambda: K_.stax_network(K_.mlp(), width=0), ValueError, "width"),
     (lambda: K_.stax_network(K_.mlp(), out_dim=-1), ValueError, "out_dim"),

@@ -7,7 +7,8 @@ Parametrisation (NTK, exactly `stax.Dense` / `stax.Conv` with `parameterization=
 - Conv (NHWC input, HWIO kernel `(fh, fw, C_in, out)`, stride 1, padding SAME / VALID / CIRCULAR):
   `fan_in = C_in · fh · fw`; `z = (W_std / sqrt(fan_in)) · conv(x, W) + b_std · b`, `b: (1, 1, 1, out)`.
 - MLP = Flatten, `depth` × (Dense(width) → act), Dense(out_dim).
-  CNN = `depth` × (Conv(width) → act), global average pool, Dense(out_dim).
+  CNN = `depth` × (Conv(width) → act), then `arch.readout`: global average pool ("gap") or Flatten
+  ("flatten", NHWC row-major as `stax.Flatten`; the Dense then has fan-in `H'·W'·width`), Dense(out_dim).
 
 The parameters are stored exactly in neural-tangents' layout (one `(W, b)` pair per affine layer), and
 `network(..., key=key)` draws them with the same random stream as the matching
@@ -96,8 +97,14 @@ def _layer_plan(arch: kernels.Arch, width: int, out_dim: int, in_shape: tuple[in
         for _ in range(arch.depth):
             plan += [("conv", (*arch.filter_shape, c, width), (1, 1, 1, width)), (None, None, None)]
             c = width
-        plan.append((None, None, None))                                   # GlobalAvgPool
+        plan.append((None, None, None))                                   # GlobalAvgPool / Flatten
         fan = width
+        if arch.readout == "flatten":                  # Dense on all output pixels × channels
+            h, w = in_shape[0], in_shape[1]
+            if arch.padding == "VALID":
+                h, w = h - arch.depth * (arch.filter_shape[0] - 1), w - arch.depth * (
+                    arch.filter_shape[1] - 1)
+            fan = h * w * width
     for _ in range(projector):
         plan += [("dense", (fan, width), (1, width)), (None, None, None)]
         fan = width
@@ -154,7 +161,8 @@ def forward(arch, theta: Sequence[tuple], x: jax.Array, *, param: str = "ntk",
             h = (arch.W_std / fan_in**0.5) * z + arch.b_std * b if ntk else z + b
         else:
             if arch.kind == "cnn" and i == arch.depth:
-                h = jnp.mean(h, axis=(1, 2))                                # GlobalAvgPool
+                h = (jnp.mean(h, axis=(1, 2)) if arch.readout == "gap"     # GlobalAvgPool
+                     else h.reshape(h.shape[0], -1))                        # Flatten (NHWC order)
             h = (arch.W_std / h.shape[-1] ** 0.5) * (h @ W) + arch.b_std * b if ntk else h @ W + b
         if not last:
             h = act(h)

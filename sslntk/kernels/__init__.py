@@ -10,7 +10,8 @@ Conventions (DESIGN.md):
 
 One concept per private module (the public names are re-exported here):
 
-* `_arch`: `Arch`, `mlp`, `cnn` (the architecture spec shared with `sslntk.finite`),
+* `_arch`: `Arch`, `mlp`, `cnn` (the architecture spec shared with `sslntk.finite`; a CNN's
+  `readout` is "gap" or "flatten", `READOUTS`),
   `activation_layer`, `stax_network` (its neural-tangents `(init_fn, apply_fn, kernel_fn)`).
 * `_recursion`: the native NNGP/NTK dual-activation recursion for one block, each formula with its
   source, and why it replaces neural-tangents' `kernel_fn`.
@@ -31,6 +32,7 @@ from sslntk.kernels._arch import (
     ACTIVATIONS,
     KINDS,
     PADDINGS,
+    READOUTS,
     Arch,
     activation_layer,
     cnn,
@@ -59,7 +61,7 @@ from sslntk.kernels._reference import reference_empirical_ntk, reference_gradien
 from sslntk.kernels._sharded import memory_plan
 
 __all__ = [
-    "ACTIVATIONS", "KINDS", "PADDINGS", "METHODS", "Arch", "mlp", "cnn", "activation_layer",
+    "ACTIVATIONS", "KINDS", "PADDINGS", "READOUTS", "METHODS", "Arch", "mlp", "cnn", "activation_layer",
     "stax_network", "ntk", "nngp", "ntk_and_nngp", "averaged_kernel", "pair_matrix",
     "contrastive_kernel", "KernelSpectrum", "kernel_spectrum", "ContrastiveSpectrum",
     "contrastive_spectrum", "reference_empirical_ntk", "reference_gradient_descent", "memory_plan",

@@ -19,6 +19,7 @@ from sslntk.kernels import _nt_compat
 ACTIVATIONS = ("relu", "erf", "gelu", "leaky_relu", "abs", "abs_relu")
 KINDS = ("mlp", "cnn")
 PADDINGS = ("SAME", "VALID", "CIRCULAR")
+READOUTS = ("gap", "flatten")
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,10 @@ class Arch:
 
     kind="mlp": `depth` hidden blocks (Dense → activation) then a Dense readout; input `(N, d)` or
         images `(N, H, W, C)` (flattened first).
-    kind="cnn": `depth` blocks (Conv `filter_shape`, `padding`, stride 1 → activation), global
-        average pooling, Dense readout; input images `(N, H, W, C)` (NHWC).
+    kind="cnn": `depth` blocks (Conv `filter_shape`, `padding`, stride 1 → activation), then the
+        `readout`: "gap" (global average pooling, then Dense) or "flatten" (`stax.Flatten`, then
+        Dense on all pixels × channels); input images `(N, H, W, C)` (NHWC). An MLP has no readout
+        choice (it is a Dense on its flattened input) and keeps the default "gap".
     Every layer uses the same `W_std`/`b_std` in NTK parametrisation: `W ~ N(0, 1)` stored, the
     forward pass multiplies by `W_std / sqrt(fan_in)` and the bias by `b_std`, exactly as
     `stax.Dense/Conv`. `leaky_slope` is the negative-side slope of `leaky_relu`; `abs_relu` is
@@ -44,6 +47,7 @@ class Arch:
     filter_shape: tuple[int, int] = (3, 3)
     padding: str = "SAME"
     leaky_slope: float = 0.1
+    readout: str = "gap"
 
     def __post_init__(self):
         V.choice("kind", self.kind, KINDS)
@@ -62,6 +66,10 @@ class Arch:
                            for s in fs)):
                 raise ValueError(f"filter_shape: expected a tuple of two positive ints, got {fs!r}")
             V.choice("padding", self.padding, PADDINGS)
+            V.choice("readout", self.readout, READOUTS)
+        elif self.readout != "gap":
+            raise ValueError(f"readout: only a cnn has a readout choice (an mlp is Dense layers on "
+                             f"its flattened input), got readout={self.readout!r} for kind='mlp'")
 
 
 def mlp(depth: int = 1, activation: str = "relu", W_std: float = 1.0, b_std: float = 0.0,
@@ -71,15 +79,21 @@ def mlp(depth: int = 1, activation: str = "relu", W_std: float = 1.0, b_std: flo
 
 
 def cnn(depth: int = 1, activation: str = "relu", W_std: float = 1.0, b_std: float = 0.0,
-        filter_shape: tuple[int, int] = (3, 3), padding: str = "SAME", **kw) -> Arch:
-    """CNN spec for NHWC images: (Conv → activation) × depth, global average pool, Dense readout."""
+        filter_shape: tuple[int, int] = (3, 3), padding: str = "SAME", readout: str = "gap",
+        **kw) -> Arch:
+    """CNN spec for NHWC images: (Conv → activation) × depth, then the readout: `readout="gap"`
+    (global average pooling, Dense; the default) or `"flatten"` (Flatten, Dense).
+
+    Kernel cost per pair of images (H×W pixels, F = fh·fw filter taps, L = depth): "gap" needs the
+    full pixel-pixel covariance, O(L·F·(H·W)²); "flatten" only its pixel diagonal, O(L·F·H·W)
+    (Novak et al. 2019; see `sslntk.kernels._recursion`)."""
     try:
         filter_shape = tuple(filter_shape)
     except TypeError as e:
         raise ValueError(f"filter_shape: expected a tuple of two positive ints, got "
                          f"{filter_shape!r}") from e
     return Arch(kind="cnn", depth=depth, activation=activation, W_std=W_std, b_std=b_std,
-                filter_shape=filter_shape, padding=padding, **kw)
+                filter_shape=filter_shape, padding=padding, readout=readout, **kw)
 
 
 def activation_layer(arch: Arch):
@@ -117,7 +131,7 @@ def stax_network(arch: Arch, width: int = 512, out_dim: int = 1):
         for _ in range(arch.depth):
             layers += [stax.Conv(width, arch.filter_shape, padding=arch.padding,
                                  W_std=arch.W_std, b_std=arch.b_std), activation_layer(arch)]
-        layers.append(stax.GlobalAvgPool())
+        layers.append(stax.GlobalAvgPool() if arch.readout == "gap" else stax.Flatten())
     layers.append(stax.Dense(out_dim, W_std=arch.W_std, b_std=arch.b_std))
     return stax.serial(*layers)
 

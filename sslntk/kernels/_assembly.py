@@ -9,10 +9,12 @@ bounded by the block size (`auto_block_size`, from `BLOCK_MEMORY_BUDGET`) for 2n
 (`_blocked_traced`), so the kernel stays differentiable. With `mesh=`/`sharding=` the kernel is
 built row-sharded instead (`_sharded`, issue [H]).
 
-Cost (benchmarks/bench_kernels.py, 2 shared cores): a depth-2 MLP kernel on 2n = 8192 digits views
-takes seconds; a depth-2 CNN on 8×8 images needs 2 · 64² dual-activation evaluations per pair of
-views, ~1.2k pairs/s, i.e. ~0.2 CPU-hour at 2n = 2048 and ~3.4 CPU-hours at 2n = 8192 (memory stays
-bounded by the block size either way).
+Cost (benchmarks/bench_kernels.py, 2 shared cores; complexity in `_recursion`): a depth-2 MLP
+kernel on 2n = 8192 digits views takes seconds; a depth-2 CNN with global average pooling on 8×8
+images needs 2 · 64² dual-activation evaluations per pair of views (~5.8k pairs per CPU-second:
+2n = 2048 in 6 CPU-minutes), with the flatten readout 2 · H·W (32×32×3 images: ~21k pairs per
+CPU-second, 2n = 2048 in 100 CPU-seconds). Memory stays bounded by
+the block size either way (`_pair_entries`: the pixel-pixel covariance, or its diagonal).
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ def ntk(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
       x2: like `x1` (same per-example shape and dtype), or None for `x2 = x1` (then only the
         upper block triangle is computed and the result is exactly symmetric).
       block_size: rows/columns per block (None: derived from `BLOCK_MEMORY_BUDGET`, 768 MiB of
-        intermediates: 2048 for MLPs, 48 for a CNN on 8×8 images). Inputs up to `block_size`
-        rows are one unblocked call.
+        intermediates: 2048 for MLPs, 48 for a GAP CNN on 8×8 images, 144 for a flatten CNN on
+        32×32 images). Inputs up to `block_size` rows are one unblocked call.
       dtype: compute dtype (float32/float64); None keeps the inputs' dtype (float32 default).
       method: "native" (sslntk's recursion; "auto" picks it) or "nt" (neural-tangents'
         `kernel_fn` per block, the reference). They agree to round-off except on identical inputs,
@@ -189,11 +191,13 @@ def _check_inputs(arch, x1, x2, dtype):
 
 
 def _pair_entries(arch: Arch, shape: tuple[int, ...]) -> int:
-    """Entries of the (padded) per-pair covariance: `((H + fh − 1)(W + fw − 1))²` for a CNN."""
+    """Entries of the (padded) per-pair covariance: `((H + fh − 1)(W + fw − 1))²` for a CNN with
+    global average pooling, its pixel diagonal `(H + fh − 1)(W + fw − 1)` with the flatten readout."""
     if arch.kind == "mlp":
         return 1
     fh, fw = arch.filter_shape
-    return ((shape[1] + fh - 1) * (shape[2] + fw - 1)) ** 2
+    pixels = (shape[1] + fh - 1) * (shape[2] + fw - 1)
+    return pixels if arch.readout == "flatten" else pixels ** 2
 
 
 def auto_block_size(arch: Arch, shape: tuple[int, ...], dtype=jnp.float32) -> int:
