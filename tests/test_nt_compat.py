@@ -109,7 +109,8 @@ def test_shimmed_nt_gives_correct_numbers_against_closed_forms():
     one-hidden-layer ReLU NTK, and the exact linear flow `f(t) = e^{-2tK} f0` of L = Σ f² against
     nt's predict.gradient_descent. float64 tolerances: nt's arc-cosine angle of identical inputs
     comes out O(sqrt(eps)) instead of 0 (a ~2e-9 relative error on the diagonal, see
-    sslntk.kernels), so 1e-8; the flow to nt's odeint tolerance (1.4e-8 relative)."""
+    sslntk.kernels), so 1e-8; the flow: nt's odeint holds its LOCAL error to 1.4e-8, and the
+    global error it accumulates over t = 1 is ~3e-7 (measured), so 2e-6."""
     nt = _nt_compat.load()
     x = jax.random.normal(jax.random.PRNGKey(0), (6, 4), dtype=jnp.float64)
     _, _, kfn = nt.stax.serial(nt.stax.Dense(1), nt.stax.Relu(), nt.stax.Dense(1))
@@ -130,4 +131,4 @@ def test_shimmed_nt_gives_correct_numbers_against_closed_forms():
     got = np.asarray(pf(jnp.asarray(ts), jnp.asarray(f0)))
     w, U = np.linalg.eigh(K)
     ref = np.stack([(U * np.exp(-2 * t * w)) @ U.T @ f0 for t in ts])
-    np.testing.assert_allclose(got, ref, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-8)
