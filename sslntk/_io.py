@@ -47,6 +47,23 @@ def load_npz(path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def load_checkpoint(path, fingerprint: str, treedef, *, differ: str):
+    """Resume state of a training checkpoint: `(z, state)` with `z` its arrays and `state` the
+    pytree of `treedef` rebuilt from its `state_j` leaves, or `(None, None)` when `path` is None or
+    absent. A checkpoint written by another run (its `fingerprint` differs) raises a ValueError
+    naming the file; `differ` says what may differ ("model, data, loss ...")."""
+    import jax
+    import jax.numpy as jnp
+    if path is None or not Path(path).exists():
+        return None, None
+    z = load_npz(path)
+    if str(z["fingerprint"]) != fingerprint:
+        raise ValueError(f"checkpoint: {path} was written by a different run ({differ} differ); "
+                         f"delete it or pass another path")
+    leaves = [jnp.asarray(z[f"state_{j}"]) for j in range(treedef.num_leaves)]
+    return z, jax.tree.unflatten(treedef, leaves)
+
+
 def _jsonable(o):
     if isinstance(o, np.generic):
         return o.item()

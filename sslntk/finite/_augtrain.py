@@ -173,14 +173,10 @@ def train_augmented(model, x, augment, loss, *, key, lr: float, steps: int,
     treedef = jax.tree.structure((params, opt_state))
     i0, step = 0, 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.exists():
-        z = _io.load_npz(ckpt)
-        if str(z["fingerprint"]) != fp:
-            raise ValueError(f"checkpoint: {ckpt} was written by a different run (model, data, "
-                             f"augmentation, loss, optimiser or schedule differ); delete it or "
-                             f"pass another path")
-        leaves = [jnp.asarray(z[f"state_{j}"]) for j in range(treedef.num_leaves)]
-        params, opt_state = jax.tree.unflatten(treedef, leaves)
+    z, state = _io.load_checkpoint(ckpt, fp, treedef, differ="model, data, augmentation, loss, "
+                                                             "optimiser or schedule")
+    if z is not None:
+        params, opt_state = state
         i0, step = int(z["next_save"]), int(z["step"])
         f_hist, l_hist, sec, status = z["f"], z["loss"], z["seconds"], int(z["status"])
     with Progress(steps, f"train_augmented {type(model).__name__}", enabled=progress) as prog:

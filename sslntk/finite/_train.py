@@ -320,13 +320,10 @@ def _run(engine, params, rest, keys, x, xt, loss, lr, steps, s_save, *, checkpoi
                       *fingerprint_parts)
     i0, step = 0, 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.exists():
-        z = _io.load_npz(ckpt)
-        if str(z["fingerprint"]) != fp:
-            raise ValueError(f"checkpoint: {ckpt} was written by a different run (model, data, "
-                             f"loss, optimiser or schedule differ); delete it or pass another path")
-        leaves = [jnp.asarray(z[f"state_{j}"]) for j in range(treedef.num_leaves)]
-        params, opt_state = jax.tree.unflatten(treedef, leaves)
+    z, state = _io.load_checkpoint(ckpt, fp, treedef, differ="model, data, loss, optimiser or "
+                                                             "schedule")
+    if z is not None:
+        params, opt_state = state
         i0, step = int(z["next_save"]), int(z["step"])
         f_hist, l_hist, status = z["f"], z["loss"], z["status"]
         failed_step = z["failed_step"] if "failed_step" in z else failed_step
