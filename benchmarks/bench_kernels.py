@@ -34,11 +34,12 @@ with the table (`os.getloadavg`, at start and end of every case).
 Run: `python benchmarks/bench_kernels.py` (add `--quick` for 2n = 2048 only).
 
 A `--quick` run (2 cores shared with other jobs, load 11-16, after the conv `_barrier` change; the
-GAP 32×32×3 row was then measured at 2n = 64, the flatten peer on a 16×16 block):
+GAP 32×32×3 row was then measured at 2n = 64; the flatten row is a rerun of its case with the peer
+on a 64×64 block, load 14.7→16.8; the first run, peer on 16×16: 337.7 s, 99.8 cpu s, ratio 3.59):
 
     arch        images      2n block     ntk time      cpu s  peak MiB      nt time nt/sslntk
     mlp         digits    2048  2048         0.3s        0.1       117         0.8s      2.47
-    cnn-flatten 32x32x3   2048   144       337.7s       99.8       564      1212.8s      3.59
+    cnn-flatten 32x32x3   2048   144       258.8s       95.7       561       879.9s      3.40
     cnn-gap     digits    2048    48      1046.3s      361.9       377     24576.9s     23.49
     cnn-gap     32x32x3     64     8       150.5s       94.9      2000      2597.1s     17.25
     cnn-gap     32x32x3   2048     8    151855.4s    95759.0       nan   2619768.6s     17.25 EXTRAPOLATED

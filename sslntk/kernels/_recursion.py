@@ -35,7 +35,7 @@ Complexity per pair of images (H×W pixels, C channels, F = fh·fw filter taps, 
 Measured (benchmarks/bench_kernels.py, float32, depth 2, 2 shared cores at load 11-16): GAP on
 8×8 images ~5.8k pairs per CPU-second (2n = 2048: 362 CPU-s, 17 min wall), GAP on 32×32×3 ~22
 (2n = 64 measured; 2n = 2048 would be ~27 CPU-hours), flatten on 32×32×3 ~21k (2n = 2048: 100
-CPU-s, 5.6 min wall).
+CPU-s, 4.3-5.6 min wall).
 The constant factor is set by XLA's CPU fusion: `_barrier` keeps the conv's F-term shift-and-add
 one loop over a materialised input (2.8× less CPU for GAP, 3.5× for flatten than without it).
 """
