@@ -312,7 +312,8 @@ def test_nonfinite_training_is_reported(digits_views):
     with pytest.warns(RuntimeWarning):
         r = finite.train(m, digits_views, "barlow_twins", lr=50.0, steps=60, key=KEY,
                          progress=False)
-    assert not r.ok and int(r.status) == 2
+    # NONFINITE, or DIVERGED when the loss first explodes while still finite (sslntk._status)
+    assert not r.ok and int(r.status) in (2, 4) and int(r.failed_step) >= 1
     assert np.isnan(r.loss[-1]) and np.isfinite(r.loss[0])
 
 
