@@ -82,7 +82,7 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         "diagnostics", "explain",
     ],
     "kernels": [
-        "memory_plan",
+        "BACKENDS", "memory_plan",
     ],
     "data": [
         "Affine", "ColorJitter", "DownloadError", "FormatError", "GaussianBlur", "HorizontalFlip",

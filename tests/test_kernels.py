@@ -136,6 +136,23 @@ def test_nt_method_matches_neural_tangents():
                       normal(3, (5, 6), jnp.float32), methods=("nt",))
 
 
+def test_backend_neural_tangents_is_the_nt_reference():
+    """`backend="neural_tangents"` (issue [G]) computes every block with nt's kernel_fn: the same
+    numbers as method="nt", float32 round-off from sslntk's own recursion; it refuses
+    method="native" and unknown backends by name."""
+    arch = K_.mlp(depth=2, activation="erf", b_std=0.1)
+    x = normal(5, (10, 6), jnp.float32)
+    K_nt = K_.ntk(arch, x, backend="neural_tangents")
+    assert float(jnp.max(jnp.abs(K_nt - K_.ntk(arch, x, method="nt")))) == 0.0
+    assert rel(K_nt, K_.ntk(arch, x)) < 1e-6
+    Kn, Gn = K_.ntk_and_nngp(arch, x, backend="neural_tangents")
+    assert rel(Gn, K_.nngp(arch, x, backend="neural_tangents")) == 0.0
+    with pytest.raises(ValueError, match="backend"):
+        K_.ntk(arch, x, backend="neural_tangents", method="native")
+    with pytest.raises(ValueError, match="backend"):
+        K_.ntk(arch, x, backend="torch")
+
+
 def test_mlp_flattens_images():
     arch = K_.mlp(depth=2, b_std=0.1)
     x = normal(4, (6, 3, 3, 2), jnp.float32)

@@ -40,6 +40,7 @@ from sslntk.kernels._arch import (
     stax_network,
 )
 from sslntk.kernels._assembly import (  # noqa: F401  (GETS, BLOCK_MEMORY_BUDGET, auto_block_size)
+    BACKENDS,
     BLOCK_MEMORY_BUDGET,
     GETS,
     METHODS,
@@ -61,7 +62,8 @@ from sslntk.kernels._reference import reference_empirical_ntk, reference_gradien
 from sslntk.kernels._sharded import memory_plan
 
 __all__ = [
-    "ACTIVATIONS", "KINDS", "PADDINGS", "READOUTS", "METHODS", "Arch", "mlp", "cnn", "activation_layer",
+    "ACTIVATIONS", "KINDS", "PADDINGS", "READOUTS", "METHODS", "BACKENDS", "Arch", "mlp", "cnn",
+    "activation_layer",
     "stax_network", "ntk", "nngp", "ntk_and_nngp", "averaged_kernel", "pair_matrix",
     "contrastive_kernel", "KernelSpectrum", "kernel_spectrum", "ContrastiveSpectrum",
     "contrastive_spectrum", "reference_empirical_ntk", "reference_gradient_descent", "memory_plan",

@@ -34,6 +34,9 @@ from sslntk.kernels._recursion import _native_kernels
 from sslntk.kernels._reference import nt_block
 
 METHODS = ("auto", "native", "nt")
+#: `backend=` of ntk/nngp/ntk_and_nngp: sslntk's own recursion, or neural-tangents' kernel_fn (the
+#: reference, through `_nt_compat`; the same as method="nt").
+BACKENDS = ("sslntk", "neural_tangents")
 GETS = ("ntk", "nngp")
 
 # Peak memory (bytes) that one block's intermediates may use; block sizes are derived from it with
@@ -48,7 +51,7 @@ _MIN_BLOCK = 8
 
 def ntk(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
         method: str = "auto", progress: bool = False, mesh=None, sharding=None,
-        memory_limit: int | None = None) -> jax.Array:
+        memory_limit: int | None = None, backend: str = "sslntk") -> jax.Array:
     """Infinite-width NTK of `arch` (one output), `(n1, n2)`; equal to neural-tangents'
     `stax_network(arch)[2](x1, x2, "ntk")`.
 
@@ -65,6 +68,9 @@ def ntk(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
       method: "native" (sslntk's recursion; "auto" picks it) or "nt" (neural-tangents'
         `kernel_fn` per block, the reference). They agree to round-off except on identical inputs,
         where neural-tangents' arc-cosine angle comes out O(sqrt(eps)) instead of 0 (see `_dual`).
+      backend: "sslntk" (default) or "neural_tangents": the latter computes every block with
+        neural-tangents' `kernel_fn` (the same as `method="nt"`; needs neural-tangents installed,
+        see `kernels._nt_compat`).
       progress: print block progress to stderr.
       mesh, sharding: build K row-sharded (issue [H], `kernels._sharded`): a 1-D
         `jax.sharding.Mesh` (`jax.make_mesh((D,), ("rows",))`) or a `NamedSharding(mesh,
@@ -79,27 +85,33 @@ def ntk(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
     """
     return ntk_and_nngp(arch, x1, x2, block_size=block_size, dtype=dtype, method=method,
                         progress=progress, get=("ntk",), mesh=mesh, sharding=sharding,
-                        memory_limit=memory_limit)[0]
+                        memory_limit=memory_limit, backend=backend)[0]
 
 
 def nngp(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
          method: str = "auto", progress: bool = False, mesh=None, sharding=None,
-         memory_limit: int | None = None) -> jax.Array:
+         memory_limit: int | None = None, backend: str = "sslntk") -> jax.Array:
     """Infinite-width NNGP kernel of `arch` (one output), `(n1, n2)`; arguments as `ntk`."""
     return ntk_and_nngp(arch, x1, x2, block_size=block_size, dtype=dtype, method=method,
                         progress=progress, get=("nngp",), mesh=mesh, sharding=sharding,
-                        memory_limit=memory_limit)[0]
+                        memory_limit=memory_limit, backend=backend)[0]
 
 
 def ntk_and_nngp(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
                  method: str = "auto", progress: bool = False,
                  get: tuple[str, ...] = ("ntk", "nngp"), mesh=None, sharding=None,
-                 memory_limit: int | None = None) -> tuple[jax.Array, ...]:
+                 memory_limit: int | None = None, backend: str = "sslntk") -> tuple[jax.Array, ...]:
     """Both kernels in one pass (the NTK recursion computes the NNGP anyway): `(ntk, nngp)`, each
     `(n1, n2)`; `get` selects and orders them. Arguments as `ntk` (with `mesh=`/`sharding=`
     both come back row-sharded)."""
     _check_arch(arch)
     V.choice("method", method, METHODS)
+    V.choice("backend", backend, BACKENDS)
+    if backend == "neural_tangents":
+        if method == "native":
+            raise ValueError("backend: 'neural_tangents' computes the kernel with neural-tangents' "
+                             "kernel_fn; it cannot be combined with method='native'")
+        method = "nt"
     if isinstance(get, str):
         get = (get,)
     get = tuple(get)
