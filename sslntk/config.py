@@ -190,6 +190,26 @@ KIND_SECTIONS = {
             "fd_eps": Key(1e-3, POS, "relative step of the finite-difference check"),
         },
     },
+    "finite_staircase": {
+        "dynamics": {
+            "k": Key(6, integer(1, 256), "embedding dimension"),
+            "alpha": Key(1e-3, POS, "small-init scale: f = g_theta - (1 - alpha) g_theta0"),
+        },
+        "resnet": {
+            "blocks": Key(2, integer(1, 16), "residual blocks"),
+            "width": Key(64, integer(1), "channels"),
+            "norm": Key("none", one_of("none", "layer", "batch")),
+            "activation": Key("relu", one_of("relu", "erf", "gelu", "leaky_relu", "abs",
+                                             "abs_relu")),
+        },
+        "finite": {
+            "lr": Key(0.05, POS, "full-batch GD learning rate (the prediction uses the same)"),
+            "steps": Key(2000, integer(1)),
+            "n_times": Key(101, integer(2, 100000), "saved times"),
+            "min_final": Key(0.5, NONNEG, "a mode's step counts as detected when its final "
+                             "eigenvalue exceeds this"),
+        },
+    },
 }
 
 KINDS = tuple(KIND_SECTIONS)
@@ -260,6 +280,9 @@ def _check_semantics(cfg: dict):
     if d["recipe"] not in ("none", "simclr") and d["color_strength"] != 1.0:
         raise ConfigError(f"config key 'data.color_strength': only the simclr recipe has one, got "
                           f"{d['color_strength']!r} with recipe {d['recipe']!r}")
+    if cfg["kind"] == "finite_staircase" and d["name"] not in IMAGE_DATASETS:
+        raise ConfigError(f"config key 'data.name': the ResNet of finite_staircase needs image "
+                          f"data {list(IMAGE_DATASETS)}, got {d['name']!r}")
     if cfg["kind"] == "staircase":
         lc = cfg["loss"]
         if cfg["dynamics"]["method"] == "closed_form" and (

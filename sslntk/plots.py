@@ -57,16 +57,24 @@ def staircase(out, name, ts, loss, predicted_steps, *, loss_theory=None, simulat
 
 
 def eigenvalues(out, name, ts, c_sim, c_theory=None, *, ylabel="eigenvalues of C(t)",
-                title="Embedding eigenvalues"):
+                title="Embedding eigenvalues", sim_label="simulated",
+                theory_label="theory (logistic)", steps_sim=None, steps_theory=None):
     """Per-mode eigenvalue trajectories `(T, k)`: simulated solid, theory dashed, log-time axis."""
     c_sim = np.asarray(c_sim)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for j in range(c_sim.shape[1]):
         ax.plot(ts, c_sim[:, j], color=f"C{j % 10}", lw=2,
-                label="simulated" if j == 0 else None)
+                label=sim_label if j == 0 else None)
         if c_theory is not None:
             ax.plot(ts, np.asarray(c_theory)[:, j], color="k", ls="--", lw=0.8,
-                    label="theory (logistic)" if j == 0 else None)
+                    label=theory_label if j == 0 else None)
+    # optional step times: measured (dots on the curve) and predicted (dotted verticals)
+    for j, t in enumerate(np.asarray(steps_theory if steps_theory is not None else [])):
+        if np.isfinite(t):
+            ax.axvline(t, color=f"C{j % 10}", ls=":", lw=0.8)
+    for j, t in enumerate(np.asarray(steps_sim if steps_sim is not None else [])):
+        if np.isfinite(t):
+            ax.plot([t], [np.interp(t, ts, c_sim[:, j])], "o", ms=4, color=f"C{j % 10}")
     ax.set_xlabel(TIME_LABEL)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
