@@ -45,6 +45,7 @@ import inspect
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sslntk import _sharding, _status
 from sslntk import _validate as V
@@ -234,6 +235,10 @@ def solve(K, loss, f0, ts, method: str = "auto", *, K_test_train=None, f0_test=N
 def _stationary(loss, f0) -> bool:
     """True when `∇_f L(f0) = 0` exactly on a concrete `f0` (nothing can move)."""
     if not V.is_concrete(f0) or isinstance(f0, jax.core.Tracer):
+        return False
+    try:        # on the host: f0 may be replicated over a mesh (sharded K) that jit cannot see here
+        f0 = jnp.asarray(np.asarray(f0))
+    except Exception:   # not addressable from this process (multi-process): skip the check
         return False
     g = loss.grad(f0)
     return bool(jnp.all(g == 0))
