@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from sslntk import finite, kernels, losses
 
@@ -301,3 +302,48 @@ def test_train_new_optimizers_match_optax():
             u, state = tx.update(g, state, th)
             th = optax.apply_updates(th, u)
         np.testing.assert_allclose(r.model.theta[0][0], th[0][0], rtol=1e-9, atol=1e-12)
+
+
+def test_loop_paths_agree_and_auto_picks_host_for_convolutions_on_cpu():
+    """`loop="host"` (one jitted step per iteration, the CPU path for convolutional models: XLA:CPU
+    runs convolutions in a loop body several times slower, jax-ml/jax#12868) and `loop="device"`
+    (one `fori_loop`) run the same steps: same parameters to float64 round-off, for `train`
+    (full batch and minibatch), `train_batched` and `train_augmented`."""
+    from sslntk import data
+    from sslntk.finite import _loop
+    from sslntk.finite._ntk import _f, split_trainable
+    x = jax.random.normal(jax.random.key(0), (8, 5, 5, 2), F64)
+    res = finite.network(finite.resnet(1, norm="layer"), 4, 3, key=jax.random.key(1),
+                         in_shape=(5, 5, 2), dtype=F64, projector=1, alpha=0.1)
+    mlp = finite.network(kernels.mlp(1), 8, 3, key=jax.random.key(1), in_shape=(8,), dtype=F64)
+    for m, xx, conv in ((res, x, True), (mlp, X, False)):
+        gd, p, r = split_trainable(m)
+        assert _loop.has_convolution(lambda q, v, gd=gd, r=r: _f(gd, q, r, v), p, xx) is conv
+        assert _loop.use_host_loop("auto", lambda q, v, gd=gd, r=r: _f(gd, q, r, v), p, xx) is conv
+    with pytest.raises(ValueError, match="loop: unknown value"):
+        finite.train(mlp, X, "vicreg", lr=1e-2, steps=2, progress=False, loop="gpu")
+
+    def close(a, b):
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-13)
+
+    kw = dict(lr=1e-2, steps=6, ts=[0.0, 0.03, 0.06], progress=False)
+    for extra in (dict(optimizer="momentum"), dict(optimizer="sgd", batch_size=2,
+                                                   key=jax.random.key(5))):
+        a, b = (finite.train(res, x, "vicreg", loop=lp, **kw, **extra) for lp in ("host", "device"))
+        close(a.f, b.f)
+        close(nnx.state(a.model, nnx.Param), nnx.state(b.model, nnx.Param))
+    ms = [finite.network(finite.resnet(1, norm="layer"), 4, 3, key=jax.random.key(s),
+                         in_shape=(5, 5, 2), dtype=F64, projector=1) for s in range(2)]
+    st = finite.stack_models(ms)
+    keys = jnp.stack([jax.random.key(s) for s in range(2)])
+    a, b = (finite.train_batched(st, x, "vicreg", keys=keys, loop=lp, **kw, check_lr=False)
+            for lp in ("host", "device"))
+    close(a.f, b.f)
+    seq = finite.train(ms[1], x, "vicreg", check_lr=False, **kw)
+    np.testing.assert_allclose(a.f[:, 1], seq.f, rtol=1e-10, atol=1e-13)
+    src = jax.random.normal(jax.random.key(2), (6, 5, 5, 2), F64)
+    a, b = (finite.train_augmented(res, src, data.gaussian_noise(0.2), "vicreg",
+                                   key=jax.random.key(3), optimizer="adam", loop=lp, **kw)
+            for lp in ("host", "device"))
+    close(a.f, b.f)

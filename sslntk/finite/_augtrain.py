@@ -33,6 +33,7 @@ from sslntk import _io, data, metrics
 from sslntk import _validate as V
 from sslntk._progress import Progress
 from sslntk.dynamics._trajectory import NONFINITE, SUCCESS
+from sslntk.finite import _loop
 from sslntk.finite._network import _check_key, ensure_built
 from sslntk.finite._ntk import _f, split_trainable
 from sslntk.finite._train import (
@@ -82,7 +83,8 @@ def _draw_views(augment, x, key, step, batch):
 def train_augmented(model, x, augment, loss, *, key, lr: float, steps: int,
                     optimizer: str = "sgd", batch_size: int | None = None,
                     optimizer_options: dict | None = None, ts=None, eval_views=None,
-                    checkpoint=None, progress: bool = True) -> AugmentedResult:
+                    checkpoint=None, progress: bool = True, loop: str = "auto"
+                    ) -> AugmentedResult:
     """Train `model` with fresh augmentations every step (see the module docstring).
 
     Args:
@@ -97,7 +99,8 @@ def train_augmented(model, x, augment, loss, *, key, lr: float, steps: int,
         warm-up + cosine via `optimizer_options=dict(schedule="cosine", warmup_steps=...)`; μP
         models get their per-group factors). batch_size: source samples per step (None: all n).
       ts: save times (default 101 points); eval_views: fixed `Views` for the records.
-      checkpoint: `.npz` path; resumes as `train` does.
+      checkpoint: `.npz` path; resumes as `train` does. loop: as `train` ("auto": one compiled
+        step per iteration from the host for convolutional models on CPU, else a `fori_loop`).
     """
     if not isinstance(model, nnx.Module) or not callable(model):
         raise TypeError(f"model: expected a flax.nnx.Module such as sslntk.finite.network(...), "
@@ -110,6 +113,7 @@ def train_augmented(model, x, augment, loss, *, key, lr: float, steps: int,
         raise TypeError(f"augment: expected a sslntk.data augmentation or a callable (key, x) -> x,"
                         f" got {type(augment).__name__}")
     _check_key(key)
+    V.choice("loop", loop, _loop.LOOPS)
     ensure_built(model, x)
     in_shape = getattr(model, "in_shape", None)
     if in_shape is not None and tuple(x.shape[1:]) != in_shape:
@@ -148,15 +152,16 @@ def train_augmented(model, x, augment, loss, *, key, lr: float, steps: int,
     def full_f(p, xb):
         return _f(graphdef, p, rest, xb) - _offsets(graphdef, p, rest, xb)
 
-    @jax.jit
-    def advance(p, o, start, nsteps):
-        def body(i, carry):
-            p, o = carry
-            xb = _draw_views(augment, x, key, start + i, bs)
-            g = jax.grad(lambda q: loss(full_f(q, xb)))(p)
-            u, o = tx.update(g, o, p)
-            return optax.apply_updates(p, u), o
-        return jax.lax.fori_loop(0, nsteps, body, (p, o))
+    def body(step, carry):
+        p, o = carry
+        xb = _draw_views(augment, x, key, step, bs)
+        g = jax.grad(lambda q: loss(full_f(q, xb)))(p)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o
+
+    loop_ = _loop.make_advance(body, _loop.use_host_loop(
+        loop, lambda p, xx: _f(graphdef, p, rest, xx), params, x))
+    advance = lambda p, o, start, nsteps: loop_((p, o), start, nsteps)  # noqa: E731
 
     @jax.jit
     def record(p):

@@ -259,19 +259,19 @@ class Network(nnx.Module):
     @property
     def theta(self) -> list[tuple]:
         self._require_built("theta")
-        return [(layer.W.value, layer.b.value) for layer in self.layers]
+        return [(layer.W.get_value(), layer.b.get_value()) for layer in self.layers]
 
     @property
     def theta0(self) -> list[tuple]:
         self._require_built("theta0")
-        return [(layer.W0.value, layer.b0.value) for layer in self.layers]
+        return [(layer.W0.get_value(), layer.b0.get_value()) for layer in self.layers]
 
     @property
     def dtype(self):
         if not self.built:
             dt = self._pending[2]
             return None if dt is None else jnp.dtype(dt)
-        return self.layers[0].W.value.dtype
+        return self.layers[0].W.get_value().dtype
 
     def _check_input(self, x):
         ensure_built(self, x)
@@ -503,9 +503,11 @@ def from_nt_params(model: Network, params, *, init: bool = True) -> Network:
             raise ValueError(f"params[{i}]: expected W {wshape} and b {bshape}, got W "
                              f"{W.shape} and b {b.shape}")
         layer = next(layers)
-        layer.W.value, layer.b.value = W.astype(model.dtype), b.astype(model.dtype)
+        layer.W.set_value(W.astype(model.dtype))
+        layer.b.set_value(b.astype(model.dtype))
         if init:
-            layer.W0.value, layer.b0.value = W.astype(model.dtype), b.astype(model.dtype)
+            layer.W0.set_value(W.astype(model.dtype))
+            layer.b0.set_value(b.astype(model.dtype))
     return model
 
 

@@ -8,8 +8,9 @@ The pure train state is `(graphdef, params, opt_state)` from `nnx.split(model, n
 the frozen init θ₀ and other non-parameter variables ride along in `rest`. The constant part of the
 small-init function, `offset(x) = (1 − α)·g_θ₀(x)`, is computed once per input set, so a step costs
 one forward/backward pass of `g_θ`. Steps between two save points run inside one jitted
-`lax.fori_loop` (compiled once for any chunk length); the same chunk boundaries are used with and
-without a checkpoint, so a resumed run ends bit-identical to an uninterrupted one.
+`lax.fori_loop` (compiled once for any chunk length), or, for convolutional models on CPU, as one
+jitted step per iteration queued from the host (`_loop`); the same chunk boundaries are used with
+and without a checkpoint, so a resumed run ends bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from sslntk import losses as L
 from sslntk._progress import Progress
 from sslntk._status import STATIONARY, SUCCESS
 from sslntk._status import names as _status_names
-from sslntk.finite import _optim, _param
+from sslntk.finite import _loop, _optim, _param
 from sslntk.finite._network import _check_key, ensure_built
 from sslntk.finite._ntk import _f, split_trainable
 from sslntk.finite._outcome import _failure, _finish, _first_failure
@@ -212,13 +213,22 @@ def _offsets(graphdef, params, rest, x):
     return jnp.zeros((x.shape[0], jax.eval_shape(m, x).shape[-1]), x.dtype)
 
 
-def _over_seeds(fn, in_axes):
+def _over_seeds(fn, in_axes, unrolled=False):
     """`fn` over a leading seed axis of the arguments with axis 0: `jax.vmap` on GPU/TPU; on CPU a
     `lax.map` (a loop over the seeds inside the one compiled call), because XLA's CPU batched
     matmuls are ~3x slower than a loop of plain ones (measured: 8 seeds, width 1024, 50 steps:
-    1.43 s vmapped vs 0.47 s looped)."""
+    1.43 s vmapped vs 0.47 s looped). With `unrolled` (convolutional models on CPU, see `_loop`:
+    a convolution inside a loop body is slow there) the seeds are unrolled at trace time."""
     if jax.default_backend() != "cpu":
         return jax.vmap(fn, in_axes=in_axes)
+    if unrolled:
+        def unrolled_map(*args):
+            S = next(jax.tree.leaves(a)[0].shape[0] for a, ax in zip(args, in_axes, strict=True)
+                     if ax is not None)
+            outs = [fn(*[a if ax is None else jax.tree.map(lambda v, s=s: v[s], a)
+                         for a, ax in zip(args, in_axes, strict=True)]) for s in range(S)]
+            return jax.tree.map(lambda *v: jnp.stack(v), *outs)
+        return unrolled_map
 
     def mapped(*args):
         def one(batched):
@@ -238,27 +248,26 @@ class _Engine:
     batch_pairs: int | None
     n: int
     vmapped: bool
+    host_loop: bool = False     # step from the host (`_loop`: convolutions on CPU)
 
-    def _advance(self, params, opt_state, rest, key, x, off, start, nsteps):
+    def _step(self, step, carry, rest, key, x, off):
+        """One optimiser step number `step` (traced int) on `carry = (params, opt_state)`."""
         gd, loss = self.graphdef, self.loss
 
         def loss_fn(p, xb, ob):
             return loss(_f(gd, p, rest, xb) - ob)
 
-        def body(i, carry):
-            p, o = carry
-            if self.batch_pairs is None:
-                xb, ob = x, off
-            else:
-                idx = jax.random.choice(jax.random.fold_in(key, start + i), self.n,
-                                        (self.batch_pairs,), replace=False)
-                sel = jnp.concatenate([idx, idx + self.n])  # keep [a.., b..] pairing
-                xb, ob = x[sel], off[sel]
-            g = jax.grad(loss_fn)(p, xb, ob)
-            u, o = self.tx.update(g, o, p)
-            return optax.apply_updates(p, u), o
-
-        return jax.lax.fori_loop(0, nsteps, body, (params, opt_state))
+        p, o = carry
+        if self.batch_pairs is None:
+            xb, ob = x, off
+        else:
+            idx = jax.random.choice(jax.random.fold_in(key, step), self.n,
+                                    (self.batch_pairs,), replace=False)
+            sel = jnp.concatenate([idx, idx + self.n])  # keep [a.., b..] pairing
+            xb, ob = x[sel], off[sel]
+        g = jax.grad(loss_fn)(p, xb, ob)
+        u, o = self.tx.update(g, o, p)
+        return optax.apply_updates(p, u), o
 
     def _record(self, params, rest, x, off, xt, offt):
         f = _f(self.graphdef, params, rest, x) - off
@@ -266,12 +275,16 @@ class _Engine:
         return f, self.loss(f), ft
 
     def __post_init__(self):
-        adv, rec, offs = self._advance, self._record, lambda p, r, x: _offsets(self.graphdef, p, r, x)
+        step, rec, offs = self._step, self._record, lambda p, r, x: _offsets(self.graphdef, p, r, x)
         if self.vmapped:
-            adv = _over_seeds(adv, (0, 0, 0, 0, None, 0, None, None))
-            rec = _over_seeds(rec, (0, 0, None, 0, None, 0))
-            offs = _over_seeds(offs, (0, 0, None))
-        object.__setattr__(self, "advance", jax.jit(adv))
+            inner, u = step, self.host_loop
+            step = lambda i, c, r, k, x, o: _over_seeds(  # noqa: E731
+                lambda c_, r_, k_, o_: inner(i, c_, r_, k_, x, o_), (0, 0, 0, 0), u)(c, r, k, o)
+            rec = _over_seeds(rec, (0, 0, None, 0, None, 0), u)
+            offs = _over_seeds(offs, (0, 0, None), u)
+        loop = _loop.make_advance(step, self.host_loop)
+        object.__setattr__(self, "advance", lambda params, opt_state, rest, key, x, off, start,
+                           nsteps: loop((params, opt_state), start, nsteps, rest, key, x, off))
         object.__setattr__(self, "record", jax.jit(rec))
         object.__setattr__(self, "offsets", jax.jit(offs))
 
@@ -446,7 +459,8 @@ def _warn_rate(lr, rho, where=""):
 
 
 def _common_checks(model, views, loss, lr, steps, optimizer, batch_size, ts, x_test,
-                   optimizer_options=None):
+                   optimizer_options=None, loop="auto"):
+    V.choice("loop", loop, _loop.LOOPS)
     if not isinstance(model, nnx.Module) or not callable(model):
         raise TypeError(f"model: expected a flax.nnx.Module such as sslntk.finite.network(...), "
                         f"got {type(model).__name__}")
@@ -474,7 +488,7 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
           progress: bool = True, check_lr: bool = True,
           callback: Callable | None = None, optimizer_options: dict | None = None,
           record_terms: bool = False, diagnostics: bool = False,
-          collapse_threshold: float | None = None) -> TrainResult:
+          collapse_threshold: float | None = None, loop: str = "auto") -> TrainResult:
     """Train `model` on the SSL `loss` of the stacked `views` and record it over time.
 
     Args:
@@ -507,12 +521,17 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
       diagnostics: also record `TrainResult.diagnostics` (collapse diagnostics over time) and warn
         (`CollapseWarning`) when the final RankMe < `collapse_threshold` (default 1.5; setting it
         turns diagnostics on).
+      loop: "auto", "device" or "host": how the steps between save points run (`_loop`): one
+        compiled `lax.fori_loop` ("device"), or one compiled step per iteration queued from the
+        host ("host"; the default "auto" picks it on CPU for models with convolutions, which XLA:CPU
+        runs several times slower inside a loop body).
 
     Outcome: `status` / `failed_step` (see `TrainResult`); a RuntimeWarning names the status and
     the step when a run did not succeed (`result.raise_if_failed()` makes it an error).
     """
     x, xt, loss, steps, tx, bp, s_save = _common_checks(model, views, loss, lr, steps, optimizer,
-                                                        batch_size, ts, x_test, optimizer_options)
+                                                        batch_size, ts, x_test, optimizer_options,
+                                                        loop)
     if key is None:
         if bp is not None:
             raise ValueError(f"key: minibatch training (optimizer={optimizer!r}, batch_size="
@@ -525,7 +544,8 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
         rho = float(_flow_rate(graphdef, params, rest, x, loss, 30, jax.random.fold_in(key, 1)))
         rate = np.asarray(lr * rho)
         _warn_rate(float(lr), rho)
-    engine = _Engine(graphdef, loss, tx, bp, x.shape[0] // 2, False)
+    host = _loop.use_host_loop(loop, lambda p, xx: _f(graphdef, p, rest, xx), params, x)
+    engine = _Engine(graphdef, loss, tx, bp, x.shape[0] // 2, False, host)
     params, f, lv, ft, status, fstep = _run(
         engine, params, rest, key, x, xt, loss, float(lr), steps, s_save, checkpoint=checkpoint,
         progress=progress, label=f"train {type(model).__name__} width "
@@ -542,8 +562,8 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
 def train_batched(models_state, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
                   batch_size: int | None = None, ts=None, x_test=None, keys, checkpoint=None,
                   progress: bool = True, check_lr: bool = True, record_terms: bool = False,
-                  diagnostics: bool = False, collapse_threshold: float | None = None
-                  ) -> TrainResult:
+                  diagnostics: bool = False, collapse_threshold: float | None = None,
+                  loop: str = "auto") -> TrainResult:
     """`train` for several same-shaped networks at once, over a leading seed axis (one compiled
     call: `jax.vmap` on GPU/TPU, a `lax.map` on CPU, see `_over_seeds`).
 
@@ -555,14 +575,16 @@ def train_batched(models_state, views, loss, *, lr: float, steps: int, optimizer
     graphdef, params, rest = models_state
     model0 = nnx.merge(graphdef, *jax.tree.map(lambda a: a[0], (params, rest)))
     x, xt, loss, steps, tx, bp, s_save = _common_checks(model0, views, loss, lr, steps, optimizer,
-                                                        batch_size, ts, x_test)
+                                                        batch_size, ts, x_test, loop=loop)
     rate = None
     if check_lr and optimizer == "gd":
         rho = np.asarray(jax.vmap(lambda p, r, k: _flow_rate(graphdef, p, r, x, loss, 30, k))(
             params, rest, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)))
         rate = lr * rho
         _warn_rate(float(lr), rho)
-    engine = _Engine(graphdef, loss, tx, bp, x.shape[0] // 2, True)
+    g0, p0, r0 = split_trainable(model0)
+    host = _loop.use_host_loop(loop, lambda p, xx: _f(g0, p, r0, xx), p0, x)
+    engine = _Engine(graphdef, loss, tx, bp, x.shape[0] // 2, True, host)
     params, f, lv, ft, status, fstep = _run(
         engine, params, rest, keys, x, xt, loss, float(lr), steps, s_save, checkpoint=checkpoint,
         progress=progress, label=f"train {keys.shape[0]} seeds width {getattr(model0, 'width', '?')}",
