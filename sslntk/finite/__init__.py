@@ -18,10 +18,18 @@ Modules (one concept each): `_network` (the NNX network, its parameters and `lin
 (optax training and checkpoints), `_ntk` (the empirical NTK), `_sweep` (width sweeps and the width
 exponent fit), `_param` (parametrisations), `_resnet` (the ResNet spec and module), `_optim`
 (optimisers and schedules), `_coord` (μP coordinate check), `_augtrain` (training on fresh views
-each step), `_kernel_prediction` (any model's empirical-NTK prediction, kernel drift).
+each step), `_kernel_prediction` (any model's empirical-NTK prediction, kernel drift),
+`_augmented_prediction` (the kernel-side counterpart of `train_augmented`: pooled draws, the
+augmentation-averaged kernel), `_loop` (device `fori_loop` or host-stepped training loops).
 """
 
+from sslntk.finite._augmented_prediction import (  # noqa: F401
+    AugmentedPrediction,
+    augmented_kernel_prediction,
+    pooled_views,
+)
 from sslntk.finite._augtrain import AugmentedResult, train_augmented  # noqa: F401
+from sslntk.finite._loop import LOOPS  # noqa: F401
 from sslntk.finite._coord import CoordCheck, coord_check  # noqa: F401
 from sslntk.finite._kernel_prediction import (  # noqa: F401
     KernelMotion,
