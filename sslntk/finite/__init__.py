@@ -29,7 +29,6 @@ from sslntk.finite._augmented_prediction import (  # noqa: F401
     pooled_views,
 )
 from sslntk.finite._augtrain import AugmentedResult, train_augmented  # noqa: F401
-from sslntk.finite._loop import LOOPS  # noqa: F401
 from sslntk.finite._coord import CoordCheck, coord_check  # noqa: F401
 from sslntk.finite._kernel_prediction import (  # noqa: F401
     KernelMotion,
@@ -39,6 +38,7 @@ from sslntk.finite._kernel_prediction import (  # noqa: F401
     kernel_prediction,
     output_space_ntk,
 )
+from sslntk.finite._loop import LOOPS  # noqa: F401
 from sslntk.finite._network import (  # noqa: F401
     SUPPORTED_ACTIVATIONS,
     Frozen,
