@@ -522,3 +522,30 @@ def test_batched_seeds_vmap_and_map_paths_agree(monkeypatch, digits_views):
     one = finite.train(models[2], digits_views, "barlow_twins", lr=0.05, steps=6, progress=False,
                        check_lr=False)
     np.testing.assert_allclose(cpu.f[:, 2], one.f, rtol=1e-10, atol=1e-13)
+
+
+def test_flow_rate_of_a_mup_model_uses_its_learning_rate_factors(digits_views):
+    """μP GD runs the kernel Θ_S = J S Jᵀ (S the per-group factors); ρ is the spectral radius of
+    Θ_S·∇²L(f₀), with Θ_S built independently from explicit per-layer Jacobians, and it differs
+    from the plain J Jᵀ rate (width 4× the base width: input-layer factor 4, output 1/4)."""
+    x = digits_views.stacked
+    m = finite.network(kernels.mlp(1, "relu"), 64, 2, key=KEY, in_shape=(64,), alpha=1e-3,
+                       dtype=F64, param="mup", base_width=16)
+    loss = losses.get("barlow_twins")
+    f0 = m(x)
+    H = np.asarray(jax.hessian(loss)(f0)).reshape(f0.size, f0.size)
+    from sslntk.finite._ntk import _f, split_trainable
+    from sslntk.finite._param import lr_multiplier, param_groups
+    gd, p, rest = split_trainable(m)
+    Jt = jax.jacobian(lambda q: _f(gd, q, rest, x).reshape(-1))(p)
+    groups = param_groups(m, p)
+    ThS = sum(lr_multiplier("mup", g, "gd", 64, 16) * np.asarray(j).reshape(f0.size, -1)
+              @ np.asarray(j).reshape(f0.size, -1).T
+              for j, g in zip(jax.tree.leaves(Jt), jax.tree.leaves(groups), strict=True))
+    Th = sum(np.asarray(j).reshape(f0.size, -1) @ np.asarray(j).reshape(f0.size, -1).T
+             for j in jax.tree.leaves(Jt))
+    rho_ref = np.max(np.abs(np.linalg.eigvals(ThS @ H)))
+    rho_plain = np.max(np.abs(np.linalg.eigvals(Th @ H)))
+    rho = finite.flow_rate(m, digits_views, loss, iters=60)
+    assert abs(rho - rho_ref) / rho_ref < 1e-6, (rho, rho_ref)
+    assert abs(rho_plain - rho_ref) / rho_ref > 0.1, (rho_plain, rho_ref)

@@ -39,9 +39,14 @@ from flax import nnx
 from sslntk import _validate as V
 from sslntk import dynamics
 from sslntk import losses as L
-from sslntk.finite import _param
 from sslntk.finite._ntk import _f, split_trainable
-from sslntk.finite._train import _check_loss, _offsets, _stacked_inputs, _test_inputs
+from sslntk.finite._train import (
+    _check_loss,
+    _gd_scales,
+    _offsets,
+    _stacked_inputs,
+    _test_inputs,
+)
 
 KERNELS = ("full", "one_output")
 
@@ -202,11 +207,7 @@ def kernel_prediction(model, views, loss, ts, *, method: str = "gd", lr: float |
     N, k = f0.shape
     f0t = None if xt is None else jnp.asarray(_f(graphdef, params, rest, xt)
                                               - _offsets(graphdef, params, rest, xt))
-    scales = None
-    if getattr(model, "param", "ntk") == "mup":   # GD with μP's per-group factors: Θ = J S Jᵀ
-        groups = _param.param_groups(model, params)
-        scales = jax.tree.map(lambda g: _param.lr_multiplier("mup", g, "gd", model.width,
-                                                             model.base_width), groups)
+    scales = _gd_scales(model, params)   # GD with μP's per-group factors: Θ = J S Jᵀ
     Th, Ttx = _kernels(graphdef, params, rest, x, xt, V.positive_int("chunk", chunk), scales)
     K, cross = _one_output(Th, N, k)
     ts_a = jnp.asarray(ts, f0.dtype)

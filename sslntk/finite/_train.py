@@ -402,7 +402,8 @@ def flow_rate(model, x, loss, *, iters: int = 30, key=None) -> float:
     """ρ: spectral radius of the linearised function-space GD map at init, `Θ·∇²_f L(f₀)`.
 
     `Θ = J Jᵀ` is the model's full tangent kernel on the stacked views (all outputs; `K ⊗ I_k` at
-    infinite width) and `∇²_f L(f₀)` the loss Hessian at the initial embeddings `f₀`. A GD step
+    infinite width; `J S Jᵀ` for a μP model, S its per-group GD learning-rate factors) and
+    `∇²_f L(f₀)` the loss Hessian at the initial embeddings `f₀`. A GD step
     `f ← f − lr·Θ∇L(f)` follows the gradient flow only while `lr·ρ ≪ 1` (and is unstable past
     `lr·ρ = 2`). For Barlow Twins near `f = 0`, `∇²L = −(4/2n)·Z ⊗ I`, so `ρ = 4γ₁` with γ₁ the top
     eigenvalue of `M = K^{1/2} Z K^{1/2}/2n` (stepwise digest §6); the learned modes' own rate
@@ -415,10 +416,21 @@ def flow_rate(model, x, loss, *, iters: int = 30, key=None) -> float:
     iters = V.positive_int("iters", iters)
     graphdef, params, rest = split_trainable(model)
     return float(_flow_rate(graphdef, params, rest, x, loss, iters,
-                            jax.random.key(0) if key is None else key))
+                            jax.random.key(0) if key is None else key,
+                            _gd_scales(model, params)))
 
 
-def _flow_rate(graphdef, params, rest, x, loss, iters, key):
+def _gd_scales(model, params):
+    """μP's per-group SGD learning-rate factors as a pytree like `params` (None otherwise): full-
+    batch GD on a μP model runs the kernel `Θ = J S Jᵀ`, not `J Jᵀ`."""
+    if getattr(model, "param", "ntk") != "mup":
+        return None
+    groups = _param.param_groups(model, params)
+    return jax.tree.map(lambda g: _param.lr_multiplier("mup", g, "gd", model.width,
+                                                       model.base_width), groups)
+
+
+def _flow_rate(graphdef, params, rest, x, loss, iters, key, scales=None):
     off = _offsets(graphdef, params, rest, x)
     fwd = lambda p: _f(graphdef, p, rest, x)
     f0 = fwd(params) - off
@@ -426,7 +438,10 @@ def _flow_rate(graphdef, params, rest, x, loss, iters, key):
     def A(v):
         hv = jax.jvp(jax.grad(loss), (f0,), (v,))[1]
         _, vjp = jax.vjp(fwd, params)
-        return jax.jvp(fwd, (params,), vjp(hv))[1]
+        (ct,) = vjp(hv)
+        if scales is not None:
+            ct = jax.tree.map(lambda a, s: a * s, ct, scales)
+        return jax.jvp(fwd, (params,), (ct,))[1]
 
     def body(_, c):
         v, _ = c
@@ -541,7 +556,8 @@ def train(model, views, loss, *, lr: float, steps: int, optimizer: str = "gd",
     graphdef, params, rest = split_trainable(model)
     rate = None
     if check_lr and optimizer == "gd":
-        rho = float(_flow_rate(graphdef, params, rest, x, loss, 30, jax.random.fold_in(key, 1)))
+        rho = float(_flow_rate(graphdef, params, rest, x, loss, 30, jax.random.fold_in(key, 1),
+                               _gd_scales(model, params)))
         rate = np.asarray(lr * rho)
         _warn_rate(float(lr), rho)
     host = _loop.use_host_loop(loop, lambda p, xx: _f(graphdef, p, rest, xx), params, x)
@@ -578,7 +594,8 @@ def train_batched(models_state, views, loss, *, lr: float, steps: int, optimizer
                                                         batch_size, ts, x_test, loop=loop)
     rate = None
     if check_lr and optimizer == "gd":
-        rho = np.asarray(jax.vmap(lambda p, r, k: _flow_rate(graphdef, p, r, x, loss, 30, k))(
+        sc = _gd_scales(model0, jax.tree.map(lambda a: a[0], params))
+        rho = np.asarray(jax.vmap(lambda p, r, k: _flow_rate(graphdef, p, r, x, loss, 30, k, sc))(
             params, rest, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)))
         rate = lr * rho
         _warn_rate(float(lr), rho)
