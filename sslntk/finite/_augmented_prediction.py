@@ -39,7 +39,8 @@ import numpy as np
 from sslntk import _validate as V
 from sslntk import data, dynamics, metrics
 from sslntk import losses as L
-from sslntk.finite._kernel_prediction import KERNELS, kernel_prediction
+from sslntk.finite._augtrain import _eval_views
+from sslntk.finite._kernel_prediction import KERNELS, _WrappedLoss, kernel_prediction, solve_opts, wrap_loss
 from sslntk.finite._network import _check_key, ensure_built
 from sslntk.finite._ntk import _f, empirical_ntk, split_trainable
 from sslntk.finite._train import _check_loss, _offsets
@@ -49,41 +50,25 @@ AVERAGES = ("loss", "moments")
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class _DrawAveragedLoss(L.Loss):
+class _DrawAveragedLoss(_WrappedLoss):
     """`(1/D) Σ_d L(f_d)` over the D draws of pooled embeddings `(2nD, k)` (order of
     `pooled_views`): draw d is rows `[d·n, (d+1)·n)` (views a) and `nD + [d·n, (d+1)·n)` (views b).
-    Internal; a registered loss keeps its constants as leaves, a plain callable rides as `fn`."""
+    Internal."""
 
     n: int = dataclasses.field(default=2, metadata=dict(static=True))
     D: int = dataclasses.field(default=1, metadata=dict(static=True))
-    fn: object = dataclasses.field(default=None, metadata=dict(static=True))
 
     def __call__(self, f):
         a, b = f[: self.n * self.D], f[self.n * self.D:]
         fd = jnp.concatenate([a.reshape(self.D, self.n, -1), b.reshape(self.D, self.n, -1)], 1)
-        one = (lambda g: self.fn(g)) if self.fn is not None else (
-            lambda g: L.Loss.__call__(self, g))
-        return jnp.mean(jax.vmap(one)(fd))
-
-    @property
-    def cross_moment_only(self) -> bool:
-        return False
-
-    @property
-    def has_moment_form(self) -> bool:
-        return False
+        return jnp.mean(jax.vmap(self._inner)(fd))
 
     def __repr__(self) -> str:
-        inner = repr(self.fn) if self.fn is not None else L.Loss.__repr__(self)
-        return f"DrawAveraged({inner}, n={self.n}, D={self.D})"
+        return f"DrawAveraged({self._inner_repr()}, n={self.n}, D={self.D})"
 
 
 def _draw_averaged(loss, n, D):
-    if isinstance(loss, L.Loss):
-        return _DrawAveragedLoss(constants=loss.constants, name=loss.name, options=loss.options,
-                                 n=n, D=D)
-    fn = loss.func if isinstance(loss, jax.tree_util.Partial) else loss
-    return _DrawAveragedLoss(constants={}, n=n, D=D, fn=fn)
+    return wrap_loss(_DrawAveragedLoss, loss, n=n, D=D)
 
 
 @dataclass(frozen=True)
@@ -165,14 +150,7 @@ def augmented_kernel_prediction(model, x, augment, loss, ts, *, key, n_draws: in
     V.choice("kernel", kernel, KERNELS)
     V.choice("average", average, AVERAGES)
     ensure_built(model, x)
-    if eval_views is None:
-        eval_views = data.make_views(x, augment, jax.random.fold_in(key, 2**31 - 1))
-    if not isinstance(eval_views, data.Views) or eval_views.has_draws:
-        raise TypeError("eval_views: expected single-draw sslntk.data.Views")
-    xe = eval_views.stacked
-    if xe.shape[1:] != x.shape[1:] or xe.dtype != x.dtype:
-        raise ValueError(f"eval_views: expected views of samples {tuple(x.shape[1:])} ({x.dtype}),"
-                         f" got {tuple(xe.shape[1:])} ({xe.dtype})")
+    eval_views, xe = _eval_views(eval_views, x, augment, key)
     xp = pooled_views(x, augment, key, D)
     n = x.shape[0]
     loss_c = _check_loss(loss, xe, model)
@@ -190,15 +168,7 @@ def augmented_kernel_prediction(model, x, augment, loss, ts, *, key, n_draws: in
         if getattr(model, "couples_batch", False):
             raise ValueError("kernel: a batch-coupled model (BatchNorm) has no per-example "
                              "kernel; use kernel='full'")
-        V.choice("method", method, list(dynamics.METHODS))
-        opts = dict(solve_options or {})
-        if method == "gd":
-            if lr is None:
-                raise ValueError("lr: method='gd' solves discrete GD and needs the learning rate")
-            opts["lr"] = float(V.positive_float("lr", lr))
-        elif lr is not None:
-            raise ValueError(f"lr: only method='gd' takes a learning rate, got lr={lr} with "
-                             f"method={method!r}")
+        opts = solve_opts(method, lr, solve_options)
         graphdef, params, rest = split_trainable(model)
         f0 = _f(graphdef, params, rest, xp) - _offsets(graphdef, params, rest, xp)
         f0e = _f(graphdef, params, rest, xe) - _offsets(graphdef, params, rest, xe)

@@ -80,6 +80,20 @@ def _draw_views(augment, x, key, step, batch):
     return jnp.concatenate([augment(ka, xb), augment(kb, xb)])
 
 
+def _eval_views(eval_views, x, augment, key):
+    """The fixed evaluation `Views` (default: one draw with `fold_in(key, 2**31 − 1)`), checked
+    against the source samples `x`, and their stacked array."""
+    if eval_views is None:
+        eval_views = data.make_views(x, augment, jax.random.fold_in(key, 2**31 - 1))
+    if not isinstance(eval_views, data.Views) or eval_views.has_draws:
+        raise TypeError("eval_views: expected single-draw sslntk.data.Views")
+    xe = eval_views.stacked
+    if xe.shape[1:] != x.shape[1:] or xe.dtype != x.dtype:
+        raise ValueError(f"eval_views: expected views of samples {tuple(x.shape[1:])} ({x.dtype}),"
+                         f" got {tuple(xe.shape[1:])} ({xe.dtype})")
+    return eval_views, xe
+
+
 def train_augmented(model, x, augment, loss, *, key, lr: float, steps: int,
                     optimizer: str = "sgd", batch_size: int | None = None,
                     optimizer_options: dict | None = None, ts=None, eval_views=None,
@@ -132,14 +146,7 @@ def train_augmented(model, x, augment, loss, *, key, lr: float, steps: int,
         raise ValueError(f"augment: expected output of the input's shape {tuple(x.shape[1:])} per "
                          f"sample, got {tuple(probe.shape[1:])}")
     loss = _check_loss(loss, jnp.zeros(probe.shape, x.dtype), model)
-    if eval_views is None:
-        eval_views = data.make_views(x, augment, jax.random.fold_in(key, 2**31 - 1))
-    if not isinstance(eval_views, data.Views) or eval_views.has_draws:
-        raise TypeError("eval_views: expected single-draw sslntk.data.Views")
-    xe = eval_views.stacked
-    if xe.shape[1:] != x.shape[1:] or xe.dtype != x.dtype:
-        raise ValueError(f"eval_views: expected views of samples {tuple(x.shape[1:])} ({x.dtype}),"
-                         f" got {tuple(xe.shape[1:])} ({xe.dtype})")
+    eval_views, xe = _eval_views(eval_views, x, augment, key)
     leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
     if not leaves:
         raise ValueError("model: has no trainable nnx.Param variables")

@@ -53,16 +53,18 @@ KERNELS = ("full", "one_output")
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class _OutputSpaceLoss(L.Loss):
-    """`L̃(F) = L(F.reshape(−1, k))` for the output-space solve (`F: (2n·k, 1)`); internal. A
-    registered loss keeps its constants as pytree leaves; a plain callable rides along as `fn`."""
+class _WrappedLoss(L.Loss):
+    """Base of the internal wrappers that reshape embeddings before the loss: a registered loss
+    keeps its constants as pytree leaves (`L.Loss.__call__` on the reshaped f); a plain callable
+    rides along as the static `fn`. Neither has a moment form (the solver takes the general path)."""
 
-    k: int = dataclasses.field(default=1, metadata=dict(static=True))
     fn: object = dataclasses.field(default=None, metadata=dict(static=True))
 
-    def __call__(self, F):
-        f = F.reshape(-1, self.k)
+    def _inner(self, f):
         return self.fn(f) if self.fn is not None else L.Loss.__call__(self, f)
+
+    def _inner_repr(self) -> str:
+        return repr(self.fn) if self.fn is not None else L.Loss.__repr__(self)
 
     @property
     def cross_moment_only(self) -> bool:
@@ -72,17 +74,31 @@ class _OutputSpaceLoss(L.Loss):
     def has_moment_form(self) -> bool:
         return False
 
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class _OutputSpaceLoss(_WrappedLoss):
+    """`L̃(F) = L(F.reshape(−1, k))` for the output-space solve (`F: (2n·k, 1)`); internal."""
+
+    k: int = dataclasses.field(default=1, metadata=dict(static=True))
+
+    def __call__(self, F):
+        return self._inner(F.reshape(-1, self.k))
+
     def __repr__(self) -> str:
-        inner = repr(self.fn) if self.fn is not None else L.Loss.__repr__(self)
-        return f"OutputSpace({inner}, k={self.k})"
+        return f"OutputSpace({self._inner_repr()}, k={self.k})"
+
+
+def wrap_loss(cls, loss, **static):
+    """`cls` (a `_WrappedLoss`) around a registered loss (its constants kept) or a callable."""
+    if isinstance(loss, L.Loss):
+        return cls(constants=loss.constants, name=loss.name, options=loss.options, **static)
+    fn = loss.func if isinstance(loss, jax.tree_util.Partial) else loss
+    return cls(constants={}, fn=fn, **static)
 
 
 def _wrap(loss, k):
-    if isinstance(loss, L.Loss):
-        return _OutputSpaceLoss(constants=loss.constants, name=loss.name, options=loss.options,
-                                k=k)
-    fn = loss.func if isinstance(loss, jax.tree_util.Partial) else loss
-    return _OutputSpaceLoss(constants={}, k=k, fn=fn)
+    return wrap_loss(_OutputSpaceLoss, loss, k=k)
 
 
 def _kernels(graphdef, params, rest, x, xt, chunk, scales=None):
@@ -168,6 +184,20 @@ def _one_output(Th, N, k):
     return K, cross
 
 
+def solve_opts(method, lr, solve_options) -> dict:
+    """`dynamics.solve` options: `method` checked, `lr` required for (and only for) "gd"."""
+    V.choice("method", method, list(dynamics.METHODS))
+    opts = dict(solve_options or {})
+    if method == "gd":
+        if lr is None:
+            raise ValueError("lr: method='gd' solves discrete GD and needs the learning rate")
+        opts["lr"] = float(V.positive_float("lr", lr))
+    elif lr is not None:
+        raise ValueError(f"lr: only method='gd' takes a learning rate, got lr={lr} with "
+                         f"method={method!r}")
+    return opts
+
+
 def kernel_prediction(model, views, loss, ts, *, method: str = "gd", lr: float | None = None,
                       kernel: str = "full", x_test=None, chunk: int = 64,
                       solve_options: dict | None = None) -> KernelPrediction:
@@ -190,15 +220,7 @@ def kernel_prediction(model, views, loss, ts, *, method: str = "gd", lr: float |
     xt = _test_inputs(x_test, x, model)
     loss_c = _check_loss(loss, x, model)
     V.choice("kernel", kernel, KERNELS)
-    V.choice("method", method, list(dynamics.METHODS))
-    opts = dict(solve_options or {})
-    if method == "gd":
-        if lr is None:
-            raise ValueError("lr: method='gd' solves discrete GD and needs the learning rate")
-        opts["lr"] = float(V.positive_float("lr", lr))
-    elif lr is not None:
-        raise ValueError(f"lr: only method='gd' takes a learning rate, got lr={lr} with "
-                         f"method={method!r}")
+    opts = solve_opts(method, lr, solve_options)
     graphdef, params, rest = split_trainable(model)
     leaves = jax.tree.leaves(params)
     if not leaves:
