@@ -343,7 +343,9 @@ def test_loop_paths_agree_and_auto_picks_host_for_convolutions_on_cpu():
     seq = finite.train(ms[1], x, "vicreg", check_lr=False, **kw)
     np.testing.assert_allclose(a.f[:, 1], seq.f, rtol=1e-10, atol=1e-13)
     src = jax.random.normal(jax.random.key(2), (6, 5, 5, 2), F64)
+    # momentum, not Adam: Adam's m/√v turns the last-bit differences of the two compiled forms
+    # (fusion order) of near-zero gradient entries into 1e-8 relative ones (seen on JAX 0.10)
     a, b = (finite.train_augmented(res, src, data.gaussian_noise(0.2), "vicreg",
-                                   key=jax.random.key(3), optimizer="adam", loop=lp, **kw)
+                                   key=jax.random.key(3), optimizer="momentum", loop=lp, **kw)
             for lp in ("host", "device"))
     close(a.f, b.f)
