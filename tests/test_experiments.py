@@ -233,5 +233,5 @@ def test_finite_staircase_resnet_steps_on_digits(tmp_path):
     res, _ = experiments.run(cfg, tmp_path / "run", progress=False)
     h = res["headline"]
     assert h["status"] == 0
-    assert h["n_steps_detected"] >= 4
+    assert h["n_steps_detected"] >= 4 and h["n_steps_both"] >= 4   # measured: 5 and 5
     assert h["order_matches"] and h["steps_in_sequence"]
