@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import jax
 
+from sslntk import _validate as V
+
 #: "auto" (host loop on CPU for convolutional models), "device" (always `fori_loop`) or "host"
 LOOPS = ("auto", "device", "host")
 
@@ -47,8 +49,7 @@ def _subjaxprs(params):
 def use_host_loop(loop: str, fn: Callable, *args) -> bool:
     """Whether to step from the host: `loop` is one of `LOOPS`; for "auto", on CPU when
     `fn(*args)` (the model's forward pass) contains a convolution."""
-    if loop not in LOOPS:
-        raise ValueError(f"loop: expected one of {list(LOOPS)}, got {loop!r}")
+    V.choice("loop", loop, LOOPS)
     if loop != "auto":
         return loop == "host"
     return jax.default_backend() == "cpu" and has_convolution(fn, *args)
