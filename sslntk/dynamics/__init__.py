@@ -205,12 +205,12 @@ def make_solver(solver, argname: str = "solver", **options) -> Solver:
     return SOLVERS[solver].from_options(**options)
 
 
-def _solver_spec(solver, method, options: dict) -> tuple[object, str, dict]:
+def _solver_spec(solver, method, options: dict, default="auto") -> tuple[object, str, dict]:
     """(solver spec, its argument name, options) from the current and the former spelling
     (`method="ode"`, with the diffrax integrator then passed as `solver=`)."""
     if method is None:
         return solver, "solver", options
-    if isinstance(method, str) and not isinstance(solver, Solver) and solver != "auto":
+    if isinstance(method, str) and not isinstance(solver, Solver) and solver != default:
         if method not in _DIFFRAX_SOLVERS and method in SOLVERS:
             raise ValueError(f"solver: solver {method!r} has no integrator option, got "
                              f"solver={solver!r}")

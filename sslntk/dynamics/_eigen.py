@@ -390,13 +390,20 @@ class Eigen(DiffraxOptions, Solver):
 
 
 def solve_eigen(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False,
-                **options) -> Trajectory:
-    """Validate the inputs and run `Eigen(**options)` (`solver=` is accepted for `integrator=`)."""
+                validate: bool = True, **options) -> Trajectory:
+    """Run `Eigen(**options)` (`solver=` is accepted for `integrator=`), validating the inputs
+    first unless `validate=False` (the caller already did: then `loss` is a method and the arrays
+    are checked)."""
     if "solver" in options:
         options["integrator"] = options.pop("solver")
-    inp = C.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=False)
-    return Eigen.from_options(**options).solve(inp.K, inp.method, inp.state0, inp.ts,
-                                               K_test_train=inp.K_test_train, progress=progress)
+    if validate:
+        inp = C.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=False)
+        K, method, state0, ts, K_test_train = inp
+    else:
+        method = _methods.as_method(loss)
+        state0 = method.init(f0, f0_test=f0_test)
+    return Eigen.from_options(**options).solve(K, method, state0, ts, K_test_train=K_test_train,
+                                               progress=progress)
 
 
 def solve_batch(K, method, F0, ts, dec, *, path, loss_batched, K_test_train=None, F0_test=None,

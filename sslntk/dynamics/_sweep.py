@@ -79,7 +79,7 @@ def solve_many(K, loss, f0s, ts, solver="eigen", *, K_test_train=None, f0s_test=
     """
     from sslntk import dynamics  # lazy: sslntk.dynamics imports this module
 
-    spec, argname, options = dynamics._solver_spec(solver, method, options)
+    spec, argname, options = dynamics._solver_spec(solver, method, options, default="eigen")
     if isinstance(spec, str):
         V.choice(argname, spec, dynamics.available_solvers())
     K = C.square(K)
