@@ -1,6 +1,6 @@
 """Input validation shared by every public function: the one home of sslntk's input checks.
 
-Errors name the argument, what was expected and what was given (DESIGN.md, "Errors"). These run on
+Errors name the argument, what was expected and what was given (`docs/concepts.md`). These run on
 concrete arrays at the API boundary; under `jax.jit` tracing the value checks (NaN/inf, PSD) are
 skipped because values are unknown, while shape and dtype checks still apply.
 """
@@ -42,7 +42,7 @@ def as_float_array(name: str, x, *, ndim: int | Sequence[int] | None = None,
             exp = " or ".join(str(a) for a in allowed)
             raise ValueError(f"{name}: expected rank {exp}, got shape {tuple(arr.shape)}")
     if finite and is_concrete(arr) and arr.size and is_distributed(arr):
-        # a sharded array (issue [H]): a sharded reduction, never a host copy of the whole array
+        # a sharded array: a sharded reduction, never a host copy of the whole array
         from sslntk._sharding import to_host
 
         if not bool(to_host(_all_finite(arr))):
@@ -127,7 +127,7 @@ def square_kernel(name: str, K, *, sym_tol: float | None = None) -> jax.Array:
     from sslntk import _sharding
 
     layout = _sharding.layout_of(arr)
-    if layout is not None:   # row-sharded (issue [H]): probe-based checks, no host copy
+    if layout is not None:   # row-sharded: probe-based checks, no host copy
         _sharding.check_kernel(name, arr, layout, sym_tol)
         return arr
     if is_concrete(arr) and is_distributed(arr) and not arr.is_fully_replicated:
