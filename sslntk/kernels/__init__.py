@@ -28,8 +28,18 @@ One concept per private module (the public names are re-exported here):
   `import sslntk` never does).
 """
 
-from sslntk.kernels._arch import (
+from sslntk.kernels._activation import (
     ACTIVATIONS,
+    Abs,
+    AbsRelu,
+    Activation,
+    Erf,
+    Gelu,
+    LeakyRelu,
+    Relu,
+    as_activation,
+)
+from sslntk.kernels._arch import (
     KINDS,
     PADDINGS,
     READOUTS,
@@ -62,7 +72,8 @@ from sslntk.kernels._reference import reference_empirical_ntk, reference_gradien
 from sslntk.kernels._sharded import memory_plan
 
 __all__ = [
-    "ACTIVATIONS", "KINDS", "PADDINGS", "READOUTS", "METHODS", "BACKENDS", "Arch", "mlp", "cnn",
+    "ACTIVATIONS", "Activation", "Relu", "Erf", "Gelu", "LeakyRelu", "Abs", "AbsRelu",
+    "as_activation", "KINDS", "PADDINGS", "READOUTS", "METHODS", "BACKENDS", "Arch", "mlp", "cnn",
     "activation_layer",
     "stax_network", "ntk", "nngp", "ntk_and_nngp", "averaged_kernel", "pair_matrix",
     "contrastive_kernel", "KernelSpectrum", "kernel_spectrum", "ContrastiveSpectrum",
