@@ -85,6 +85,79 @@ def test_one_hidden_layer_closed_form(act, W_std, b_std, method):
 
 
 # ------------------------------------------------------------------------------------------------
+# activation objects: one object, its function and its dual rule
+# ------------------------------------------------------------------------------------------------
+
+ACTS = [K_.Relu(), K_.Erf(), K_.Gelu(), K_.LeakyRelu(0.2), K_.Abs(), K_.AbsRelu(-0.3, 1.0),
+        K_.AbsRelu(0.5, 2.0)]
+
+
+@pytest.mark.parametrize("act", ACTS, ids=repr)
+def test_activation_dual_matches_its_function_by_monte_carlo(act):
+    """A wide random layer u = W x1/√d, v = W x2/√d (W: (M, d) i.i.d. N(0, 1), M = 2·10⁵ units)
+    makes (u_i, v_i) i.i.d. Gaussian with Var u = |x1|²/d, Var v = |x2|²/d, Cov = x1·x2/d exactly.
+    The unit averages of φ(u)φ(v), φ'(u)φ'(v) (φ' by jax.grad of the object's own function) and
+    φ(u)² must match `act.dual` / `act.variance` within 5 standard errors of the mean (std/√M):
+    a false alarm has probability ~6e-7 per check (CLT; 3 quantities × 3 input pairs), while a
+    wrong rule is off by far more (the SE is ~0.3 % of the value here). The third pair is nearly
+    collinear (θ ≈ 0), where the arc-cosine rule is at its most delicate."""
+    d, M = 5, 200_000
+    W = np.asarray(normal(0, (M, d)))
+    x = np.asarray(normal(1, (4, d)))
+    pairs = [(x[0], x[1]), (x[2], -0.5 * x[2] + 0.3 * x[3]), (x[3], 1.02 * x[3])]  # +, −, ≈ same
+    dphi = jax.vmap(jax.grad(lambda t: act(t)))
+    for x1, x2 in pairs:
+        u, v = W @ x1 / np.sqrt(d), W @ x2 / np.sqrt(d)
+        q1, q2, c = x1 @ x1 / d, x2 @ x2 / d, x1 @ x2 / d
+        new, dot = act.dual(jnp.asarray(c), jnp.asarray(q1), jnp.asarray(q2), True)
+        samples = {
+            "E[φφ]": (np.asarray(act(u)) * np.asarray(act(v)), new),
+            "E[φ'φ']": (np.asarray(dphi(u)) * np.asarray(dphi(v)), dot),
+            "E[φ²]": (np.asarray(act(u)) ** 2, act.variance(jnp.asarray(q1))),
+        }
+        for what, (s, closed) in samples.items():
+            se = s.std() / np.sqrt(M)
+            # + 1e-12: float64 round-off, for samples that are constant (|x|: φ'φ' = ±1, SE = 0)
+            assert abs(s.mean() - float(closed)) < 5 * se + 1e-12, (what, s.mean(), float(closed),
+                                                                    se)
+
+
+def test_activation_names_resolve_to_the_one_object():
+    """Strings are shorthand: the Arch, the finite network and the stax layer all read the same
+    object; a user-defined Activation works in the native kernels."""
+    from sslntk import finite
+
+    arch = K_.mlp(2, "abs_relu", leaky_slope=0.3)
+    assert arch.activation == K_.AbsRelu(-0.3, 1.0)
+    assert K_.mlp(activation="leaky_relu", leaky_slope=0.2) == K_.mlp(activation=K_.LeakyRelu(0.2))
+    assert finite.activation_fn(arch) is arch.activation
+    assert set(K_.ACTIVATIONS) == {"relu", "erf", "gelu", "leaky_relu", "abs", "abs_relu"}
+    assert all(str(K_.as_activation(n)) == n for n in K_.ACTIVATIONS)
+    with pytest.raises(ValueError, match="leaky_slope"):
+        K_.mlp(activation=K_.Relu(), leaky_slope=0.2)
+    with pytest.raises(ValueError, match="alpha"):
+        K_.LeakyRelu(np.inf)
+
+    class Identity(K_.Activation):       # φ(x) = x: E[φφ] = c, E[φ'φ'] = 1, E[φ²] = q
+        name = "identity"
+
+        def __call__(self, x):
+            return x
+
+        def dual(self, c, q1, q2, need_dot=True):
+            return c, (jnp.ones_like(c) if need_dot else None)
+
+        def variance(self, q):
+            return q
+
+    # one hidden layer of a linear net (W_std = 1, b_std = 0): Σ = x·x'/d, Θ = Σ·1 + Σ = 2 x·x'/d
+    x = normal(3, (5, 4))
+    nngp, ntk = K_.ntk_and_nngp(K_.mlp(1, Identity()), x, get=("nngp", "ntk"))
+    G = np.asarray(x @ x.T) / 4
+    assert rel(nngp, G) < 1e-12 and rel(ntk, 2 * G) < 1e-12      # float64 round-off
+
+
+# ------------------------------------------------------------------------------------------------
 # agreement with neural-tangents' kernel_fn
 # ------------------------------------------------------------------------------------------------
 
