@@ -1,4 +1,5 @@
-"""Stepwise Barlow Twins theory (`sslntk.theory.stepwise`) and the `closed_form` solver.
+"""Stepwise Barlow Twins theory (`sslntk.theory.stepwise`, module `sslntk.theory.staircase`) and the
+`closed_form` solver.
 
 Acceptance checks 1–9 of ../shared/papers/simon2023_stepwise.md §9 (float64), the closed form
 against the ODE reference (the dynamics engineer's diffrax `ode` solver, plus an independent RK4
@@ -12,7 +13,6 @@ kernel checks integrate df/dt = −K ∇_f L with ∇_f L from autodiff of `ssln
 from __future__ import annotations
 
 import functools
-import importlib
 import warnings
 
 import jax
@@ -22,9 +22,7 @@ import pytest
 
 from sslntk import dynamics, losses
 from sslntk.dynamics import _closed_form as cf
-
-# the module (the package `sslntk.theory` re-exports the function `stepwise` under the same name)
-sw = importlib.import_module("sslntk.theory.stepwise")
+from sslntk.theory import staircase as sw
 
 BT = losses.get("barlow_twins")
 
