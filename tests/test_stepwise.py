@@ -897,3 +897,30 @@ def test_closed_form_exactly_repeated_eigenvalues_is_honest():
     res = sw.stepwise(K, f0, k, ts=ts)
     assert tr.ok
     np.testing.assert_allclose(np.asarray(tr.loss), np.asarray(res.loss), atol=1e-10)
+
+
+def test_stepwise_is_a_function_and_refuses_a_non_psd_kernel_like_solve():
+    """`sslntk.theory.stepwise` is a plain function (the module is `theory.staircase`), its helpers
+    are re-exported from `sslntk.theory`; K − 2I (smallest eigenvalue λ_min(K) − 2 < 0) is refused
+    by `stepwise` and `final_embedding` with the rule and message of `dynamics.solve`
+    (`_validate.psd_error`), and the value they report is the exact smallest eigenvalue (from their
+    own eigh; `.3g` formatting, compared with numpy's float64 eigvalsh)."""
+    import inspect
+
+    from sslntk import theory
+
+    assert inspect.isfunction(theory.stepwise) and theory.stepwise is sw.stepwise
+    assert theory.step_time is sw.step_time and theory.contrastive_modes is sw.contrastive_modes
+    K = feature_kernel(n=6)
+    f0 = random_f0(K, 2, 1e-3, seed=3)
+    bad = K - 2 * jnp.eye(K.shape[0])
+    head = "K: expected a positive semi-definite kernel, got smallest eigenvalue "
+    with pytest.raises(ValueError) as solve_err:
+        dynamics.solve(bad, BT, f0, grid(1.0, 5))
+    lam_min = float(np.linalg.eigvalsh(np.asarray(bad))[0])
+    for call in (lambda: theory.stepwise(bad, f0, 2), lambda: theory.final_embedding(bad, 2)):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(solve_err.value).startswith(head) and str(err.value).startswith(head)
+        assert str(err.value).startswith(f"{head}{lam_min:.3g} (")
+    assert theory.stepwise(K, f0, 2).step_times.shape == (2,)           # the PSD K still passes
