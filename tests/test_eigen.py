@@ -183,7 +183,8 @@ def test_decomposition_errors(setup):
 
 
 def _step_time(g_k, alpha):
-    # Stepwise digest §3: t_k ≈ ln(1/c_k(0)) / (8 γ_k), c_k(0) ≈ γ_k α² (f0 ~ α·N(0, K)).
+    # Stepwise theory (Simon et al. 2023), aligned solution: t_k ≈ ln(1/c_k(0)) / (8 γ_k),
+    # c_k(0) ≈ γ_k α² (f0 ~ α·N(0, K)).
     return np.log(1.0 / (g_k * alpha**2)) / (8 * g_k)
 
 

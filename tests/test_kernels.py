@@ -272,7 +272,7 @@ def test_nt_method_matches_neural_tangents():
 
 
 def test_backend_neural_tangents_is_the_nt_reference():
-    """`backend="neural_tangents"` (issue [G]) computes every block with nt's kernel_fn: the same
+    """`backend="neural_tangents"` computes every block with nt's kernel_fn: the same
     numbers as method="nt", float32 round-off from sslntk's own recursion; it refuses
     method="native" and unknown backends by name."""
     arch = K_.mlp(depth=2, activation="erf", b_std=0.1)
@@ -555,7 +555,7 @@ def test_reference_gradient_descent_bad_input():
 
 
 # ------------------------------------------------------------------------------------------------
-# contrastive kernel and its spectrum (stepwise digest §6, check 8)
+# contrastive kernel and its spectrum (Simon et al. 2023, the kernelised stepwise model)
 # ------------------------------------------------------------------------------------------------
 
 def _features(seed, n2, p, m):
@@ -590,7 +590,7 @@ def test_contrastive_spectrum_three_ways(p):
 
     scale = np.abs(gam).max()
     # all three are float64 eigensolvers of O(1)-conditioned problems: agreement to ~1e-14;
-    # 1e-10 (the digest's tolerance) leaves room for the cut-off null space of K.
+    # 1e-10 (the float64 reference tolerance) leaves room for the cut-off null space of K.
     assert np.abs(padded(gam) - padded(ev_zk)).max() / scale < 1e-10
     assert np.abs(padded(gam) - padded(ev_phi)).max() / scale < 1e-10
     # eigenfunctions g_j(x) = b_jᵀ K^{-1/2} k_X(x) reconstruct K^Γ on test points
@@ -611,7 +611,7 @@ def test_contrastive_spectrum_three_ways(p):
 
 
 def test_contrastive_embedding_matches_normalised_zk_eigenvectors():
-    """Digest check 8: eigenvectors a of Z K / 2n normalised by aᵀ K a = 1 give the same embedding
+    """Eigenvectors a of Z K / 2n normalised by aᵀ K a = 1 give the same embedding
     Gram `k_X(x)ᵀ a_j a_jᵀ k_X(x') / γ_j` as the closed form, to 1e-12."""
     n2, d = 20, 3
     Phi, Phi_t = _features(1, n2, 50, 6)
