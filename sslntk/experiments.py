@@ -153,7 +153,7 @@ def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
         raise RuntimeError("staircase: no mode is learned (all contrastive eigenvalues <= 0)")
     ts = jnp.linspace(0.0, t_end, dyn["n_times"])
     th = staircase.stepwise(K, f0, dyn["k"], ts=ts,
-                           K_test_train=K_tx if has_test else None)
+                            K_test_train=K_tx if has_test else None)
     loss = losses.get(cfg["loss"]["name"], **cfg["loss"]["constants"])
 
     def solve_part():
