@@ -112,12 +112,12 @@ del Arch.leaky_slope
 
 def activation_layer(arch: Arch):
     """The neural-tangents stax layer of `arch.activation` (`arch.activation.stax_layer()`)."""
-    return _check_arch(arch).activation.stax_layer()
+    return check_arch(arch).activation.stax_layer()
 
 
 def stax_network(arch: Arch, width: int = 512, out_dim: int = 1):
     """neural-tangents `(init_fn, apply_fn, kernel_fn)` for `arch` at hidden width `width`."""
-    _check_arch(arch)
+    check_arch(arch)
     V.positive_int("width", width)
     V.positive_int("out_dim", out_dim)
     stax = _nt_compat.load().stax
@@ -136,7 +136,8 @@ def stax_network(arch: Arch, width: int = 512, out_dim: int = 1):
     return stax.serial(*layers)
 
 
-def _check_arch(arch) -> Arch:
+def check_arch(arch) -> Arch:
+    """`arch` if it is an `Arch`, else a TypeError naming the argument (the kernels' entry check)."""
     if not isinstance(arch, Arch):
         raise TypeError(f"arch: expected a sslntk.kernels.Arch (kernels.mlp(...) / kernels.cnn(...)),"
                         f" got {type(arch).__name__}")

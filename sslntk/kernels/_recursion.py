@@ -1,6 +1,6 @@
 """The native infinite-width recursion: NNGP and NTK of an `Arch` for one block of inputs.
 
-`_native_kernels(arch, get, x1, x2)` computes the same kernels as neural-tangents' `stax`
+`native_kernels(arch, get, x1, x2)` computes the same kernels as neural-tangents' `stax`
 `kernel_fn` (the reference, `_reference`), by the layer recursion of the NTK/NNGP literature:
 
 * NNGP recursion through Dense/Conv layers, NTK parametrisation: Lee et al. 2018 ("Deep neural
@@ -16,7 +16,7 @@
 
 Why not neural-tangents' `kernel_fn`: on CPU, neural-tangents evaluates the CNN's pixel-pixel
 covariance convolution as a loop of single-channel `lax.conv` calls over a `(N1·N2, H, H, W, W)`
-tensor: ~10× slower than `_native_kernels`, which computes the same recursion with the first layer
+tensor: ~10× slower than `native_kernels`, which computes the same recursion with the first layer
 as a patch Gram matrix, the convolution as a shift-and-add over the filter offsets on
 `(N1, H, W, N2, H, W)`, and the dual activations on its free 2-D view with a polynomial `atan2`
 (XLA's is ~4× slower). The tests check it against `kernel_fn` to float32 round-off. The MLP uses
@@ -25,7 +25,7 @@ exactly 0 (neural-tangents' comes out O(sqrt(eps)): a 1e-9 relative NTK error in
 in float32 on the diagonal and on un-augmented view pairs).
 
 Complexity per pair of images (H×W pixels, C channels, F = fh·fw filter taps, L = depth):
-* readout "gap" (`_native_kernels`): the full pixel-pixel covariance, `L·(H·W)²` dual-activation
+* readout "gap" (`native_kernels`): the full pixel-pixel covariance, `L·(H·W)²` dual-activation
   evaluations, `L·F·(H·W)²` adds (×2 with the NTK) and `F·C·(H·W)²` for the first-layer patch Gram;
   memory `(H+fh−1)²(W+fw−1)²` floats per pair and array. Inherent to GAP: the pooled kernel
   averages the last layer over all `(p, p')`, and the conv reads every pixel pair at every layer.
@@ -155,7 +155,7 @@ def _spatial_mean(S):
 
 
 def _native_flatten(arch: Arch, get: tuple[str, ...], x1, x2):
-    """`_native_kernels` for a CNN with the flatten readout: the recursion on the pixel diagonal.
+    """`native_kernels` for a CNN with the flatten readout: the recursion on the pixel diagonal.
 
     Flatten → Dense averages the last layer's covariance over the pixel diagonal only,
     `Σ = σ_w² (1/HW) Σ_p E[φφ](p, p) + σ_b²`, and a conv maps the diagonal to itself,
@@ -187,7 +187,7 @@ def _native_flatten(arch: Arch, get: tuple[str, ...], x1, x2):
                 q1 = w2 * _conv_diag(q1, arch, 0) + b2
                 q2 = w2 * _conv_diag(q2, arch, 0) + b2
         if sym:
-            # as in `_native_kernels`: the variances ARE the diagonal, so c == q exactly there
+            # as in `native_kernels`: the variances ARE the diagonal, so c == q exactly there
             q1 = q2 = jnp.diagonal(nngp_, axis1=2, axis2=3)
         nngp_, dot, diag = _dual_core(arch, nngp_, q1[..., :, None], q2[..., None, :], need_ntk)
         q1, q2 = diag(q1), diag(q2)
@@ -203,7 +203,7 @@ def _native_flatten(arch: Arch, get: tuple[str, ...], x1, x2):
     return tuple(res[g] for g in get)
 
 
-def _native_kernels(arch: Arch, get: tuple[str, ...], x1, x2):
+def native_kernels(arch: Arch, get: tuple[str, ...], x1, x2):
     """NNGP/NTK of `stax_network(arch)` for one block, `(N1, N2)` each (x2=None: x2 = x1).
 
     Recursion (NTK parametrisation, `F = fh·fw`, `C` input channels, `σ_w² = W_std²`, `σ_b² = b_std²`):
