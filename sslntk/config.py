@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslntk.kernels import ACTIVATIONS
+
 
 class ConfigError(ValueError):
     """A config key is missing, unknown, or has a bad value."""
@@ -132,7 +134,7 @@ COMMON = {
     "arch": {
         "kind": Key("mlp", one_of("mlp", "cnn")),
         "depth": Key(2, integer(1, 16)),
-        "activation": Key("relu", one_of("relu", "erf", "gelu", "leaky_relu", "abs", "abs_relu")),
+        "activation": Key("relu", one_of(*ACTIVATIONS)),
         "W_std": Key(1.0, POS),
         "b_std": Key(0.0, NONNEG),
     },
@@ -199,8 +201,7 @@ KIND_SECTIONS = {
             "blocks": Key(2, integer(1, 16), "residual blocks"),
             "width": Key(64, integer(1), "channels"),
             "norm": Key("none", one_of("none", "layer", "batch")),
-            "activation": Key("relu", one_of("relu", "erf", "gelu", "leaky_relu", "abs",
-                                             "abs_relu")),
+            "activation": Key("relu", one_of(*ACTIVATIONS)),
         },
         "finite": {
             "lr": Key(0.05, POS, "full-batch GD learning rate (the prediction uses the same)"),

@@ -129,7 +129,7 @@ def initial_function(K_nngp, k, alpha, key):
 
 def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
     from sslntk import diagnostics, dynamics, explain, losses, metrics
-    from sslntk.theory import stepwise
+    from sslntk.theory import staircase
 
     dyn = cfg["dynamics"]
     N = 2 * cfg["data"]["n"]
@@ -146,14 +146,14 @@ def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
     has_test = K_tx.shape[0] > 0
 
     # Theory first: it sets the horizon (1.5 × the predicted k-th step time by default).
-    th0 = stepwise.stepwise(K, f0, dyn["k"])
+    th0 = staircase.stepwise(K, f0, dyn["k"])
     t_end = dyn["horizon"] * float(jnp.max(jnp.where(jnp.isfinite(th0.step_times),
                                                        th0.step_times, 0.0)))
     if not t_end > 0:
         raise RuntimeError("staircase: no mode is learned (all contrastive eigenvalues <= 0)")
     ts = jnp.linspace(0.0, t_end, dyn["n_times"])
-    th = stepwise.stepwise(K, f0, dyn["k"], ts=ts,
-                           K_test_train=K_tx if has_test else None)
+    th = staircase.stepwise(K, f0, dyn["k"], ts=ts,
+                            K_test_train=K_tx if has_test else None)
     loss = losses.get(cfg["loss"]["name"], **cfg["loss"]["constants"])
 
     def solve_part():
@@ -181,7 +181,7 @@ def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
                     title=f"{cfg['loss']['name']} loss, 2n = {N}, k = {dyn['k']}, α = {dyn['alpha']:g}")
     plots.eigenvalues(rd.path, "eigenvalues", ts_np, np.asarray(c_sim), np.asarray(th.c),
                       title="Eigenvalues of C(t): simulation (solid) vs logistic theory (dashed)")
-    gam_all = np.asarray(stepwise.contrastive_modes(K, min(N, 4 * dyn["k"]))[0])
+    gam_all = np.asarray(staircase.contrastive_modes(K, min(N, 4 * dyn["k"]))[0])
     plots.spectrum(rd.path, "contrastive_spectrum", gam_all, k=dyn["k"])
 
     headline = {
@@ -266,7 +266,7 @@ def hypergradient_outcome(cfg: dict):
     loss at the horizon). Every stage is JAX, so `jax.grad(outcome)` is exact.
     """
     from sslntk import dynamics, losses
-    from sslntk.theory import stepwise
+    from sslntk.theory import staircase
 
     dyn, hg = cfg["dynamics"], cfg["hypergradient"]
     N = 2 * cfg["data"]["n"]
@@ -280,7 +280,7 @@ def hypergradient_outcome(cfg: dict):
         _, _, K, Kn = views_and_kernels(cfg_train, noise=noise)
         f0 = initial_function(Kn[:N, :N], dyn["k"], alpha, key_f0)
         if hg["outcome"] == "step_time":
-            return stepwise.stepwise(K, f0, dyn["k"]).step_times[hg["mode"] - 1]
+            return staircase.stepwise(K, f0, dyn["k"]).step_times[hg["mode"] - 1]
         traj = dynamics.solve(K, loss, f0, jnp.array([0.0, t_end]), method="ode",
                               check_psd=False)
         return traj.loss[-1]
@@ -289,7 +289,7 @@ def hypergradient_outcome(cfg: dict):
 
 
 def run_hypergradient(rd: RunDir, cfg: dict, progress: bool):
-    from sslntk.theory import stepwise
+    from sslntk.theory import staircase
 
     hg, dyn = cfg["hypergradient"], cfg["dynamics"]
     theta0 = float(cfg["data"]["noise"] if hg["wrt"] == "noise" else dyn["alpha"])
@@ -303,7 +303,7 @@ def run_hypergradient(rd: RunDir, cfg: dict, progress: bool):
         _, _, K, Kn = views_and_kernels({**cfg, "data": {**cfg["data"], "n_test": 0}})
         f0 = initial_function(Kn[:N, :N], dyn["k"], dyn["alpha"],
                               jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 3))
-        t_end = 1.5 * float(jnp.max(stepwise.stepwise(K, f0, dyn["k"]).step_times))
+        t_end = 1.5 * float(jnp.max(staircase.stepwise(K, f0, dyn["k"]).step_times))
     f = (lambda th: outcome(th)) if t_end is None else (lambda th: outcome(th, t_end))
 
     def grad_part():

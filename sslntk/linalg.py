@@ -1,9 +1,10 @@
 """Top-m eigensolvers for kernel matrices and a reusable decomposition for the eigen-reduced solver.
 
-Two eigenproblems appear in the kernel-regime dynamics (DESIGN.md "Solvers", issue [F]):
+Two eigenproblems appear in the kernel-regime dynamics (``docs/concepts.md``):
 
 * ``kind="kernel"``: the top-m eigenpairs of the kernel ``K`` itself, ``K u = λ u``.
-* ``kind="contrastive"``: the top-m eigenpairs of ``M = K^{1/2} Z K^{1/2} / 2n`` (stepwise digest §6),
+* ``kind="contrastive"``: the top-m eigenpairs of ``M = K^{1/2} Z K^{1/2} / 2n`` (Simon et al. 2023,
+  the kernelised stepwise model; ``docs/theory/stepwise.md``),
   computed WITHOUT ``K^{1/2}`` as the K-self-adjoint pencil ``(K Z K / 2n) a = γ K a`` — equivalently
   ``(Z K / 2n) a = γ a`` with ``aᵀ K a = 1``. The eigenvectors of ``M`` are ``b = K^{1/2} a``.
 
@@ -20,7 +21,8 @@ columns), and the eigen-reduced dynamics of ``sslntk.dynamics`` are the EXACT ke
 Algorithms (all jittable, static sizes):
 
 * ``method="eigh"``: dense ``jnp.linalg.eigh`` (kernel kind: one ``eigh`` of ``K``; contrastive
-  kind: ``eigh(K)`` for ``K^{1/2}`` with a round-off cut-off, then ``eigh(M)``). O(N³); exact.
+  kind: `contrastive_eigenpairs`, the one dense solver of the contrastive problem: ``eigh(K)`` for
+  ``K^{1/2}`` with a round-off cut-off, then ``eigh(M)``). O(N³); exact.
 * ``method="krylov"``: randomised block Krylov (block Lanczos with full re-orthogonalisation and a
   Rayleigh–Ritz step; Musco & Musco 2015, "Randomized block Krylov methods for stronger and faster
   approximate SVD"). The Krylov space of ``T = Z K / 2n`` (or ``K``) is built with a Euclidean
@@ -30,7 +32,7 @@ Algorithms (all jittable, static sizes):
 * ``method="subspace"``: randomised subspace iteration (the same, keeping only the last block;
   Halko, Martinsson & Tropp 2011, Alg. 4.4) — slower to converge, kept for comparison.
 
-Sharded kernels (issue [H]): both Krylov methods take a row-sharded ``K`` (``NamedSharding(mesh,
+Sharded kernels: both Krylov methods take a row-sharded ``K`` (``NamedSharding(mesh,
 P(axis, None))``) and run every ``K @ block`` where its row blocks live (``_sharding.row_matmul``:
 a ``shard_map`` plus an ``all_gather``); the ``(N, b)`` blocks and small problems are replicated.
 ``memory_plan`` gives the compiled programs' per-device memory for any size without running them.
@@ -41,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -100,10 +103,107 @@ class EigenDecomposition:
         return self.trace - jnp.sum(self.lift**2)
 
 
-def pair_flip(X: jax.Array) -> jax.Array:
-    """``Z @ X`` for the positive-pair matrix ``Z = [[0, I], [I, 0]]`` (swaps the two view halves)."""
-    n = X.shape[0] // 2
-    return jnp.concatenate([X[n:], X[:n]], axis=0)
+def pair_flip(X: jax.Array, axis: int = 0) -> jax.Array:
+    """The pair-swap operator: ``Z`` applied along ``axis`` of ``X``, for the positive-pair matrix
+    ``Z = [[0, I_n], [I_n, 0]]`` of stacked views ``[a_1..a_n, b_1..b_n]``.
+
+    ``axis=0`` gives ``Z @ X`` (``X: (2n, ...)``), ``axis=-1`` gives ``X @ Z`` (``X: (..., 2n)``):
+    the two view halves swap places. Every use of ``Z`` in sslntk goes through this one function
+    (``kernels.pair_matrix(n)`` is ``pair_flip(I_2n)``); it is a permutation, never a matmul.
+
+        >>> import jax.numpy as jnp
+        >>> pair_flip(jnp.arange(4.0))
+        Array([2., 3., 0., 1.], dtype=float32)
+    """
+    n = X.shape[axis] // 2
+    return jnp.concatenate([jax.lax.slice_in_dim(X, n, 2 * n, axis=axis),
+                            jax.lax.slice_in_dim(X, 0, n, axis=axis)], axis=axis)
+
+
+class ContrastiveEigenpairs(NamedTuple):
+    """All eigenpairs of the contrastive matrix ``M = K^{1/2} Z K^{1/2} / 2n``
+    (`contrastive_eigenpairs`), in the forms the rest of sslntk reads.
+
+    values: ``(2n,)`` γ_j, descending (can be negative: such modes are never learned).
+    vectors: ``(2n, 2n)`` ``B``, orthonormal eigenvectors of ``M`` (columns).
+    coef: ``(2n, 2n)`` ``A = K^{+1/2} B``: ``(Z K / 2n) A = A diag(γ)``, ``Aᵀ K A = I`` on the
+      kept range; the eigenfunctions are ``g_j(x) = k_X(x) a_j``.
+    lift: ``(2n, 2n)`` ``E = K A = K^{1/2} B``, the eigenfunctions on the training views.
+    kernel_values: ``(2n,)`` eigenvalues λ of ``K`` (descending, as computed: round-off negatives
+      kept), from the same decomposition (for the PSD rule).
+    kernel_vectors: ``(2n, 2n)`` the matching orthonormal eigenvectors ``U`` of ``K``.
+    rank: int scalar, the number of eigenvalues of K kept in ``K^{±1/2}`` (above ``rcond·λ_max``).
+    """
+
+    values: jax.Array
+    vectors: jax.Array
+    coef: jax.Array
+    lift: jax.Array
+    kernel_values: jax.Array
+    kernel_vectors: jax.Array
+    rank: jax.Array
+
+
+def contrastive_eigenpairs(K, *, rcond: float | None = None,
+                           kernel_eigh: tuple[jax.Array, jax.Array] | None = None
+                           ) -> ContrastiveEigenpairs:
+    """The contrastive eigenproblem, solved densely: all eigenpairs of ``M = K^{1/2} Z K^{1/2} / 2n``.
+
+    The one implementation that `eigen_decomposition(kind="contrastive", method="eigh")`,
+    `contrastive_eigh`, `sslntk.kernels.contrastive_spectrum` and
+    `sslntk.theory.contrastive_modes` read. ``M`` is the matrix whose eigenvalues γ_j set the
+    step times of Barlow Twins kernel gradient flow (Simon et al. 2023, ICML, "On the stepwise
+    nature of self-supervised learning": their kernelised model is the linear model with the
+    feature cross-correlation replaced by ``M``; derivation in ``docs/theory/stepwise.md``).
+
+    Algorithm: ``K = U Λ Uᵀ`` (dense ``eigh``, or ``kernel_eigh = (λ descending, U)`` when the
+    caller has it already), ``K^{1/2}`` and ``K^{+1/2}`` from the eigenvalues above ``rcond·λ_max``
+    (default ``rcond = 2n·eps(dtype)``; the rest is K's numerical null space, which the flow never
+    moves), ``M = K^{1/2} Z K^{1/2} / 2n`` (Z by `pair_flip`), ``M = B Γ Bᵀ``, then
+    ``A = K^{+1/2} B`` and ``E = K^{1/2} B``. O(N³); jittable; in K's dtype (use float64 for
+    closed-form work). K is trusted to be symmetric PSD (negative eigenvalues count as null
+    space); the public callers check it first or from ``kernel_values``.
+
+    Args:
+      K: ``(2n, 2n)`` kernel over stacked views ``[a_1..a_n, b_1..b_n]``.
+      rcond: relative cut-off for ``K^{±1/2}`` (default ``2n·eps``).
+      kernel_eigh: optional ``(λ (2n,) descending, U (2n, 2n))``, the eigendecomposition of the
+        symmetrised K, to reuse.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> r = contrastive_eigenpairs(jnp.eye(4))     # K = I: M = Z/4, γ = ±1/4
+        >>> [round(float(g), 3) for g in r.values]
+        [0.25, 0.25, -0.25, -0.25]
+    """
+    K = V.square_kernel("K", K)
+    N = K.shape[0]
+    if N % 2 or N < 4:
+        raise ValueError(f"K: the contrastive eigenproblem needs stacked views [a_1..a_n, "
+                         f"b_1..b_n] with an even size N = 2n >= 4, got N={N}")
+    rc = N * float(jnp.finfo(K.dtype).eps) if rcond is None else float(
+        V.positive_float("rcond", rcond, allow_zero=True))
+    if kernel_eigh is None:
+        lam, U = _descending_eigh(0.5 * (K + K.T))
+    else:
+        lam, U = kernel_eigh
+    return _contrastive_from_eigh(lam, U, jnp.asarray(rc, K.dtype))
+
+
+@jax.jit
+def _contrastive_from_eigh(lam, U, rc):
+    N = lam.shape[0]
+    keep = lam > rc * lam[0]
+    sq = jnp.where(keep, jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
+    isq = jnp.where(keep, 1.0 / jnp.where(keep, sq, 1.0), 0.0)
+    Kh = (U * sq) @ U.T
+    Mx = Kh @ pair_flip(Kh) / N                     # K^{1/2} Z K^{1/2} / 2n
+    gam, B = _descending_eigh(0.5 * (Mx + Mx.T))
+    UtB = U.T @ B
+    A = U @ (isq[:, None] * UtB)
+    E = U @ (sq[:, None] * UtB)
+    return ContrastiveEigenpairs(values=gam, vectors=B, coef=A, lift=E, kernel_values=lam,
+                                 kernel_vectors=U, rank=jnp.sum(keep))
 
 
 def _descending_eigh(S):
@@ -241,20 +341,9 @@ def _dense(K, *, m, kind):
         lam, U = lam[:m], U[:, :m]
         A, E = _kernel_pair(lam, U)
         return lam, A, E, jnp.zeros((m,), dtype)
-    # Contrastive: K^{1/2} with a round-off cut-off (eigenvalues below N·eps·λ_max are K's null
-    # space, frozen under the flow anyway), M = K^{1/2} Z K^{1/2}/2n, then A = K^{+1/2} B.
-    keep = lam > N * eps * lam[0]
-    sq = jnp.where(keep, jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
-    isq = jnp.where(keep, 1.0 / jnp.where(keep, sq, 1.0), 0.0)
-    Kh = (U * sq) @ U.T
-    Mx = Kh @ pair_flip(Kh) / N
-    gam, B = _descending_eigh(0.5 * (Mx + Mx.T))
-    gam, B = gam[:m], B[:, :m]
-    UtB = U.T @ B
-    A = U @ (isq[:, None] * UtB)
-    E = U @ (sq[:, None] * UtB)
-    res = jnp.zeros((m,), dtype)
-    return gam, A, E, res
+    # Contrastive: the one dense solver (round-off cut-off N·eps·λ_max for K^{±1/2}).
+    r = _contrastive_from_eigh(lam, U, jnp.asarray(N * eps, dtype))
+    return r.values[:m], r.coef[:, :m], r.lift[:, :m], jnp.zeros((m,), dtype)
 
 
 @partial(jax.jit, static_argnames=("iters", "block", "layout"))
@@ -341,7 +430,7 @@ def eigen_decomposition(K, m: int, kind: str = "contrastive", *, method: str = "
         the device memory, or the host's available memory shared by its local CPU devices); a
         larger plan (its ``memory_analysis()``) raises ``MemoryError`` before it runs.
 
-    Sharded kernels (issue [H]): a row-sharded ``K`` (``NamedSharding(mesh, P(axis, None))``, e.g.
+    Sharded kernels: a row-sharded ``K`` (``NamedSharding(mesh, P(axis, None))``, e.g.
     from ``kernels.ntk(..., mesh=mesh)``) is never gathered: every product ``K @ (N, b)`` runs as a
     ``shard_map`` on the devices that hold the row blocks, joined by an ``all_gather`` collective,
     and everything else (the ``(N, b)`` Krylov blocks, the small Rayleigh–Ritz problems, the
@@ -420,6 +509,8 @@ def contrastive_eigh(K, m: int, *, method: str = "auto", key=None, **kw
                      ) -> tuple[jax.Array, jax.Array]:
     """Top-``m`` eigenpairs of the contrastive problem, descending: ``(γ (m,), A (N, m))`` with
     ``(Z K / 2n) A = A diag(γ)`` and ``Aᵀ K A = I``. The orthonormal eigenvectors of
-    ``M = K^{1/2} Z K^{1/2}/2n`` are ``B = K^{1/2} A`` (not formed here: sslntk never needs them)."""
+    ``M = K^{1/2} Z K^{1/2}/2n`` are ``B = K^{1/2} A`` (not formed here; `contrastive_eigenpairs`
+    returns them). A view of `eigen_decomposition(K, m, "contrastive")` (dense: the one solver
+    `contrastive_eigenpairs`; large N: block Krylov on the same pencil)."""
     d = eigen_decomposition(K, m, "contrastive", method=method, key=key, tail_iters=0, **kw)
     return d.values, d.vectors

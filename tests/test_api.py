@@ -84,6 +84,9 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
     ],
     "kernels": [
         "BACKENDS", "memory_plan",
+        # one object per activation, and the initial-function sampler
+        "Abs", "AbsRelu", "Activation", "Erf", "Gelu", "LeakyRelu", "Relu", "as_activation",
+        "initial_function",
     ],
     "data": [
         "Affine", "ColorJitter", "DownloadError", "FormatError", "GaussianBlur", "HorizontalFlip",
@@ -112,6 +115,7 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         "make_optimizer", "output_space_ntk", "pooled_views", "resnet", "train_augmented",
     ],
     "theory": [
+        "staircase",   # the stepwise module; `theory.stepwise` is now the function
     ],
     "metrics": [
     ],

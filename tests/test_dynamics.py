@@ -416,7 +416,7 @@ def test_auto_method_rule(prob):
     K, f0, ts = prob["K"], 1e-2 * jnp.asarray(prob["g"]), jnp.array([0.0, 1.0])
     bt = losses.get("barlow_twins")
     assert dynamics.choose_method(K, bt, f0, ts) == "ode"               # random init, small N
-    _, _, E = theory.stepwise.contrastive_modes(K, K_DIM + 1)
+    _, _, E = theory.contrastive_modes(K, K_DIM + 1)
     aligned = E[:, :K_DIM] @ (1e-3 * jnp.diag(jnp.arange(1.0, K_DIM + 1)))[::-1]
     assert dynamics.choose_method(K, bt, aligned, ts) == "closed_form"
     off = aligned + 1e-4 * E[:, K_DIM:K_DIM + 1]                        # touches mode k+1

@@ -1,4 +1,5 @@
-"""Eigen-reduced solver, top-m eigensolvers and sweeps; float64 (conftest).
+"""Eigen-reduced solver, top-m eigensolvers and sweeps; the one contrastive eigenproblem and its
+views; float64 (conftest).
 
 Kernel used throughout: an explicit random-ReLU-feature kernel on paired noisy views (PSD by
 construction, a decaying spectrum like an NTK's), built in numpy so these tests do not depend on
@@ -70,6 +71,54 @@ def _sin_angle(P, Q):
 # Eigensolvers
 
 
+def test_pair_flip_is_the_one_pair_swap():
+    """`pair_flip` along rows / columns is `Z @ X` / `X @ Z` with the dense Z of numpy's own
+    construction (a permutation: exact equality), and `kernels.pair_matrix` is `pair_flip(I)`."""
+    from sslntk import kernels
+
+    N = 6
+    Z = np.roll(np.eye(N), N // 2, axis=0)
+    X = np.arange(N * 4.0).reshape(N, 4)
+    assert np.array_equal(np.asarray(linalg.pair_flip(jnp.asarray(X))), Z @ X)
+    assert np.array_equal(np.asarray(linalg.pair_flip(jnp.asarray(X.T), axis=-1)), X.T @ Z)
+    assert np.array_equal(np.asarray(kernels.pair_matrix(N // 2, jnp.float64)), Z)
+
+
+def test_contrastive_entry_points_are_views_of_one_eigenproblem(setup):
+    """`linalg.contrastive_eigenpairs`, `eigen_decomposition(kind="contrastive", method="eigh")`,
+    `contrastive_eigh(method="eigh")`, `kernels.contrastive_spectrum` and
+    `theory.contrastive_modes` give the same γ, A and E (same computation: equal to float64
+    round-off, 1e-12 relative), and γ, B match an independent numpy float64 construction of
+    `M = K^{1/2} Z K^{1/2}/2n` with a dense Z (1e-10: eigh round-off of two different
+    factorisations; eigenvector signs and the round-off null space aside, compared as projectors
+    on the top 10 well-separated modes)."""
+    from sslntk import kernels, theory
+
+    K = setup["K"]
+    m = 10
+    r = linalg.contrastive_eigenpairs(K)
+    dec = linalg.eigen_decomposition(K, m, "contrastive", method="eigh", tail_iters=0)
+    gam_e, A_e = linalg.contrastive_eigh(K, m, method="eigh")
+    spec = kernels.contrastive_spectrum(K)
+    gam_t, A_t, E_t = theory.contrastive_modes(K, m)
+
+    def close(a, b, tol=1e-12):
+        a, b = np.asarray(a), np.asarray(b)
+        return np.abs(a - b).max() <= tol * np.abs(b).max()
+
+    for gam in (dec.values, gam_e, spec.values[:m], gam_t):
+        assert close(gam, r.values[:m])
+    for A in (dec.vectors, A_e, spec.coef[:, :m], A_t):
+        assert close(A, r.coef[:, :m])
+    assert close(dec.lift, r.lift[:, :m]) and close(E_t, r.lift[:, :m])
+    assert close(spec.vectors[:, :m], r.vectors[:, :m])
+    g_ref, B_ref, _ = _exact_contrastive(K)
+    assert close(r.values, g_ref, 1e-10)
+    B = np.asarray(r.vectors[:, :m])
+    assert close(B @ B.T, B_ref[:, :m] @ B_ref[:, :m].T, 1e-10)
+    assert int(r.rank) == K.shape[0]                 # this K is positive definite
+
+
 @pytest.mark.parametrize("method", ["eigh", "krylov", "subspace"])
 def test_contrastive_eigenpairs_match_dense(setup, method):
     K = setup["K"]
@@ -134,7 +183,8 @@ def test_decomposition_errors(setup):
 
 
 def _step_time(g_k, alpha):
-    # Simon et al. 2023 §3: t_k ≈ ln(1/c_k(0)) / (8 γ_k), c_k(0) ≈ γ_k α² (f0 ~ α·N(0, K)).
+    # Stepwise theory (Simon et al. 2023), aligned solution: t_k ≈ ln(1/c_k(0)) / (8 γ_k),
+    # c_k(0) ≈ γ_k α² (f0 ~ α·N(0, K)).
     return np.log(1.0 / (g_k * alpha**2)) / (8 * g_k)
 
 

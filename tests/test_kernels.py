@@ -85,6 +85,141 @@ def test_one_hidden_layer_closed_form(act, W_std, b_std, method):
 
 
 # ------------------------------------------------------------------------------------------------
+# activation objects: one object, its function and its dual rule
+# ------------------------------------------------------------------------------------------------
+
+ACTS = [K_.Relu(), K_.Erf(), K_.Gelu(), K_.LeakyRelu(0.2), K_.Abs(), K_.AbsRelu(-0.3, 1.0),
+        K_.AbsRelu(0.5, 2.0)]
+
+
+@pytest.mark.parametrize("act", ACTS, ids=repr)
+def test_activation_dual_matches_its_function_by_monte_carlo(act):
+    """A wide random layer u = W x1/√d, v = W x2/√d (W: (M, d) i.i.d. N(0, 1), M = 2·10⁵ units)
+    makes (u_i, v_i) i.i.d. Gaussian with Var u = |x1|²/d, Var v = |x2|²/d, Cov = x1·x2/d exactly.
+    The unit averages of φ(u)φ(v), φ'(u)φ'(v) (φ' by jax.grad of the object's own function) and
+    φ(u)² must match `act.dual` / `act.variance` within 5 standard errors of the mean (std/√M):
+    a false alarm has probability ~6e-7 per check (CLT; 3 quantities × 3 input pairs), while a
+    wrong rule is off by far more (the SE is ~0.3 % of the value here). The third pair is nearly
+    collinear (θ ≈ 0), where the arc-cosine rule is at its most delicate."""
+    d, M = 5, 200_000
+    W = np.asarray(normal(0, (M, d)))
+    x = np.asarray(normal(1, (4, d)))
+    pairs = [(x[0], x[1]), (x[2], -0.5 * x[2] + 0.3 * x[3]), (x[3], 1.02 * x[3])]  # +, −, ≈ same
+    dphi = jax.vmap(jax.grad(lambda t: act(t)))
+    for x1, x2 in pairs:
+        u, v = W @ x1 / np.sqrt(d), W @ x2 / np.sqrt(d)
+        q1, q2, c = x1 @ x1 / d, x2 @ x2 / d, x1 @ x2 / d
+        new, dot = act.dual(jnp.asarray(c), jnp.asarray(q1), jnp.asarray(q2), True)
+        samples = {
+            "E[φφ]": (np.asarray(act(u)) * np.asarray(act(v)), new),
+            "E[φ'φ']": (np.asarray(dphi(u)) * np.asarray(dphi(v)), dot),
+            "E[φ²]": (np.asarray(act(u)) ** 2, act.variance(jnp.asarray(q1))),
+        }
+        for what, (s, closed) in samples.items():
+            se = s.std() / np.sqrt(M)
+            # + 1e-12: float64 round-off, for samples that are constant (|x|: φ'φ' = ±1, SE = 0)
+            assert abs(s.mean() - float(closed)) < 5 * se + 1e-12, (what, s.mean(), float(closed),
+                                                                    se)
+
+
+def test_activation_names_resolve_to_the_one_object():
+    """Strings are shorthand: the Arch, the finite network and the stax layer all read the same
+    object; a user-defined Activation works in the native kernels."""
+    from sslntk import finite
+
+    arch = K_.mlp(2, "abs_relu", leaky_slope=0.3)
+    assert arch.activation == K_.AbsRelu(-0.3, 1.0)
+    assert K_.mlp(activation="leaky_relu", leaky_slope=0.2) == K_.mlp(activation=K_.LeakyRelu(0.2))
+    assert finite.activation_fn(arch) is arch.activation
+    assert set(K_.ACTIVATIONS) == {"relu", "erf", "gelu", "leaky_relu", "abs", "abs_relu"}
+    assert all(str(K_.as_activation(n)) == n for n in K_.ACTIVATIONS)
+    with pytest.raises(ValueError, match="leaky_slope"):
+        K_.mlp(activation=K_.Relu(), leaky_slope=0.2)
+    with pytest.raises(ValueError, match="alpha"):
+        K_.LeakyRelu(np.inf)
+
+    class Identity(K_.Activation):       # φ(x) = x: E[φφ] = c, E[φ'φ'] = 1, E[φ²] = q
+        name = "identity"
+
+        def __call__(self, x):
+            return x
+
+        def dual(self, c, q1, q2, need_dot=True):
+            return c, (jnp.ones_like(c) if need_dot else None)
+
+        def variance(self, q):
+            return q
+
+    # one hidden layer of a linear net (W_std = 1, b_std = 0): Σ = x·x'/d, Θ = Σ·1 + Σ = 2 x·x'/d
+    x = normal(3, (5, 4))
+    nngp, ntk = K_.ntk_and_nngp(K_.mlp(1, Identity()), x, get=("nngp", "ntk"))
+    G = np.asarray(x @ x.T) / 4
+    assert rel(nngp, G) < 1e-12 and rel(ntk, 2 * G) < 1e-12      # float64 round-off
+
+
+# ------------------------------------------------------------------------------------------------
+# the initial-function sampler
+# ------------------------------------------------------------------------------------------------
+
+def test_initial_function_covariance_by_monte_carlo():
+    """f0 ~ N(0, α² K ⊗ I_k): with k = 20000 independent columns the empirical covariance
+    `F Fᵀ / k` estimates α² K entrywise with standard error α² sqrt((K_ii K_jj + K_ij²)/k) (the
+    variance of a product of two jointly Gaussian entries); every entry must lie within 5 SE of
+    the float64 definition (false alarm ~2e-5 over the 28 distinct entries), the column means
+    within 5 SE of 0, and two disjoint column halves must be uncorrelated (cross-covariance
+    within 5 SE). K: a float64 NNGP over 7 inputs, one of them duplicated (a singular PSD K)."""
+    x = normal(7, (6, 3))
+    x = jnp.concatenate([x, x[:1]])
+    K = K_.nngp(K_.mlp(2, "erf", b_std=0.2), x)
+    alpha, k = 0.3, 20_000
+    F = np.asarray(K_.initial_function(K, k, alpha, jax.random.PRNGKey(4)))
+    assert F.shape == (7, k) and F.dtype == np.float64
+    Kn = alpha**2 * np.asarray(K)
+    d = np.diag(Kn)
+    se = np.sqrt((d[:, None] * d[None, :] + Kn**2) / k)
+    assert np.all(np.abs(F @ F.T / k - Kn) < 5 * se)
+    assert np.all(np.abs(F.mean(axis=1)) < 5 * np.sqrt(d / k))
+    h = k // 2
+    se_x = np.sqrt(d[:, None] * d[None, :] / h)           # independent halves: E = 0
+    assert np.all(np.abs(F[:, :h] @ F[:, h:].T / h) < 5 * se_x)
+
+
+def test_initial_function_refuses_what_solve_refuses():
+    """K − 2I is refused with the message of `dynamics.solve` (the same `_validate.psd_kernel`
+    rule; the same fixed Lanczos start gives the same estimate), naming the argument `K_nngp`;
+    bad arguments name themselves; the same key gives the same draw."""
+    from sslntk import dynamics
+
+    K = K_.nngp(K_.mlp(1), normal(8, (6, 3)))
+    key = jax.random.PRNGKey(0)
+    bad = K - 2 * jnp.eye(6)
+    with pytest.raises(ValueError) as solve_err:
+        dynamics.solve(bad, losses.get("barlow_twins"), jnp.ones((6, 2)), jnp.linspace(0, 1, 3))
+    with pytest.raises(ValueError) as err:
+        K_.initial_function(bad, 2, 1e-3, key)
+    assert str(err.value).startswith("K_nngp: expected a positive semi-definite kernel")
+    assert str(err.value).removeprefix("K_nngp") == str(solve_err.value).removeprefix("K")
+    for call, exc, match in [(lambda: K_.initial_function(K, 0, 1e-3, key), ValueError, "k"),
+                             (lambda: K_.initial_function(K, 2, -1.0, key), ValueError, "alpha"),
+                             (lambda: K_.initial_function(K, 2, 1e-3, 3), TypeError, "key"),
+                             (lambda: K_.initial_function(K[:5], 2, 1e-3, key), ValueError,
+                              "K_nngp")]:
+        with pytest.raises(exc, match=match):
+            call()
+    a = K_.initial_function(K, 3, 1e-3, key)
+    assert a.shape == (6, 3) and np.array_equal(a, K_.initial_function(K, 3, 1e-3, key))
+    # duplicated inputs in float32: K is singular to float32 precision, the jittered Cholesky
+    # gives NaN (measured), the eigh factor a finite draw with the right covariance rank
+    x = normal(8, (6, 3), jnp.float32)
+    K32 = K_.nngp(K_.mlp(1), jnp.concatenate([x, x[:2]]))
+    f = np.asarray(K_.initial_function(K32, 3, 1.0, key))
+    assert f.dtype == np.float32 and np.all(np.isfinite(f))
+    # duplicate inputs give equal rows up to the null-space round-off, which enters through its
+    # square root: sqrt(N·eps·λ_max) ~ 1e-3 relative in float32 (measured 1.4e-3); bound 1e-2
+    assert np.abs(f[6:] - f[:2]).max() < 1e-2 * np.abs(f).max()
+
+
+# ------------------------------------------------------------------------------------------------
 # agreement with neural-tangents' kernel_fn
 # ------------------------------------------------------------------------------------------------
 
@@ -137,7 +272,7 @@ def test_nt_method_matches_neural_tangents():
 
 
 def test_backend_neural_tangents_is_the_nt_reference():
-    """`backend="neural_tangents"` (issue [G]) computes every block with nt's kernel_fn: the same
+    """`backend="neural_tangents"` computes every block with nt's kernel_fn: the same
     numbers as method="nt", float32 round-off from sslntk's own recursion; it refuses
     method="native" and unknown backends by name."""
     arch = K_.mlp(depth=2, activation="erf", b_std=0.1)
@@ -420,7 +555,7 @@ def test_reference_gradient_descent_bad_input():
 
 
 # ------------------------------------------------------------------------------------------------
-# contrastive kernel and its spectrum (stepwise digest §6, check 8)
+# contrastive kernel and its spectrum (Simon et al. 2023, the kernelised stepwise model)
 # ------------------------------------------------------------------------------------------------
 
 def _features(seed, n2, p, m):
@@ -455,7 +590,7 @@ def test_contrastive_spectrum_three_ways(p):
 
     scale = np.abs(gam).max()
     # all three are float64 eigensolvers of O(1)-conditioned problems: agreement to ~1e-14;
-    # 1e-10 (the digest's tolerance) leaves room for the cut-off null space of K.
+    # 1e-10 (the float64 reference tolerance) leaves room for the cut-off null space of K.
     assert np.abs(padded(gam) - padded(ev_zk)).max() / scale < 1e-10
     assert np.abs(padded(gam) - padded(ev_phi)).max() / scale < 1e-10
     # eigenfunctions g_j(x) = b_jᵀ K^{-1/2} k_X(x) reconstruct K^Γ on test points
@@ -476,7 +611,7 @@ def test_contrastive_spectrum_three_ways(p):
 
 
 def test_contrastive_embedding_matches_normalised_zk_eigenvectors():
-    """Digest check 8: eigenvectors a of Z K / 2n normalised by aᵀ K a = 1 give the same embedding
+    """Eigenvectors a of Z K / 2n normalised by aᵀ K a = 1 give the same embedding
     Gram `k_X(x)ᵀ a_j a_jᵀ k_X(x') / γ_j` as the closed form, to 1e-12."""
     n2, d = 20, 3
     Phi, Phi_t = _features(1, n2, 50, 6)

@@ -1,10 +1,12 @@
-"""Stepwise Barlow Twins theory (`sslntk.theory.stepwise`) and the `closed_form` solver.
+"""Stepwise Barlow Twins theory (`sslntk.theory.stepwise`, module `sslntk.theory.staircase`) and the
+`closed_form` solver.
 
-Acceptance checks 1–9 of ../shared/papers/simon2023_stepwise.md §9 (float64), the closed form
+Numerical checks 1–9 of the stepwise theory (Simon et al. 2023, ICML; derivations in
+docs/theory/stepwise.md), in float64; the closed form
 against the ODE reference (the dynamics engineer's diffrax `ode` solver, plus an independent RK4
 here), gradients against central finite differences, jit/vmap, validation.
 
-Reference spectra (digest §9): Ref-A m=20, d=5; Ref-B m=12, d=3; Ref-C m=12, d=4.
+Reference spectra: Ref-A m=20, d=5; Ref-B m=12, d=3; Ref-C m=12, d=4.
 The linear-model checks integrate dW/dt = −∇_W ‖WΓWᵀ − I‖² with RK4 (dt ≤ 1e-3/γ_1) or plain GD; the
 kernel checks integrate df/dt = −K ∇_f L with ∇_f L from autodiff of `sslntk.losses.barlow_twins`.
 """
@@ -12,7 +14,6 @@ kernel checks integrate df/dt = −K ∇_f L with ∇_f L from autodiff of `ssln
 from __future__ import annotations
 
 import functools
-import importlib
 import warnings
 
 import jax
@@ -22,9 +23,7 @@ import pytest
 
 from sslntk import dynamics, losses
 from sslntk.dynamics import _closed_form as cf
-
-# the module (the package `sslntk.theory` re-exports the function `stepwise` under the same name)
-sw = importlib.import_module("sslntk.theory.stepwise")
+from sslntk.theory import staircase as sw
 
 BT = losses.get("barlow_twins")
 
@@ -191,7 +190,7 @@ def random_f0(K, k, alpha, seed=0):
 
 
 # ==============================================================================================
-# Digest check 1: loss and gradient (linear model)
+# Check 1: loss and gradient (linear model)
 
 
 def test_check1_loss_and_gradient():
@@ -212,7 +211,7 @@ def test_check1_loss_and_gradient():
 
 
 # ==============================================================================================
-# Digest checks 2 and 3: aligned initialisation (linear model, Ref-A)
+# Checks 2 and 3: aligned initialisation (linear model, Ref-A)
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +232,7 @@ def test_check2_aligned_logistic(aligned_ref_a):
     np.testing.assert_allclose(init.c0, gam * s0**2, rtol=1e-12)
     c_pred = np.asarray(sw.logistic_c(ts[:, None], gam[None], init.c0[None]))
     err = np.abs(eig_c(Ws, G) - c_pred).max()
-    assert err < 1e-8, err                    # digest: 7e-12 measured; RK4 dt=1e-3 error ~1e-12
+    assert err < 1e-8, err                    # measured 7e-12; RK4 dt=1e-3 error ~1e-12
     # the singular values follow s(0) exp(4 γ τ(t)) (effective_time), exactly
     s_pred = s0 * np.exp(4 * gam * np.asarray(sw.effective_time(ts[:, None], gam, init.c0)))
     s_num = np.linalg.norm(np.einsum("tkm,mj->tkj", Ws, Q[:, :d]), axis=1)
@@ -252,7 +251,7 @@ def test_check3_aligned_step_times(aligned_ref_a):
     t_pred = np.asarray(sw.step_time(gam, gam * s0**2))
     t_num = crossing_times(ts, eig_c(Ws, G))
     assert np.abs(t_num / t_pred - 1).max() < 1e-4        # linear interpolation on a 0.005 grid
-    # plain GD at learning rate η: relative error ≈ 2ηγ_j (digest: 0.17 % at η = 1e-3)
+    # plain GD at learning rate η: relative error ≈ 2ηγ_j (measured 0.17 % at η = 1e-3)
     eta = 1e-3
     Wg = np.asarray(gd_linear(jnp.asarray(W0), jnp.asarray(G), eta=eta, nsub=5, nsave=2400))
     rel = np.abs(crossing_times(ts, eig_c(Wg, G)) / t_pred - 1)
@@ -261,7 +260,7 @@ def test_check3_aligned_step_times(aligned_ref_a):
 
 
 # ==============================================================================================
-# Digest checks 4 and 5: random small initialisation (Ref-A)
+# Checks 4 and 5: random small initialisation (Ref-A)
 
 
 @pytest.fixture(scope="module")
@@ -289,17 +288,17 @@ def test_check4_random_init_step_times(random_ref_a):
         t_qr = np.asarray(sw.step_time(gam, init.c0))
         t_naive = np.asarray(sw.step_time(gam, gam * alpha**2))
         if alpha <= 1e-4:
-            # digest: <= 0.17 % measured at α = 1e-4 over 8 seeds; acceptance 0.5 %
+            # measured <= 0.17 % at α = 1e-4 over 8 seeds; acceptance 0.5 %
             assert np.abs(t_num / t_qr - 1).max() < 5e-3
-            # the naive s(0) = α is off by O(1/ln(1/α)) (digest: 5–10 %)
+            # the naive s(0) = α is off by O(1/ln(1/α)) (measured 5–10 %)
             assert np.abs(t_num / t_naive - 1).max() > 2 * np.abs(t_num / t_qr - 1).max()
-            # t_j γ_j cluster around ln(1/α)/4 = 2.30: seed-to-seed std ~0.12 (digest), plus a
+            # t_j γ_j cluster around ln(1/α)/4 = 2.30: seed-to-seed std ~0.12 (measured), plus a
             # systematic ln(1/γ_j)/8 (0.17 for γ = 0.25): allow 0.5
             assert np.abs(t_num * gam - np.log(1 / alpha) / 4).max() < 0.5
             # whole eig(C) trajectory near the logistic curves (measured here: <= 3.0e-3)
             assert np.abs(ec - c_pred).max() < 4e-3
         else:
-            # α = 1e-3: the digest quotes 4e-3 for its seeds; these seeds give up to 3.1e-2 (mode
+            # α = 1e-3: other seeds gave 4e-3; these seeds give up to 3.1e-2 (mode
             # 3 of one seed, where the QR-effective init is least accurate): check the scale only
             assert np.abs(ec - c_pred).max() < 4e-2
 
@@ -328,7 +327,7 @@ def test_check5_rank_growth_ordering(random_ref_a):
 
 
 # ==============================================================================================
-# Digest check 6: loss plateaus (Ref-C, GD η = 1e-3, α = 1e-6)
+# Check 6: loss plateaus (Ref-C, GD η = 1e-3, α = 1e-6)
 
 
 def test_check6_loss_plateaus():
@@ -346,13 +345,13 @@ def test_check6_loss_plateaus():
     L_pred = np.asarray(sw.loss_curve(sw.logistic_c(probes[:, None], gam, init.c0)))
     for j, tp in enumerate(probes):
         i = int(np.argmin(np.abs(ts - tp)))
-        assert abs(L[i] - (d - j)) < 0.02, (j, L[i])          # digest: 4.0/2.992/1.999/0.989
+        assert abs(L[i] - (d - j)) < 0.02, (j, L[i])          # measured: 4.0/2.992/1.999/0.989
         assert abs(L_pred[j] - L[i]) < 0.02
     assert L[-1] < 1e-8
 
 
 # ==============================================================================================
-# Digest check 7: final linear embedding, subspace error ~ α^gap (Ref-B)
+# Check 7: final linear embedding, subspace error ~ α^gap (Ref-B)
 
 
 def test_check7_final_subspace_scaling():
@@ -383,7 +382,7 @@ def test_check7_final_subspace_scaling():
 
 
 # ==============================================================================================
-# Digest check 8: kernel spectra and the closed-form eigenfunctions
+# Check 8: kernel spectra and the closed-form eigenfunctions
 
 
 def test_check8_kernel_spectra():
@@ -426,13 +425,13 @@ def test_check8_kernel_spectra():
     lin = Xt @ Vl[:, :d] @ np.diag(1 / gl[:d]) @ Vl[:, :d].T @ Xt.T
     Kl = X @ X.T + 1e-9 * np.eye(2 * n)
     _, f_te = sw.final_embedding(jnp.asarray(Kl), d, K_test_train=jnp.asarray(Xt @ X.T))
-    assert np.abs(np.asarray(f_te @ f_te.T) - lin).max() < 1e-7     # digest measured 2e-10
+    assert np.abs(np.asarray(f_te @ f_te.T) - lin).max() < 1e-7     # measured 2e-10
     gk = np.asarray(sw.contrastive_modes(jnp.asarray(Kl), d)[0])
     np.testing.assert_allclose(gk, gl[:d], rtol=1e-7)
 
 
 # ==============================================================================================
-# Digest check 9 (and the closed_form solver): kernel closed form versus training
+# Check 9 (and the closed_form solver): kernel closed form versus training
 
 
 def rk4_on_grid(f0, K, t_end, nsave=120, dt_max=1e-3):
@@ -446,7 +445,7 @@ def rk4_on_grid(f0, K, t_end, nsave=120, dt_max=1e-3):
 @pytest.fixture(scope="module")
 def rbf_problem():
     """RBF kernel, n = 20, k = 3, α = 1e-8; γ ≈ 1, .52, .44, .16 (gap (γ_3 − γ_4)/γ_3 ≈ .65).
-    Training: float64 RK4, dt ≤ 1e-3 = 1e-3/γ_1 (digest §9)."""
+    Training: float64 RK4, dt ≤ 1e-3 = 1e-3/γ_1."""
     K, Ktx = rbf_kernel()
     k, alpha = 3, 1e-8
     gam = np.asarray(sw.contrastive_modes(K, k + 1)[0])
@@ -468,7 +467,7 @@ def test_check9_kernel_closed_form_vs_training(rbf_problem):
     # held-out Gram of the learned embedding vs the α → 0 closed form (kernel PCA of K^Γ)
     err = gram_rel_err(fs_test[-1], np.asarray(res.f_final_test))
     assert err <= 3 * alpha**gap, (err, alpha**gap)
-    # step times: QR-effective within 0.5 %, and t_j γ_j ≈ ln(1/α)/4 within ~12 % (digest)
+    # step times: QR-effective within 0.5 %, and t_j γ_j ≈ ln(1/α)/4 within ~12 % (measured)
     t_num = crossing_times(np.asarray(ts), eig_c_f(fs))
     assert np.abs(t_num / np.asarray(res.step_times) - 1).max() < 5e-3
     assert np.abs(t_num * gam[:k] / (np.log(1 / alpha) / 4) - 1).max() < 0.15
@@ -899,3 +898,30 @@ def test_closed_form_exactly_repeated_eigenvalues_is_honest():
     res = sw.stepwise(K, f0, k, ts=ts)
     assert tr.ok
     np.testing.assert_allclose(np.asarray(tr.loss), np.asarray(res.loss), atol=1e-10)
+
+
+def test_stepwise_is_a_function_and_refuses_a_non_psd_kernel_like_solve():
+    """`sslntk.theory.stepwise` is a plain function (the module is `theory.staircase`), its helpers
+    are re-exported from `sslntk.theory`; K − 2I (smallest eigenvalue λ_min(K) − 2 < 0) is refused
+    by `stepwise` and `final_embedding` with the rule and message of `dynamics.solve`
+    (`_validate.psd_error`), and the value they report is the exact smallest eigenvalue (from their
+    own eigh; `.3g` formatting, compared with numpy's float64 eigvalsh)."""
+    import inspect
+
+    from sslntk import theory
+
+    assert inspect.isfunction(theory.stepwise) and theory.stepwise is sw.stepwise
+    assert theory.step_time is sw.step_time and theory.contrastive_modes is sw.contrastive_modes
+    K = feature_kernel(n=6)
+    f0 = random_f0(K, 2, 1e-3, seed=3)
+    bad = K - 2 * jnp.eye(K.shape[0])
+    head = "K: expected a positive semi-definite kernel, got smallest eigenvalue "
+    with pytest.raises(ValueError) as solve_err:
+        dynamics.solve(bad, BT, f0, grid(1.0, 5))
+    lam_min = float(np.linalg.eigvalsh(np.asarray(bad))[0])
+    for call in (lambda: theory.stepwise(bad, f0, 2), lambda: theory.final_embedding(bad, 2)):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(solve_err.value).startswith(head) and str(err.value).startswith(head)
+        assert str(err.value).startswith(f"{head}{lam_min:.3g} (")
+    assert theory.stepwise(K, f0, 2).step_times.shape == (2,)           # the PSD K still passes

@@ -173,7 +173,7 @@ def _aligned(K, f0) -> bool:
     diagonal (the aligned initialisation `W(0) = U S(0) V_kᵀ` of Simon et al. 2023, §3), to
     `ALIGNED_RTOL` relative to `‖P0‖²`; a top-k mode missing from f0 is not aligned (the closed
     form flags that case with bound = inf)."""
-    from sslntk.theory.stepwise import contrastive_modes
+    from sslntk.theory.staircase import contrastive_modes
 
     N, k = f0.shape
     if k > N // 2:

@@ -74,7 +74,7 @@ from sslntk.dynamics._trajectory import FAILED, SUCCESS, Trajectory
 __all__ = ["ClosedForm", "solve_closed_form"]
 
 # The module, not the function `sslntk.theory.stepwise` that the package re-exports under its name.
-_sw = importlib.import_module("sslntk.theory.stepwise")
+_sw = importlib.import_module("sslntk.theory.staircase")
 
 _HI = jax.lax.Precision.HIGHEST
 

@@ -35,36 +35,17 @@ from sslntk import _validate as V
 from sslntk import kernels
 from sslntk.finite import _param, _resnet
 
-# Activations exactly as neural-tangents' stax defines them (elementwise.py): ABRelu(a, b) is
-# `a·min(x, 0) + b·max(x, 0)`; Relu = ABRelu(0, 1), LeakyRelu(s) = ABRelu(s, 1), Abs = ABRelu(-1, 1);
-# `abs_relu` is ABRelu(-leaky_slope, 1) (kernels.activation_layer); Erf() = 1·erf(1·x) + 0;
-# Gelu() is the EXACT gelu (approximate=False).
+
+def activation_fn(arch):
+    """The elementwise function of `arch.activation` (a `kernels.Activation`, callable; the same
+    object gives the kernels' dual rule and `kernels.activation_layer(arch)`, exactly as
+    neural-tangents' stax layers define them)."""
+    return arch.activation
 
 
-def _abrelu(a: float, b: float):
-    return lambda x: a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0)
-
-
-def activation_fn(arch: kernels.Arch):
-    """The elementwise function of `arch.activation`, matching `kernels.activation_layer(arch)`."""
-    a = arch.activation
-    if a == "relu":
-        return _abrelu(0.0, 1.0)
-    if a == "leaky_relu":
-        return _abrelu(arch.leaky_slope, 1.0)
-    if a == "abs":
-        return _abrelu(-1.0, 1.0)
-    if a == "abs_relu":
-        return _abrelu(-arch.leaky_slope, 1.0)
-    if a == "erf":
-        return lambda x: 1.0 * jax.scipy.special.erf(1.0 * x) + 0.0
-    if a == "gelu":
-        return lambda x: jax.nn.gelu(x, approximate=False)
-    raise ValueError(f"activation: sslntk.finite has no network for {a!r}; known: "
-                     f"{list(SUPPORTED_ACTIVATIONS)}")
-
-
-SUPPORTED_ACTIVATIONS = ("relu", "leaky_relu", "abs", "abs_relu", "erf", "gelu")
+#: The activation names (the same registry as `kernels.ACTIVATIONS`; any `kernels.Activation`
+#: object works too).
+SUPPORTED_ACTIVATIONS = kernels.ACTIVATIONS
 
 
 class Frozen(nnx.Variable):
@@ -403,8 +384,6 @@ def network(arch, width: int, out_dim: int, *, key, alpha: float = 1.0,
     alpha = _check_alpha(alpha)
     if dtype is not None:
         dtype = V.float_dtype(dtype)
-    if arch.activation not in SUPPORTED_ACTIVATIONS:
-        activation_fn(arch)  # raises naming the activation
     if in_shape is None:
         if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             key = jax.random.wrap_key_data(key)          # a raw uint32 PRNGKey is threefry data

@@ -23,7 +23,7 @@ empirical NTK (`finite.kernel_prediction`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import jax
 import jax.numpy as jnp
@@ -41,23 +41,26 @@ NORM_EPS = 1e-5
 class ResNet:
     """Pre-activation ResNet spec (hashable, static; see the module docstring).
 
-    blocks: residual blocks (>= 1). activation: one of `kernels.ACTIVATIONS`. norm: None, "batch" or
+    blocks: residual blocks (>= 1). activation: a `kernels.Activation` object or one of the names
+    `kernels.ACTIVATIONS` (resolved to the object, as in `kernels.Arch`). norm: None, "batch" or
     "layer". W_std, b_std: as `kernels.Arch` (NTK multipliers / standard init scales).
-    filter_shape: conv filter `(fh, fw)`. leaky_slope: for leaky_relu / abs_relu.
+    filter_shape: conv filter `(fh, fw)`. leaky_slope (init-only): completes the names
+    "leaky_relu" / "abs_relu".
     """
 
     blocks: int = 2
-    activation: str = "relu"
+    activation: kernels.Activation | str = "relu"
     norm: str | None = None
     W_std: float = 2.0**0.5
     b_std: float = 0.0
     filter_shape: tuple[int, int] = (3, 3)
-    leaky_slope: float = 0.1
+    leaky_slope: InitVar[float | None] = None
     kind: str = "resnet"
 
-    def __post_init__(self):
+    def __post_init__(self, leaky_slope):
         V.positive_int("blocks", self.blocks, minimum=1)
-        V.choice("activation", self.activation, kernels.ACTIVATIONS)
+        object.__setattr__(self, "activation",
+                           kernels.as_activation(self.activation, leaky_slope=leaky_slope))
         if self.norm not in NORMS:
             raise ValueError(f"norm: expected one of {list(NORMS)}, got {self.norm!r}")
         V.positive_float("W_std", self.W_std)
@@ -76,7 +79,10 @@ class ResNet:
         return self.norm == "batch"
 
 
-def resnet(blocks: int = 2, activation: str = "relu", norm: str | None = None,
+del ResNet.leaky_slope   # init-only (the slope lives in `spec.activation`)
+
+
+def resnet(blocks: int = 2, activation: kernels.Activation | str = "relu", norm: str | None = None,
            W_std: float = 2.0**0.5, b_std: float = 0.0, filter_shape=(3, 3), **kw) -> ResNet:
     """Pre-activation ResNet spec for `finite.network` (finite width only; no infinite-width
     kernel: `kernels.ntk` raises for it)."""

@@ -4,19 +4,24 @@ One `Arch` spec describes an architecture once; it builds the neural-tangents `s
 (`stax_network`: `(init_fn, apply_fn, kernel_fn)`, the reference) and the matching Flax NNX module in
 `sslntk.finite`, and it is the static argument of the native kernels (`_recursion`, `_assembly`).
 neural-tangents is reached only through `_nt_compat.load()`, on first use of `stax_network` /
-`activation_layer`, so building and using specs never needs it.
+`activation_layer`, so building and using specs never needs it. The nonlinearity is an
+`Activation` object (`sslntk.kernels._activation`), the one place that defines its function and its
+dual kernel rule; a name in `ACTIVATIONS` is shorthand for one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import numpy as np
 
 from sslntk import _validate as V
 from sslntk.kernels import _nt_compat
+from sslntk.kernels._activation import ACTIVATIONS, Activation, as_activation
 
-ACTIVATIONS = ("relu", "erf", "gelu", "leaky_relu", "abs", "abs_relu")
+__all__ = ["ACTIVATIONS", "KINDS", "PADDINGS", "READOUTS", "Arch", "mlp", "cnn", "activation_layer",
+           "stax_network"]
+
 KINDS = ("mlp", "cnn")
 PADDINGS = ("SAME", "VALID", "CIRCULAR")
 READOUTS = ("gap", "flatten")
@@ -34,31 +39,32 @@ class Arch:
         choice (it is a Dense on its flattened input) and keeps the default "gap".
     Every layer uses the same `W_std`/`b_std` in NTK parametrisation: `W ~ N(0, 1)` stored, the
     forward pass multiplies by `W_std / sqrt(fan_in)` and the bias by `b_std`, exactly as
-    `stax.Dense/Conv`. `leaky_slope` is the negative-side slope of `leaky_relu`; `abs_relu` is
-    `stax.ABRelu(-a, 1)`, i.e. `φ(x) = max(x, 0) − a·min(x, 0)` with `a = leaky_slope` (a = 1 gives
-    |x|); see `activation_layer`.
+    `stax.Dense/Conv`.
+
+    `activation` is an `Activation` object (`kernels.Relu()`, `kernels.Erf()`,
+    `kernels.LeakyRelu(0.2)`, ...), or one of the names `ACTIVATIONS` as shorthand, resolved to the
+    object on construction (`arch.activation` is always the object). `leaky_slope` (init-only,
+    default 0.1) completes the names "leaky_relu" (`LeakyRelu(leaky_slope)`) and "abs_relu"
+    (`AbsRelu(-leaky_slope, 1)`, i.e. `φ(x) = max(x, 0) − leaky_slope·min(x, 0)`).
     """
 
     kind: str = "mlp"
     depth: int = 1
-    activation: str = "relu"
+    activation: Activation | str = "relu"
     W_std: float = 1.0
     b_std: float = 0.0
     filter_shape: tuple[int, int] = (3, 3)
     padding: str = "SAME"
-    leaky_slope: float = 0.1
+    leaky_slope: InitVar[float | None] = None
     readout: str = "gap"
 
-    def __post_init__(self):
+    def __post_init__(self, leaky_slope):
         V.choice("kind", self.kind, KINDS)
         V.positive_int("depth", self.depth, minimum=1)
-        V.choice("activation", self.activation, ACTIVATIONS)
+        object.__setattr__(self, "activation", as_activation(self.activation,
+                                                             leaky_slope=leaky_slope))
         V.positive_float("W_std", self.W_std)
         V.positive_float("b_std", self.b_std, allow_zero=True)
-        if isinstance(self.leaky_slope, bool) or not isinstance(
-                self.leaky_slope, (int, float, np.integer, np.floating)) or not np.isfinite(
-                self.leaky_slope):
-            raise ValueError(f"leaky_slope: expected a finite number, got {self.leaky_slope!r}")
         if self.kind == "cnn":
             fs = self.filter_shape
             if (not isinstance(fs, tuple) or len(fs) != 2
@@ -72,13 +78,16 @@ class Arch:
                              f"its flattened input), got readout={self.readout!r} for kind='mlp'")
 
 
-def mlp(depth: int = 1, activation: str = "relu", W_std: float = 1.0, b_std: float = 0.0,
+def mlp(depth: int = 1, activation: Activation | str = "relu", W_std: float = 1.0, b_std: float = 0.0,
         **kw) -> Arch:
-    """MLP spec: `depth` hidden (Dense → activation) blocks and a Dense readout (NTK param.)."""
+    """MLP spec: `depth` hidden (Dense → activation) blocks and a Dense readout (NTK param.).
+
+    `activation`: an `Activation` object or its name (`ACTIVATIONS`); `**kw` the other `Arch`
+    fields (`leaky_slope`). Example: `kernels.mlp(2, kernels.Erf(), b_std=0.1)`."""
     return Arch(kind="mlp", depth=depth, activation=activation, W_std=W_std, b_std=b_std, **kw)
 
 
-def cnn(depth: int = 1, activation: str = "relu", W_std: float = 1.0, b_std: float = 0.0,
+def cnn(depth: int = 1, activation: Activation | str = "relu", W_std: float = 1.0, b_std: float = 0.0,
         filter_shape: tuple[int, int] = (3, 3), padding: str = "SAME", readout: str = "gap",
         **kw) -> Arch:
     """CNN spec for NHWC images: (Conv → activation) × depth, then the readout: `readout="gap"`
@@ -96,28 +105,19 @@ def cnn(depth: int = 1, activation: str = "relu", W_std: float = 1.0, b_std: flo
                 filter_shape=filter_shape, padding=padding, readout=readout, **kw)
 
 
+# `leaky_slope` is init-only: drop the class attribute the dataclass leaves behind, so that
+# `arch.leaky_slope` raises instead of reading None (the slope lives in `arch.activation`).
+del Arch.leaky_slope
+
+
 def activation_layer(arch: Arch):
-    """The stax layer for `arch.activation`."""
-    stax = _nt_compat.load().stax
-    a = arch.activation
-    if a == "relu":
-        return stax.Relu()
-    if a == "erf":
-        return stax.Erf()
-    if a == "gelu":
-        return stax.Gelu()
-    if a == "leaky_relu":
-        return stax.LeakyRelu(arch.leaky_slope)
-    if a == "abs":
-        return stax.Abs()
-    if a == "abs_relu":
-        return stax.ABRelu(-arch.leaky_slope, 1.0)
-    raise ValueError(f"activation: unknown {a!r}; valid choices are {list(ACTIVATIONS)}")
+    """The neural-tangents stax layer of `arch.activation` (`arch.activation.stax_layer()`)."""
+    return check_arch(arch).activation.stax_layer()
 
 
 def stax_network(arch: Arch, width: int = 512, out_dim: int = 1):
     """neural-tangents `(init_fn, apply_fn, kernel_fn)` for `arch` at hidden width `width`."""
-    _check_arch(arch)
+    check_arch(arch)
     V.positive_int("width", width)
     V.positive_int("out_dim", out_dim)
     stax = _nt_compat.load().stax
@@ -136,7 +136,8 @@ def stax_network(arch: Arch, width: int = 512, out_dim: int = 1):
     return stax.serial(*layers)
 
 
-def _check_arch(arch) -> Arch:
+def check_arch(arch) -> Arch:
+    """`arch` if it is an `Arch`, else a TypeError naming the argument (the kernels' entry check)."""
     if not isinstance(arch, Arch):
         raise TypeError(f"arch: expected a sslntk.kernels.Arch (kernels.mlp(...) / kernels.cnn(...)),"
                         f" got {type(arch).__name__}")

@@ -29,8 +29,8 @@ import numpy as np
 from sslntk import _sharding
 from sslntk import _validate as V
 from sslntk.kernels import _sharded
-from sslntk.kernels._arch import Arch, _check_arch
-from sslntk.kernels._recursion import _native_kernels
+from sslntk.kernels._arch import Arch, check_arch
+from sslntk.kernels._recursion import native_kernels
 from sslntk.kernels._reference import nt_block
 
 METHODS = ("auto", "native", "nt")
@@ -104,7 +104,7 @@ def ntk_and_nngp(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtyp
     """Both kernels in one pass (the NTK recursion computes the NNGP anyway): `(ntk, nngp)`, each
     `(n1, n2)`; `get` selects and orders them. Arguments as `ntk` (with `mesh=`/`sharding=`
     both come back row-sharded)."""
-    _check_arch(arch)
+    check_arch(arch)
     V.choice("method", method, METHODS)
     V.choice("backend", backend, BACKENDS)
     if backend == "neural_tangents":
@@ -247,7 +247,7 @@ def _block_fn(arch: Arch, get: tuple[str, ...], method: str):
         fn = nt_block(arch, get)
     else:
         def fn(a, b):
-            return _native_kernels(arch, get, a, b)
+            return native_kernels(arch, get, a, b)
     return jax.jit(fn)
     return jax.jit(fn)
 
@@ -319,7 +319,7 @@ def averaged_kernel(arch: Arch, views, kind: str = "ntk", *, block_size: int | N
     required for arrays). `kind`: "ntk" or "nngp". Accumulated in float64 (numpy), returned in the
     compute dtype. Other arguments as `ntk`.
     """
-    _check_arch(arch)
+    check_arch(arch)
     V.choice("kind", kind, GETS)
     if hasattr(views, "stacked") and hasattr(views, "has_draws"):
         stacked = views.stacked

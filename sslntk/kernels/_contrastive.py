@@ -1,6 +1,11 @@
-"""The contrastive eigenproblem and the PSD check: `pair_matrix` Z, the contrastive kernel
-`K^Γ = k_Xᵀ Z k_X / 2n`, the spectrum of `M = K^{1/2} Z K^{1/2} / 2n` (stepwise digest §6) and
-`kernel_spectrum`, the symmetric-PSD eigendecomposition every kernel goes through (DESIGN.md).
+"""The contrastive kernel and its spectrum, and the PSD check: `pair_matrix` Z, the contrastive
+kernel `K^Γ = k_Xᵀ Z k_X / 2n`, the spectrum of `M = K^{1/2} Z K^{1/2} / 2n` (Simon et al. 2023,
+ICML, "On the stepwise nature of self-supervised learning": the kernelised model, whose eigenvalues
+set the step times; see `docs/theory/stepwise.md`), and `kernel_spectrum`, the symmetric-PSD
+eigendecomposition of a kernel.
+
+The pair swap and the eigenproblem itself are `sslntk.linalg`'s (`pair_flip`,
+`contrastive_eigenpairs`): the functions here are views of them.
 """
 
 from __future__ import annotations
@@ -11,24 +16,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslntk import _sharding
+from sslntk import _sharding, linalg
 from sslntk import _validate as V
 
 
 def pair_matrix(n: int, dtype=jnp.float32) -> jax.Array:
     """The positive-pair matrix `Z = [[0, I_n], [I_n, 0]]`, `(2n, 2n)`, for stacked views
-    `[a_1..a_n, b_1..b_n]`."""
+    `[a_1..a_n, b_1..b_n]`: the dense form of the pair-swap operator `sslntk.linalg.pair_flip`
+    (`pair_flip(I_2n)`; use `pair_flip` to apply Z without forming it)."""
     n = V.positive_int("n", n)
     dt = V.float_dtype(dtype)
-    eye = jnp.eye(n, dtype=dt)
-    zero = jnp.zeros((n, n), dt)
-    return jnp.block([[zero, eye], [eye, zero]])
-
-
-def _swap_halves(k: jax.Array) -> jax.Array:
-    """`k Z` for `k: (m, 2n)` (Z symmetric): swap the a- and b-halves of the columns."""
-    n = k.shape[-1] // 2
-    return jnp.concatenate([k[..., n:], k[..., :n]], axis=-1)
+    return linalg.pair_flip(jnp.eye(2 * n, dtype=dt))
 
 
 def _dense_only(name: str, K, what: str) -> None:
@@ -56,12 +54,13 @@ def _cross(name: str, k, K: jax.Array) -> jax.Array:
 
 
 def contrastive_kernel(K, k_x1=None, k_x2=None) -> jax.Array:
-    """Contrastive kernel `K^Γ(x, x') = (1/2n) k_X(x)ᵀ Z k_X(x')` (stepwise digest §6).
+    """Contrastive kernel `K^Γ(x, x') = (1/2n) k_X(x)ᵀ Z k_X(x')` (Simon et al. 2023; the kernel
+    whose eigenfunctions the Barlow Twins flow learns, `docs/theory/stepwise.md`).
 
     `K`: `(2n, 2n)` base kernel over the stacked views (sets n; checked). `k_x1`: `(m1, 2n)` rows
     `k_X(x) = [K(x, x_1..x_n), K(x, x'_1..x'_n)]`, or None for the training views (`k_X = K`);
     `k_x2`: `(m2, 2n)`, None for `k_x2 = k_x1`. Returns `(m1, m2)`; on the training views it is
-    `K Z K / 2n`. A row-sharded `K` (`kernels.ntk(..., mesh=)`, issue [H]) with `k_x1 = k_x2 =
+    `K Z K / 2n`. A row-sharded `K` (`kernels.ntk(..., mesh=)`) with `k_x1 = k_x2 =
     None` gives a row-sharded `K Z K / 2n`, by a ring of collective permutes (never gathered).
     """
     K = _even_kernel("K", K)
@@ -76,7 +75,7 @@ def contrastive_kernel(K, k_x1=None, k_x2=None) -> jax.Array:
     k1 = K if k_x1 is None else _cross("k_x1", k_x1, K)
     k2 = k1 if k_x2 is None else _cross("k_x2", k_x2, K)
     V.same_dtype(K=K, k_x1=k1, k_x2=k2)
-    return (k1 @ _swap_halves(k2).T) / K.shape[0]
+    return (k1 @ linalg.pair_flip(k2, axis=-1).T) / K.shape[0]
 
 
 class KernelSpectrum(NamedTuple):
@@ -110,7 +109,7 @@ def _psd_tol(N: int, dtype, lam_max: float, rtol: float | None) -> float:
 
 def kernel_spectrum(K, *, tol: float | None = None, vectors: bool = True,
                     name: str = "K") -> KernelSpectrum:
-    """Eigen-decomposition of a kernel matrix with the symmetry and PSD checks of DESIGN.md.
+    """Eigen-decomposition of a kernel matrix with the symmetry and PSD checks.
 
     Checks that `K` is square and symmetric to round-off (`_validate.square_kernel`), computes its
     eigenvalues (`eigh` on the symmetrised matrix, in K's dtype) and raises a ValueError when the
@@ -140,7 +139,7 @@ def kernel_spectrum(K, *, tol: float | None = None, vectors: bool = True,
 
 
 class ContrastiveSpectrum(NamedTuple):
-    """Eigenpairs of `M = K^{1/2} Z K^{1/2} / 2n` (stepwise digest §6) and what is needed to
+    """Eigenpairs of `M = K^{1/2} Z K^{1/2} / 2n` (`contrastive_spectrum`) and what is needed to
     evaluate the eigenfunctions `g_j(x) = b_jᵀ K^{-1/2} k_X(x)` at new points.
 
     values: `(2n,)` γ_j, descending (can be negative; modes with γ ≤ 0 are never learned).
@@ -170,7 +169,8 @@ class ContrastiveSpectrum(NamedTuple):
         return k_x @ self.coef[:, :d]
 
     def embedding(self, k_x, d: int) -> jax.Array:
-        """The α → 0 Barlow Twins embedding (digest §6), up to a rotation U:
+        """The α → 0 Barlow Twins embedding (Simon et al. 2023, the final embedding of the
+        kernelised model: kernel PCA of `K^Γ`), up to a rotation U:
         `f(x) = Γ_d^{-1/2} [g_1(x)..g_d(x)]`, `(m, d)`; requires γ_d > 0."""
         d = V.positive_int("d", d)
         g = self.eigenfunctions(k_x, d)
@@ -183,7 +183,7 @@ class ContrastiveSpectrum(NamedTuple):
 
 def contrastive_spectrum(K, *, ridge: float = 0.0, rcond: float | None = None,
                          tol: float | None = None) -> ContrastiveSpectrum:
-    """Eigen-decomposition of the contrastive matrix `M = K^{1/2} Z K^{1/2} / 2n` (digest §6).
+    """Eigen-decomposition of the contrastive matrix `M = K^{1/2} Z K^{1/2} / 2n`, with K's PSD check.
 
     `K`: `(2n, 2n)` PSD base kernel over stacked views (checked by `kernel_spectrum` with `tol`).
     `ridge` ≥ 0 is added to K first (`K + ridge·I` replaces K everywhere, then the g_j reconstruct
@@ -191,8 +191,14 @@ def contrastive_spectrum(K, *, ridge: float = 0.0, rcond: float | None = None,
     `2n·eps(dtype)`), the rest is treated as an exact null space (pseudo-inverse): with
     `k_X(x)` in the range of K (true for any x when K is a Gram matrix `Φ Φᵀ`), still
     `Σ_j γ_j g_j(x) g_j(x') = K^Γ(x, x')`. The nonzero γ_j equal the eigenvalues of the
-    non-symmetric `Z K / 2n` and of `Γ_φ = Φᵀ Z Φ / 2n` (digest check 8). Computed in K's dtype;
-    use float64 for closed-form work.
+    non-symmetric `Z K / 2n` and of `Γ_φ = Φᵀ Z Φ / 2n` (the feature-space cross-correlation of
+    Simon et al. 2023). Computed in K's dtype; use float64 for closed-form work. A view of
+    `sslntk.linalg.contrastive_eigenpairs` (the one solver), on the decomposition that the PSD
+    check (`kernel_spectrum`) computes anyway.
+
+        >>> import jax.numpy as jnp
+        >>> [round(float(g), 3) for g in contrastive_spectrum(jnp.eye(4)).values]
+        [0.25, 0.25, -0.25, -0.25]
     """
     K = _even_kernel("K", K)
     _dense_only("K", K, "contrastive_spectrum")
@@ -201,17 +207,8 @@ def contrastive_spectrum(K, *, ridge: float = 0.0, rcond: float | None = None,
     if ridge:
         K = K + ridge * jnp.eye(N, dtype=K.dtype)
     spec = kernel_spectrum(K, tol=tol)
-    lam, U = spec.values, spec.vectors
     rc = N * float(jnp.finfo(K.dtype).eps) if rcond is None else float(
         V.positive_float("rcond", rcond, allow_zero=True))
-    keep = lam > rc * spec.max_eigenvalue
-    safe = jnp.where(keep, lam, 1.0)
-    root = jnp.where(keep, jnp.sqrt(safe), 0.0)
-    iroot = jnp.where(keep, 1.0 / jnp.sqrt(safe), 0.0)
-    Kh = (U * root) @ U.T
-    M = (Kh @ _swap_halves(Kh).T) / N          # K^{1/2} Z K^{1/2} / 2n  (Kh symmetric)
-    g, B = jnp.linalg.eigh(0.5 * (M + M.T))
-    g, B = g[::-1], B[:, ::-1]
-    A = (U * iroot) @ (U.T @ B)
-    return ContrastiveSpectrum(values=g, vectors=B, coef=A, kernel=spec,
-                               rank=int(jnp.sum(keep)), ridge=ridge)
+    r = linalg.contrastive_eigenpairs(K, rcond=rc, kernel_eigh=(spec.values, spec.vectors))
+    return ContrastiveSpectrum(values=r.values, vectors=r.vectors, coef=r.coef, kernel=spec,
+                               rank=int(r.rank), ridge=ridge)

@@ -1,6 +1,6 @@
 """The native infinite-width recursion: NNGP and NTK of an `Arch` for one block of inputs.
 
-`_native_kernels(arch, get, x1, x2)` computes the same kernels as neural-tangents' `stax`
+`native_kernels(arch, get, x1, x2)` computes the same kernels as neural-tangents' `stax`
 `kernel_fn` (the reference, `_reference`), by the layer recursion of the NTK/NNGP literature:
 
 * NNGP recursion through Dense/Conv layers, NTK parametrisation: Lee et al. 2018 ("Deep neural
@@ -9,15 +9,14 @@
   mean over filter offsets, global average pooling as the mean over pixel pairs).
 * NTK recursion `Θˡ⁺¹ = σ_w² conv(E[φ'φ'] ⊙ Θˡ) + Σˡ⁺¹`: Jacot et al. 2018 (MLP), Arora et al. 2019
   ("On exact computation with an infinitely wide neural net", the CNTK with GAP).
-* Dual activations (`_dual`): ReLU / leaky ReLU / |x| / ABReLU: the degree-1 arc-cosine kernel
-  (Cho & Saul 2009), as neural-tangents' `stax.ABRelu`; erf: the arcsine kernel (Williams 1997,
-  "Computing with infinite networks"), as `stax.Erf`; GELU: the closed form of neural-tangents'
-  `stax.Gelu`.
-* `_atan2`: Cephes `atan` / `atanf` (Moshier), the rational/polynomial approximations.
+* Dual activations (`_dual`): the `Activation` object of the `Arch` (`arch.activation.dual`,
+  `.variance`; `sslntk.kernels._activation`): the degree-1 arc-cosine kernel for ReLU / leaky
+  ReLU / |x| / ABReLU (Cho & Saul 2009), the arcsine kernel for erf (Williams 1997), the closed
+  form of neural-tangents' `stax.Gelu` for GELU; `atan2` from Cephes `atan` / `atanf` (Moshier).
 
 Why not neural-tangents' `kernel_fn`: on CPU, neural-tangents evaluates the CNN's pixel-pixel
 covariance convolution as a loop of single-channel `lax.conv` calls over a `(N1·N2, H, H, W, W)`
-tensor: ~10× slower than `_native_kernels`, which computes the same recursion with the first layer
+tensor: ~10× slower than `native_kernels`, which computes the same recursion with the first layer
 as a patch Gram matrix, the convolution as a shift-and-add over the filter offsets on
 `(N1, H, W, N2, H, W)`, and the dual activations on its free 2-D view with a polynomial `atan2`
 (XLA's is ~4× slower). The tests check it against `kernel_fn` to float32 round-off. The MLP uses
@@ -26,7 +25,7 @@ exactly 0 (neural-tangents' comes out O(sqrt(eps)): a 1e-9 relative NTK error in
 in float32 on the diagonal and on un-augmented view pairs).
 
 Complexity per pair of images (H×W pixels, C channels, F = fh·fw filter taps, L = depth):
-* readout "gap" (`_native_kernels`): the full pixel-pixel covariance, `L·(H·W)²` dual-activation
+* readout "gap" (`native_kernels`): the full pixel-pixel covariance, `L·(H·W)²` dual-activation
   evaluations, `L·F·(H·W)²` adds (×2 with the NTK) and `F·C·(H·W)²` for the first-layer patch Gram;
   memory `(H+fh−1)²(W+fw−1)²` floats per pair and array. Inherent to GAP: the pooled kernel
   averages the last layer over all `(p, p')`, and the conv reads every pixel pair at every layer.
@@ -126,55 +125,14 @@ def _patches(x, arch):
                            axis=-1)
 
 
-# Cephes `atan` (double: rational P/Q on [0, 0.66] after reduction, ~2 ulp) and `atanf` (float:
-# degree-4 polynomial on [0, tan(π/8)], ~2 ulp); XLA's CPU arctan2 is ~4× slower than this, and
-# the arc-cosine kernels evaluate one per pixel pair and layer.
-_ATAN_P = (-8.750608600031904122785e-1, -1.615753718733365076637e1, -7.500855792314704667340e1,
-           -1.228866684490136173410e2, -6.485021904942025371773e1)
-_ATAN_Q = (2.485846490142306297962e1, 1.650270098316988542046e2, 4.328810604912902668951e2,
-           4.853903996359136964868e2, 1.945506571482613964425e2)
-_ATANF = (8.05374449538e-2, -1.38776856032e-1, 1.99777106478e-1, -3.33329491539e-1)
-
-
-def _atan2(y, x):
-    """`arctan2(y, x)` (numpy's conventions, `atan2(0, 0) = 0`) from mul/add/div/select only
-    (Cephes `atan`/`atanf`, S. L. Moshier; the ratio reduced to [0, 1] by swapping |y|, |x|)."""
-    ay, ax = jnp.abs(y), jnp.abs(x)
-    hi, lo = jnp.maximum(ay, ax), jnp.minimum(ay, ax)
-    f64 = jnp.dtype(jnp.result_type(y, x)) == jnp.float64
-    big = lo > (0.66 if f64 else 0.41421356237309503) * hi
-    t = jnp.where(big, lo - hi, lo) / jnp.where(big, lo + hi, jnp.where(hi > 0, hi, 1))
-    z = t * t
-    if f64:
-        P, Q = _ATAN_P, _ATAN_Q
-        p = (((P[0] * z + P[1]) * z + P[2]) * z + P[3]) * z + P[4]
-        q = ((((z + Q[0]) * z + Q[1]) * z + Q[2]) * z + Q[3]) * z + Q[4]
-        r = t + t * (z * p / q)
-    else:
-        F = _ATANF
-        r = t + t * z * (((F[0] * z + F[1]) * z + F[2]) * z + F[3])
-    a = jnp.where(big, jnp.pi / 4 + r, r)
-    a = jnp.where(ay > ax, jnp.pi / 2 - a, a)
-    a = jnp.where(x < 0, jnp.pi - a, a)
-    return jnp.where(y < 0, -a, a)
-
-
-def _abrelu_ab(arch):
-    return {"relu": (0.0, 1.0), "leaky_relu": (arch.leaky_slope, 1.0), "abs": (-1.0, 1.0),
-            "abs_relu": (-arch.leaky_slope, 1.0)}[arch.activation]
-
-
 def _dual(arch, c, q1, q2, need_dot: bool):
     """Dual activation: `(E[φ(u)φ(v)], E[φ'(u)φ'(v)], E[φ(u)²], E[φ(v)²])` for centred Gaussians
     with Var u = q1, Var v = q2, Cov = c (closed forms as neural-tangents' elementwise kernels).
     `c: (N1, H, W, N2, H, W)`, `q1: (N1, H, W)`, `q2: (N2, H, W)`. Evaluated on the free 2-D view
     `(N1·H·W, N2·H·W)` of c, where XLA's CPU loops vectorise (~1.7× faster than 6-D broadcasts).
 
-    Sources: erf, the arcsine kernel `(2/π) arcsin(2c / sqrt((1 + 2q1)(1 + 2q2)))` (Williams 1997)
-    and its derivative; GELU, neural-tangents' `stax.Gelu` closed form; ReLU / leaky ReLU / |x| /
-    ABReLU `φ(x) = b·max(x, 0) + a·min(x, 0)`, the degree-1 arc-cosine kernel (Cho & Saul 2009)
-    `E[φφ] = (a − b)²/2π · (sinθ·sqrt(q1 q2)) + ((a² + b²)/2 − (a − b)²θ/2π)·c`,
-    `E[φ'φ'] = (a² + b²)/2 − (a − b)²θ/2π`, θ the angle between u and v (as `stax.ABRelu`)."""
+    The closed forms (arcsine kernel for erf, arc-cosine kernel for the ReLU family, GELU) live in
+    the activation objects (`sslntk.kernels._activation`), each with its source."""
     shape = c.shape
     new, dot, diag = _dual_core(arch, c.reshape(q1.size, q2.size), q1.reshape(-1, 1),
                                 q2.reshape(1, -1), need_dot)
@@ -183,53 +141,11 @@ def _dual(arch, c, q1, q2, need_dot: bool):
 
 def _dual_core(arch, c, o1, o2, need_dot: bool):
     """`_dual` on broadcastable arrays: `c` the covariances, `o1`, `o2` the two variances (already
-    shaped to broadcast against `c`) → `(E[φφ], E[φ'φ'] or None, diag)`, `diag(q) = E[φ(u)²]`."""
+    shaped to broadcast against `c`) → `(E[φφ], E[φ'φ'] or None, diag)`, `diag(q) = E[φ(u)²]`.
+    The closed forms are the activation object's own (`arch.activation.dual` / `.variance`)."""
     act = arch.activation
-    dot = None
-    if act == "erf":
-        prod = (1 + 2 * o1) * (1 + 2 * o2)
-        root = jnp.sqrt(jnp.maximum(prod - 4 * c**2, 0.0))
-        new = (2 / jnp.pi) * _atan2(2 * c, root)
-        if need_dot:
-            dot = (4 / jnp.pi) / root
-
-        def diag(q):
-            return (2 / jnp.pi) * _atan2(q, jnp.sqrt(q + 0.25))
-    elif act == "gelu":
-        prod = o1 * o2
-        prod1 = (o1 + 1) * (o2 + 1)
-        d2 = prod1 - c**2
-        d = jnp.sqrt(jnp.maximum(d2, 0.0))
-        ang = _atan2(c, d)
-        new = ((c**2 + prod * d2) / (prod1 * d) + c * ang) / (2 * jnp.pi) + 0.25 * c
-        if need_dot:
-            first = (1 / d2 + (1 - prod) / prod1 + 1) * c / d / (2 * jnp.pi)
-            dot = first + 0.25 + ang / (2 * jnp.pi)
-
-        def diag(q):
-            r = jnp.sqrt(1 + 2 * q)
-            return q * ((q / ((q + 1) * r) + _atan2(q, r) / 2) / jnp.pi + 0.25)
-    else:
-        a, b = _abrelu_ab(arch)
-        # sin²θ·q1·q2 = q1 q2 − c². Where sin²θ is below round-off (identical inputs; c and q
-        # rounded differently, or an FMA-contracted q·q − c·c) it is set to 0: otherwise θ comes
-        # out O(sqrt(eps)) instead of 0 and the NTK factor E[φ'φ'] = (a²+b²)/2 − (a−b)²θ/2π is off
-        # by O(sqrt(eps)) (3e-4 in float32) on every duplicate pair. The change is below the
-        # arc-cosine's own conditioning error there.
-        prod = o1 * o2
-        r2 = prod - c**2
-        pos = r2 > 8 * jnp.finfo(c.dtype).eps * prod
-        # double `where`: no sqrt'(0) = inf reaches jax.grad through the masked branch
-        root = jnp.where(pos, jnp.sqrt(jnp.where(pos, r2, 1.0)), 0.0)
-        ang = jnp.where((root == 0) & (c == 0), jnp.pi / 2, _atan2(root, c))  # nt's fill
-        factor = (a - b) ** 2 / (2 * jnp.pi)
-        dsig = (a**2 + b**2) / 2 - factor * ang
-        new = factor * root + dsig * c
-        dot = dsig if need_dot else None
-
-        def diag(q):
-            return (a**2 + b**2) / 2 * q
-    return new, dot, diag
+    new, dot = act.dual(c, o1, o2, need_dot)
+    return new, dot, act.variance
 
 
 def _spatial_mean(S):
@@ -239,7 +155,7 @@ def _spatial_mean(S):
 
 
 def _native_flatten(arch: Arch, get: tuple[str, ...], x1, x2):
-    """`_native_kernels` for a CNN with the flatten readout: the recursion on the pixel diagonal.
+    """`native_kernels` for a CNN with the flatten readout: the recursion on the pixel diagonal.
 
     Flatten → Dense averages the last layer's covariance over the pixel diagonal only,
     `Σ = σ_w² (1/HW) Σ_p E[φφ](p, p) + σ_b²`, and a conv maps the diagonal to itself,
@@ -271,7 +187,7 @@ def _native_flatten(arch: Arch, get: tuple[str, ...], x1, x2):
                 q1 = w2 * _conv_diag(q1, arch, 0) + b2
                 q2 = w2 * _conv_diag(q2, arch, 0) + b2
         if sym:
-            # as in `_native_kernels`: the variances ARE the diagonal, so c == q exactly there
+            # as in `native_kernels`: the variances ARE the diagonal, so c == q exactly there
             q1 = q2 = jnp.diagonal(nngp_, axis1=2, axis2=3)
         nngp_, dot, diag = _dual_core(arch, nngp_, q1[..., :, None], q2[..., None, :], need_ntk)
         q1, q2 = diag(q1), diag(q2)
@@ -287,7 +203,7 @@ def _native_flatten(arch: Arch, get: tuple[str, ...], x1, x2):
     return tuple(res[g] for g in get)
 
 
-def _native_kernels(arch: Arch, get: tuple[str, ...], x1, x2):
+def native_kernels(arch: Arch, get: tuple[str, ...], x1, x2):
     """NNGP/NTK of `stax_network(arch)` for one block, `(N1, N2)` each (x2=None: x2 = x1).
 
     Recursion (NTK parametrisation, `F = fh·fw`, `C` input channels, `σ_w² = W_std²`, `σ_b² = b_std²`):

@@ -3,7 +3,7 @@ device of a 1-D mesh (`NamedSharding(mesh, P(axis, None))`), never gathered on o
 
 One `jax.shard_map` program: the inputs are replicated (they are small: `N × d`), device `d` takes
 its rows `[d·R, (d+1)·R)` (`R = N1 / D`) and fills its `(R, N2)` block tile by tile with the same
-per-block recursion as the single-device path (`_recursion._native_kernels`, or neural-tangents'
+per-block recursion as the single-device path (`_recursion.native_kernels`, or neural-tangents'
 `kernel_fn` for `method="nt"`) inside two `lax.fori_loop`s (rows × columns, in-place
 `dynamic_update_slice`; a short last tile is shifted back to end at the boundary, recomputing a few
 entries instead of padding). Tile sizes follow `BLOCK_MEMORY_BUDGET`: `br = min(R, block)` rows
@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from sslntk import _sharding as S
 from sslntk.kernels._arch import Arch
-from sslntk.kernels._recursion import _native_kernels
+from sslntk.kernels._recursion import native_kernels
 from sslntk.kernels._reference import nt_block
 
 
@@ -57,7 +57,7 @@ def tiles(arch: Arch, shape, dtype, R: int, N2: int, block_size: int | None,
 def _program(arch: Arch, get: tuple[str, ...], method: str, layout: S.RowLayout, br: int, bc: int):
     """jitted `(x1 replicated, x2 replicated) -> tuple of (N1, N2) row-sharded kernels`."""
     blk = nt_block(arch, get) if method == "nt" else (
-        lambda a, b: _native_kernels(arch, get, a, b))
+        lambda a, b: native_kernels(arch, get, a, b))
     ax = layout.axis
     D = layout.size
 
@@ -126,10 +126,10 @@ def memory_plan(arch: Arch, shape, *, mesh=None, sharding=None, dtype=jnp.float3
     device), `limit` (what this machine's devices offer, see `_sharding.device_memory_limit`),
     `devices`, and `tile` (rows, columns of one tile)."""
     from sslntk import _validate as V
-    from sslntk.kernels._arch import _check_arch
+    from sslntk.kernels._arch import check_arch
     from sslntk.kernels._assembly import BLOCK_MEMORY_BUDGET, GETS
 
-    _check_arch(arch)
+    check_arch(arch)
     layout = S.resolve(mesh, sharding)
     if layout is None:
         raise ValueError("mesh, sharding: expected one of them (the plan is for a sharded kernel)")

@@ -1,45 +1,48 @@
 """Stepwise Barlow Twins: the exactly solvable kernel/linear model of Simon et al. (ICML 2023).
 
-Source: ../shared/papers/simon2023_stepwise.md (the "digest"). The paper text was only partly
-available; the formulas below are the digest's **derived [D]** forms (re-derived here and checked
-numerically in tests/test_stepwise.py), not copies of the paper's equations. Notation: ``γ_j`` are the
-eigenvalues of the contrastive matrix (the paper writes λ_j); ``λ`` is the Barlow Twins off-diagonal
-weight, which must be 1 (digest §10).
+Simon, Knutins, Ziyin, Geisz, Fetterman & Albrecht, "On the stepwise nature of self-supervised
+learning", ICML 2023: Barlow Twins (off-diagonal weight λ = 1) gradient flow from a small
+initialisation learns one eigendirection at a time, with logistic steps whose times are set by the
+eigenvalues of the cross-view correlation; the result kernelises. The formulas here are re-derived
+for this library's conventions (prefactors follow from the loss and the flow below; each is checked
+numerically in tests/test_stepwise.py) and written out in ``docs/theory/stepwise.md``. Notation:
+``γ_j`` are the eigenvalues of the contrastive matrix (the paper writes λ_j); ``λ`` is the Barlow
+Twins off-diagonal weight, which must be 1 for this closed form.
 
-Model (DESIGN.md conventions). Stacked views ``[a_1..a_n, b_1..b_n]`` (N = 2n), kernel ``K (N, N)`` of
-one output, embeddings ``f (N, k)``, ``C = fᵀ Z f / 2n``, ``L = ‖C − I‖_F²`` (BT theory form, λ = 1),
-kernel gradient flow ``df/dt = −K ∇_f L = −(2/n) K Z f (C − I)``.
+Model. Stacked views ``[a_1..a_n, b_1..b_n]`` (N = 2n), kernel ``K (N, N)`` of one output
+(``docs/concepts.md``), embeddings ``f (N, k)``, ``C = fᵀ Z f / 2n``, ``L = ‖C − I‖_F²`` (BT theory
+form, λ = 1), kernel gradient flow ``df/dt = −K ∇_f L = −(2/n) K Z f (C − I)``.
 
-**Reduction to the linear model (digest §6, derived here).** Put ``f = K^{1/2} h``. Then
-``dh/dt = −4 M h (C − I)`` and ``C = hᵀ M h`` with ``M = K^{1/2} Z K^{1/2} / 2n``: this is exactly the
-linear model of digest §2–§3 with ``W = hᵀ`` and ``Γ = M``. Let ``M = Σ_j γ_j b_j b_jᵀ`` (descending)
-and ``a_j = K^{-1/2} b_j`` — equivalently ``(Z K / 2n) a_j = γ_j a_j`` with ``a_jᵀ K a_j = 1``
-(``sslntk.linalg.contrastive_eigh``). The eigenfunctions ``g_j(x) = a_jᵀ k_X(x)`` take the values
-``e_j = K a_j`` on the training views, and
+**Reduction to the linear model.** Put ``f = K^{1/2} h``. Then ``dh/dt = −4 M h (C − I)`` and
+``C = hᵀ M h`` with ``M = K^{1/2} Z K^{1/2} / 2n``: the paper's linear model with ``W = hᵀ`` and
+the feature cross-correlation ``Γ = M``. Let ``M = Σ_j γ_j b_j b_jᵀ`` (descending) and
+``a_j = K^{-1/2} b_j`` — equivalently ``(Z K / 2n) a_j = γ_j a_j`` with ``a_jᵀ K a_j = 1``
+(`sslntk.linalg.contrastive_eigenpairs`, the one solver of this eigenproblem). The eigenfunctions
+``g_j(x) = a_jᵀ k_X(x)`` take the values ``e_j = K a_j`` on the training views, and
 
     f(t) = Σ_j e_j p_j(t)ᵀ,      p_j = a_jᵀ f = (W V)_{:, j}        (mode coefficients, (N, k))
 
-so ``W(0) V_d`` of the digest is ``(A_kᵀ f0)ᵀ = f0ᵀ A_k`` (``A_k = [a_1..a_k]``), and every digest
-formula holds with ``γ_j = eig(M)``. A component of ``f0`` outside ``range(K)`` is frozen by the flow
-(``df/dt ∈ range K``); it is not representable here and is reported by `sslntk.dynamics`' closed
-form as part of its error estimate.
+so the linear model's ``W(0) V_d`` is ``(A_kᵀ f0)ᵀ = f0ᵀ A_k`` (``A_k = [a_1..a_k]``), and every
+linear-model formula holds with ``γ_j = eig(M)``. A component of ``f0`` outside ``range(K)`` is
+frozen by the flow (``df/dt ∈ range K``); it is not representable here and is reported by
+`sslntk.dynamics`' closed form as part of its error estimate.
 
-**Aligned solution (digest §3, exact).** If ``W(0) V = U diag(s(0)) E_Sᵀ`` (orthogonal ``U``, modes in a
-set S, zero elsewhere), then with ``c_j = γ_j s_j²``
+**Aligned solution (exact).** If ``W(0) V = U diag(s(0)) E_Sᵀ`` (orthogonal ``U``, modes in a set S,
+zero elsewhere), then with ``c_j = γ_j s_j²``
 
     c_j(t) = 1 / (1 + (1/c_j(0) − 1) e^{−8 γ_j t}),        s_j(t) = s_j(0) exp(4 γ_j τ_j(t)),
     τ_j(t) = ∫₀ᵗ (1 − c_j) = t − ln(1 + c_j(0) (e^{8γ_j t} − 1)) / (8 γ_j)       (`effective_time`),
     t_j = ln(1/c_j(0) − 1) / (8 γ_j)   (c_j = 1/2; ≈ ln(1/α)/(4 γ_j) for s_j(0) = α),
     L(t) = Σ_j (1 − c_j(t))²           (plateaus k, k−1, …; modes with γ_j ≤ 0 are never learned).
 
-**Random small initialisation (digest §4, QR-effective).** ``W(0) V_k = Q R`` (Gram–Schmidt of the
-mode columns in decreasing γ); ``s_j,eff = R_jj`` (signed), ``U ≈ Q``, ``c_j(0) = γ_j R_jj²``
+**Random small initialisation (QR-effective).** ``W(0) V_k = Q R`` (Gram–Schmidt of the mode columns
+in decreasing γ); ``s_j,eff = R_jj`` (signed), ``U ≈ Q``, ``c_j(0) = γ_j R_jj²``
 (`effective_init`). This is the α → 0 limit; the step times it predicts are within 0.5 % at
-α ≤ 1e-4 (tests, digest check 4).
+α ≤ 1e-4 (tests/test_stepwise.py).
 
-**Final embedding (digest §5–§6, α → 0).** ``f(x) = k_X(x)ᵀ A_k Γ_k^{-1/2} Uᵀ`` — kernel PCA of the
-contrastive kernel ``K^Γ(x, x') = k_X(x)ᵀ Z k_X(x') / 2n`` in the RKHS geometry of K
-(`final_embedding`); on the training views ``E_k Γ_k^{-1/2} Uᵀ`` with ``E_k = K A_k``.
+**Final embedding (α → 0).** ``f(x) = k_X(x)ᵀ A_k Γ_k^{-1/2} Uᵀ`` — kernel PCA of the contrastive
+kernel ``K^Γ(x, x') = k_X(x)ᵀ Z k_X(x') / 2n`` in the RKHS geometry of K (`final_embedding`); on
+the training views ``E_k Γ_k^{-1/2} Uᵀ`` with ``E_k = K A_k``.
 
 **Lifted trajectory (`lifted_coefficients`, used by the ``closed_form`` solver).** Every mode
 coefficient obeys ``dp_j/dt = −4 γ_j (C − I) p_j``; given ``C(t) = Q diag(c(t)) Qᵀ`` its exact
@@ -47,11 +50,20 @@ propagator is ``Q diag(exp(4 γ_j τ_i(t))) Qᵀ``. The lift propagates every co
 modes, in the output frame Q) with it, plus a first-order frame rotation for the learned pairs and a
 diagonal renormalisation; see `lifted_coefficients` for what is exact and what is approximate.
 
-The eigenproblem is delegated to `sslntk.linalg.eigen_decomposition` (dense, traceable); see
-`contrastive_modes`.
+The eigenproblem is `sslntk.linalg.contrastive_eigenpairs` (dense, traceable); see
+`contrastive_modes`. `stepwise` and `final_embedding` refuse a kernel that is not positive
+semi-definite with the rule and message of `sslntk.dynamics.solve`, from the eigenvalues of K that
+this decomposition computes anyway.
 
 All functions are pure and jittable, accept float32/float64 (computations in the input dtype) and are
 differentiable (w.r.t. α = scale of f0 and K) away from degenerate spectra.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from sslntk import theory
+    >>> K = jnp.eye(8) + 0.5 * jnp.roll(jnp.eye(8), 4, axis=1) + 0.5 * jnp.roll(jnp.eye(8), 4, 0)
+    >>> f0 = 1e-3 * jax.random.normal(jax.random.PRNGKey(0), (8, 2))
+    >>> theory.stepwise(K, f0, 2).step_times.shape
+    (2,)
 """
 
 from __future__ import annotations
@@ -65,6 +77,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslntk import _validate as V
+from sslntk import linalg
 
 __all__ = [
     "StepwiseResult",
@@ -127,7 +140,7 @@ def _logistic_parts(t, gamma, c0):
 
 @jax.jit
 def logistic_c(t, gamma, c0):
-    """Embedding eigenvalue of an aligned mode, ``c(t) = 1 / (1 + (1/c0 − 1) e^{−8 γ t})`` (digest §3).
+    """Embedding eigenvalue of an aligned mode, ``c(t) = 1 / (1 + (1/c0 − 1) e^{−8 γ t})`` (aligned solution).
 
     Solves ``dc/dt = 8 γ c (1 − c)``, ``c(0) = c0``. Broadcasts ``t``, ``gamma`` and ``c0``. Stable for
     any t ≥ 0 (no overflow), for ``c0 = 0`` (stays 0: a saddle), for ``γ < 0`` (with ``c0 = γ s² ≤ 0``
@@ -150,7 +163,7 @@ def effective_time(t, gamma, c0):
 
 @jax.jit
 def step_time(gamma, c0):
-    """Time at which an aligned mode crosses ``c = 1/2``: ``t = ln(1/c0 − 1) / (8 γ)`` (digest §3).
+    """Time at which an aligned mode crosses ``c = 1/2``: ``t = ln(1/c0 − 1) / (8 γ)`` (aligned solution).
 
     ``+inf`` when the mode is never learned (``γ ≤ 0`` or ``c0 ≤ 0``); ``−inf`` when it starts at or
     above saturation (``c0 ≥ 1``); negative for ``1/2 < c0 < 1`` (crossed before t = 0). With
@@ -186,7 +199,7 @@ def loss_curve(c):
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class EffectiveInit:
-    """QR-effective aligned initial condition of digest §4.
+    """QR-effective aligned initial condition (small random initialisation, module docstring).
 
     Attributes:
       c0: ``(k,)`` effective initial embedding eigenvalues ``γ_j R_jj²``.
@@ -202,13 +215,13 @@ class EffectiveInit:
 
     @property
     def rotation(self) -> jax.Array:
-        """The digest's ``U`` (``(k_out, k)``): ``Q diag(sign R_jj)``, so that ``s_j > 0``."""
+        """The output rotation ``U`` (``(k_out, k)``): ``Q diag(sign R_jj)``, so that ``s_j > 0``."""
         sgn = jnp.where(self.s0 < 0, -1.0, 1.0).astype(self.Q.dtype)
         return self.Q * sgn
 
 
 def effective_init(proj, gammas) -> EffectiveInit:
-    """QR-effective initial values (digest §4, generalised to function space).
+    """QR-effective initial values (small random initialisation, generalised to function space).
 
     Args:
       proj: ``(k_out, k)`` the projection of the initialisation on the top-k eigendirections, ordered
@@ -247,13 +260,31 @@ def _effective_init(proj, gammas):
 def contrastive_modes(K, m: int):
     """Top-``m`` contrastive eigenpairs ``(γ (m,), A (N, m), E (N, m))``, descending, with
     ``(Z K / 2n) A = A diag(γ)``, ``Aᵀ K A = I`` and ``E = K A`` (eigenfunction values on the training
-    views). Dense ``eigh``; thin wrapper over `sslntk.linalg.eigen_decomposition` (the single
-    implementation of the eigenproblem ``M = K^{1/2} Z K^{1/2} / 2n``)."""
-    from sslntk import linalg
+    views). A view of `sslntk.linalg.contrastive_eigenpairs` (dense ``eigh``, the one solver of the
+    eigenproblem ``M = K^{1/2} Z K^{1/2} / 2n``); K is trusted to be PSD (`stepwise` checks it).
 
+        >>> import jax.numpy as jnp
+        >>> gam, A, E = contrastive_modes(jnp.eye(4), 2)
+        >>> [round(float(g), 3) for g in gam]
+        [0.25, 0.25]
+    """
     # always all N pairs (the dense eigh computes them anyway): one compilation per kernel size
-    d = linalg.eigen_decomposition(K, K.shape[0], "contrastive", method="eigh", tail_iters=0)
-    return d.values[:m], d.vectors[:, :m], d.lift[:, :m]
+    r = linalg.contrastive_eigenpairs(K)
+    return r.values[:m], r.coef[:, :m], r.lift[:, :m]
+
+
+def _checked_modes(K, m: int):
+    """`contrastive_modes` plus the PSD rule of `sslntk.dynamics.solve` (`_validate.psd_error`),
+    applied to the eigenvalues of K that the dense decomposition computes anyway (no second
+    decomposition); skipped for traced K (under jit/vmap values are unknown)."""
+    r = linalg.contrastive_eigenpairs(K)
+    lam = r.kernel_values
+    if V.is_concrete(lam):
+        lo, hi = float(lam[-1]), float(lam[0])
+        tol = V.psd_tolerance(K.shape[0], K.dtype, hi)
+        if not np.isfinite(lo) or lo < -tol:
+            raise V.psd_error("K", lo, hi, tol, how="exact, from the eigendecomposition")
+    return r.values[:m], r.coef[:, :m], r.lift[:, :m]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,8 +341,9 @@ def lifted_coefficients(P0, gammas, ts, *, corrections: bool = True,
       (i)   ``P̃[j, i](t) = P̃0[j, i] · exp(4 γ_j τ_i(t))`` for every mode j ≥ i (all N modes) — the exact
             propagator of ``dp_j/dt = −4 γ_j (C − I) p_j`` when ``C(t) = Q diag(c(t)) Qᵀ``. The
             diagonal gives the aligned solution ``s_i(t)``; the lower modes give the α^gap
-            contamination of digest §4 (they grow as ``e^{4γ_j t}`` while ``C ≈ 0`` and freeze at
-            ``P̃0[j, i] c0_i^{−γ_j / 2γ_i}`` once direction i has saturated; γ_j ≤ 0 modes decay).
+            contamination of a random initialisation (they grow as ``e^{4γ_j t}`` while
+            ``C ≈ 0`` and freeze at ``P̃0[j, i] c0_i^{−γ_j / 2γ_i}`` once direction i has
+            saturated; γ_j ≤ 0 modes decay).
       (ii)  frame rotation, for learned pairs ``j < i <= k`` (mode j learned first, direction i
             later): ``P̃[j, i](t) = −γ_i P̃[i, j] s_i s_j |_0^t`` (``s = diag P̃``). This is the
             quasi-static solution of ``C_ji = 0``: the off-diagonal penalty rotates the earlier
@@ -325,12 +357,14 @@ def lifted_coefficients(P0, gammas, ts, *, corrections: bool = True,
 
     Exactness. If the initialisation is aligned (``P̃0`` has no off-diagonal entries: orthogonal
     columns in the top-k block and no other modes) (ii) and (iii) vanish and the result is the
-    exact solution (digest §3) at every time; ``f(0) = f0`` always. Otherwise the off-diagonal
+    exact aligned solution at every time; ``f(0) = f0`` always. Otherwise the off-diagonal
     components are treated to first order in their size and their back-reaction on the logistic
     staircase is neglected. ``estimate`` is their final relative size,
     ``ε = max_{j ≠ i, γ_i > 0} |P̃0[j, i]| c0_i^{−γ_j / 2γ_i} √γ_i`` (≈ α^{(γ_i − γ_j)/γ_i} for the
-    nearest pair; the O(α^gap) of digest §4), ``inf`` when a positive-γ direction has ``c0 = 0``.
-    Measured on Ref-A (float64 RK4; α = 1e-2, 1e-3, 1e-4, 1e-6, 1e-8 × 3 seeds, whole trajectory):
+    nearest pair; the O(α^gap) subspace error of a random start), ``inf`` when a positive-γ
+    direction has ``c0 = 0``. Measured on the linear model with the spectrum `REF_A` of
+    tests/test_stepwise.py (float64 RK4; α = 1e-2, 1e-3, 1e-4, 1e-6, 1e-8 × 3 seeds, whole
+    trajectory):
     relative Frobenius error of the embedding Gram ≤ 0.35 ε (≈ 0.07 ε for α ≤ 1e-4), eig(C) error
     ≤ 0.46 ε, loss error ≤ 0.33 ε; the errors scale like ε (first order, small constant).
     ``estimate`` is an empirical error estimate, not a rigorous bound. ``valid`` is False when
@@ -431,7 +465,7 @@ def _estimate(Pt0, gammas, c0, mode_norms=None):
 
 
 def final_embedding(K, k: int, *, K_test_train=None, rotation=None):
-    """α → 0 final embedding of BT (λ = 1) gradient flow (digest §6), kernel PCA of ``K^Γ``.
+    """α → 0 final embedding of BT (λ = 1) gradient flow (Simon et al. 2023), kernel PCA of ``K^Γ``.
 
     ``f(x) = k_X(x)ᵀ A_k Γ_k^{-1/2} Uᵀ`` (test points) and ``E_k Γ_k^{-1/2} Uᵀ`` (training views);
     modes with ``γ_j ≤ 0`` are never learned and contribute 0. ``U`` (``rotation``, ``(k_out, k)``
@@ -445,7 +479,7 @@ def final_embedding(K, k: int, *, K_test_train=None, rotation=None):
     N = K.shape[0]
     if k > N:
         raise ValueError(f"k: expected 1 <= k <= N = {N}, got {k}")
-    gam, A, E = contrastive_modes(K, k)
+    gam, A, E = _checked_modes(K, k)
     if K_test_train is not None:
         K_test_train = _cross_kernel(K_test_train, N)
     return _final(gam, A, E, K_test_train, rotation)
@@ -516,7 +550,7 @@ class StepwiseResult:
 
     @property
     def relative_gap(self) -> jax.Array:
-        """``(γ_k − γ_{k+1}) / γ_k``: the final subspace is within ~α^gap of the top-k one (§4)."""
+        """``(γ_k − γ_{k+1}) / γ_k``: the final subspace is within ~α^gap of the top-k one."""
         return (self.gammas[-1] - self.gamma_next) / self.gammas[-1]
 
 
@@ -532,20 +566,34 @@ def default_times(step_times, gammas, num: int = 256):
 
 
 def stepwise(K, f0, k: int | None = None, *, ts=None, K_test_train=None) -> StepwiseResult:
-    """Stepwise theory of BT (λ = 1) kernel gradient flow from ``f0`` (digest §3–§6).
+    """Stepwise theory of BT (λ = 1) kernel gradient flow from ``f0`` (Simon et al. 2023, ICML).
 
     Args:
-      K: ``(2n, 2n)`` kernel over stacked views ``[a_1..a_n, b_1..b_n]`` (positive definite: the
-        reduction uses ``K^{-1/2}``; null directions below round-off are dropped).
-      f0: ``(2n, k_out)`` initial embeddings (e.g. ``α · g_θ₀(X)``, or a draw of ``N(0, α² K_nngp)``).
+      K: ``(2n, 2n)`` kernel over stacked views ``[a_1..a_n, b_1..b_n]``, positive semi-definite
+        (the reduction uses ``K^{+1/2}``; null directions below round-off are dropped). A K with an
+        eigenvalue below ``−max(N, 10)·eps·λ_max`` is refused with the message of
+        `sslntk.dynamics.solve` (checked on the eigenvalues this function computes anyway).
+      f0: ``(2n, k_out)`` initial embeddings (e.g. ``α · g_θ₀(X)``, or a draw of
+        ``kernels.initial_function(K_nngp, k, α, key)``).
       k: number of modes to predict, ``1 <= k <= k_out`` (default ``k_out``). With ``k < k_out`` the
         curves are valid only up to step k+1 (the loss counts the other directions as c = 0).
       ts: ``(T,)`` times ≥ 0 for the curves (default: 256 points over the whole staircase).
       K_test_train: ``(m, 2n)`` cross kernel; then ``f_final_test`` is the final embedding there.
 
-    Returns a `StepwiseResult`. The initial values come from the QR construction of digest §4 applied
-    to ``f0ᵀ A_k = W(0) V_k`` (see the module docstring); exact for an aligned initialisation, the
-    α → 0 limit otherwise (step times within 0.5 % at α ≤ 1e-4).
+    Returns a `StepwiseResult`. The initial values come from the QR construction (module
+    docstring) applied to ``f0ᵀ A_k = W(0) V_k``; exact for an aligned initialisation, the α → 0
+    limit otherwise (step times within 0.5 % at α ≤ 1e-4). Times are in units of
+    learning-rate × steps of the flow ``df/dt = −K ∇_f L``. See ``docs/theory/stepwise.md``.
+
+    Example (two positive pairs per mode; ``sslntk.theory.stepwise`` is this function):
+
+        >>> import jax, jax.numpy as jnp
+        >>> from sslntk import theory
+        >>> K = jnp.eye(8) + 0.5 * (jnp.roll(jnp.eye(8), 4, 0) + jnp.roll(jnp.eye(8), 4, 1))
+        >>> f0 = 1e-3 * jax.random.normal(jax.random.PRNGKey(0), (8, 2))
+        >>> res = theory.stepwise(K, f0, 2)
+        >>> res.loss.shape, res.plateaus.tolist()
+        ((256,), [2.0, 1.0, 0.0])
     """
     K = V.square_kernel("K", K)
     N = K.shape[0]
@@ -568,7 +616,7 @@ def stepwise(K, f0, k: int | None = None, *, ts=None, K_test_train=None) -> Step
         if V.is_concrete(ts) and ts.size and np.any(np.asarray(ts) < 0):
             raise ValueError(f"ts: expected times >= 0, got min {np.min(ts)}")
     m = min(k + 1, N)
-    gam, A, E = contrastive_modes(K, m)
+    gam, A, E = _checked_modes(K, m)
     return _stepwise(gam, A, E, f0, ts, K_test_train, k=k)
 
 
