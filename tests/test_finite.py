@@ -534,14 +534,14 @@ def test_flow_rate_of_a_mup_model_uses_its_learning_rate_factors(digits_views):
     loss = losses.get("barlow_twins")
     f0 = m(x)
     H = np.asarray(jax.hessian(loss)(f0)).reshape(f0.size, f0.size)
-    from sslntk.finite._ntk import _f, split_trainable
-    from sslntk.finite._param import lr_multiplier, param_groups
-    gd, p, rest = split_trainable(m)
-    Jt = jax.jacobian(lambda q: _f(gd, q, rest, x).reshape(-1))(p)
-    groups = param_groups(m, p)
-    ThS = sum(lr_multiplier("mup", g, "gd", 64, 16) * np.asarray(j).reshape(f0.size, -1)
-              @ np.asarray(j).reshape(f0.size, -1).T
-              for j, g in zip(jax.tree.leaves(Jt), jax.tree.leaves(groups), strict=True))
+    gd, p, rest = nnx.split(m, nnx.Param, ...)
+    Jt = jax.jacobian(lambda q: nnx.merge(gd, q, rest).trainable(x).reshape(-1))(p)
+    # Tensor Programs V Table 3, SGD, relative to the base width (r = 64/16 = 4): input weights
+    # and biases r, output weights 1/r, readout bias 1 (layers 0: input, 1: output)
+    table = {(0, "W"): 4.0, (0, "b"): 4.0, (1, "W"): 0.25, (1, "b"): 1.0}
+    S = jax.tree_util.tree_map_with_path(lambda path, _: table[(path[1].key, path[2].key)], p)
+    ThS = sum(s * np.asarray(j).reshape(f0.size, -1) @ np.asarray(j).reshape(f0.size, -1).T
+              for j, s in zip(jax.tree.leaves(Jt), jax.tree.leaves(S), strict=True))
     Th = sum(np.asarray(j).reshape(f0.size, -1) @ np.asarray(j).reshape(f0.size, -1).T
              for j in jax.tree.leaves(Jt))
     rho_ref = np.max(np.abs(np.linalg.eigvals(ThS @ H)))

@@ -7,7 +7,7 @@ Why this is the right kernel problem. `train_augmented` takes, at step s, one gr
 EXPECTED loss `E_ω L(f(views_ω))`. Its Monte-Carlo estimate over D draws is the draw-averaged loss
 `(1/D) Σ_d L(f(views_d))` of the pooled 2nD views `[a¹..a^D, b¹..b^D]`, whose gradient is the
 average step gradient; the prediction is the ordinary kernel dynamics (`dynamics.solve`,
-DESIGN.md time t = lr·steps) of that loss on the pooled views, from the model's own initial
+time t = lr·steps, `docs/concepts.md`) of that loss on the pooled views, from the model's own initial
 embeddings there, read out on the fixed evaluation views through `Θ(eval, pooled)`
 (`average="loss"`, the default). `average="moments"` instead treats the pooled views as n·D
 positive pairs of one batch, `L(C̄)` with `C̄ = (1/D) Σ_d C_d`: it drops the draw-to-draw
@@ -20,9 +20,10 @@ B-subsets; the prediction assumes full batches of the n sources. Momentum or Ada
 
 The augmentation-averaged kernel itself: `K̄ = (1/D) Σ_d K(views_d)` `(2n, 2n)`. Its cross block
 is the Gram matrix of the augmentation-mean features, `K̄_ab[i, j] = E φ(a_i)·φ(b_j) = μ_i·μ_j`
-(a and b drawn independently; stepwise digest §2 "augmentation-averaged view of Γ":
-`E[x x'ᵀ] = E μ μᵀ`), so in the D → ∞ limit the eigenvalues of Barlow Twins' `M` (stepwise digest
-§6, `γ_j`, the rates at which the modes are learned) are those of `sym(K̄_ab)/n`, returned as
+(a and b drawn independently given the source, so the views' cross moment, the population limit
+of the matrix Γ of Simon et al. 2023, is `E[x x'ᵀ] = E μ μᵀ` with μ the augmentation mean), so
+in the D → ∞ limit the eigenvalues of Barlow Twins' `M = K^{1/2} Z K^{1/2}/2n` (Simon et al. 2023, kernelised
+setting: `γ_j`, the rates at which the modes are learned) are those of `sym(K̄_ab)/n`, returned as
 `gamma`. With a finite D the pooled problem still carries the draws' own noise terms (a bias of
 order 1/D in the γ's), which `gamma_pooled` (the top eigenvalues of the pooled `M`) shows.
 """

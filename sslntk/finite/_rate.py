@@ -21,10 +21,10 @@ from sslntk.finite._state import offsets, split_trainable, trainable_output
 MAX_LR_RATE = 0.05
 
 
-def flow_rate(model, x, loss, *, iters: int = 30, key=None) -> float:
+def flow_rate(model, views, loss, *, iters: int = 30, key=None) -> float:
     """ρ: spectral radius of the linearised function-space GD map at init, `Θ·∇²_f L(f₀)`.
 
-    `Θ = J Jᵀ` is the model's full tangent kernel on the stacked views `x (2n, *in_shape)` (all
+    `Θ = J Jᵀ` is the model's full tangent kernel on the stacked `views` `(2n, *in_shape)` (all
     outputs; `K ⊗ I_k` at infinite width, Jacot et al. 2018; `J S Jᵀ` for a μP model, S its
     per-group GD learning-rate factors) and `∇²_f L(f₀)` the loss Hessian at the initial
     embeddings `f₀ (2n, k)`. A GD step `f ← f − lr·Θ∇L(f)` follows the gradient flow only while
@@ -40,7 +40,7 @@ def flow_rate(model, x, loss, *, iters: int = 30, key=None) -> float:
         rho = finite.flow_rate(model, views, "barlow_twins")
         lr = 0.05 / rho          # lr·ρ = MAX_LR_RATE
     """
-    x = stacked_inputs(x, model)
+    x = stacked_inputs(views, model)
     loss = check_loss(loss, x, model)
     iters = V.positive_int("iters", iters)
     if key is not None:

@@ -237,8 +237,8 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
         network dtype). loss: `Loss`/name. widths: increasing positive ints. seeds: an int S (seeds
         0..S−1) or a sequence of ints; network `(w, s)` is drawn from
         `fold_in(jax.random.key(s), w)`.
-      alpha: small-init scale (DESIGN.md). lr, steps, ts, optimizer, batch_size: as `train`
-        (the save grid is `lr·rint(ts/lr)`, shared with the kernel solve).
+      alpha: small-init scale (`docs/how-to/finite-vs-kernel.md`). lr, steps, ts, optimizer,
+        batch_size: as `train` (the save grid is `lr·rint(ts/lr)`, shared with the kernel solve).
       x_test: held-out inputs `(m, *in_shape)`. out_dim: embedding dimension k.
       method: kernel solver for `dynamics.solve`: default "gd" at the same `lr` when installed
         (isolates the finite-width effect from time discretisation), else "ode" (gradient flow;
