@@ -37,7 +37,8 @@ def staircase_notes(headline: dict, gammas_all, *, k: int, alpha: float,
     """Notes and summary lines for the staircase headline (BT λ = 1 kernel dynamics vs theory).
 
     `gammas_all`: descending contrastive eigenvalues (at least k + 1 when available);
-    `step_rel_errors`: `(k,)` relative step-time errors (mode order)."""
+    `step_rel_errors`: `(k,)` relative step-time errors (mode order), NaN for a mode that was not
+    learned (`sslntk.metrics.detect_steps`)."""
     g = np.asarray(gammas_all, dtype=np.float64)
     notes: dict[str, dict] = {}
     lines: list[str] = []
@@ -50,9 +51,12 @@ def staircase_notes(headline: dict, gammas_all, *, k: int, alpha: float,
     if "step_time_rel_error_max" in headline:
         worst = float(headline["step_time_rel_error_max"])
         clean = [j for j in range(1, k + 1) if j not in flagged]
-        worst_clean = (float(np.max(rel[np.array(clean) - 1])) if rel is not None and clean
-                       else float("nan"))
-        verdict = "as expected" if worst <= max(0.05, inv_log) else (
+        # modes not learned have no step time (NaN): they are reported as such, not as errors
+        rc = None if rel is None or not clean else rel[np.array(clean) - 1]
+        worst_clean = (float(np.max(rc[np.isfinite(rc)])) if rc is not None
+                       and np.isfinite(rc).any() else float("nan"))
+        verdict = "no mode learned" if not np.isfinite(worst) else \
+            "as expected" if worst <= max(0.05, inv_log) else (
             "explained by near-degenerate pairs" if rel is not None and flagged
             and not (worst_clean > max(0.05, inv_log)) else "larger than expected")
         notes["step_time_rel_error_max"] = {
@@ -68,6 +72,8 @@ def staircase_notes(headline: dict, gammas_all, *, k: int, alpha: float,
         lines.append(f"  → step times: expected error a few % (O(1/ln(1/α)) = {inv_log:.0%}); "
                      f"max {worst:.2%}, {verdict}")
         for a, b, r in (p for p in pairs if p[1] <= k):
+            if rel is not None and not (np.isfinite(rel[a - 1]) and np.isfinite(rel[b - 1])):
+                continue       # a mode of the pair was not learned: nothing to explain
             err = "" if rel is None else f": errors {rel[a - 1]:.2%} / {rel[b - 1]:.2%}"
             lines.append(f"    ! modes {a}-{b} are near-degenerate (γ_{a}/γ_{b} = {r:.3f} < "
                          f"{DEGENERATE_RATIO}){err}; their step times are ill-determined")

@@ -37,14 +37,19 @@ from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp, xlogy
 
 from sslntk import _validate as V
-from sslntk.losses import cross_correlation
+from sslntk.losses import cross_correlation as _cc_2d
 
 __all__ = [
     "Stability",
     "alignment",
     "alpha_req",
     "center_vector",
+    "STEP_REASONS",
+    "STEP_THRESHOLD",
+    "Steps",
+    "cross_correlation",
     "cross_correlation_spectrum",
+    "detect_steps",
     "effective_rank",
     "embedding_spectrum",
     "group_views",
@@ -195,11 +200,34 @@ def embedding_spectrum(f, *, center: bool = True) -> jax.Array:
     return _covariance_spectrum(f, _flag("center", center))
 
 
+def cross_correlation(f) -> jax.Array:
+    """Symmetrised, uncentred cross-view correlation, stacked views `(..., 2n, k)` → `(..., k, k)`.
+
+    `C = (f_aᵀ f_b + f_bᵀ f_a) / (2n)` with `f_a = f[..., :n, :]`, `f_b = f[..., n:, :]` (Simon et
+    al. 2023, Sec. 3; `sslntk.losses.cross_correlation` of one frame), validated like every metric
+    (`f` needs an even number 2n >= 4 of rows, finite values) and batched over leading axes.
+
+    Example:
+        >>> f = np.random.default_rng(0).normal(size=(8, 3))
+        >>> cross_correlation(f).shape
+        (3, 3)
+    """
+    return _cross_correlation(_stacked("f", f))
+
+
+@jax.jit
+def _cross_correlation(f):
+    fa, fb = _split(f)
+    n2 = f.shape[-2]
+    ab = jnp.swapaxes(fa, -1, -2) @ fb
+    return (ab + jnp.swapaxes(ab, -1, -2)) / n2
+
+
 @jax.jit
 def _cc_spectrum(f):
     lead = f.shape[:-2]
     flat = f.reshape((-1,) + f.shape[-2:])
-    ev = jax.vmap(lambda x: jnp.linalg.eigvalsh(cross_correlation(x))[::-1])(flat)
+    ev = jax.vmap(lambda x: jnp.linalg.eigvalsh(_cc_2d(x))[::-1])(flat)
     return ev.reshape(lead + f.shape[-1:])
 
 
@@ -526,28 +554,78 @@ def _stability(z, normalize):
 # step times
 
 
-def step_times(spectra, ts, *, min_final: float = 0.0) -> jax.Array:
-    """When each eigenvalue first reaches half its final value, `spectra: (..., T, k)`, `ts: (T,)` →
-    `(..., k)`.
+#: Default of `step_times(threshold=...)`: half the value 1 that every learned eigenvalue of the
+#: Barlow Twins cross-correlation C reaches (C → I, Simon et al. 2023, Sec. 4), in the units of
+#: the spectrum.
+STEP_THRESHOLD = 0.5
 
-    For mode j with final value `λ_j(t_{T−1}) = F_j`, returns the first time at which
-    `λ_j(t) >= F_j / 2`, linearly interpolated between the two saved times that bracket it:
-    `t = t_{i−1} + (F_j/2 − λ_{i−1}) / (λ_i − λ_{i−1}) · (t_i − t_{i−1})`. This is the step time of
-    the stepwise theory (stepwise digest §9 check 3: the logistic `c_j` crosses 1/2 at
-    `ln(1/c_j(0) − 1)/(8γ_j)`), read off any saved spectrum (eig(C), covariance, ...).
+#: Reason codes of `Steps.reason` (index into `STEP_REASONS`).
+LEARNED, BELOW_THRESHOLD, NO_RISE, UNDEFINED = 0, 1, 2, 3
+STEP_REASONS = (
+    "learned",
+    "not learned: final value below the threshold",
+    "not learned: at or above half its final value from the first saved time (no step in the "
+    "window)",
+    "undefined: non-finite final value",
+)
 
-    Edge cases (never an exception inside jit, never a silent NaN):
-    - `inf` when the mode is never learned: `F_j <= min_final` (default 0, so modes that end at or
-      below zero, e.g. γ_j <= 0 in eig(C)). Raise `min_final` (e.g. 1e-3·max F) to treat
-      noise-level modes as unlearned.
-    - `NaN` when `F_j` itself is NaN/inf (the final value, hence the level, is undefined).
-    - NaN/inf entries before the end count as "not reached"; if the sample just before the first
-      reaching one is non-finite, no interpolation is possible and that sample's time `t_i` is
-      returned.
-    - `ts[0]` when the mode is already at or above `F_j/2` at the first saved time.
-    `ts` must be finite, >= 0 and strictly increasing (checked on concrete input), T >= 2.
+
+class Steps(NamedTuple):
+    """Step detection of `detect_steps`, each `(..., k)`.
+
+    - `times`: when mode j first reaches half its final value (interpolated), NaN where the mode is
+      not learned (`reason != LEARNED`).
+    - `learned`: bool, `reason == LEARNED`.
+    - `reason`: int codes, `STEP_REASONS[code]` says why a time is NaN.
+    - `final`: the final value `F_j` the level `F_j / 2` derives from.
     """
-    spectra = _batched("spectra", spectra, core="T, k", finite=False)
+
+    times: jax.Array
+    learned: jax.Array
+    reason: jax.Array
+    final: jax.Array
+
+    def reasons(self, threshold: float | None = None) -> np.ndarray:
+        """The reason of every mode as text, an object array of the shape of `times`
+        (`threshold`, when given, is quoted in the "below the threshold" text)."""
+        codes = np.asarray(self.reason)
+        text = list(STEP_REASONS)
+        if threshold is not None:
+            text[BELOW_THRESHOLD] = f"not learned: final value below the threshold {threshold:g}"
+        return np.vectorize(lambda c: text[int(c)], otypes=[object])(codes) if codes.ndim else \
+            np.array(text[int(codes)], dtype=object)
+
+
+def detect_steps(spectra, ts, *, threshold: float = STEP_THRESHOLD) -> Steps:
+    """Step time of each mode, and whether (and why not) it was learned, `spectra: (..., T, k)`,
+    `ts: (T,)` → `Steps` of `(..., k)`.
+
+    For mode j with final value `F_j = λ_j(t_{T−1})`, the step time is the first time at which
+    `λ_j(t) >= F_j / 2`, linearly interpolated between the two saved times that bracket it:
+    `t = t_{i−1} + (F_j/2 − λ_{i−1}) / (λ_i − λ_{i−1}) · (t_i − t_{i−1})`. For the logistic
+    `c_j(t) = 1/(1 + (1/c_j(0) − 1) e^{−8γ_j t})` of the stepwise theory this is its 1/2-crossing
+    `ln(1/c_j(0) − 1)/(8γ_j)` (Simon et al. 2023, Sec. 4) when `F_j ≈ 1`.
+
+    A mode is *learned* (a finite time) only when it steps inside the window; otherwise the time
+    is NaN and `reason` says why (`STEP_REASONS`):
+    - `BELOW_THRESHOLD`: `F_j < threshold` (default `STEP_THRESHOLD` = 0.5, in the units of the
+      spectrum: half the value 1 of a learned eigenvalue of the Barlow Twins cross-correlation;
+      for a spectrum of another scale, e.g. an embedding covariance, pass one in its units, such
+      as `0.5 * spectra[-1].max()`, or 0 to accept every positive final value);
+    - `NO_RISE`: the mode is already at or above `F_j / 2` at `ts[0]` (it never crosses: no step
+      inside the window);
+    - `UNDEFINED`: `F_j` non-finite (only possible inside `jax.jit`, where values are not checked).
+    `spectra` must be finite (NaN/inf are refused on concrete input: a NaN would silently move the
+    crossing), `ts` finite, >= 0 and strictly increasing, T >= 2.
+
+    Example:
+        >>> ts = np.linspace(0.0, 10.0, 101)
+        >>> c = 1 / (1 + (1 / 1e-6 - 1) * np.exp(-8 * np.array([1.0, 1e-3]) * ts[:, None]))
+        >>> s = detect_steps(c, ts)
+        >>> bool(s.learned[0]), bool(s.learned[1]), s.reasons()[1]
+        (True, False, 'not learned: final value below the threshold')
+    """
+    spectra = _batched("spectra", spectra, core="T, k")
     ts = V.as_float_array("ts", ts, ndim=1)
     T = spectra.shape[-2]
     if ts.shape[0] != T:
@@ -557,28 +635,42 @@ def step_times(spectra, ts, *, min_final: float = 0.0) -> jax.Array:
         t = np.asarray(ts)
         if not (np.all(t >= 0) and np.all(np.diff(t) > 0)):
             raise ValueError(f"ts: expected times >= 0 and strictly increasing, got {t}")
-    V.positive_float("min_final", min_final, allow_zero=True)
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(
+            threshold, (int, float, np.integer, np.floating, jax.Array)):
+        raise TypeError(f"threshold: expected a number (the final value a learned mode reaches "
+                        f"at least), got {threshold!r}")
+    if not isinstance(threshold, jax.Array) and not np.isfinite(float(threshold)):
+        raise ValueError(f"threshold: expected a finite number, got {threshold!r}")
     dtype = jnp.result_type(spectra.dtype, ts.dtype)
-    return _step_times(spectra.astype(dtype), ts.astype(dtype), min_final)
+    return _detect_steps(spectra.astype(dtype), ts.astype(dtype), threshold)
+
+
+def step_times(spectra, ts, *, threshold: float = STEP_THRESHOLD) -> jax.Array:
+    """`detect_steps(spectra, ts, threshold=threshold).times`: `(..., T, k)` → `(..., k)`, the time
+    each mode first reaches half its final value, NaN for a mode that is not learned (see
+    `detect_steps` for the threshold, its default and the reasons)."""
+    return detect_steps(spectra, ts, threshold=threshold).times
 
 
 @jax.jit
-def _step_times(s, ts, min_final):
+def _detect_steps(s, ts, threshold):
     final = s[..., -1, :]                                  # (..., k)
     level = final / 2
-    reached = jnp.isfinite(s) & (s >= level[..., None, :])
+    reached = s >= level[..., None, :]
     i = jnp.argmax(reached, axis=-2)                       # first reaching index, (..., k)
     prev = jnp.maximum(i - 1, 0)
     s_i = jnp.take_along_axis(s, i[..., None, :], axis=-2)[..., 0, :]
     s_p = jnp.take_along_axis(s, prev[..., None, :], axis=-2)[..., 0, :]
     t_i, t_p = ts[i], ts[prev]
-    # s_p < level <= s_i whenever the interpolation branch is taken, so the denominator is > 0.
+    # s_p < level <= s_i whenever i > 0, so the denominator is > 0
     denom = jnp.where(s_i > s_p, s_i - s_p, 1)
-    interp = t_p + (level - s_p) / denom * (t_i - t_p)
-    t = jnp.where(i == 0, ts[0], jnp.where(jnp.isfinite(s_p), interp, t_i))
-    learned = jnp.any(reached, axis=-2) & (final > min_final)
-    t = jnp.where(learned, t, jnp.inf)
-    return jnp.where(jnp.isfinite(final), t, jnp.nan)
+    t = t_p + (level - s_p) / denom * (t_i - t_p)
+    reason = jnp.where(~jnp.isfinite(final), UNDEFINED,
+                       jnp.where(final < threshold, BELOW_THRESHOLD,
+                                 jnp.where(i == 0, NO_RISE, LEARNED)))
+    learned = reason == LEARNED
+    return Steps(times=jnp.where(learned, t, jnp.nan), learned=learned, reason=reason,
+                 final=final)
 
 
 # ---------------------------------------------------------------------------------------------
