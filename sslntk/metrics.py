@@ -40,6 +40,10 @@ from sslntk import _validate as V
 from sslntk.losses import cross_correlation as _cc_2d
 
 __all__ = [
+    "BELOW_THRESHOLD",
+    "LEARNED",
+    "NO_RISE",
+    "UNDEFINED",
     "Stability",
     "alignment",
     "alpha_req",

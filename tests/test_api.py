@@ -108,6 +108,8 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
     "theory": [
     ],
     "metrics": [
+        "BELOW_THRESHOLD", "LEARNED", "NO_RISE", "STEP_REASONS", "STEP_THRESHOLD", "Steps",
+        "UNDEFINED", "cross_correlation", "detect_steps",
     ],
 }
 

@@ -489,25 +489,30 @@ def test_step_times_logistic():
 def test_step_times_edge_cases():
     ts = np.arange(5.0)
     s = np.array([
-        [0.0, 0.0, 0.5, 1e-9, np.nan, 0.0, 0.0],
-        [0.1, 0.0, 0.8, 1e-9, 0.0, 0.0, 0.0],
-        [0.5, 0.0, 1.0, 1e-9, 0.0, np.nan, 0.0],
-        [1.0, 0.0, 1.2, 1e-9, 1.0, 2.0, np.inf],
-        [1.0, 0.0, 1.0, 1e-9, 1.0, 2.0, np.nan],
+        [0.0, 0.0, 0.5, 1e-9, 0.0],
+        [0.1, 0.0, 0.8, 1e-9, 0.2],
+        [0.5, 0.0, 1.0, 1e-9, 0.6],
+        [1.0, 0.0, 1.2, 1e-9, 1.0],
+        [1.0, 0.0, 1.0, 1e-9, 1.0],
     ])
     s[:, 1] = -np.arange(5.0)          # decays to a negative final value: never learned
-    got = np.asarray(M.step_times(s, ts))
+    d = M.detect_steps(s, ts)
+    got = np.asarray(d.times)
     np.testing.assert_allclose(got[0], 2.0)                      # reaches F/2 = 0.5 at t = 2
-    assert got[1] == np.inf
-    assert got[2] == 0.0                                          # already >= F/2 at ts[0]
-    assert got[3] == 0.0                                          # flat positive: at ts[0]
-    np.testing.assert_allclose(got[4], 2.5)                       # NaN before: interpolates 0→1
-    assert got[5] == 3.0                                          # preceding sample is NaN
-    assert np.isnan(got[6])                                       # final value undefined
-    # min_final turns noise-level modes into "never learned"
-    assert np.asarray(M.step_times(s, ts, min_final=1e-6))[3] == np.inf
-    # all-zero mode: inf
-    assert np.asarray(M.step_times(np.zeros((3, 2)), [0.0, 1.0, 2.0]))[0] == np.inf
+    np.testing.assert_allclose(got[4], 1.75)                     # 0.2 → 0.6 crosses 0.5 at 1.75
+    assert np.isnan(got[1]) and int(d.reason[1]) == M.BELOW_THRESHOLD
+    assert np.isnan(got[2]) and int(d.reason[2]) == M.NO_RISE    # already >= F/2 at ts[0]
+    assert np.isnan(got[3]) and int(d.reason[3]) == M.BELOW_THRESHOLD   # flat, noise level
+    assert list(np.asarray(d.learned)) == [True, False, False, False, True]
+    r = d.reasons(threshold=0.5)
+    assert r[0] == "learned" and r[1].startswith("not learned: final value below the threshold 0.5")
+    assert "no step in the window" in r[2]
+    # threshold 0: every mode that rises through half its final value counts, even at 1e-9 scale
+    tiny = np.array([[0.0], [1e-10], [1e-9]])
+    assert np.asarray(M.step_times(tiny, [0.0, 1.0, 2.0], threshold=0.0))[0] == pytest.approx(1 + 4 / 9)
+    assert np.isnan(np.asarray(M.step_times(tiny, [0.0, 1.0, 2.0]))[0])
+    # all-zero mode: not learned (never crosses a positive level)
+    assert np.isnan(np.asarray(M.step_times(np.zeros((3, 2)), [0.0, 1.0, 2.0]))[0])
 
 
 def test_step_times_validation():
@@ -522,6 +527,13 @@ def test_step_times_validation():
         M.step_times(s, [0.0, 1.0, 2.0, np.nan])
     with pytest.raises(ValueError, match="spectra: expected at least 2 samples along T"):
         M.step_times(np.ones((1, 2)), [0.0])
+    with pytest.raises(ValueError, match="spectra: expected finite values, got 1 NaN/inf"):
+        M.step_times(np.array([[0.0, 0.0], [np.nan, 0.5], [1.0, 1.0], [1.0, 1.0]]),
+                     [0.0, 1.0, 2.0, 3.0])
+    with pytest.raises(TypeError, match="threshold: expected a number"):
+        M.step_times(s, [0.0, 1.0, 2.0, 3.0], threshold="half")
+    with pytest.raises(ValueError, match="threshold: expected a finite number"):
+        M.step_times(s, [0.0, 1.0, 2.0, 3.0], threshold=float("nan"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,6 +614,7 @@ CASES = {
     "embedding_spectrum": (lambda x: M.embedding_spectrum(x), EMB),
     "embedding_spectrum_raw": (lambda x: M.embedding_spectrum(x, center=False), EMB),
     "cross_correlation_spectrum": (M.cross_correlation_spectrum, EMB),
+    "cross_correlation": (M.cross_correlation, EMB),
     "effective_rank": (M.effective_rank, EMB),
     "effective_rank_centred": (lambda x: M.effective_rank(x, center=True), EMB),
     "rankme": (M.rankme, EMB),
