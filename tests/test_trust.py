@@ -234,15 +234,20 @@ def test_7_second_writer_waits_for_the_first(tmp_path, capfd):
     out = tmp_path / "run"
     holder = RunDir(out, cfg)
     result = {}
+    err = ""
     with holder.lock():                     # another process writing the directory
         t = threading.Thread(target=lambda: result.update(
             r=experiments.run(cfg, out, progress=False)))
         t.start()
-        time.sleep(1.5)
-        assert t.is_alive() and not (out / "results.json").exists()
+        deadline = time.monotonic() + 120
+        while "is being written by another sslntk run" not in err and time.monotonic() < deadline:
+            time.sleep(0.2)
+            err += capfd.readouterr().err
+        assert "is being written by another sslntk run" in err and "waiting" in err
+        time.sleep(0.5)
+        assert t.is_alive() and not (out / "results.json").exists()      # it waits
     t.join(timeout=300)
     assert not t.is_alive() and result["r"][1]
-    assert "is being written by another sslntk run" in capfd.readouterr().err
 
 
 @pytest.fixture(scope="module")
