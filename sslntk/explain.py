@@ -2,11 +2,11 @@
 
 Every experiment kind returns, next to its headline numbers, `notes = {key: {"meaning": ...,
 "expected": ..., "verdict": ...}}` (written to `results.json` as `headline_notes`) and the summary
-lines the CLI prints. The expectations come from the digests in `../shared/papers/`
-(`simon2023_stepwise.md` §9 checks 5, 7, 9 and §10 for the staircase).
+lines the CLI prints. The expectations come from the papers (Simon et al. 2023 for the
+staircase; `docs/concepts.md`).
 
 Near-degenerate eigenvalue pairs: the stepwise theory separates step j from step j + 1 only when
-`γ_j / γ_{j+1}` is clearly above 1 (the digest checks the step ordering only for ratios ≥
+`γ_j / γ_{j+1}` is clearly above 1 (the ordering of steps is checked only for ratios ≥
 `DEGENERATE_RATIO` = 1.2). Closer pairs learn together; their individual step times (and, at the
 k/k+1 boundary, the learned subspace) are ill-determined, so large errors there are expected.
 """
@@ -107,7 +107,7 @@ def staircase_notes(headline: dict, gammas_all, *, k: int, alpha: float,
             "meaning": "relative Frobenius error between the held-out embedding Gram f_test fᵀ_test "
                        "at t_end and that of the kernel-PCA closed form (the α → 0 limit of BT: "
                        "top-k eigenfunctions of the contrastive kernel)",
-            "expected": f"≲ 3 α^gap, gap = (γ_k − γ_(k+1))/γ_k (stepwise digest §9 check 9): "
+            "expected": f"≲ 3 α^gap, gap = (γ_k − γ_(k+1))/γ_k (Simon et al. 2023): "
                         f"gap = {gap:.3g}, α^gap = {ag:.3g}, bound {bound:.3g}",
             "relative_gap": gap, "alpha_gap": ag, "bound": bound,
             "degenerate_boundary": bool(boundary),

@@ -1,7 +1,7 @@
 """Representation metrics: spectra, rank measures, alignment/uniformity, stability, step times and
 principal angles.
 
-Conventions (DESIGN.md):
+Conventions (`docs/concepts.md`):
 
 - **Batched over time.** Every function takes any number of leading batch axes (time, seeds, grid
   points): `f: (..., N, k)` → `(...,)` or `(..., k)`. `f[t]` of a trajectory's `(T, 2n, k)` is one
@@ -19,9 +19,8 @@ Conventions (DESIGN.md):
   of an α = 0 initialisation, or a constant matrix after centring) is NaN, never 0/0 by accident:
   means are taken relative to the first sample, so a constant input centres to exact zeros.
 
-Sources: `../shared/papers/jha2024_stability.md` (cited "Jha §x.y", with its tags [PAPER] /
-[REVIEW] / [RECON]), `simon2023_stepwise.md` (§8–§10, which "embedding eigenvalues"), and the
-metric papers named per function.
+Sources: Jha et al. 2024 (centre-vector stability of SSL representations), Simon et al. 2023
+(the stepwise paper: which "embedding eigenvalues"), and the metric papers named per function.
 """
 
 from __future__ import annotations
@@ -191,14 +190,14 @@ def embedding_spectrum(f, *, center: bool = True) -> jax.Array:
     """Eigenvalues (descending) of the embedding covariance, `(..., N, k)` → `(..., k)`.
 
     `Σ = (1/N) Σ_i (f_i − f̄)(f_i − f̄)ᵀ` with `f̄ = (1/N) Σ_i f_i` (`center=True`, Jing et al. 2022,
-    Jha §3.4), or the uncentred second moment `(1/N) Σ_i f_i f_iᵀ` (`center=False`). Computed as
+    Jha et al. 2024), or the uncentred second moment `(1/N) Σ_i f_i f_iᵀ` (`center=False`). Computed as
     `σ²/N` from the singular values σ of the (centred) `(N, k)` matrix, not by `eigh` of `Σ`, so
     small eigenvalues keep their relative accuracy (a rank-r input has k − r eigenvalues at
     ~(eps·σ_max)²/N). When N < k the missing eigenvalues are exact zeros.
 
-    This is the "embedding covariance" of the stepwise paper's ResNet experiments (stepwise digest
-    §8 [V: blog], §9 check 12); for the eigenvalues the stepwise theory predicts (→ 1 each), see
-    `cross_correlation_spectrum` (stepwise §10: the two agree only if Σ and Γ commute).
+    This is the "embedding covariance" of the stepwise paper's ResNet experiments (Simon et al.
+    2023); for the eigenvalues the stepwise theory predicts (→ 1 each), see
+    `cross_correlation_spectrum` (Simon et al. 2023: the two agree only if Σ and Γ commute).
     """
     f = _embeddings("f", f)
     return _covariance_spectrum(f, _flag("center", center))
@@ -238,10 +237,11 @@ def _cc_spectrum(f):
 def cross_correlation_spectrum(f) -> jax.Array:
     """Eigenvalues (descending) of the stepwise theory's cross-correlation, `(..., 2n, k)` → `(..., k)`.
 
-    `C = (f_aᵀ f_b + f_bᵀ f_a) / (2n)` (`sslntk.losses.cross_correlation`; DESIGN.md "Barlow Twins
-    (theory form)"; stepwise digest §2, §9 checks 1–2: eig(C) follows the logistic
+    `C = (f_aᵀ f_b + f_bᵀ f_a) / (2n)` (`sslntk.losses.cross_correlation`; `docs/concepts.md`;
+    Simon et al. 2023: eig(C) follows the logistic
     `1/(1 + (1/c_j(0) − 1) e^{−8γ_j t})` and tends to 1 for each learned mode). Uncentred and not
-    standardised (stepwise §10). C is symmetric but may be indefinite: eigenvalues can be negative.
+    standardised (Simon et al. 2023). C is symmetric but may be indefinite: eigenvalues can be
+    negative.
     """
     return _cc_spectrum(_stacked("f", f))
 
@@ -258,7 +258,7 @@ def effective_rank(f, *, center: bool = False) -> jax.Array:
     measure blind to the mean (then `σ_i = sqrt(N λ_i)` with λ from `embedding_spectrum`).
     1 ≤ erank ≤ min(N, k); 1 for an exactly rank-one F. For i.i.d. isotropic Gaussian rows,
     erank ≈ k (1 − k/(8N)) (Marchenko–Pastur spread of σ). NaN when all σ are 0 (F = 0, or a
-    constant F with `center=True`: Jha §4 check 13). RankMe (`rankme`) is this with ε = 1e-7.
+    constant F with `center=True`: Jha et al. 2024). RankMe (`rankme`) is this with ε = 1e-7.
     """
     return _effective_rank(_embeddings("f", f), _flag("center", center))
 
@@ -272,10 +272,11 @@ def rankme(f, *, eps: float = 1e-7) -> jax.Array:
     """RankMe (Garrido, Balestriero, Najman, LeCun, ICML 2023), `(..., N, k)` → `(...,)`.
 
     `p_k = σ_k(Z) / ||σ(Z)||_1 + ε`, `RankMe(Z) = exp(−Σ_{k=1}^{min(N,K)} p_k log p_k)` on the raw
-    embeddings, **no centring** (Jha §3.2; ε = 1e-7 as in common implementations, the paper's value
+    embeddings, **no centring** (Jha et al. 2024; ε = 1e-7 as in common implementations, the paper's value
     is not pinned down: record it with results). RankMe is therefore sensitive to the mean: an
-    isotropic N(0, I_128) batch shifted by +5 per coordinate drops from ≈ 127.8 to ≈ 52.8 (Jha §4
-    check 12); the mean-blind variant is `effective_rank(f, center=True)`. A rank-one matrix gives
+    isotropic N(0, I_128) batch shifted by +5 per coordinate drops from ≈ 127.8 to ≈ 52.8 (Jha
+    et al. 2024); the mean-blind variant is `effective_rank(f, center=True)`. A rank-one matrix
+    gives
     ≈ 1 + (min(N,k) − 1)·ε·|log ε| (1.0002 for k = 128, check 10). NaN for an all-zero matrix.
     The paper estimates it from 25,600 samples; compare only runs of the same method.
     """
@@ -296,8 +297,8 @@ def alpha_req(f, *, fit_range: tuple[int, int] | None = None, rtol=None) -> jax.
     covariance (`embedding_spectrum(f)`; the paper's "eigenspectrum of the empirical feature
     covariance") by ordinary least squares of `log λ_i` on `log i`, and returns `α = −slope`.
 
-    Not covered by the Jha digest (its README lists α-ReQ, its text does not): the fit details here
-    are ours. `fit_range=(lo, hi)` restricts to 1-based ranks lo..hi inclusive (default: all k);
+    The fit details here are ours. `fit_range=(lo, hi)` restricts to 1-based ranks lo..hi
+    inclusive (default: all k);
     the authors' library (reptrix) fits ranks 6..100 with 1/i weights, which matters for wide
     embeddings and is a different estimator. Eigenvalues at or below `rtol·λ_1` are left out of the
     fit (numerically zero: default `rtol = (max(N, k)·eps)²`, eps of the dtype, since σ_i, not λ_i,
@@ -341,7 +342,7 @@ def lidar(e, *, delta: float = 1e-4, eps: float = 1e-8) -> jax.Array:
 
     Input: `n` source samples (the surrogate classes, n >= 2), `q` augmentations of each (q >= 2),
     `d`-dim embeddings; `group_views` turns stacked `(2n, d)` views into `(n, 2, d)`. With plug-in
-    means (Jha §3.3):
+    means (Jha et al. 2024):
     `μ_x = (1/q) Σ_j e_xj`, `μ = (1/n) Σ_x μ_x`, `Σ_b = (1/n) Σ_x (μ_x − μ)(μ_x − μ)ᵀ`,
     `Σ_w = (1/(nq)) Σ_x Σ_j (e_xj − μ_x)(e_xj − μ_x)ᵀ + δ I_d`,
     `Σ_lda = Σ_w^{−1/2} Σ_b Σ_w^{−1/2}` with eigenvalues λ_1..λ_d,
@@ -351,9 +352,9 @@ def lidar(e, *, delta: float = 1e-4, eps: float = 1e-8) -> jax.Array:
     values of `L⁻¹ Bᵀ` (Σ_w = L Lᵀ Cholesky, Σ_b = BᵀB), which has the same spectrum.
 
     LiDAR ≤ min(d, n − 1) up to ε, is invariant to rescaling `e` when δ is negligible against Σ_w,
-    and is ≈ d for pure isotropic noise *and* for a collapsed representation plus tiny noise (Jha
-    §4 check 15): never use it alone as a collapse detector. NaN for a constant input (Σ_b = 0,
-    check 16). With `delta=0` Σ_w must be full rank (else NaN from the Cholesky factor).
+    and is ≈ d for pure isotropic noise *and* for a collapsed representation plus tiny noise (Jha et al.
+    2024): never use it alone as a collapse detector. NaN for a constant input (Σ_b = 0).
+    With `delta=0` Σ_w must be full rank (else NaN from the Cholesky factor).
     """
     e = _grouped("e", e, min_views=2)
     V.positive_float("delta", delta, allow_zero=True)
@@ -375,7 +376,7 @@ def _lidar(e, delta, eps):
 
 
 # ---------------------------------------------------------------------------------------------
-# alignment / uniformity (Wang & Isola, ICML 2020; Jha §3.5)
+# alignment / uniformity (Wang & Isola, ICML 2020; Jha et al. 2024)
 
 
 def _split(f):
@@ -398,9 +399,9 @@ def alignment(f, *, alpha: float = 2.0) -> jax.Array:
     """Alignment loss of Wang & Isola (ICML 2020), stacked views `(..., 2n, k)` → `(...,)`.
 
     `L_align = (1/n) Σ_i ||z_{a_i} − z_{b_i}||_2^α`, `z = f / ||f||_2` (rows projected onto the unit
-    sphere as the authors' code does; an all-zero row stays zero), default α = 2 (Jha §3.5).
+    sphere as the authors' code does; an all-zero row stays zero), default α = 2 (Jha et al. 2024).
     0 for exact duplicate views (to round-off). With α = 2: `mean_i z_{a_i}·z_{b_i} = 1 − L_align/2`
-    (Jha §4 check 5).
+    (Jha et al. 2024).
     """
     f = _stacked("f", f)
     V.positive_float("alpha", alpha)
@@ -430,12 +431,12 @@ def uniformity(f, *, t: float = 2.0, stacked: bool = True) -> jax.Array:
     """Uniformity loss of Wang & Isola (ICML 2020), `(..., M, k)` → `(...,)`.
 
     `L_uniform(t) = log mean_{i<j} exp(−t ||z_i − z_j||_2²)`, `z = f / ||f||_2`, over distinct pairs
-    (`torch.pdist`, no self-pairs), default t = 2 (Jha §3.5). With `stacked=True` (default) `f` is
+    (`torch.pdist`, no self-pairs), default t = 2 (Jha et al. 2024). With `stacked=True` (default) `f` is
     stacked views `(..., 2n, k)` and the result is the mean of the two views' uniformities, as in
     the authors' training code (`(uniform(x) + uniform(y)) / 2`), so positive pairs are never
     counted as independent; `stacked=False` pools all M rows (e.g. test points `(m, k)`).
     0 for a collapsed batch; for z uniform on S^{k−1}, `−2t + log E[e^{2t u}]`, u = z·z'
-    (−3.9375 for k = 128, −3.875 for k = 64 at t = 2, Jha §4 check 18). Memory O(M²).
+    (−3.9375 for k = 128, −3.875 for k = 64 at t = 2, Jha et al. 2024). Memory O(M²).
     """
     V.positive_float("t", t)
     stacked = _flag("stacked", stacked)
@@ -456,7 +457,7 @@ def _uniformity(f, t, stacked):
 
 
 class Stability(NamedTuple):
-    """Centre-vector diagnostics of Jha et al. (Jha §1.1, §1.3, §3.1), each `(...,)`.
+    """Centre-vector diagnostics of Jha et al. (Jha et al. 2024), each `(...,)`.
 
     With `z_nk` the (L2-normalised) embedding of view k of sample n, `μ̂_n = (1/K) Σ_k z_nk`,
     `ŝ = (1/N) Σ_n μ̂_n`:
@@ -468,13 +469,13 @@ class Stability(NamedTuple):
     - `mean_norm_sq`: `E_n ||μ̂_n||²` (plug-in).
     - `mean_norm_sq_u`: `E_n ||μ_n||²_U`, `||μ_n||²_U = (1/(K(K−1))) Σ_{k≠l} z_nk·z_nl` (unbiased;
       ≈ 0 without invariance, 1 for perfect invariance; `= mean_n z_n1·z_n2` for K = 2).
-    - `ratio`: `R = ||ŝ|| / E_n ||μ̂_n||` ∈ [0, 1] (Jensen), 1 iff complete collapse (§1.3.5).
+    - `ratio`: `R = ||ŝ|| / E_n ||μ̂_n||` ∈ [0, 1] (Jensen), 1 iff complete collapse.
     - `trace_between`: `tr Σ̂_b = (1/N) Σ_n ||μ̂_n − ŝ||²` (= `E||μ||² − ||s||²`, identities 3–4).
     - `trace_within`: `tr Σ̂_w = (1/(NK)) Σ_{n,k} ||z_nk − μ̂_n||²`.
 
     ANOVA identity (plug-in, exact): `center_norm² + trace_between + trace_within = mean ||z||²`
     (= 1 on the sphere, check 4). Triplet loss with dot-product similarity over all pairs:
-    `L_tri = −(mean_norm_sq_u − center_norm_sq_u)` (§1.4(b), check 8).
+    `L_tri = −(mean_norm_sq_u − center_norm_sq_u)`.
     """
 
     center_norm: jax.Array
@@ -497,10 +498,10 @@ def _group_means(z, normalize, center):
 def sample_means(z, *, normalize: bool = True) -> jax.Array:
     """Per-sample expected representation over augmentations, `(..., N, K, d)` → `(..., N, d)`.
 
-    `μ̂_n = (1/K) Σ_k g(ω_k(x_n))`, the plug-in estimate of `μ(x) = E_ω[g(ω(x))]` (Jha §1.1 [PAPER]
-    for the quantity, symbol μ and estimator from the digest [RECON] §3.1), with
+    `μ̂_n = (1/K) Σ_k g(ω_k(x_n))`, the plug-in estimate of `μ(x) = E_ω[g(ω(x))]` (Jha et al.
+    2024 for the quantity; symbol μ and the plug-in estimator are ours), with
     `g = f/||f||` when `normalize=True` (the paper's space; `False` uses `z` as given, e.g. a
-    method-specific space — label which, Jha §5). K >= 1.
+    method-specific space — label which, Jha et al. 2024). K >= 1.
     """
     return _group_means(_grouped("z", z, min_views=1), _flag("normalize", normalize), False)
 
@@ -508,10 +509,10 @@ def sample_means(z, *, normalize: bool = True) -> jax.Array:
 def center_vector(z, *, normalize: bool = True) -> jax.Array:
     """Centre vector, `(..., N, K, d)` → `(..., d)`.
 
-    `ŝ = (1/N) Σ_n μ̂_n`, the plug-in estimate of `s = E_x E_ω[g(ω(x))]` (Jha §1.1 [PAPER], the
+    `ŝ = (1/N) Σ_n μ̂_n`, the plug-in estimate of `s = E_x E_ω[g(ω(x))]` (Jha et al. 2024, the
     TL;DR's verbatim formula); `normalize` as in `sample_means`. K >= 1; with K = 1 (one view per
     point) it is the batch mean of the normalised rows. Its norm has a ≈ 1/sqrt(N) floor even for a
-    perfect representation (Jha §5): compare at equal N or use `stability(...).center_norm_sq_u`.
+    perfect representation (Jha et al. 2024): compare at equal N or use `stability(...).center_norm_sq_u`.
     """
     return _group_means(_grouped("z", z, min_views=1), _flag("normalize", normalize), True)
 
@@ -519,13 +520,13 @@ def center_vector(z, *, normalize: bool = True) -> jax.Array:
 def stability(z, *, normalize: bool = True) -> Stability:
     """Centre-vector stability diagnostics of Jha et al. 2024, `(..., N, K, d)` → `Stability` of `(...,)`.
 
-    See `Stability` for the fields and formulas (Jha §3.1 [RECON] estimators; the claim that SSL
-    methods keep `||s||` small while `E||μ||` grows is §1.2 [PAPER], a hypothesis to test).
+    See `Stability` for the fields and formulas (Jha et al. 2024; the claim that SSL
+    methods keep `||s||` small while `E||μ||` grows is theirs, a hypothesis to test).
     `z_nk` is the embedding of view k of sample n, N >= 2 samples and K >= 2 views (the unbiased
     estimators need two); stacked `(2n, d)` views become `(n, 2, d)` with `group_views`.
     `normalize=True` (default) projects every row onto the unit sphere first, as the paper defines
     `s` on `g = f/||f||`; with `False` the identities hold with `mean ||z||²` in place of 1.
-    A fixed probe set in eval mode is the intended input (Jha §5: batch and BN effects).
+    A fixed probe set in eval mode is the intended input (Jha et al. 2024: batch and BN effects).
     """
     return _stability(_grouped("z", z, min_views=2), _flag("normalize", normalize))
 
@@ -700,8 +701,8 @@ def principal_angles(a, b) -> jax.Array:
     `cos θ_i` = singular values of `Q_aᵀ Q_b` (descending), `sin θ_i` = singular values of
     `Q_b − Q_a (Q_aᵀ Q_b)` (ascending), and `θ_i = atan2(sin θ_i, cos θ_i)`. The arccos of the
     cosines alone loses all accuracy below ~1e-8 rad; the sines keep relative accuracy for tiny
-    angles and the cosines near π/2. Used for "max principal angle < 1e-6 rad" (Esser digest §6
-    check 10) and subspace-error scalings (stepwise digest §9 check 7).
+    angles and the cosines near π/2. Used for "max principal angle < 1e-6 rad" (Esser et al.)
+    and subspace-error scalings (Simon et al. 2023).
 
     Both inputs need full column rank (checked on concrete input; a rank-deficient basis has no
     well-defined orthonormal basis from QR) and p, q <= N; same dtype.

@@ -69,7 +69,7 @@ def test_every_kind_end_to_end(kind, tmp_path):
     h = stored["headline"]
     if kind == "staircase":
         # stepwise theory vs the ODE: step times of an α = 1e-3 random init agree to a few % (the
-        # QR-effective prediction carries O(1/ln(1/α)) corrections, stepwise digest §4/check 9).
+        # QR-effective prediction carries O(1/ln(1/α)) corrections, Simon et al. 2023).
         assert h["status"] == 0 and h["method"] == "ode"
         assert h["step_time_rel_error_max"] < 0.05
         assert h["final_loss"] < 1e-2
@@ -249,7 +249,7 @@ def test_finite_staircase_fast_through_the_cli(tmp_path):
 
 @pytest.mark.slow
 def test_finite_staircase_resnet_steps_on_digits(tmp_path):
-    """Acceptance of [J] deliverable 4: a ResNet trained with Barlow Twins from small init on digits
+    """Acceptance: a ResNet trained with Barlow Twins from small init on digits
     learns its embedding eigenvalues one at a time, >= 4 steps, in the order of its own
     empirical-NTK prediction."""
     cfg = config.load(Path(__file__).parents[1] / "examples" / "finite_staircase.toml")

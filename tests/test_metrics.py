@@ -1,7 +1,7 @@
 """Tests for sslntk.metrics (float64 unless stated; conftest enables x64).
 
 References: closed forms on constructed embeddings, explicit numpy / scipy computations, and the
-numbered acceptance checks of ../shared/papers/jha2024_stability.md §4 ("Jha check n"). Each
+numbered acceptance checks for the metrics of Jha et al. 2024 ("Jha check n"). Each
 tolerance says why it is what it is.
 """
 
@@ -94,11 +94,11 @@ def test_embedding_spectrum_rank_k_and_marchenko_pastur():
     ev = np.asarray(M.embedding_spectrum(r.standard_normal((N, d))))
     c = d / N
     lo, hi = (1 - np.sqrt(c)) ** 2, (1 + np.sqrt(c)) ** 2
-    assert ev.min() >= 0.9 * lo and ev.max() <= 1.1 * hi   # 10% edge slack at finite N (digest)
+    assert ev.min() >= 0.9 * lo and ev.max() <= 1.1 * hi   # 10% edge slack at finite N (reference value)
 
 
 def test_cross_correlation_spectrum_matches_theory():
-    """C from embeddings equals W Γ Wᵀ for a linear model (stepwise digest §9 check 1)."""
+    """C from embeddings equals W Γ Wᵀ for a linear model (Simon et al. 2023)."""
     r = rng(4)
     n, m, k = 20, 9, 4
     xa, xb = r.standard_normal((n, m)), r.standard_normal((n, m))
@@ -153,7 +153,7 @@ def test_effective_rank_degenerate_is_nan():
 
 
 def test_rankme_isotropic_gaussian():
-    """Jha check 9 (d = 128): digest values 123.7 (N = 512), 127.2 (2,560), 127.8 (10,000), quoted
+    """Jha check 9 (d = 128): reference values 123.7 (N = 512), 127.2 (2,560), 127.8 (10,000), quoted
     to one decimal; seed-to-seed sd is ~0.01, so ±0.15. And > 0.97 d once N >= 20 d."""
     d = 128
     for N, ref in ((512, 123.7), (2560, 127.2), (10000, 127.8)):
@@ -164,7 +164,7 @@ def test_rankme_isotropic_gaussian():
             assert v > 0.97 * d
         if N == 10000:
             # Jha check 12: RankMe is uncentred, so a +5 mean shift drops it to ≈ 52.8 (±0.5:
-            # the one-decimal digest value; an analytic estimate with σ_1 = 5 sqrt(N d) gives 53.0)
+            # the one-decimal reference value; an analytic estimate with σ_1 = 5 sqrt(N d) gives 53.0)
             assert abs(float(M.rankme(z + 5.0)) - 52.8) < 0.5
 
 
@@ -179,7 +179,7 @@ def test_rankme_rank_one_and_rank_k():
         v = float(M.rankme(z))
         assert abs(v - 1) < 1e-3
         np.testing.assert_allclose(v, expect, rtol=1e-8)     # 1.0002
-    # rank k, equal variances in a random k-subspace: k within 0.2% (digest; its sampled data had a
+    # rank k, equal variances in a random k-subspace: k within 0.2% (reference; its sampled data had a
     # Marchenko–Pastur deficit ≈ k/(8N), which test_rankme_isotropic_gaussian covers). Constructed
     # with exactly equal singular values, the only deviation is the ε mass: p = 1/k + ε on k
     # directions and ε on the d − k null ones.
@@ -232,7 +232,7 @@ def test_alpha_req_skips_null_eigenvalues_and_degenerate():
 
 
 def lidar_reference(e, delta, eps):
-    """Jha §3.3 written out literally in numpy (Σ_w^{−1/2} by eigh)."""
+    """Jha et al. 2024 written out literally in numpy (Σ_w^{−1/2} by eigh)."""
     n, q, d = e.shape
     mu_x = e.mean(1)
     mu = mu_x.mean(0)
@@ -276,7 +276,7 @@ def test_lidar_noise_collapse_scale_and_constant():
     n, q, d = 1000, 50, 64
     noise = r.standard_normal((n, q, d))
     # pure isotropic noise and a collapsed representation with tiny noise both give ≈ d (62.0,
-    # 61.9 in the digest; the Wishart spread of Σ_b at d/n = 0.064 costs ≈ d²/(2n) = 2): LiDAR is
+    # 61.9 in the reference; the Wishart spread of Σ_b at d/n = 0.064 costs ≈ d²/(2n) = 2): LiDAR is
     # not a collapse detector. 1% as in check 14.
     assert abs(float(M.lidar(noise)) - 62.0) < 0.62
     assert abs(float(M.lidar(0.7 + 1e-3 * noise)) - 61.9) < 0.62
@@ -354,7 +354,7 @@ def test_uniformity_jensen_bound():
 
 
 # ---------------------------------------------------------------------------------------------
-# stability (Jha §3.1)
+# stability (Jha et al. 2024)
 
 
 def test_stability_complete_collapse():
@@ -375,7 +375,7 @@ def test_stability_invariant_uniform_vs_no_invariance():
     inv = M.stability(np.repeat(u, 4, axis=1))
     np.testing.assert_allclose(inv.mean_norm, 1.0, rtol=F64_EXACT)
     np.testing.assert_allclose(inv.mean_norm_sq_u, 1.0, rtol=F64_EXACT)
-    # ||ŝ||² ~ χ²_d/(dN): sd of ||ŝ|| sqrt(N) is sqrt(1/(2d)) ≈ 0.06 (digest got 0.93): ±0.3 is 5 sd
+    # ||ŝ||² ~ χ²_d/(dN): sd of ||ŝ|| sqrt(N) is sqrt(1/(2d)) ≈ 0.06 (a reference run got 0.93): ±0.3 is 5 sd
     assert abs(float(inv.center_norm) * np.sqrt(N) - 1) < 0.3
     assert abs(float(inv.ratio) * np.sqrt(N) - 1) < 0.3
     assert float(inv.trace_within) < 1e-28
@@ -385,7 +385,7 @@ def test_stability_invariant_uniform_vs_no_invariance():
     # plug-in E||μ̂|| ≈ 1/sqrt(K) = 0.5 (biased); the K-view average of d-dim noise has relative
     # norm sd ~ 1/sqrt(2 d) per sample and N = 2000 samples: ±0.01 is generous
     assert abs(float(noinv.mean_norm) - 0.5) < 0.01
-    # U-statistic ≈ 0: sd = (1/sqrt d)/sqrt(6)/sqrt(N) ≈ 8e-4 (digest got -4e-4): 5e-3 is 6 sd
+    # U-statistic ≈ 0: sd = (1/sqrt d)/sqrt(6)/sqrt(N) ≈ 8e-4 (a reference run got -4e-4): 5e-3 is 6 sd
     assert abs(float(noinv.mean_norm_sq_u)) < 5e-3
     # the estimator tells the two apart; the plug-in ratio R alone does not (both ~0.02-0.05)
     assert float(inv.mean_norm_sq_u) - float(noinv.mean_norm_sq_u) > 0.9
@@ -465,7 +465,7 @@ def logistic(t, gamma, c0):
 
 
 def test_step_times_logistic():
-    """Crossing of half the *final* value of c_j(t) = 1/(1 + (1/c0 − 1) e^{−8γt}) (stepwise §3):
+    """Crossing of half the *final* value of c_j(t) = 1/(1 + (1/c0 − 1) e^{−8γt}) (Simon et al. 2023:):
     t* = ln((1/c0 − 1)/(2/c_end − 1))/(8γ). Linear interpolation error is (dt²/8)|c''|/|c'|, and
     c'' ≈ 0 at the inflection point near c = 1/2: with dt = 2.5e-3 it is < 1e-8 relative here."""
     gammas = np.array([1.0, 0.6, 0.36, 0.2])

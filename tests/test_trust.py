@@ -38,14 +38,14 @@ TINY_FINITE = {"kind": "finite_staircase", "precision": "float32",
                "finite": {"lr": 0.0125, "steps": 200, "n_times": 7}}
 
 
-def _write_toml(path: Path, d: dict, prefix: str = "") -> Path:
+def _write_toml(path: Path, d: dict) -> Path:
+    """Scalars, lists and one level of tables (JSON spells these values as TOML does)."""
     lines, tables = [], []
     for k, v in d.items():
         (tables if isinstance(v, dict) else lines).append((k, v))
-    text = "\n".join(f"{k} = {config.toml_value(v)}" for k, v in lines)
+    text = "\n".join(f"{k} = {json.dumps(v)}" for k, v in lines)
     for k, v in tables:
-        text += f"\n[{prefix}{k}]\n"
-        text += "\n".join(f"{kk} = {config.toml_value(vv)}" for kk, vv in v.items())
+        text += f"\n[{k}]\n" + "\n".join(f"{kk} = {json.dumps(vv)}" for kk, vv in v.items())
     path.write_text(text + "\n")
     return path
 
@@ -98,10 +98,10 @@ def test_2_importing_and_plotting_leave_the_matplotlib_backend_alone(tmp_path):
     code = ("import matplotlib, matplotlib.pyplot as plt\n"
             "before = matplotlib.get_backend()\n"
             "import sslntk.experiments, sslntk.plots as P\n"
-            "P.staircase(r'%s', 'x', [0.0, 1.0, 2.0], [3.0, 2.0, 1.0], [1.0])\n"
+            f"P.staircase(r'{tmp_path}', 'x', [0.0, 1.0, 2.0], [3.0, 2.0, 1.0], [1.0])\n"
             "assert matplotlib.get_backend() == before, (before, matplotlib.get_backend())\n"
             "assert plt.get_fignums() == [], plt.get_fignums()\n"
-            "print('ok', before)\n" % tmp_path)
+            "print('ok', before)\n")
     env = {**os.environ, "MPLBACKEND": "svg"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=300)
