@@ -176,6 +176,15 @@ def test_4_damaged_part_file_is_named_and_recomputed(tmp_path, capfd):
     with pytest.raises(_io.DamagedFileError, match="grid.npz"):
         part.write_bytes(b"not a zip file")
         _io.load_npz(part)
+    # a damaged training checkpoint: named, and training starts again from step 0
+    import jax
+
+    ckpt = tmp_path / "ckpt.npz"
+    ckpt.write_bytes(b"PK\x03\x04 truncated")
+    capfd.readouterr()
+    assert _io.load_checkpoint(ckpt, "fp", jax.tree.structure((1, 2)), differ="x") == (None, None)
+    err = capfd.readouterr().err
+    assert "ckpt.npz" in err and "damaged" in err and "step 0" in err
 
 
 # ------------------------------------------------------------------------ 5 --set
