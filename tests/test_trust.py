@@ -261,15 +261,28 @@ def test_7_second_writer_waits_for_the_first(tmp_path, capfd):
 
 @pytest.fixture(scope="module")
 def finite_run(tmp_path_factory):
+    """One tiny finite_staircase run: its directory, results, warnings and the legend texts of
+    every figure it saved (`plots._save` watched)."""
     out = tmp_path_factory.mktemp("finite") / "run"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res, _ = experiments.run(config.validate(TINY_FINITE), out, progress=False)
-    return out, res, caught
+    legends, real = {}, plots._save
+
+    def spy(fig, where, name):
+        legends[name] = [t.get_text() for ax in fig.axes if ax.get_legend()
+                         for t in ax.get_legend().get_texts()]
+        return real(fig, where, name)
+
+    plots._save = spy
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res, _ = experiments.run(config.validate(TINY_FINITE), out, progress=False)
+    finally:
+        plots._save = real
+    return out, res, caught, legends
 
 
 def test_7_resumed_training_says_from_which_step(finite_run, tmp_path, capfd):
-    out, ref, _ = finite_run
+    out, ref, _, _ = finite_run
     run = tmp_path / "run"
     import shutil
 
@@ -302,17 +315,8 @@ def test_8_cross_correlation_is_validated_like_every_metric():
 
 # ------------------------------------------------------------------------ 9 figure labels
 
-def test_9_finite_staircase_figures_say_what_each_curve_is(tmp_path, monkeypatch):
-    seen = {}
-    real = plots._save
-
-    def spy(fig, out, name):
-        seen[name] = [t.get_text() for ax in fig.axes if ax.get_legend()
-                      for t in ax.get_legend().get_texts()]
-        return real(fig, out, name)
-
-    monkeypatch.setattr(plots, "_save", spy)
-    experiments.run(config.validate(TINY_FINITE), tmp_path / "run", progress=False)
+def test_9_finite_staircase_figures_say_what_each_curve_is(finite_run):
+    seen = finite_run[3]
     labels = " | ".join(seen["loss_staircase"])
     assert "ResNet" in labels and "empirical-NTK prediction" in labels, labels
     assert "kernel dynamics" not in labels and "stepwise theory" not in labels, labels
@@ -354,7 +358,7 @@ def test_11_list_speaks_before_jax_starts():
 
 
 def test_11_finite_staircase_prints_no_internal_warning(finite_run):
-    _, res, caught = finite_run
+    _, res, caught, _ = finite_run
     internal = [w for w in caught if issubclass(w.category, UserWarning)]
     assert not internal, [str(w.message) for w in internal]
     assert res["headline"]["prediction_status"] == 0
