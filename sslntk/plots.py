@@ -192,9 +192,9 @@ def phase_diagram(out, name, xs, gammas, rank, *, predicted_rank=None, metastabl
 
 def hypergradient(out, name, xs, outcome, *, grad_at=None, grad=None, xlabel="augmentation noise",
                   ylabel="outcome", title="Outcome vs hyperparameter with its autodiff tangent"):
-    """Outcome curve with the autodiff tangent line at one point."""
+    """Outcome curve (the outcome recomputed at each x) with the autodiff tangent at one point."""
     fig, ax = _figure(figsize=(6.4, 4.0))
-    ax.plot(xs, outcome, "o-", ms=3, label="outcome")
+    ax.plot(xs, outcome, "o-", ms=3, label=f"{ylabel}, recomputed at each {xlabel}")
     if grad_at is not None and grad is not None:
         x0 = float(grad_at)
         y0 = float(np.interp(x0, xs, outcome))
