@@ -116,7 +116,7 @@ def _finite_or_none(v):
     return [float(x) if np.isfinite(x) else None for x in np.asarray(v, dtype=float)]
 
 
-def finite_steps(spectra, ts, threshold=None):
+def _finite_prefix_steps(spectra, ts, threshold=None):
     """`metrics.detect_steps` on the finite prefix of a saved spectrum `(T, k)`: a run that stopped
     (diverged, NaN) has NaN rows after its last good save, which `detect_steps` refuses; the step
     times come from the rows before. Fewer than two good rows: every mode "not learned"."""
@@ -182,7 +182,7 @@ def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
     diag = diagnostics.collapse(f)
     diagnostics.check_collapse(diag, k=dyn["k"], where="staircase")
     c_sim = metrics.cross_correlation_spectrum(f)            # (T, k), descending
-    steps_sim = finite_steps(c_sim, ts)
+    steps_sim = _finite_prefix_steps(c_sim, ts)
     st_sim = np.asarray(steps_sim.times)
     st_th = np.asarray(th.step_times)
     learned = np.asarray(steps_sim.learned)
@@ -580,8 +580,8 @@ def run_finite_staircase(rd: RunDir, cfg: dict, progress: bool):
     kp = rd.part("kernel_prediction", kernel_part)
     c_net = np.asarray(metrics.cross_correlation_spectrum(jnp.asarray(tp["f"])))
     c_ker = np.asarray(metrics.cross_correlation_spectrum(jnp.asarray(kp["f"])))
-    det_net = finite_steps(c_net, ts_tr, fin["min_final"])
-    det_ker = finite_steps(c_ker, ts_tr, fin["min_final"])
+    det_net = _finite_prefix_steps(c_net, ts_tr, fin["min_final"])
+    det_ker = _finite_prefix_steps(c_ker, ts_tr, fin["min_final"])
     st_net, st_ker = np.asarray(det_net.times), np.asarray(det_ker.times)
     summ = staircase_order(st_net, st_ker, c_net[-1], c_ker[-1], fin["min_final"])
     not_learned = [j + 1 for j in np.flatnonzero(~np.asarray(det_net.learned))]
