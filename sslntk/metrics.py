@@ -653,7 +653,8 @@ def detect_steps(spectra, ts, *, threshold: float = STEP_THRESHOLD) -> Steps:
 def step_times(spectra, ts, *, threshold: float = STEP_THRESHOLD) -> jax.Array:
     """`detect_steps(spectra, ts, threshold=threshold).times`: `(..., T, k)` → `(..., k)`, the time
     each mode first reaches half its final value, NaN for a mode that is not learned (see
-    `detect_steps` for the threshold, its default and the reasons)."""
+    `detect_steps` for the threshold, its default and the reasons). The step time of the stepwise
+    theory (Simon et al. 2023) read off any saved spectrum (eig C, an embedding covariance)."""
     return detect_steps(spectra, ts, threshold=threshold).times
 
 

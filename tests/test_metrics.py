@@ -628,6 +628,7 @@ CASES = {
     "center_vector": (M.center_vector, GROUPED),
     "stability": (M.stability, GROUPED),
     "step_times": (lambda x: M.step_times(x, TS), SPECTRA),
+    "detect_steps": (lambda x: M.detect_steps(x, TS).times, SPECTRA),
     "principal_angles": (lambda x: M.principal_angles(x, BASIS_B), EMB),
 }
 
@@ -667,6 +668,9 @@ def test_float32_preserved():
             out = jax.eval_shape(M.principal_angles, x32, jnp.asarray(BASIS_B, jnp.float32))
         elif name == "step_times":
             out = jax.eval_shape(M.step_times, x32, jnp.asarray(TS, jnp.float32))
+        elif name == "detect_steps":
+            out = jax.eval_shape(lambda s, t: M.detect_steps(s, t).times, x32,
+                                 jnp.asarray(TS, jnp.float32))
         else:
             out = jax.eval_shape(fn, x32)
         for leaf in jax.tree.leaves(out):
@@ -773,13 +777,19 @@ def test_bad_options_raise():
 
 def test_public_api_documented():
     """Every public function states its formula source and shapes in its docstring."""
-    for name in M.__all__:
+    for name in set(M.__all__) - NOT_FUNCTIONS:
         doc = getattr(M, name).__doc__ or ""
         assert "(..." in doc or name == "Stability", name
-        assert any(tag in doc for tag in ("Jha", "stepwise", "Roy", "Garrido", "Agrawal",
+        assert any(tag in doc for tag in ("Jha", "stepwise", "Simon", "Roy", "Garrido", "Agrawal",
                                           "Thilak", "Wang & Isola", "Björck", "Stacked")), name
+    assert "(..." in M.Steps.__doc__ and M.STEP_REASONS[M.LEARNED] == "learned"
+
+
+# constants and result types in __all__ (documented with the function that returns them)
+NOT_FUNCTIONS = {"Steps", "STEP_REASONS", "STEP_THRESHOLD", "LEARNED", "BELOW_THRESHOLD",
+                 "NO_RISE", "UNDEFINED"}
 
 
 def test_every_public_function_is_batch_jit_and_dtype_tested():
     covered = {n.removesuffix("_raw").removesuffix("_centred").removesuffix("_pooled") for n in CASES}
-    assert set(M.__all__) - {"Stability"} <= covered
+    assert set(M.__all__) - {"Stability"} - NOT_FUNCTIONS <= covered
