@@ -30,7 +30,7 @@ test: setup
 	$(RUN) pytest -q $(PYTEST_ARGS)
 
 test-all: setup
-	$(RUN) pytest -q -m "" $(PYTEST_ARGS)
+	SSLNTK_HYPOTHESIS=long $(RUN) pytest -q -m "" $(PYTEST_ARGS)
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done

@@ -1,6 +1,9 @@
 """Atomic result files: write to a temporary file in the same folder, then `os.replace`.
 
 A reader never sees a half-written `results.json`, checkpoint or `.npz`, even if the run is killed.
+Files get the permissions of an ordinary file of the user (`0o666` less the umask: 0644 with the
+usual umask 022), so results can be shared, e.g. on a cluster; `mkstemp` alone would leave 0600.
+A file that cannot be read back (truncated, not an `.npz`) raises `DamagedFileError` naming it.
 """
 
 from __future__ import annotations
@@ -9,16 +12,39 @@ import io
 import json
 import os
 import tempfile
+import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+_UMASK_LOCK = threading.Lock()
+
+
+class DamagedFileError(ValueError):
+    """A result file exists but cannot be read (truncated or overwritten); `path` names it."""
+
+    def __init__(self, path, reason: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: damaged file ({reason})")
+
+
+def file_mode() -> int:
+    """`0o666 & ~umask`: the mode `open()` would give a new file (0644 for umask 022)."""
+    with _UMASK_LOCK:          # os.umask can only be read by setting it: restore at once
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temporary file + `os.replace`), mode `file_mode()`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -43,8 +69,14 @@ def atomic_write_npz(path, **arrays) -> Path:
 
 
 def load_npz(path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """All arrays of an `.npz` file; `DamagedFileError` naming the file if it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DamagedFileError(path, f"{type(e).__name__}: {e}") from None
 
 
 def load_checkpoint(path, fingerprint: str, treedef, *, differ: str):
@@ -56,7 +88,14 @@ def load_checkpoint(path, fingerprint: str, treedef, *, differ: str):
     import jax.numpy as jnp
     if path is None or not Path(path).exists():
         return None, None
-    z = load_npz(path)
+    try:
+        z = load_npz(path)
+    except DamagedFileError as e:
+        import sys
+
+        print(f"[sslntk] checkpoint {e}: starting from step 0 instead", file=sys.stderr,
+              flush=True)
+        return None, None
     if str(z["fingerprint"]) != fingerprint:
         raise ValueError(f"checkpoint: {path} was written by a different run ({differ} differ); "
                          f"delete it or pass another path")

@@ -1,9 +1,20 @@
 """Experiment configs: a declarative schema, defaults, and up-front validation.
 
-A config is a TOML table with `kind = "staircase" | "width_sweep" | "phase_diagram" | "hypergradient"`
-and sections (`[data]`, `[arch]`, `[loss]`, `[dynamics]`, `[finite]`, `[phase]`, `[hypergradient]`).
-Every key is checked before anything is computed or written: an error names the key
-(`dynamics.alpha`), what was expected and what was given.
+A config is a TOML table with `kind = "staircase" | "width_sweep" | "phase_diagram" |
+"hypergradient" | "finite_staircase"` and sections (`[data]`, `[arch]`, `[loss]`, `[dynamics]`,
+`[finite]`, `[resnet]`, `[phase]`, `[hypergradient]`). Every key is checked before anything is
+computed or written, in three stages:
+
+1. `validate(raw)`: each key's type and range, and limits between keys (`dynamics.k <= 2 *
+   data.n`, `finite.n_times <= finite.steps + 1`, ...).
+2. `check_data(cfg)`: limits that depend on the dataset (`data.n + data.n_test` against the
+   samples available, `data.classes`, `data.options`, missing dataset files), by loading it.
+3. `apply_overrides(raw, ["data.n=64", ...])`: the command line's `--set` values, merged into the
+   raw table before stage 1, so they are validated exactly like the file.
+
+An error names the key with its dotted name (`dynamics.alpha`) and spells values as TOML does
+(`true`, `"relu"`, `[3, 5]`), so the message can be pasted into the file. See
+`docs/how-to/run-experiments.md`.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +45,23 @@ class Key:
     doc: str = ""
 
 
+def toml_value(v) -> str:
+    """`v` spelled as a TOML value: `true`, `"relu"`, `[1, 2]`, `{ lam = 1.0 }`."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }" if v else "{}"
+    if v is None:
+        return "(nothing)"
+    return repr(v)
+
+
 def _fail(key, expected, got):
-    raise ConfigError(f"config key {key!r}: expected {expected}, got {got!r}")
+    raise ConfigError(f"config key {key!r}: expected {expected}, got {toml_value(got)}")
 
 
 def integer(lo=None, hi=None):
@@ -62,8 +89,8 @@ def number(lo=None, hi=None, *, strict_lo=False):
 
 def one_of(*choices):
     def check(key, v):
-        if v not in choices:
-            _fail(key, f"one of {list(choices)}", v)
+        if isinstance(v, bool) or v not in choices:
+            _fail(key, f"one of {toml_value(list(choices))}", v)
     return check
 
 
@@ -108,7 +135,7 @@ def string(key, v):
 # Sections shared by all kinds. Loss constants are validated by `sslntk.losses.get` itself (it names
 # the constant and lists the valid ones) when the config is checked.
 COMMON = {
-    "seed": Key(0, integer(0), "base random seed (every random draw derives from it)"),
+    "seed": Key(0, integer(0, 2**63 - 1), "base random seed (every random draw derives from it)"),
     "precision": Key("float64", one_of("float64", "float32"),
                      "float64 (reference accuracy, enables jax_enable_x64) or float32 (speed)"),
     "data": {
@@ -272,6 +299,12 @@ def _check_semantics(cfg: dict):
     elif d["split"] == "unlabeled" and d["name"] != "stl10":
         raise ConfigError(f"config key 'data.split': 'unlabeled' exists only for stl10, got it "
                           f"for {d['name']!r}")
+    for opt in d["options"]:
+        if opt in ("n", "dtype", "key", "classes", "root", "download", "split"):
+            own = {"n": "data.n and data.n_test", "dtype": "precision", "key": "seed"}.get(
+                opt, f"data.{opt}")
+            raise ConfigError(f"config key 'data.options.{opt}': set by the config itself; use "
+                              f"{own} instead")
     if d["classes"] and d["name"] not in IMAGE_DATASETS:
         raise ConfigError(f"config key 'data.classes': only digits and file datasets take it, got "
                           f"{d['classes']!r} for {d['name']!r}")
@@ -284,7 +317,28 @@ def _check_semantics(cfg: dict):
     if cfg["kind"] == "finite_staircase" and d["name"] not in IMAGE_DATASETS:
         raise ConfigError(f"config key 'data.name': the ResNet of finite_staircase needs image "
                           f"data {list(IMAGE_DATASETS)}, got {d['name']!r}")
-    if cfg["kind"] == "staircase":
+    kind = cfg["kind"]
+    if kind in ("staircase", "hypergradient") and cfg["dynamics"]["k"] > 2 * d["n"]:
+        raise ConfigError(f"config key 'dynamics.k': expected at most 2 * data.n = {2 * d['n']} "
+                          f"(one mode per view at most), got {cfg['dynamics']['k']}")
+    if kind in ("width_sweep", "finite_staircase"):
+        sec = "dynamics" if kind == "width_sweep" else "finite"
+        nt, steps = cfg[sec]["n_times"], cfg["finite"]["steps"]
+        if nt > steps + 1:
+            raise ConfigError(f"config key '{sec}.n_times': expected at most finite.steps + 1 = "
+                              f"{steps + 1} (one saved time per GD step at most), got {nt}")
+    if kind == "hypergradient":
+        hg = cfg["hypergradient"]
+        if hg["outcome"] == "step_time" and hg["mode"] > cfg["dynamics"]["k"]:
+            raise ConfigError(f"config key 'hypergradient.mode': expected at most dynamics.k = "
+                              f"{cfg['dynamics']['k']}, got {hg['mode']}")
+    if kind == "phase_diagram":
+        ph = cfg["phase"]
+        if ph["x_axis"] == "imbalance" and not (0 < ph["x_range"][0] and ph["x_range"][1] < 1):
+            raise ConfigError("config key 'phase.x_range': expected minority fractions inside "
+                              f"(0, 1) with phase.x_axis = \"imbalance\", got "
+                              f"{toml_value(ph['x_range'])}")
+    if kind == "staircase":
         lc = cfg["loss"]
         if cfg["dynamics"]["method"] == "closed_form" and (
                 lc["name"] != "barlow_twins" or lc["constants"].get("lam", 1.0) != 1.0):
@@ -293,16 +347,159 @@ def _check_semantics(cfg: dict):
                               f"{lc['name']} {lc['constants']}")
 
 
-def load(path: str | Path) -> dict:
-    """Read and validate a TOML config file."""
+def _read_toml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file: expected an existing TOML file, got {str(p)!r}")
     try:
-        raw = tomllib.loads(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r}: not UTF-8 text (TOML files are UTF-8; byte "
+                          f"{e.start} is 0x{e.object[e.start]:02x})") from None
+    except OSError as e:
+        raise ConfigError(f"config file {str(p)!r}: cannot be read ({e.strerror})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(p)!r}: not valid TOML ({e})") from None
-    return validate(raw)
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`"data.n=64"` → `(["data", "n"], 64)`: a dotted key and a TOML value (a bare word that is
+    not valid TOML, e.g. `data.name=digits`, is taken as a string)."""
+    if not isinstance(text, str) or "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. "
+                          "--set data.n=64 or --set loss.constants.lam=0.5")
+    key, _, value = text.partition("=")
+    parts = [k.strip() for k in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: expected a dotted key such as data.n, got {key!r}")
+    value = value.strip()
+    try:
+        v = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        if not value or any(c in value for c in "[]{}\"'=,"):
+            raise ConfigError(f"--set {text!r}: {value!r} is not a TOML value (strings may be "
+                              "quoted: data.name=\"digits\")") from None
+        v = value
+    return parts, v
+
+
+def apply_overrides(raw: dict, overrides) -> dict:
+    """A copy of the raw config table with `--set KEY=VALUE` overrides merged in (dotted keys;
+    missing tables are created). Validate the result with `validate`: an override is checked
+    exactly as the same key in the file would be.
+
+    Example:
+        >>> apply_overrides({"kind": "staircase"}, ["data.n=64", "dynamics.k=4"])["data"]
+        {'n': 64}
+    """
+    out = copy.deepcopy(raw)
+    for text in overrides or ():
+        parts, v = parse_override(text)
+        node = out
+        for i, k in enumerate(parts[:-1]):
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {text!r}: config key {'.'.join(parts[:i + 1])!r} is a "
+                                  f"value ({toml_value(nxt)}), not a table")
+            node = nxt
+        node[parts[-1]] = v
+    return out
+
+
+def load(path: str | Path, overrides=None) -> dict:
+    """Read a TOML config file, merge `overrides` (`["data.n=64", ...]`, see `apply_overrides`)
+    and validate it (`validate`; the dataset limits are `check_data`'s)."""
+    return validate(apply_overrides(_read_toml(path), overrides))
+
+
+# --------------------------------------------------------------------------------------------
+# limits that depend on the dataset
+
+# keyword arguments of sslntk.data.load that a config sets from its own keys (all else: options)
+_FROM_KEYS = {"key": "seed", "classes": "data.classes", "root": "data.root",
+              "download": "data.download", "split": "data.split", "dtype": "precision"}
+
+
+def dataset_options(cfg: dict) -> dict:
+    """Keyword arguments of `sslntk.data.load(cfg["data"]["name"], **options)` for a validated
+    config (`n` = `data.n + data.n_test` samples; needs JAX)."""
+    import jax
+    import jax.numpy as jnp
+
+    d = cfg["data"]
+    opts = dict(d["options"])
+    opts.setdefault("key", jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 1))
+    if d["classes"]:
+        opts.setdefault("classes", d["classes"])
+    if d["name"] in FILE_DATASETS:
+        opts.setdefault("root", d["root"] or None)
+        opts.setdefault("download", d["download"])
+        opts.setdefault("split", d["split"])
+    opts["n"] = d["n"] + d["n_test"]
+    opts["dtype"] = jnp.float64 if cfg["precision"] == "float64" else jnp.float32
+    return opts
+
+
+def load_dataset(cfg: dict):
+    """The `sslntk.data.Dataset` a validated config describes (`data.n + data.n_test` samples);
+    any error of the loader is a ConfigError naming the config key (`check_data`)."""
+    from sslntk import data
+
+    d = cfg["data"]
+    opts = dataset_options(cfg)
+    given = set(d["options"])
+    try:
+        return data.load(d["name"], **opts)
+    except TypeError as e:
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if bad:
+            raise ConfigError(f"config key 'data.options.{bad.group(1)}': unknown option of the "
+                              f"{d['name']!r} loader; it takes "
+                              f"{toml_value(_loader_options(d['name']))}") from None
+        raise ConfigError(_data_message(str(e), d, given)) from None
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise ConfigError(_data_message(str(e), d, given)) from None
+
+
+def _loader_options(name: str) -> list[str]:
+    import inspect
+
+    from sslntk import data
+
+    fn = data.load_files if name in FILE_DATASETS else getattr(data, name)
+    return sorted(p for p in inspect.signature(fn).parameters if p not in ("n", "name"))
+
+
+def _data_message(msg: str, d: dict, given: set) -> str:
+    """A loader's message `arg: ...` as one line naming the config key, in TOML spelling."""
+    msg = " ".join(msg.split())
+    for py, tm in (("pass download=True", "set download = true in [data]"),
+                   ("download=True", "download = true"), ("True", "true"), ("False", "false"),
+                   ("None", "nothing"), ("the root argument", "data.root")):
+        msg = msg.replace(py, tm)
+    arg, sep, rest = msg.partition(": ")
+    if sep and arg == d["name"]:
+        return f"config key 'data.name' = {toml_value(arg)}: {rest}"
+    if sep and re.fullmatch(r"\w+", arg):
+        if arg == "n":
+            m = re.search(r"got (\d+)", rest)
+            rest = re.sub(r",? got \d+$", "", rest)
+            return (f"config keys 'data.n' + 'data.n_test': {rest}, got {d['n']} + {d['n_test']}"
+                    + (f" = {m.group(1)}" if m else ""))
+        if arg in given:
+            return f"config key 'data.options.{arg}': {rest}"
+        key = _FROM_KEYS.get(arg, f"data.options.{arg}")
+        return f"config key {key!r}: {rest}"
+    return f"config key 'data.name' = {toml_value(d['name'])}: {msg}"
+
+
+def check_data(cfg: dict) -> None:
+    """Check a validated config against its dataset before any work: `data.n + data.n_test`
+    against the samples available (of `data.classes`), the classes, `data.options`, the dataset
+    files (a missing file says how to set `download = true`). Raises ConfigError naming the key."""
+    load_dataset(cfg)
 
 
 def config_hash(cfg: dict) -> str:

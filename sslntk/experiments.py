@@ -16,6 +16,7 @@ run resumes where it stopped and ends with the same numbers; a rerun of a finish
 from __future__ import annotations
 
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ import numpy as np
 
 from sslntk import plots
 from sslntk._status import STATUS_NAMES
+from sslntk.config import IMAGE_DATASETS
 from sslntk.rundir import RunDir
 
 # ---------------------------------------------------------------------------------------------------
@@ -50,8 +52,7 @@ def _augment(cfg, noise=None, stats=(0.0, 1.0)):
         g = data.gaussian_noise(noise)
         return data.ViewPair(data.compose(r.a, g), data.compose(r.b, g))
     augs = [data.gaussian_noise(noise)]
-    if d["name"] in ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "stl10") \
-            and d["translate"] > 0:
+    if d["name"] in IMAGE_DATASETS and d["translate"] > 0:
         augs.insert(0, data.translate(d["translate"]))
     return data.compose(*augs)
 
@@ -60,23 +61,10 @@ def _dtype(cfg):
     return jnp.float64 if cfg["precision"] == "float64" else jnp.float32
 
 
-_FILE = ("mnist", "fashion_mnist", "cifar10", "cifar100", "stl10")
-
-
 def _load(cfg):
-    from sslntk import data
+    from sslntk import config
 
-    d = cfg["data"]
-    key = jax.random.PRNGKey(cfg["seed"])
-    opts = dict(d["options"])
-    opts.setdefault("key", jax.random.fold_in(key, 1))
-    if d["classes"]:
-        opts.setdefault("classes", d["classes"])
-    if d["name"] in _FILE:
-        opts.setdefault("root", d["root"] or None)
-        opts.setdefault("download", d["download"])
-        opts.setdefault("split", d["split"])
-    return data.load(d["name"], n=d["n"] + d["n_test"], dtype=_dtype(cfg), **opts)
+    return config.load_dataset(cfg)
 
 
 def _pixel_stats(ds):
@@ -121,6 +109,28 @@ def initial_function(K_nngp, k, alpha, key):
     jitter = 1e-10 * jnp.trace(K_nngp) / N
     L = jnp.linalg.cholesky(K_nngp + jitter * jnp.eye(N, dtype=K_nngp.dtype))
     return alpha * (L @ jax.random.normal(key, (N, k), K_nngp.dtype))
+
+
+def _finite_or_none(v):
+    """JSON-friendly list: NaN/inf (a mode without a step time) become null."""
+    return [float(x) if np.isfinite(x) else None for x in np.asarray(v, dtype=float)]
+
+
+def _finite_prefix_steps(spectra, ts, threshold=None):
+    """`metrics.detect_steps` on the finite prefix of a saved spectrum `(T, k)`: a run that stopped
+    (diverged, NaN) has NaN rows after its last good save, which `detect_steps` refuses; the step
+    times come from the rows before. Fewer than two good rows: every mode "not learned"."""
+    from sslntk import metrics
+
+    spectra, ts = np.asarray(spectra), np.asarray(ts)
+    good = np.all(np.isfinite(spectra), axis=-1)
+    T = int(np.argmin(good)) if not good.all() else len(good)
+    kw = {} if threshold is None else {"threshold": threshold}
+    if T >= 2:
+        return metrics.detect_steps(spectra[:T], ts[:T], **kw)
+    k = spectra.shape[-1]
+    return metrics.Steps(times=np.full(k, np.nan), learned=np.zeros(k, bool),
+                         reason=np.full(k, metrics.UNDEFINED), final=np.full(k, np.nan))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -172,15 +182,27 @@ def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
     diag = diagnostics.collapse(f)
     diagnostics.check_collapse(diag, k=dyn["k"], where="staircase")
     c_sim = metrics.cross_correlation_spectrum(f)            # (T, k), descending
-    st_sim = np.asarray(metrics.step_times(c_sim, ts))
+    steps_sim = _finite_prefix_steps(c_sim, ts)
+    st_sim = np.asarray(steps_sim.times)
     st_th = np.asarray(th.step_times)
-    rel = np.abs(st_sim - st_th) / st_th
+    learned = np.asarray(steps_sim.learned)
+    not_learned = [j + 1 for j in np.flatnonzero(~learned)]
+    with np.errstate(invalid="ignore"):
+        rel = np.abs(st_sim - st_th) / st_th                 # NaN for modes not learned
     ts_np = np.asarray(ts)
     plots.staircase(rd.path, "loss_staircase", ts_np, sp["loss"], st_th,
                     loss_theory=np.asarray(th.loss), simulated_steps=st_sim, terms=terms,
+                    sim_label=f"kernel dynamics ({str(sp['method'])})",
+                    theory_label="stepwise theory (closed form)",
+                    predicted_label="predicted step times (theory)",
+                    measured_label="measured step times (kernel dynamics)",
+                    not_learned=not_learned,
                     title=f"{cfg['loss']['name']} loss, 2n = {N}, k = {dyn['k']}, α = {dyn['alpha']:g}")
     plots.eigenvalues(rd.path, "eigenvalues", ts_np, np.asarray(c_sim), np.asarray(th.c),
-                      title="Eigenvalues of C(t): simulation (solid) vs logistic theory (dashed)")
+                      sim_label="kernel dynamics", theory_label="stepwise theory (logistic)",
+                      steps_sim=st_sim, not_learned=not_learned,
+                      title="Eigenvalues of C(t): kernel dynamics (solid) vs logistic theory "
+                            "(dashed)")
     gam_all = np.asarray(staircase.contrastive_modes(K, min(N, 4 * dyn["k"]))[0])
     plots.spectrum(rd.path, "contrastive_spectrum", gam_all, k=dyn["k"])
 
@@ -189,9 +211,12 @@ def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
         "status": int(sp["status"]),
         "n_steps": int(sp["n_steps"]),
         "gammas": np.asarray(th.gammas).tolist(),
-        "step_times_predicted": st_th.tolist(),
-        "step_times_simulated": st_sim.tolist(),
-        "step_time_rel_error_max": float(np.max(rel)),
+        "step_times_predicted": _finite_or_none(st_th),
+        "step_times_simulated": _finite_or_none(st_sim),
+        "modes_not_learned": not_learned,
+        "step_threshold": metrics.STEP_THRESHOLD,
+        "step_time_rel_error_max": (float(np.max(rel[learned])) if learned.any()
+                                    else float("nan")),
         "final_loss": float(sp["loss"][-1]),
         "t_end": float(t_end),
     }
@@ -211,9 +236,17 @@ def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
     status = STATUS_NAMES.get(int(sp["status"]), str(int(sp["status"])))
     lines = [f"solver: {headline['method']} ({int(sp['n_steps'])} steps, status {status})",
              "step times  predicted | simulated | rel. error   (! = near-degenerate pair)"]
-    lines += [f"  mode {j + 1:2d}: {a:10.4g} | {b:10.4g} | {r:8.2%}"
-              + ("  !" if j + 1 in degenerate else "")
-              for j, (a, b, r) in enumerate(zip(st_th, st_sim, rel, strict=True))]
+    lines += [f"  mode {j + 1:2d}: {a:10.4g} | "
+              + (f"{b:10.4g} | {r:8.2%}" + ("  !" if j + 1 in degenerate else "") if ok else
+                 f"{'not learned':>10} |           (final eig {fv:.3g} < "
+                 f"{metrics.STEP_THRESHOLD:g})" if np.isfinite(fv) and fv < metrics.STEP_THRESHOLD
+                 else f"{'not learned':>10} |           (no step inside the window)")
+              for j, (a, b, r, ok, fv) in enumerate(zip(st_th, st_sim, rel, learned,
+                                                         np.asarray(steps_sim.final), strict=True))]
+    if not_learned:
+        lines.append(f"  modes {', '.join(map(str, not_learned))}: not learned by t_end = "
+                     f"{float(t_end):.4g} (horizon {dyn['horizon']:g} × the last predicted step): "
+                     "no measured step time")
     lines += [w for w in why if w.startswith(("  → step", "    !"))]
     lines.append(f"final loss {headline['final_loss']:.3g} ("
                  + ", ".join(f"{n} {v:.3g}" for n, v in headline["final_terms"].items()) + ")")
@@ -234,23 +267,37 @@ def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
 KINDS = {"staircase": run_staircase}
 
 
-def run(cfg: dict, out, *, progress: bool = True):
+def run(cfg: dict, out, *, progress: bool = True, overrides=()):
     """Run a validated config into `out`. Returns `(results, did_work)`; a finished run with the same
-    config returns its stored results and does no work."""
+    config returns its stored results and does no work.
+
+    Before any work: the output path is checked (`RunDir.check_target`) and the config is checked
+    against its dataset (`config.check_data`); both raise one-line errors (RunDirError,
+    ConfigError). Then the directory is locked: a second process running into the same `out`
+    waits for the first and finds its results. `overrides` (the command line's `--set KEY=VALUE`,
+    already merged into `cfg`) are recorded in `config.json` and `results.json`.
+    See `docs/how-to/run-experiments.md`."""
     import json
+
+    from sslntk import config
 
     if cfg["precision"] == "float64":
         jax.config.update("jax_enable_x64", True)   # float64 runs need it process-wide
     rd = RunDir(out, cfg)
+    rd.overrides = list(overrides)
+    rd.check_target()
     if rd.is_done():
-        res = json.loads((rd.path / "results.json").read_text())
-        return res, False
-    rd.open()
-    rd.verbose = progress
-    t0 = time.perf_counter()
-    headline, lines, arrays = KINDS[cfg["kind"]](rd, cfg, progress)
-    rd.timings["total"] = time.perf_counter() - t0
-    return rd.write_results(headline, arrays, lines), True
+        return json.loads((rd.path / "results.json").read_text()), False
+    config.check_data(cfg)
+    with rd.lock():
+        if rd.is_done():            # another process finished it while this one waited
+            return json.loads((rd.path / "results.json").read_text()), False
+        rd.open()
+        rd.verbose = progress
+        t0 = time.perf_counter()
+        headline, lines, arrays = KINDS[cfg["kind"]](rd, cfg, progress)
+        rd.timings["total"] = time.perf_counter() - t0
+        return rd.write_results(headline, arrays, lines), True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -293,8 +340,6 @@ def run_hypergradient(rd: RunDir, cfg: dict, progress: bool):
 
     hg, dyn = cfg["hypergradient"], cfg["dynamics"]
     theta0 = float(cfg["data"]["noise"] if hg["wrt"] == "noise" else dyn["alpha"])
-    if hg["outcome"] == "step_time" and hg["mode"] > dyn["k"]:
-        raise ValueError(f"hypergradient.mode: expected <= dynamics.k = {dyn['k']}, got {hg['mode']}")
     outcome = hypergradient_outcome(cfg)
     t_end = None
     if hg["outcome"] == "final_loss":
@@ -411,9 +456,6 @@ def run_phase_diagram(rd: RunDir, cfg: dict, progress: bool):
     from sslntk import phase
 
     ph = cfg["phase"]
-    if ph["x_axis"] == "imbalance" and not (0 < ph["x_range"][0] and ph["x_range"][1] < 1):
-        raise ValueError("phase.x_range: expected minority fractions inside (0, 1) for "
-                         f"x_axis = 'imbalance', got {ph['x_range']}")
     xs = np.linspace(*ph["x_range"], ph["grid"])
     gs = np.linspace(*ph["gamma_range"], ph["grid"])
 
@@ -475,6 +517,25 @@ def staircase_order(st_net, st_ker, final_net, final_ker, min_final: float) -> d
             "step_time_rel_error_max": float(np.max(rel)) if n else float("nan")}
 
 
+def _step_cell(t) -> str:
+    return f"{t:10.4g}" if np.isfinite(t) else f"{'not learned':>11}"
+
+
+def _say_resume(name: str, ckpt, total: int):
+    """Print "resuming from step N of M" when a training checkpoint of an earlier run exists."""
+    import sys
+
+    from sslntk import _io
+
+    if not ckpt.exists() or (ckpt.parent / f"{name}.npz").exists():
+        return
+    try:
+        step = int(_io.load_npz(ckpt)["step"])
+    except (_io.DamagedFileError, KeyError):
+        return
+    print(f"[sslntk] {name}: resuming from step {step} of {total}", file=sys.stderr, flush=True)
+
+
 def run_finite_staircase(rd: RunDir, cfg: dict, progress: bool):
     from sslntk import data, finite, losses, metrics
 
@@ -488,41 +549,55 @@ def run_finite_staircase(rd: RunDir, cfg: dict, progress: bool):
     model = finite.network(spec, rn["width"], dyn["k"], key=jax.random.fold_in(key, 3),
                            alpha=dyn["alpha"], in_shape=x_tr.shape[1:], dtype=x_tr.dtype)
     lr, steps = fin["lr"], fin["steps"]
-    ts = np.linspace(0.0, lr * steps, fin["n_times"])
+    # saved times on exact GD steps (float64): the prediction's GD solver needs multiples of lr
+    ts = lr * np.round(np.linspace(0.0, steps, fin["n_times"]))
+    ckpt = rd.parts / "train_checkpoint.npz"
+    _say_resume("train", ckpt, steps)
 
     def train_part():
         # full-batch GD; the prediction below solves the same discrete GD at the same lr, so the
         # comparison is step for step and needs no gradient-flow step-size check
         tr = finite.train(model, views, loss, lr=lr, steps=steps, ts=ts, progress=progress,
-                          check_lr=False, checkpoint=rd.parts / "train_checkpoint.npz")
+                          check_lr=False, checkpoint=ckpt)
         return {"ts": np.asarray(tr.ts), "f": np.asarray(tr.f), "loss": np.asarray(tr.loss),
                 "status": np.asarray(tr.status)}
 
     tp = rd.part("train", train_part)
-    ts_tr = np.asarray(tp["ts"])
+    # the times reached, rounded back onto GD steps in float64 (a float32 run stores them rounded)
+    ts_tr = lr * np.round(np.asarray(tp["ts"], dtype=np.float64) / lr)
 
     def kernel_part():
-        kp = finite.kernel_prediction(model, views, loss, ts_tr, lr=lr)
+        with warnings.catch_warnings():
+            # ts_tr are exact GD steps in float64; the prediction casts them to the model's
+            # float32, which puts them ~eps32 × steps (1e-5 steps at 200) off the grid and makes
+            # the GD solver warn before rounding them back onto the very same steps
+            warnings.filterwarnings("ignore", message="method 'gd': ts are not multiples of lr",
+                                    category=UserWarning)
+            kp = finite.kernel_prediction(model, views, loss, ts_tr, lr=lr)
         return {"f": kp.f, "loss": kp.loss, "cross_output": np.asarray(kp.cross_output),
                 "status": np.asarray(kp.trajectory.status)}
 
     kp = rd.part("kernel_prediction", kernel_part)
     c_net = np.asarray(metrics.cross_correlation_spectrum(jnp.asarray(tp["f"])))
     c_ker = np.asarray(metrics.cross_correlation_spectrum(jnp.asarray(kp["f"])))
-    st_net = np.asarray(metrics.step_times(c_net, ts_tr))
-    st_ker = np.asarray(metrics.step_times(c_ker, ts_tr))
+    det_net = _finite_prefix_steps(c_net, ts_tr, fin["min_final"])
+    det_ker = _finite_prefix_steps(c_ker, ts_tr, fin["min_final"])
+    st_net, st_ker = np.asarray(det_net.times), np.asarray(det_ker.times)
     summ = staircase_order(st_net, st_ker, c_net[-1], c_ker[-1], fin["min_final"])
+    not_learned = [j + 1 for j in np.flatnonzero(~np.asarray(det_net.learned))]
     plots.eigenvalues(rd.path, "eigenvalues", ts_tr, c_net, c_ker, sim_label="ResNet (GD)",
-                      theory_label="empirical-NTK prediction", steps_sim=st_net,
-                      steps_theory=st_ker,
+                      theory_label="empirical-NTK prediction (GD on Θ₀)", steps_sim=st_net,
+                      steps_theory=st_ker, not_learned=not_learned,
                       title=f"ResNet-{rn['blocks']} width {rn['width']}, "
                             f"{cfg['loss']['name']}, α = {dyn['alpha']:g}: eig C(t)")
     plots.staircase(rd.path, "loss_staircase", ts_tr, tp["loss"], st_ker,
                     loss_theory=np.asarray(kp["loss"]), simulated_steps=st_net,
+                    sim_label="ResNet (full-batch GD)",
+                    theory_label="empirical-NTK prediction (GD on Θ₀)",
+                    predicted_label="step times of the empirical-NTK prediction",
+                    measured_label="step times of the ResNet", not_learned=not_learned,
                     title=f"ResNet loss vs empirical-NTK prediction (2n = {2 * x_tr.shape[0]})")
-
-    def _fin(v):
-        return [float(x) if np.isfinite(x) else None for x in np.asarray(v)]
+    _fin = _finite_or_none
 
     headline = {**summ,
                 "step_times_net": _fin(st_net), "step_times_predicted": _fin(st_ker),
@@ -545,9 +620,13 @@ def run_finite_staircase(rd: RunDir, cfg: dict, progress: bool):
     lines = [f"ResNet-{rn['blocks']} (norm {rn['norm']}), width {rn['width']}, k = {dyn['k']}, "
              f"α = {dyn['alpha']:g}, GD lr {lr:g} × {steps} steps",
              "step times  ResNet | empirical-NTK prediction"]
-    lines += [f"  mode {j + 1:2d}: {a:10.4g} | {b:10.4g}   (final eig {cn:.3g} | {ck:.3g})"
+    lines += [f"  mode {j + 1:2d}: {_step_cell(a)} | {_step_cell(b)}   (final eig {cn:.3g} | "
+              f"{ck:.3g})"
               for j, (a, b, cn, ck) in enumerate(zip(st_net, st_ker, c_net[-1], c_ker[-1],
                                                      strict=True))]
+    if not_learned:
+        lines.append(f"  not learned: a final eigenvalue below finite.min_final = "
+                     f"{fin['min_final']:g}, or no rise inside the window (no step time)")
     lines.append(f"steps detected: {summ['n_steps_detected']} (prediction "
                  f"{summ['n_steps_predicted']}); order matches the prediction: "
                  f"{summ['order_matches']}; one at a time: {summ['steps_in_sequence']}")

@@ -1,7 +1,7 @@
 """Representation metrics: spectra, rank measures, alignment/uniformity, stability, step times and
 principal angles.
 
-Conventions (DESIGN.md):
+Conventions (`docs/concepts.md`):
 
 - **Batched over time.** Every function takes any number of leading batch axes (time, seeds, grid
   points): `f: (..., N, k)` → `(...,)` or `(..., k)`. `f[t]` of a trajectory's `(T, 2n, k)` is one
@@ -19,9 +19,8 @@ Conventions (DESIGN.md):
   of an α = 0 initialisation, or a constant matrix after centring) is NaN, never 0/0 by accident:
   means are taken relative to the first sample, so a constant input centres to exact zeros.
 
-Sources: `../shared/papers/jha2024_stability.md` (cited "Jha §x.y", with its tags [PAPER] /
-[REVIEW] / [RECON]), `simon2023_stepwise.md` (§8–§10, which "embedding eigenvalues"), and the
-metric papers named per function.
+Sources: Jha et al. 2024 (centre-vector stability of SSL representations), Simon et al. 2023
+(the stepwise paper: which "embedding eigenvalues"), and the metric papers named per function.
 """
 
 from __future__ import annotations
@@ -37,14 +36,23 @@ from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp, xlogy
 
 from sslntk import _validate as V
-from sslntk.losses import cross_correlation
+from sslntk.losses import cross_correlation as _cc_2d
 
 __all__ = [
+    "BELOW_THRESHOLD",
+    "LEARNED",
+    "NO_RISE",
+    "UNDEFINED",
     "Stability",
     "alignment",
     "alpha_req",
     "center_vector",
+    "STEP_REASONS",
+    "STEP_THRESHOLD",
+    "Steps",
+    "cross_correlation",
     "cross_correlation_spectrum",
+    "detect_steps",
     "effective_rank",
     "embedding_spectrum",
     "group_views",
@@ -182,34 +190,58 @@ def embedding_spectrum(f, *, center: bool = True) -> jax.Array:
     """Eigenvalues (descending) of the embedding covariance, `(..., N, k)` → `(..., k)`.
 
     `Σ = (1/N) Σ_i (f_i − f̄)(f_i − f̄)ᵀ` with `f̄ = (1/N) Σ_i f_i` (`center=True`, Jing et al. 2022,
-    Jha §3.4), or the uncentred second moment `(1/N) Σ_i f_i f_iᵀ` (`center=False`). Computed as
+    Jha et al. 2024), or the uncentred second moment `(1/N) Σ_i f_i f_iᵀ` (`center=False`). Computed as
     `σ²/N` from the singular values σ of the (centred) `(N, k)` matrix, not by `eigh` of `Σ`, so
     small eigenvalues keep their relative accuracy (a rank-r input has k − r eigenvalues at
     ~(eps·σ_max)²/N). When N < k the missing eigenvalues are exact zeros.
 
-    This is the "embedding covariance" of the stepwise paper's ResNet experiments (stepwise digest
-    §8 [V: blog], §9 check 12); for the eigenvalues the stepwise theory predicts (→ 1 each), see
-    `cross_correlation_spectrum` (stepwise §10: the two agree only if Σ and Γ commute).
+    This is the "embedding covariance" of the stepwise paper's ResNet experiments (Simon et al.
+    2023); for the eigenvalues the stepwise theory predicts (→ 1 each), see
+    `cross_correlation_spectrum` (Simon et al. 2023: the two agree only if Σ and Γ commute).
     """
     f = _embeddings("f", f)
     return _covariance_spectrum(f, _flag("center", center))
+
+
+def cross_correlation(f) -> jax.Array:
+    """Symmetrised, uncentred cross-view correlation, stacked views `(..., 2n, k)` → `(..., k, k)`.
+
+    `C = (f_aᵀ f_b + f_bᵀ f_a) / (2n)` with `f_a = f[..., :n, :]`, `f_b = f[..., n:, :]` (Simon et
+    al. 2023, Sec. 3; `sslntk.losses.cross_correlation` of one frame), validated like every metric
+    (`f` needs an even number 2n >= 4 of rows, finite values) and batched over leading axes.
+
+    Example:
+        >>> f = np.random.default_rng(0).normal(size=(8, 3))
+        >>> cross_correlation(f).shape
+        (3, 3)
+    """
+    return _cross_correlation(_stacked("f", f))
+
+
+@jax.jit
+def _cross_correlation(f):
+    fa, fb = _split(f)
+    n2 = f.shape[-2]
+    ab = jnp.swapaxes(fa, -1, -2) @ fb
+    return (ab + jnp.swapaxes(ab, -1, -2)) / n2
 
 
 @jax.jit
 def _cc_spectrum(f):
     lead = f.shape[:-2]
     flat = f.reshape((-1,) + f.shape[-2:])
-    ev = jax.vmap(lambda x: jnp.linalg.eigvalsh(cross_correlation(x))[::-1])(flat)
+    ev = jax.vmap(lambda x: jnp.linalg.eigvalsh(_cc_2d(x))[::-1])(flat)
     return ev.reshape(lead + f.shape[-1:])
 
 
 def cross_correlation_spectrum(f) -> jax.Array:
     """Eigenvalues (descending) of the stepwise theory's cross-correlation, `(..., 2n, k)` → `(..., k)`.
 
-    `C = (f_aᵀ f_b + f_bᵀ f_a) / (2n)` (`sslntk.losses.cross_correlation`; DESIGN.md "Barlow Twins
-    (theory form)"; stepwise digest §2, §9 checks 1–2: eig(C) follows the logistic
+    `C = (f_aᵀ f_b + f_bᵀ f_a) / (2n)` (`sslntk.losses.cross_correlation`; `docs/concepts.md`;
+    Simon et al. 2023: eig(C) follows the logistic
     `1/(1 + (1/c_j(0) − 1) e^{−8γ_j t})` and tends to 1 for each learned mode). Uncentred and not
-    standardised (stepwise §10). C is symmetric but may be indefinite: eigenvalues can be negative.
+    standardised (Simon et al. 2023). C is symmetric but may be indefinite: eigenvalues can be
+    negative.
     """
     return _cc_spectrum(_stacked("f", f))
 
@@ -226,7 +258,7 @@ def effective_rank(f, *, center: bool = False) -> jax.Array:
     measure blind to the mean (then `σ_i = sqrt(N λ_i)` with λ from `embedding_spectrum`).
     1 ≤ erank ≤ min(N, k); 1 for an exactly rank-one F. For i.i.d. isotropic Gaussian rows,
     erank ≈ k (1 − k/(8N)) (Marchenko–Pastur spread of σ). NaN when all σ are 0 (F = 0, or a
-    constant F with `center=True`: Jha §4 check 13). RankMe (`rankme`) is this with ε = 1e-7.
+    constant F with `center=True`: Jha et al. 2024). RankMe (`rankme`) is this with ε = 1e-7.
     """
     return _effective_rank(_embeddings("f", f), _flag("center", center))
 
@@ -240,10 +272,11 @@ def rankme(f, *, eps: float = 1e-7) -> jax.Array:
     """RankMe (Garrido, Balestriero, Najman, LeCun, ICML 2023), `(..., N, k)` → `(...,)`.
 
     `p_k = σ_k(Z) / ||σ(Z)||_1 + ε`, `RankMe(Z) = exp(−Σ_{k=1}^{min(N,K)} p_k log p_k)` on the raw
-    embeddings, **no centring** (Jha §3.2; ε = 1e-7 as in common implementations, the paper's value
+    embeddings, **no centring** (Jha et al. 2024; ε = 1e-7 as in common implementations, the paper's value
     is not pinned down: record it with results). RankMe is therefore sensitive to the mean: an
-    isotropic N(0, I_128) batch shifted by +5 per coordinate drops from ≈ 127.8 to ≈ 52.8 (Jha §4
-    check 12); the mean-blind variant is `effective_rank(f, center=True)`. A rank-one matrix gives
+    isotropic N(0, I_128) batch shifted by +5 per coordinate drops from ≈ 127.8 to ≈ 52.8 (Jha
+    et al. 2024); the mean-blind variant is `effective_rank(f, center=True)`. A rank-one matrix
+    gives
     ≈ 1 + (min(N,k) − 1)·ε·|log ε| (1.0002 for k = 128, check 10). NaN for an all-zero matrix.
     The paper estimates it from 25,600 samples; compare only runs of the same method.
     """
@@ -264,8 +297,8 @@ def alpha_req(f, *, fit_range: tuple[int, int] | None = None, rtol=None) -> jax.
     covariance (`embedding_spectrum(f)`; the paper's "eigenspectrum of the empirical feature
     covariance") by ordinary least squares of `log λ_i` on `log i`, and returns `α = −slope`.
 
-    Not covered by the Jha digest (its README lists α-ReQ, its text does not): the fit details here
-    are ours. `fit_range=(lo, hi)` restricts to 1-based ranks lo..hi inclusive (default: all k);
+    The fit details here are ours. `fit_range=(lo, hi)` restricts to 1-based ranks lo..hi
+    inclusive (default: all k);
     the authors' library (reptrix) fits ranks 6..100 with 1/i weights, which matters for wide
     embeddings and is a different estimator. Eigenvalues at or below `rtol·λ_1` are left out of the
     fit (numerically zero: default `rtol = (max(N, k)·eps)²`, eps of the dtype, since σ_i, not λ_i,
@@ -309,7 +342,7 @@ def lidar(e, *, delta: float = 1e-4, eps: float = 1e-8) -> jax.Array:
 
     Input: `n` source samples (the surrogate classes, n >= 2), `q` augmentations of each (q >= 2),
     `d`-dim embeddings; `group_views` turns stacked `(2n, d)` views into `(n, 2, d)`. With plug-in
-    means (Jha §3.3):
+    means (Jha et al. 2024):
     `μ_x = (1/q) Σ_j e_xj`, `μ = (1/n) Σ_x μ_x`, `Σ_b = (1/n) Σ_x (μ_x − μ)(μ_x − μ)ᵀ`,
     `Σ_w = (1/(nq)) Σ_x Σ_j (e_xj − μ_x)(e_xj − μ_x)ᵀ + δ I_d`,
     `Σ_lda = Σ_w^{−1/2} Σ_b Σ_w^{−1/2}` with eigenvalues λ_1..λ_d,
@@ -319,9 +352,9 @@ def lidar(e, *, delta: float = 1e-4, eps: float = 1e-8) -> jax.Array:
     values of `L⁻¹ Bᵀ` (Σ_w = L Lᵀ Cholesky, Σ_b = BᵀB), which has the same spectrum.
 
     LiDAR ≤ min(d, n − 1) up to ε, is invariant to rescaling `e` when δ is negligible against Σ_w,
-    and is ≈ d for pure isotropic noise *and* for a collapsed representation plus tiny noise (Jha
-    §4 check 15): never use it alone as a collapse detector. NaN for a constant input (Σ_b = 0,
-    check 16). With `delta=0` Σ_w must be full rank (else NaN from the Cholesky factor).
+    and is ≈ d for pure isotropic noise *and* for a collapsed representation plus tiny noise (Jha et al.
+    2024): never use it alone as a collapse detector. NaN for a constant input (Σ_b = 0).
+    With `delta=0` Σ_w must be full rank (else NaN from the Cholesky factor).
     """
     e = _grouped("e", e, min_views=2)
     V.positive_float("delta", delta, allow_zero=True)
@@ -343,7 +376,7 @@ def _lidar(e, delta, eps):
 
 
 # ---------------------------------------------------------------------------------------------
-# alignment / uniformity (Wang & Isola, ICML 2020; Jha §3.5)
+# alignment / uniformity (Wang & Isola, ICML 2020; Jha et al. 2024)
 
 
 def _split(f):
@@ -366,9 +399,9 @@ def alignment(f, *, alpha: float = 2.0) -> jax.Array:
     """Alignment loss of Wang & Isola (ICML 2020), stacked views `(..., 2n, k)` → `(...,)`.
 
     `L_align = (1/n) Σ_i ||z_{a_i} − z_{b_i}||_2^α`, `z = f / ||f||_2` (rows projected onto the unit
-    sphere as the authors' code does; an all-zero row stays zero), default α = 2 (Jha §3.5).
+    sphere as the authors' code does; an all-zero row stays zero), default α = 2 (Jha et al. 2024).
     0 for exact duplicate views (to round-off). With α = 2: `mean_i z_{a_i}·z_{b_i} = 1 − L_align/2`
-    (Jha §4 check 5).
+    (Jha et al. 2024).
     """
     f = _stacked("f", f)
     V.positive_float("alpha", alpha)
@@ -398,12 +431,12 @@ def uniformity(f, *, t: float = 2.0, stacked: bool = True) -> jax.Array:
     """Uniformity loss of Wang & Isola (ICML 2020), `(..., M, k)` → `(...,)`.
 
     `L_uniform(t) = log mean_{i<j} exp(−t ||z_i − z_j||_2²)`, `z = f / ||f||_2`, over distinct pairs
-    (`torch.pdist`, no self-pairs), default t = 2 (Jha §3.5). With `stacked=True` (default) `f` is
+    (`torch.pdist`, no self-pairs), default t = 2 (Jha et al. 2024). With `stacked=True` (default) `f` is
     stacked views `(..., 2n, k)` and the result is the mean of the two views' uniformities, as in
     the authors' training code (`(uniform(x) + uniform(y)) / 2`), so positive pairs are never
     counted as independent; `stacked=False` pools all M rows (e.g. test points `(m, k)`).
     0 for a collapsed batch; for z uniform on S^{k−1}, `−2t + log E[e^{2t u}]`, u = z·z'
-    (−3.9375 for k = 128, −3.875 for k = 64 at t = 2, Jha §4 check 18). Memory O(M²).
+    (−3.9375 for k = 128, −3.875 for k = 64 at t = 2, Jha et al. 2024). Memory O(M²).
     """
     V.positive_float("t", t)
     stacked = _flag("stacked", stacked)
@@ -424,7 +457,7 @@ def _uniformity(f, t, stacked):
 
 
 class Stability(NamedTuple):
-    """Centre-vector diagnostics of Jha et al. (Jha §1.1, §1.3, §3.1), each `(...,)`.
+    """Centre-vector diagnostics of Jha et al. (Jha et al. 2024), each `(...,)`.
 
     With `z_nk` the (L2-normalised) embedding of view k of sample n, `μ̂_n = (1/K) Σ_k z_nk`,
     `ŝ = (1/N) Σ_n μ̂_n`:
@@ -436,13 +469,13 @@ class Stability(NamedTuple):
     - `mean_norm_sq`: `E_n ||μ̂_n||²` (plug-in).
     - `mean_norm_sq_u`: `E_n ||μ_n||²_U`, `||μ_n||²_U = (1/(K(K−1))) Σ_{k≠l} z_nk·z_nl` (unbiased;
       ≈ 0 without invariance, 1 for perfect invariance; `= mean_n z_n1·z_n2` for K = 2).
-    - `ratio`: `R = ||ŝ|| / E_n ||μ̂_n||` ∈ [0, 1] (Jensen), 1 iff complete collapse (§1.3.5).
+    - `ratio`: `R = ||ŝ|| / E_n ||μ̂_n||` ∈ [0, 1] (Jensen), 1 iff complete collapse.
     - `trace_between`: `tr Σ̂_b = (1/N) Σ_n ||μ̂_n − ŝ||²` (= `E||μ||² − ||s||²`, identities 3–4).
     - `trace_within`: `tr Σ̂_w = (1/(NK)) Σ_{n,k} ||z_nk − μ̂_n||²`.
 
     ANOVA identity (plug-in, exact): `center_norm² + trace_between + trace_within = mean ||z||²`
     (= 1 on the sphere, check 4). Triplet loss with dot-product similarity over all pairs:
-    `L_tri = −(mean_norm_sq_u − center_norm_sq_u)` (§1.4(b), check 8).
+    `L_tri = −(mean_norm_sq_u − center_norm_sq_u)`.
     """
 
     center_norm: jax.Array
@@ -465,10 +498,10 @@ def _group_means(z, normalize, center):
 def sample_means(z, *, normalize: bool = True) -> jax.Array:
     """Per-sample expected representation over augmentations, `(..., N, K, d)` → `(..., N, d)`.
 
-    `μ̂_n = (1/K) Σ_k g(ω_k(x_n))`, the plug-in estimate of `μ(x) = E_ω[g(ω(x))]` (Jha §1.1 [PAPER]
-    for the quantity, symbol μ and estimator from the digest [RECON] §3.1), with
+    `μ̂_n = (1/K) Σ_k g(ω_k(x_n))`, the plug-in estimate of `μ(x) = E_ω[g(ω(x))]` (Jha et al.
+    2024 for the quantity; symbol μ and the plug-in estimator are ours), with
     `g = f/||f||` when `normalize=True` (the paper's space; `False` uses `z` as given, e.g. a
-    method-specific space — label which, Jha §5). K >= 1.
+    method-specific space — label which, Jha et al. 2024). K >= 1.
     """
     return _group_means(_grouped("z", z, min_views=1), _flag("normalize", normalize), False)
 
@@ -476,10 +509,10 @@ def sample_means(z, *, normalize: bool = True) -> jax.Array:
 def center_vector(z, *, normalize: bool = True) -> jax.Array:
     """Centre vector, `(..., N, K, d)` → `(..., d)`.
 
-    `ŝ = (1/N) Σ_n μ̂_n`, the plug-in estimate of `s = E_x E_ω[g(ω(x))]` (Jha §1.1 [PAPER], the
+    `ŝ = (1/N) Σ_n μ̂_n`, the plug-in estimate of `s = E_x E_ω[g(ω(x))]` (Jha et al. 2024, the
     TL;DR's verbatim formula); `normalize` as in `sample_means`. K >= 1; with K = 1 (one view per
     point) it is the batch mean of the normalised rows. Its norm has a ≈ 1/sqrt(N) floor even for a
-    perfect representation (Jha §5): compare at equal N or use `stability(...).center_norm_sq_u`.
+    perfect representation (Jha et al. 2024): compare at equal N or use `stability(...).center_norm_sq_u`.
     """
     return _group_means(_grouped("z", z, min_views=1), _flag("normalize", normalize), True)
 
@@ -487,13 +520,13 @@ def center_vector(z, *, normalize: bool = True) -> jax.Array:
 def stability(z, *, normalize: bool = True) -> Stability:
     """Centre-vector stability diagnostics of Jha et al. 2024, `(..., N, K, d)` → `Stability` of `(...,)`.
 
-    See `Stability` for the fields and formulas (Jha §3.1 [RECON] estimators; the claim that SSL
-    methods keep `||s||` small while `E||μ||` grows is §1.2 [PAPER], a hypothesis to test).
+    See `Stability` for the fields and formulas (Jha et al. 2024; the claim that SSL
+    methods keep `||s||` small while `E||μ||` grows is theirs, a hypothesis to test).
     `z_nk` is the embedding of view k of sample n, N >= 2 samples and K >= 2 views (the unbiased
     estimators need two); stacked `(2n, d)` views become `(n, 2, d)` with `group_views`.
     `normalize=True` (default) projects every row onto the unit sphere first, as the paper defines
     `s` on `g = f/||f||`; with `False` the identities hold with `mean ||z||²` in place of 1.
-    A fixed probe set in eval mode is the intended input (Jha §5: batch and BN effects).
+    A fixed probe set in eval mode is the intended input (Jha et al. 2024: batch and BN effects).
     """
     return _stability(_grouped("z", z, min_views=2), _flag("normalize", normalize))
 
@@ -526,28 +559,78 @@ def _stability(z, normalize):
 # step times
 
 
-def step_times(spectra, ts, *, min_final: float = 0.0) -> jax.Array:
-    """When each eigenvalue first reaches half its final value, `spectra: (..., T, k)`, `ts: (T,)` →
-    `(..., k)`.
+#: Default of `step_times(threshold=...)`: half the value 1 that every learned eigenvalue of the
+#: Barlow Twins cross-correlation C reaches (C → I, Simon et al. 2023, Sec. 4), in the units of
+#: the spectrum.
+STEP_THRESHOLD = 0.5
 
-    For mode j with final value `λ_j(t_{T−1}) = F_j`, returns the first time at which
-    `λ_j(t) >= F_j / 2`, linearly interpolated between the two saved times that bracket it:
-    `t = t_{i−1} + (F_j/2 − λ_{i−1}) / (λ_i − λ_{i−1}) · (t_i − t_{i−1})`. This is the step time of
-    the stepwise theory (stepwise digest §9 check 3: the logistic `c_j` crosses 1/2 at
-    `ln(1/c_j(0) − 1)/(8γ_j)`), read off any saved spectrum (eig(C), covariance, ...).
+#: Reason codes of `Steps.reason` (index into `STEP_REASONS`).
+LEARNED, BELOW_THRESHOLD, NO_RISE, UNDEFINED = 0, 1, 2, 3
+STEP_REASONS = (
+    "learned",
+    "not learned: final value below the threshold",
+    "not learned: at or above half its final value from the first saved time (no step in the "
+    "window)",
+    "undefined: non-finite final value",
+)
 
-    Edge cases (never an exception inside jit, never a silent NaN):
-    - `inf` when the mode is never learned: `F_j <= min_final` (default 0, so modes that end at or
-      below zero, e.g. γ_j <= 0 in eig(C)). Raise `min_final` (e.g. 1e-3·max F) to treat
-      noise-level modes as unlearned.
-    - `NaN` when `F_j` itself is NaN/inf (the final value, hence the level, is undefined).
-    - NaN/inf entries before the end count as "not reached"; if the sample just before the first
-      reaching one is non-finite, no interpolation is possible and that sample's time `t_i` is
-      returned.
-    - `ts[0]` when the mode is already at or above `F_j/2` at the first saved time.
-    `ts` must be finite, >= 0 and strictly increasing (checked on concrete input), T >= 2.
+
+class Steps(NamedTuple):
+    """Step detection of `detect_steps`, each `(..., k)`.
+
+    - `times`: when mode j first reaches half its final value (interpolated), NaN where the mode is
+      not learned (`reason != LEARNED`).
+    - `learned`: bool, `reason == LEARNED`.
+    - `reason`: int codes, `STEP_REASONS[code]` says why a time is NaN.
+    - `final`: the final value `F_j` the level `F_j / 2` derives from.
     """
-    spectra = _batched("spectra", spectra, core="T, k", finite=False)
+
+    times: jax.Array
+    learned: jax.Array
+    reason: jax.Array
+    final: jax.Array
+
+    def reasons(self, threshold: float | None = None) -> np.ndarray:
+        """The reason of every mode as text, an object array of the shape of `times`
+        (`threshold`, when given, is quoted in the "below the threshold" text)."""
+        codes = np.asarray(self.reason)
+        text = list(STEP_REASONS)
+        if threshold is not None:
+            text[BELOW_THRESHOLD] = f"not learned: final value below the threshold {threshold:g}"
+        return np.vectorize(lambda c: text[int(c)], otypes=[object])(codes) if codes.ndim else \
+            np.array(text[int(codes)], dtype=object)
+
+
+def detect_steps(spectra, ts, *, threshold: float = STEP_THRESHOLD) -> Steps:
+    """Step time of each mode, and whether (and why not) it was learned, `spectra: (..., T, k)`,
+    `ts: (T,)` → `Steps` of `(..., k)`.
+
+    For mode j with final value `F_j = λ_j(t_{T−1})`, the step time is the first time at which
+    `λ_j(t) >= F_j / 2`, linearly interpolated between the two saved times that bracket it:
+    `t = t_{i−1} + (F_j/2 − λ_{i−1}) / (λ_i − λ_{i−1}) · (t_i − t_{i−1})`. For the logistic
+    `c_j(t) = 1/(1 + (1/c_j(0) − 1) e^{−8γ_j t})` of the stepwise theory this is its 1/2-crossing
+    `ln(1/c_j(0) − 1)/(8γ_j)` (Simon et al. 2023, Sec. 4) when `F_j ≈ 1`.
+
+    A mode is *learned* (a finite time) only when it steps inside the window; otherwise the time
+    is NaN and `reason` says why (`STEP_REASONS`):
+    - `BELOW_THRESHOLD`: `F_j < threshold` (default `STEP_THRESHOLD` = 0.5, in the units of the
+      spectrum: half the value 1 of a learned eigenvalue of the Barlow Twins cross-correlation;
+      for a spectrum of another scale, e.g. an embedding covariance, pass one in its units, such
+      as `0.5 * spectra[-1].max()`, or 0 to accept every positive final value);
+    - `NO_RISE`: the mode is already at or above `F_j / 2` at `ts[0]` (it never crosses: no step
+      inside the window);
+    - `UNDEFINED`: `F_j` non-finite (only possible inside `jax.jit`, where values are not checked).
+    `spectra` must be finite (NaN/inf are refused on concrete input: a NaN would silently move the
+    crossing), `ts` finite, >= 0 and strictly increasing, T >= 2.
+
+    Example:
+        >>> ts = np.linspace(0.0, 10.0, 101)
+        >>> c = 1 / (1 + (1 / 1e-6 - 1) * np.exp(-8 * np.array([1.0, 1e-3]) * ts[:, None]))
+        >>> s = detect_steps(c, ts)
+        >>> bool(s.learned[0]), bool(s.learned[1]), s.reasons()[1]
+        (True, False, 'not learned: final value below the threshold')
+    """
+    spectra = _batched("spectra", spectra, core="T, k")
     ts = V.as_float_array("ts", ts, ndim=1)
     T = spectra.shape[-2]
     if ts.shape[0] != T:
@@ -557,28 +640,43 @@ def step_times(spectra, ts, *, min_final: float = 0.0) -> jax.Array:
         t = np.asarray(ts)
         if not (np.all(t >= 0) and np.all(np.diff(t) > 0)):
             raise ValueError(f"ts: expected times >= 0 and strictly increasing, got {t}")
-    V.positive_float("min_final", min_final, allow_zero=True)
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(
+            threshold, (int, float, np.integer, np.floating, jax.Array)):
+        raise TypeError(f"threshold: expected a number (the final value a learned mode reaches "
+                        f"at least), got {threshold!r}")
+    if not isinstance(threshold, jax.Array) and not np.isfinite(float(threshold)):
+        raise ValueError(f"threshold: expected a finite number, got {threshold!r}")
     dtype = jnp.result_type(spectra.dtype, ts.dtype)
-    return _step_times(spectra.astype(dtype), ts.astype(dtype), min_final)
+    return _detect_steps(spectra.astype(dtype), ts.astype(dtype), threshold)
+
+
+def step_times(spectra, ts, *, threshold: float = STEP_THRESHOLD) -> jax.Array:
+    """`detect_steps(spectra, ts, threshold=threshold).times`: `(..., T, k)` → `(..., k)`, the time
+    each mode first reaches half its final value, NaN for a mode that is not learned (see
+    `detect_steps` for the threshold, its default and the reasons). The step time of the stepwise
+    theory (Simon et al. 2023) read off any saved spectrum (eig C, an embedding covariance)."""
+    return detect_steps(spectra, ts, threshold=threshold).times
 
 
 @jax.jit
-def _step_times(s, ts, min_final):
+def _detect_steps(s, ts, threshold):
     final = s[..., -1, :]                                  # (..., k)
     level = final / 2
-    reached = jnp.isfinite(s) & (s >= level[..., None, :])
+    reached = s >= level[..., None, :]
     i = jnp.argmax(reached, axis=-2)                       # first reaching index, (..., k)
     prev = jnp.maximum(i - 1, 0)
     s_i = jnp.take_along_axis(s, i[..., None, :], axis=-2)[..., 0, :]
     s_p = jnp.take_along_axis(s, prev[..., None, :], axis=-2)[..., 0, :]
     t_i, t_p = ts[i], ts[prev]
-    # s_p < level <= s_i whenever the interpolation branch is taken, so the denominator is > 0.
+    # s_p < level <= s_i whenever i > 0, so the denominator is > 0
     denom = jnp.where(s_i > s_p, s_i - s_p, 1)
-    interp = t_p + (level - s_p) / denom * (t_i - t_p)
-    t = jnp.where(i == 0, ts[0], jnp.where(jnp.isfinite(s_p), interp, t_i))
-    learned = jnp.any(reached, axis=-2) & (final > min_final)
-    t = jnp.where(learned, t, jnp.inf)
-    return jnp.where(jnp.isfinite(final), t, jnp.nan)
+    t = t_p + (level - s_p) / denom * (t_i - t_p)
+    reason = jnp.where(~jnp.isfinite(final), UNDEFINED,
+                       jnp.where(final < threshold, BELOW_THRESHOLD,
+                                 jnp.where(i == 0, NO_RISE, LEARNED)))
+    learned = reason == LEARNED
+    return Steps(times=jnp.where(learned, t, jnp.nan), learned=learned, reason=reason,
+                 final=final)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,8 +702,8 @@ def principal_angles(a, b) -> jax.Array:
     `cos θ_i` = singular values of `Q_aᵀ Q_b` (descending), `sin θ_i` = singular values of
     `Q_b − Q_a (Q_aᵀ Q_b)` (ascending), and `θ_i = atan2(sin θ_i, cos θ_i)`. The arccos of the
     cosines alone loses all accuracy below ~1e-8 rad; the sines keep relative accuracy for tiny
-    angles and the cosines near π/2. Used for "max principal angle < 1e-6 rad" (Esser digest §6
-    check 10) and subspace-error scalings (stepwise digest §9 check 7).
+    angles and the cosines near π/2. Used for "max principal angle < 1e-6 rad" (Esser et al.)
+    and subspace-error scalings (Simon et al. 2023).
 
     Both inputs need full column rank (checked on concrete input; a rank-deficient basis has no
     well-defined orthonormal basis from QR) and p, q <= N; same dtype.

@@ -2,21 +2,21 @@
 
 Sweeps (x, γ) where x is the augmentation strength σ² (B = σ² I) or the minority-class fraction p of a
 two-class mixture, and γ the weight decay; every cell trains the one-layer (M1) or encoder+projector
-(M2) linear model of ../shared/papers/ziyin2023_landscape.md by full-batch GD on its population
+(M2) linear model of Ziyin et al. 2023 by full-batch GD on its population
 landscape (`sslntk.theory.landscape`), **all cells in one jitted, doubly-vmapped call** (no Python loop
-over cells). The measured rank is compared with the predicted one (digest §2.1 rank law, §2.2
-thresholds γ_c / γ_s, §4.2 imbalance).
+over cells). The measured rank is compared with the predicted one (Ziyin et al. 2023:
+thresholds γ_c / γ_s, imbalance).
 
-Rank measurement (documented threshold, digest §5/§7.1): the number of eigenvalues of the
+Rank measurement (documented threshold, Ziyin et al. 2023): the number of eigenvalues of the
 augmented-view embedding covariance (`W Σ Wᵀ` for M1, `V Σ Vᵀ` with `V = UW` for M2) above
-`rtol · τ` — τ bounds every learned variance (digest §2.1–2.2), so a completely collapsed
+`rtol · τ` — τ bounds every learned variance (Ziyin et al. 2023), so a completely collapsed
 representation counts as rank 0.
 
-Initialisation (digest §2.2 hysteresis): M1 starts small (scale 1e-2; it has no spurious minima).
+Initialisation (Ziyin et al. 2023 hysteresis): M1 starts small (scale 1e-2; it has no spurious minima).
 M2 starts "large" — every singular value of V at `1.05 · max_i sqrt(a_i τ/3)/(a_i + b_i)`, above
 every barrier of the per-direction landscape — so it lands on the metastable branch: its rank is
 `#{γ < γ_s,i}`, which equals the global-minimum rank `#{γ < γ_c,i}` outside the hysteresis band
-`γ_c,i <= γ < γ_s,i`. (A small init with γ > 0 stays collapsed, digest check 9.)
+`γ_c,i <= γ < γ_s,i`. (A small init with γ > 0 stays collapsed, Ziyin et al. 2023.)
 """
 
 from __future__ import annotations
@@ -175,9 +175,9 @@ def phase_diagram(model: str = "one_layer", x_axis: str = "augmentation", *, x, 
       display (`sslntk._progress`: a bar on a terminal, one line in logs).
     dtype: simulation dtype (default: float64 when x64 is enabled, else float32).
 
-    Predictions: M1 rank `min(d_out, #{a_i > γτ})` (digest §2.1, independent of σ²); M2 global rank
-    `#{γ < γ_c,i}` and metastable rank `#{γ < γ_s,i}` capped by `min(d_out, h)` (digest §2.2);
-    imbalance through `a_e = σ_w² + p(1−p)δ²` (digest §4.2).
+    Predictions: M1 rank `min(d_out, #{a_i > γτ})` (Ziyin et al. 2023, independent of σ²); M2 global rank
+    `#{γ < γ_c,i}` and metastable rank `#{γ < γ_s,i}` capped by `min(d_out, h)` (Ziyin et al. 2023);
+    imbalance through `a_e = σ_w² + p(1−p)δ²` (Ziyin et al. 2023).
     """
     V.choice("model", model, MODELS)
     V.choice("x_axis", x_axis, X_AXES)

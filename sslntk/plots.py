@@ -1,53 +1,77 @@
-"""Figures (matplotlib, Agg): each function takes plain arrays and writes `NAME.png` and `NAME.pdf`.
+"""Figures: each function takes plain arrays and writes `NAME.png` and `NAME.pdf`.
 
-Axes carry units: time is "t (learning rate × steps)", deviations are relative (dimensionless).
+Figures are built on `matplotlib.figure.Figure` objects, never through `pyplot`, so importing or
+calling this module never changes the global matplotlib backend or the current figure: a notebook
+keeps its inline backend and `plt.show()` shows the user's own figures (the command line alone
+selects the non-interactive Agg backend). Axes carry units: time is "t (learning rate × steps)",
+deviations are relative (dimensionless). Curves are labelled with what they are (`sim_label`,
+`theory_label`): "kernel dynamics" for the NTK simulation, "ResNet (GD)" for a trained network.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from sslntk import _io  # noqa: E402
+from sslntk import _io
 
 TIME_LABEL = "t  (learning rate × steps)"
 
 
-def _save(fig, out: str | Path, name: str) -> list[Path]:
+def _figure(**kw) -> tuple[Figure, object]:
+    fig = Figure(**kw)
+    return fig, fig.subplots()
+
+
+def _save(fig: Figure, out: str | Path, name: str) -> list[Path]:
     out = Path(out)
     paths = []
     for ext in ("png", "pdf"):
-        import io
-
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
         paths.append(_io.atomic_write_bytes(out / f"{name}.{ext}", buf.getvalue()))
-    plt.close(fig)
     return paths
 
 
+def _not_learned_note(ax, not_learned):
+    """Say which modes have no step time (NaN, `sslntk.metrics.detect_steps`) in the figure."""
+    modes = [int(m) for m in (not_learned or [])]
+    if modes:
+        ax.text(0.99, 0.02, "not learned: mode" + ("s " if len(modes) > 1 else " ")
+                + ", ".join(map(str, modes)), transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=8, color="0.3")
+
+
 def staircase(out, name, ts, loss, predicted_steps, *, loss_theory=None, simulated_steps=None,
-              title="Barlow Twins loss staircase", terms=None):
+              title="Barlow Twins loss staircase", terms=None,
+              sim_label="simulated (kernel dynamics)", theory_label="stepwise theory",
+              predicted_label="predicted step times", measured_label="measured step times",
+              not_learned=None):
     """Loss vs time with the predicted step times as dashed verticals (and the theory curve).
-    `terms`: optional `{name: (T,)}` named loss terms (`Loss.terms`), drawn as thin lines."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot(ts, loss, lw=2, label="simulated (kernel dynamics)")
+    `terms`: optional `{name: (T,)}` named loss terms (`Loss.terms`), drawn as thin lines.
+    `sim_label` / `theory_label` / `predicted_label` / `measured_label` say what the curves and
+    markers are; `not_learned`: 1-based modes without a step time, named in the figure."""
+    fig, ax = _figure(figsize=(6.4, 4.0))
+    ax.plot(ts, loss, lw=2, label=sim_label)
     for i, (tn, tv) in enumerate(sorted((terms or {}).items())):
         ax.plot(ts, np.asarray(tv), lw=1, alpha=0.8, color=f"C{4 + i}", label=f"term: {tn}")
     if loss_theory is not None:
-        ax.plot(ts, loss_theory, "k--", lw=1, label="stepwise theory")
-    for j, t in enumerate(np.asarray(predicted_steps)):
+        ax.plot(ts, loss_theory, "k--", lw=1, label=theory_label)
+    first = True
+    for t in np.asarray(predicted_steps, dtype=float):
         if np.isfinite(t):
-            ax.axvline(t, color="C3", ls=":", lw=1, label="predicted step times" if j == 0 else None)
+            ax.axvline(t, color="C3", ls=":", lw=1, label=predicted_label if first else None)
+            first = False
     if simulated_steps is not None:
-        st = np.asarray(simulated_steps)
+        st = np.asarray(simulated_steps, dtype=float)
         st = st[np.isfinite(st)]
-        ax.plot(st, np.interp(st, ts, loss), "o", ms=4, color="C2", label="measured step times")
+        if st.size:
+            ax.plot(st, np.interp(st, ts, loss), "o", ms=4, color="C2", label=measured_label)
+    _not_learned_note(ax, not_learned)
     ax.set_xlabel(TIME_LABEL)
     ax.set_ylabel("loss  L(t)")
     ax.set_title(title)
@@ -58,10 +82,13 @@ def staircase(out, name, ts, loss, predicted_steps, *, loss_theory=None, simulat
 
 def eigenvalues(out, name, ts, c_sim, c_theory=None, *, ylabel="eigenvalues of C(t)",
                 title="Embedding eigenvalues", sim_label="simulated",
-                theory_label="theory (logistic)", steps_sim=None, steps_theory=None):
-    """Per-mode eigenvalue trajectories `(T, k)`: simulated solid, theory dashed, log-time axis."""
+                theory_label="theory (logistic)", steps_sim=None, steps_theory=None,
+                not_learned=None):
+    """Per-mode eigenvalue trajectories `(T, k)`: simulated solid, theory dashed. Step times as
+    dots (measured) and dotted verticals (predicted); NaN step times (modes not learned) are left
+    out and `not_learned` (1-based modes) is named in the figure."""
     c_sim = np.asarray(c_sim)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _figure(figsize=(6.4, 4.0))
     for j in range(c_sim.shape[1]):
         ax.plot(ts, c_sim[:, j], color=f"C{j % 10}", lw=2,
                 label=sim_label if j == 0 else None)
@@ -75,6 +102,7 @@ def eigenvalues(out, name, ts, c_sim, c_theory=None, *, ylabel="eigenvalues of C
     for j, t in enumerate(np.asarray(steps_sim if steps_sim is not None else [])):
         if np.isfinite(t):
             ax.plot([t], [np.interp(t, ts, c_sim[:, j])], "o", ms=4, color=f"C{j % 10}")
+    _not_learned_note(ax, not_learned)
     ax.set_xlabel(TIME_LABEL)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -87,7 +115,7 @@ def spectrum(out, name, gammas, *, k=None, title="Contrastive-kernel spectrum"):
     """Eigenvalues γ_j of M = K^{1/2} Z K^{1/2}/2n (log scale, positive part), top-k highlighted."""
     g = np.asarray(gammas)
     j = np.arange(1, len(g) + 1)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _figure(figsize=(6.4, 4.0))
     pos = g > 0
     ax.semilogy(j[pos], g[pos], ".", ms=3, color="C0", label="γ_j > 0")
     if k:
@@ -106,7 +134,7 @@ def deviation_vs_width(out, name, widths, deviations, *, slope=None, ci=None, in
     """Log–log deviation against width: per-seed points, mean, and the fitted power law."""
     w = np.asarray(widths, float)
     d = np.asarray(deviations, float)          # (W, S)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _figure(figsize=(6.4, 4.0))
     for s in range(d.shape[1]):
         ax.loglog(w, d[:, s], "o", color="C0", alpha=0.4, ms=4, label="seeds" if s == 0 else None)
     ax.loglog(w, np.exp(np.mean(np.log(d), axis=1)), "s-", color="C0", label="geometric mean")
@@ -134,10 +162,10 @@ def phase_diagram(out, name, xs, gammas, rank, *, predicted_rank=None, metastabl
 
     xs, gammas, rank = np.asarray(xs), np.asarray(gammas), np.asarray(rank)
     top = int(max(np.max(rank), np.max(predicted_rank) if predicted_rank is not None else 0))
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = _figure(figsize=(6.4, 4.8))
     dx = (xs[1] - xs[0]) / 2 if len(xs) > 1 else 0.5
     dg = (gammas[1] - gammas[0]) / 2 if len(gammas) > 1 else 0.5
-    cmap = plt.get_cmap("viridis", top + 1)
+    cmap = matplotlib.colormaps["viridis"].resampled(top + 1)
     im = ax.imshow(rank.T, origin="lower", aspect="auto", cmap=cmap,
                    norm=BoundaryNorm(np.arange(-0.5, top + 1.5), cmap.N),
                    extent=(xs[0] - dx, xs[-1] + dx, gammas[0] - dg, gammas[-1] + dg))
@@ -164,9 +192,9 @@ def phase_diagram(out, name, xs, gammas, rank, *, predicted_rank=None, metastabl
 
 def hypergradient(out, name, xs, outcome, *, grad_at=None, grad=None, xlabel="augmentation noise",
                   ylabel="outcome", title="Outcome vs hyperparameter with its autodiff tangent"):
-    """Outcome curve with the autodiff tangent line at one point."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot(xs, outcome, "o-", ms=3, label="outcome")
+    """Outcome curve (the outcome recomputed at each x) with the autodiff tangent at one point."""
+    fig, ax = _figure(figsize=(6.4, 4.0))
+    ax.plot(xs, outcome, "o-", ms=3, label=f"{ylabel}, recomputed at each {xlabel}")
     if grad_at is not None and grad is not None:
         x0 = float(grad_at)
         y0 = float(np.interp(x0, xs, outcome))
@@ -186,7 +214,8 @@ def loss_terms(out, name, ts, terms, *, reference=None, labels=None, title="Loss
     are averaged over all but the first, which becomes one line per entry with `labels`).
     `reference {term: (..., T)}` (e.g. the kernel prediction) is drawn dashed."""
     names = sorted(terms)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    fig = Figure(figsize=(3.6 * len(names), 3.4))
+    axes = fig.subplots(1, len(names), squeeze=False)
     for ax, tn in zip(axes[0], names, strict=True):
         for src, ls in ((terms, "-"), (reference, "--")):
             if src is None or tn not in src:

@@ -119,6 +119,8 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         "staircase",   # the stepwise module; `theory.stepwise` is now the function
     ],
     "metrics": [
+        "BELOW_THRESHOLD", "LEARNED", "NO_RISE", "STEP_REASONS", "STEP_THRESHOLD", "Steps",
+        "UNDEFINED", "cross_correlation", "detect_steps",
     ],
 }
 

@@ -69,7 +69,7 @@ def test_every_kind_end_to_end(kind, tmp_path):
     h = stored["headline"]
     if kind == "staircase":
         # stepwise theory vs the ODE: step times of an α = 1e-3 random init agree to a few % (the
-        # QR-effective prediction carries O(1/ln(1/α)) corrections, stepwise digest §4/check 9).
+        # QR-effective prediction carries O(1/ln(1/α)) corrections, Simon et al. 2023).
         assert h["status"] == 0 and h["method"] == "ode"
         assert h["step_time_rel_error_max"] < 0.05
         assert h["final_loss"] < 1e-2
@@ -135,7 +135,30 @@ def test_bad_configs_fail_clearly_and_write_nothing(raw, match, tmp_path):
     out = tmp_path / "out"
     r = _cli(["run", str(p), "--out", str(out)], check=False)
     assert r.returncode == 2 and "sslntk: error: config" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("raw,match", [
+    # limits between keys, checked by validate (before any work)
+    ({"kind": "staircase", "data": {"n": 4}, "dynamics": {"k": 9}},
+     r"config key 'dynamics.k': expected at most 2 \* data.n = 8"),
+    ({"kind": "hypergradient", "dynamics": {"k": 2}, "hypergradient": {"mode": 3}},
+     r"config key 'hypergradient.mode': expected at most dynamics.k = 2"),
+    ({"kind": "phase_diagram", "phase": {"x_axis": "imbalance", "x_range": [0.1, 1.5]}},
+     r"config key 'phase.x_range': expected minority fractions inside \(0, 1\)"),
+    ({"kind": "width_sweep", "dynamics": {"n_times": 50}, "finite": {"steps": 40}},
+     r"config key 'dynamics.n_times': expected at most finite.steps \+ 1 = 41"),
+    ({"kind": "finite_staircase", "finite": {"n_times": 12, "steps": 10}},
+     r"config key 'finite.n_times': expected at most finite.steps \+ 1 = 11"),
+    ({"kind": "staircase", "data": {"options": {"n": 5}}},
+     r"config key 'data.options.n': set by the config itself; use data.n and data.n_test"),
+    ({"kind": "staircase", "arch": {"activation": True}},
+     r"config key 'arch.activation': expected one of \[.*\], got true"),
+])
+def test_limits_between_keys(raw, match):
+    with pytest.raises(config.ConfigError, match=match):
+        config.validate(raw)
 
 
 def test_cli_refuses_other_runs_directory_and_lists(tmp_path, capsys):
@@ -179,7 +202,7 @@ def test_cifar10_example_and_new_data_keys(tmp_path):
     assert cfg["data"]["name"] == "cifar10" and cfg["data"]["recipe"] == "simclr"
     base = {"kind": "staircase", "data": {"name": "cifar10", "recipe": "byol"}}
     assert config.validate(base)["data"]["download"] is False
-    bad = [({"recipe": "moco"}, r"'data.recipe': expected one of \['none', 'simclr'"),
+    bad = [({"recipe": "moco"}, r"'data.recipe': expected one of \[\"none\", \"simclr\""),
            ({"download": "yes"}, r"'data.download': expected true or false"),
            ({"classes": [0, -1]}, r"'data.classes\[1\]': expected an integer >= 0"),
            ({"colour_strength": 0.5}, r"'data.colour_strength': unknown key"),
@@ -226,7 +249,7 @@ def test_finite_staircase_fast_through_the_cli(tmp_path):
 
 @pytest.mark.slow
 def test_finite_staircase_resnet_steps_on_digits(tmp_path):
-    """Acceptance of [J] deliverable 4: a ResNet trained with Barlow Twins from small init on digits
+    """Acceptance: a ResNet trained with Barlow Twins from small init on digits
     learns its embedding eigenvalues one at a time, >= 4 steps, in the order of its own
     empirical-NTK prediction."""
     cfg = config.load(Path(__file__).parents[1] / "examples" / "finite_staircase.toml")

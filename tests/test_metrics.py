@@ -1,7 +1,7 @@
 """Tests for sslntk.metrics (float64 unless stated; conftest enables x64).
 
 References: closed forms on constructed embeddings, explicit numpy / scipy computations, and the
-numbered acceptance checks of ../shared/papers/jha2024_stability.md §4 ("Jha check n"). Each
+numbered acceptance checks for the metrics of Jha et al. 2024 ("Jha check n"). Each
 tolerance says why it is what it is.
 """
 
@@ -94,11 +94,11 @@ def test_embedding_spectrum_rank_k_and_marchenko_pastur():
     ev = np.asarray(M.embedding_spectrum(r.standard_normal((N, d))))
     c = d / N
     lo, hi = (1 - np.sqrt(c)) ** 2, (1 + np.sqrt(c)) ** 2
-    assert ev.min() >= 0.9 * lo and ev.max() <= 1.1 * hi   # 10% edge slack at finite N (digest)
+    assert ev.min() >= 0.9 * lo and ev.max() <= 1.1 * hi   # 10% edge slack at finite N (reference value)
 
 
 def test_cross_correlation_spectrum_matches_theory():
-    """C from embeddings equals W Γ Wᵀ for a linear model (stepwise digest §9 check 1)."""
+    """C from embeddings equals W Γ Wᵀ for a linear model (Simon et al. 2023)."""
     r = rng(4)
     n, m, k = 20, 9, 4
     xa, xb = r.standard_normal((n, m)), r.standard_normal((n, m))
@@ -153,7 +153,7 @@ def test_effective_rank_degenerate_is_nan():
 
 
 def test_rankme_isotropic_gaussian():
-    """Jha check 9 (d = 128): digest values 123.7 (N = 512), 127.2 (2,560), 127.8 (10,000), quoted
+    """Jha check 9 (d = 128): reference values 123.7 (N = 512), 127.2 (2,560), 127.8 (10,000), quoted
     to one decimal; seed-to-seed sd is ~0.01, so ±0.15. And > 0.97 d once N >= 20 d."""
     d = 128
     for N, ref in ((512, 123.7), (2560, 127.2), (10000, 127.8)):
@@ -164,7 +164,7 @@ def test_rankme_isotropic_gaussian():
             assert v > 0.97 * d
         if N == 10000:
             # Jha check 12: RankMe is uncentred, so a +5 mean shift drops it to ≈ 52.8 (±0.5:
-            # the one-decimal digest value; an analytic estimate with σ_1 = 5 sqrt(N d) gives 53.0)
+            # the one-decimal reference value; an analytic estimate with σ_1 = 5 sqrt(N d) gives 53.0)
             assert abs(float(M.rankme(z + 5.0)) - 52.8) < 0.5
 
 
@@ -179,7 +179,7 @@ def test_rankme_rank_one_and_rank_k():
         v = float(M.rankme(z))
         assert abs(v - 1) < 1e-3
         np.testing.assert_allclose(v, expect, rtol=1e-8)     # 1.0002
-    # rank k, equal variances in a random k-subspace: k within 0.2% (digest; its sampled data had a
+    # rank k, equal variances in a random k-subspace: k within 0.2% (reference; its sampled data had a
     # Marchenko–Pastur deficit ≈ k/(8N), which test_rankme_isotropic_gaussian covers). Constructed
     # with exactly equal singular values, the only deviation is the ε mass: p = 1/k + ε on k
     # directions and ε on the d − k null ones.
@@ -232,7 +232,7 @@ def test_alpha_req_skips_null_eigenvalues_and_degenerate():
 
 
 def lidar_reference(e, delta, eps):
-    """Jha §3.3 written out literally in numpy (Σ_w^{−1/2} by eigh)."""
+    """Jha et al. 2024 written out literally in numpy (Σ_w^{−1/2} by eigh)."""
     n, q, d = e.shape
     mu_x = e.mean(1)
     mu = mu_x.mean(0)
@@ -276,7 +276,7 @@ def test_lidar_noise_collapse_scale_and_constant():
     n, q, d = 1000, 50, 64
     noise = r.standard_normal((n, q, d))
     # pure isotropic noise and a collapsed representation with tiny noise both give ≈ d (62.0,
-    # 61.9 in the digest; the Wishart spread of Σ_b at d/n = 0.064 costs ≈ d²/(2n) = 2): LiDAR is
+    # 61.9 in the reference; the Wishart spread of Σ_b at d/n = 0.064 costs ≈ d²/(2n) = 2): LiDAR is
     # not a collapse detector. 1% as in check 14.
     assert abs(float(M.lidar(noise)) - 62.0) < 0.62
     assert abs(float(M.lidar(0.7 + 1e-3 * noise)) - 61.9) < 0.62
@@ -354,7 +354,7 @@ def test_uniformity_jensen_bound():
 
 
 # ---------------------------------------------------------------------------------------------
-# stability (Jha §3.1)
+# stability (Jha et al. 2024)
 
 
 def test_stability_complete_collapse():
@@ -375,7 +375,7 @@ def test_stability_invariant_uniform_vs_no_invariance():
     inv = M.stability(np.repeat(u, 4, axis=1))
     np.testing.assert_allclose(inv.mean_norm, 1.0, rtol=F64_EXACT)
     np.testing.assert_allclose(inv.mean_norm_sq_u, 1.0, rtol=F64_EXACT)
-    # ||ŝ||² ~ χ²_d/(dN): sd of ||ŝ|| sqrt(N) is sqrt(1/(2d)) ≈ 0.06 (digest got 0.93): ±0.3 is 5 sd
+    # ||ŝ||² ~ χ²_d/(dN): sd of ||ŝ|| sqrt(N) is sqrt(1/(2d)) ≈ 0.06 (a reference run got 0.93): ±0.3 is 5 sd
     assert abs(float(inv.center_norm) * np.sqrt(N) - 1) < 0.3
     assert abs(float(inv.ratio) * np.sqrt(N) - 1) < 0.3
     assert float(inv.trace_within) < 1e-28
@@ -385,7 +385,7 @@ def test_stability_invariant_uniform_vs_no_invariance():
     # plug-in E||μ̂|| ≈ 1/sqrt(K) = 0.5 (biased); the K-view average of d-dim noise has relative
     # norm sd ~ 1/sqrt(2 d) per sample and N = 2000 samples: ±0.01 is generous
     assert abs(float(noinv.mean_norm) - 0.5) < 0.01
-    # U-statistic ≈ 0: sd = (1/sqrt d)/sqrt(6)/sqrt(N) ≈ 8e-4 (digest got -4e-4): 5e-3 is 6 sd
+    # U-statistic ≈ 0: sd = (1/sqrt d)/sqrt(6)/sqrt(N) ≈ 8e-4 (a reference run got -4e-4): 5e-3 is 6 sd
     assert abs(float(noinv.mean_norm_sq_u)) < 5e-3
     # the estimator tells the two apart; the plug-in ratio R alone does not (both ~0.02-0.05)
     assert float(inv.mean_norm_sq_u) - float(noinv.mean_norm_sq_u) > 0.9
@@ -465,7 +465,7 @@ def logistic(t, gamma, c0):
 
 
 def test_step_times_logistic():
-    """Crossing of half the *final* value of c_j(t) = 1/(1 + (1/c0 − 1) e^{−8γt}) (stepwise §3):
+    """Crossing of half the *final* value of c_j(t) = 1/(1 + (1/c0 − 1) e^{−8γt}) (Simon et al. 2023:):
     t* = ln((1/c0 − 1)/(2/c_end − 1))/(8γ). Linear interpolation error is (dt²/8)|c''|/|c'|, and
     c'' ≈ 0 at the inflection point near c = 1/2: with dt = 2.5e-3 it is < 1e-8 relative here."""
     gammas = np.array([1.0, 0.6, 0.36, 0.2])
@@ -489,25 +489,30 @@ def test_step_times_logistic():
 def test_step_times_edge_cases():
     ts = np.arange(5.0)
     s = np.array([
-        [0.0, 0.0, 0.5, 1e-9, np.nan, 0.0, 0.0],
-        [0.1, 0.0, 0.8, 1e-9, 0.0, 0.0, 0.0],
-        [0.5, 0.0, 1.0, 1e-9, 0.0, np.nan, 0.0],
-        [1.0, 0.0, 1.2, 1e-9, 1.0, 2.0, np.inf],
-        [1.0, 0.0, 1.0, 1e-9, 1.0, 2.0, np.nan],
+        [0.0, 0.0, 0.5, 1e-9, 0.0],
+        [0.1, 0.0, 0.8, 1e-9, 0.2],
+        [0.5, 0.0, 1.0, 1e-9, 0.6],
+        [1.0, 0.0, 1.2, 1e-9, 1.0],
+        [1.0, 0.0, 1.0, 1e-9, 1.0],
     ])
     s[:, 1] = -np.arange(5.0)          # decays to a negative final value: never learned
-    got = np.asarray(M.step_times(s, ts))
+    d = M.detect_steps(s, ts)
+    got = np.asarray(d.times)
     np.testing.assert_allclose(got[0], 2.0)                      # reaches F/2 = 0.5 at t = 2
-    assert got[1] == np.inf
-    assert got[2] == 0.0                                          # already >= F/2 at ts[0]
-    assert got[3] == 0.0                                          # flat positive: at ts[0]
-    np.testing.assert_allclose(got[4], 2.5)                       # NaN before: interpolates 0→1
-    assert got[5] == 3.0                                          # preceding sample is NaN
-    assert np.isnan(got[6])                                       # final value undefined
-    # min_final turns noise-level modes into "never learned"
-    assert np.asarray(M.step_times(s, ts, min_final=1e-6))[3] == np.inf
-    # all-zero mode: inf
-    assert np.asarray(M.step_times(np.zeros((3, 2)), [0.0, 1.0, 2.0]))[0] == np.inf
+    np.testing.assert_allclose(got[4], 1.75)                     # 0.2 → 0.6 crosses 0.5 at 1.75
+    assert np.isnan(got[1]) and int(d.reason[1]) == M.BELOW_THRESHOLD
+    assert np.isnan(got[2]) and int(d.reason[2]) == M.NO_RISE    # already >= F/2 at ts[0]
+    assert np.isnan(got[3]) and int(d.reason[3]) == M.BELOW_THRESHOLD   # flat, noise level
+    assert list(np.asarray(d.learned)) == [True, False, False, False, True]
+    r = d.reasons(threshold=0.5)
+    assert r[0] == "learned" and r[1].startswith("not learned: final value below the threshold 0.5")
+    assert "no step in the window" in r[2]
+    # threshold 0: every mode that rises through half its final value counts, even at 1e-9 scale
+    tiny = np.array([[0.0], [1e-10], [1e-9]])
+    assert np.asarray(M.step_times(tiny, [0.0, 1.0, 2.0], threshold=0.0))[0] == pytest.approx(1 + 4 / 9)
+    assert np.isnan(np.asarray(M.step_times(tiny, [0.0, 1.0, 2.0]))[0])
+    # all-zero mode: not learned (never crosses a positive level)
+    assert np.isnan(np.asarray(M.step_times(np.zeros((3, 2)), [0.0, 1.0, 2.0]))[0])
 
 
 def test_step_times_validation():
@@ -522,6 +527,13 @@ def test_step_times_validation():
         M.step_times(s, [0.0, 1.0, 2.0, np.nan])
     with pytest.raises(ValueError, match="spectra: expected at least 2 samples along T"):
         M.step_times(np.ones((1, 2)), [0.0])
+    with pytest.raises(ValueError, match="spectra: expected finite values, got 1 NaN/inf"):
+        M.step_times(np.array([[0.0, 0.0], [np.nan, 0.5], [1.0, 1.0], [1.0, 1.0]]),
+                     [0.0, 1.0, 2.0, 3.0])
+    with pytest.raises(TypeError, match="threshold: expected a number"):
+        M.step_times(s, [0.0, 1.0, 2.0, 3.0], threshold="half")
+    with pytest.raises(ValueError, match="threshold: expected a finite number"):
+        M.step_times(s, [0.0, 1.0, 2.0, 3.0], threshold=float("nan"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,6 +614,7 @@ CASES = {
     "embedding_spectrum": (lambda x: M.embedding_spectrum(x), EMB),
     "embedding_spectrum_raw": (lambda x: M.embedding_spectrum(x, center=False), EMB),
     "cross_correlation_spectrum": (M.cross_correlation_spectrum, EMB),
+    "cross_correlation": (M.cross_correlation, EMB),
     "effective_rank": (M.effective_rank, EMB),
     "effective_rank_centred": (lambda x: M.effective_rank(x, center=True), EMB),
     "rankme": (M.rankme, EMB),
@@ -615,6 +628,7 @@ CASES = {
     "center_vector": (M.center_vector, GROUPED),
     "stability": (M.stability, GROUPED),
     "step_times": (lambda x: M.step_times(x, TS), SPECTRA),
+    "detect_steps": (lambda x: M.detect_steps(x, TS).times, SPECTRA),
     "principal_angles": (lambda x: M.principal_angles(x, BASIS_B), EMB),
 }
 
@@ -654,6 +668,9 @@ def test_float32_preserved():
             out = jax.eval_shape(M.principal_angles, x32, jnp.asarray(BASIS_B, jnp.float32))
         elif name == "step_times":
             out = jax.eval_shape(M.step_times, x32, jnp.asarray(TS, jnp.float32))
+        elif name == "detect_steps":
+            out = jax.eval_shape(lambda s, t: M.detect_steps(s, t).times, x32,
+                                 jnp.asarray(TS, jnp.float32))
         else:
             out = jax.eval_shape(fn, x32)
         for leaf in jax.tree.leaves(out):
@@ -760,13 +777,19 @@ def test_bad_options_raise():
 
 def test_public_api_documented():
     """Every public function states its formula source and shapes in its docstring."""
-    for name in M.__all__:
+    for name in set(M.__all__) - NOT_FUNCTIONS:
         doc = getattr(M, name).__doc__ or ""
         assert "(..." in doc or name == "Stability", name
-        assert any(tag in doc for tag in ("Jha", "stepwise", "Roy", "Garrido", "Agrawal",
+        assert any(tag in doc for tag in ("Jha", "stepwise", "Simon", "Roy", "Garrido", "Agrawal",
                                           "Thilak", "Wang & Isola", "Björck", "Stacked")), name
+    assert "(..." in M.Steps.__doc__ and M.STEP_REASONS[M.LEARNED] == "learned"
+
+
+# constants and result types in __all__ (documented with the function that returns them)
+NOT_FUNCTIONS = {"Steps", "STEP_REASONS", "STEP_THRESHOLD", "LEARNED", "BELOW_THRESHOLD",
+                 "NO_RISE", "UNDEFINED"}
 
 
 def test_every_public_function_is_batch_jit_and_dtype_tested():
     covered = {n.removesuffix("_raw").removesuffix("_centred").removesuffix("_pooled") for n in CASES}
-    assert set(M.__all__) - {"Stability"} <= covered
+    assert set(M.__all__) - {"Stability"} - NOT_FUNCTIONS <= covered

@@ -1,7 +1,7 @@
-"""sslntk.phase: simulated collapse phase diagrams against the Ziyin digest's predicted boundaries.
+"""sslntk.phase: simulated collapse phase diagrams against the predicted boundaries of Ziyin et al. 2023.
 
 Non-slow: 12×12 grids (one jitted, vmapped call each), measured boundary within one grid cell of the
-predicted one outside the hysteresis band. Slow: the digest's check 12 on 30×30 grids.
+predicted one outside the hysteresis band. Slow: 30×30 grids.
 """
 
 import itertools
@@ -50,7 +50,7 @@ def test_one_layer_imbalance_boundary_within_one_cell():
     assert not pd.hysteresis.any()
     assert np.all(pd.boundary_agreement() <= 1.0), pd.boundary_agreement()
     assert pd.agreement() >= 0.95
-    # the class-direction boundary is the imbalance law a_e(p) = γτ (digest §4.2)
+    # the class-direction boundary is the imbalance law a_e(p) = γτ (Ziyin et al. 2023)
     a_e = np.asarray(L.imbalance_variance(X_IMB, 4.0, 0.1))
     np.testing.assert_allclose(pd.a[:, 0], a_e, rtol=1e-12)
     np.testing.assert_array_equal(pd.predicted_rank,
@@ -131,11 +131,11 @@ def test_bad_inputs():
 
 
 # ---------------------------------------------------------------------------------------------
-# Ziyin digest check 12 (slow): 30 × 30, global rank = minimum-loss candidate
+# Ziyin Ziyin et al. 2023 (slow): 30 × 30, global rank = minimum-loss candidate
 
 
 def _balanced_loss(V, A, S, tau, gamma):
-    """M2 loss at a balanced point, `−Tr[VAVᵀ]/τ + ||VΣVᵀ||²/(2τ²) + 2γ||V||_*` (digest §2.2)."""
+    """M2 loss at a balanced point, `−Tr[VAVᵀ]/τ + ||VΣVᵀ||²/(2τ²) + 2γ||V||_*` (Ziyin et al. 2023)."""
     VSV = np.einsum("...ij,jk,...lk->...il", V, S, V)
     nuc = np.linalg.svd(V, compute_uv=False).sum(-1)
     return (-np.einsum("...ij,jk,...ik->...", V, A, V) / tau

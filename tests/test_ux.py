@@ -1,5 +1,5 @@
 """What a user sees: progress display (pty and logs), honest statuses, loss terms, the VICReg
-conventions, collapse diagnostics and explained headline numbers (issue [M])."""
+conventions, collapse diagnostics and explained headline numbers."""
 
 import io
 import json
