@@ -40,7 +40,7 @@ from sslntk import probes as P
 from sslntk._status import Outcome
 
 __all__ = ["DownstreamCurve", "LimitCurve", "FiniteComparison", "WidthAccuracy",
-           "probe_embeddings", "kernel_curve", "limit_curve", "plateaus", "finite_curve",
+           "probe_embeddings", "kernel_curve", "limit_curve", "staircase", "plateaus", "finite_curve",
            "width_sweep", "strength_objective", "strength_gradient", "run_downstream"]
 
 DEFAULT_PROBES = ("ridge", "knn")
@@ -192,6 +192,27 @@ def limit_curve(K, K_eval_train, y_fit, y_test, ks: Sequence[int], probes=DEFAUL
                       {k: np.asarray(v) for k, v in lss.items()}, np.asarray(gam))
 
 
+def staircase(limit: LimitCurve, step_times, ts, initial: dict | None = None) -> dict:
+    """The α → 0 prediction of accuracy over time: ``a(t) = limit(k = j(t))`` where
+    ``j(t) = #{j : t_j ≤ t}`` modes are learned (sharp steps at the predicted step times
+    ``t_j``; ``limit.ks`` must be ``1..k``). Before the first step the representation is the
+    initial one: ``initial[probe]`` (e.g. the curve's value at t = 0), NaN if not given.
+    Returns ``{probe: (T,)}``."""
+    st = np.sort(np.asarray(step_times, float))
+    if not np.array_equal(np.asarray(limit.ks), np.arange(1, len(limit.ks) + 1)):
+        raise ValueError(f"limit: expected ks = 1..k, got {np.asarray(limit.ks).tolist()}")
+    if len(st) > len(limit.ks):
+        raise ValueError(f"step_times: expected at most {len(limit.ks)} (one per k of limit), "
+                         f"got {len(st)}")
+    j = np.searchsorted(st[np.isfinite(st)], np.asarray(ts, float), side="right")
+    out = {}
+    for p, acc in limit.accuracy.items():
+        a0 = np.nan if initial is None else float(initial[p])
+        vals = np.concatenate([[a0], np.asarray(acc)])
+        out[p] = vals[j]
+    return out
+
+
 def plateaus(curve: DownstreamCurve, step_times, *, probe: str | None = None) -> np.ndarray:
     """Accuracy on each plateau of the staircase: at ``t = 0`` (nothing learned) and at the
     geometric middle ``sqrt(t_j t_{j+1})`` between consecutive predicted step times (after the
@@ -322,7 +343,6 @@ def width_sweep(arch, views, loss, x_eval, y_fit, y_test, widths: Sequence[int],
     x, x_eval = _stack_eval(views, x_eval)
     K = kernels.ntk(arch, jnp.concatenate([x, x_eval]))
     names = list(_probe_objects(probes))
-    an = {p: np.zeros((len(widths), len(seeds), 0)).tolist() for p in names}
     ak = {p: [[None] * len(seeds) for _ in widths] for p in names}
     an = {p: [[None] * len(seeds) for _ in widths] for p in names}
     sn = np.zeros((len(widths), len(seeds)), np.int32)
@@ -618,7 +638,7 @@ def run_downstream(rd, cfg: dict, progress: bool):
     for p in names:
         lines.append(f"  {p}: plateaus (0..{k} modes learned) "
                      + " → ".join(f"{a:.3f}" for a in plat[p])
-                     + " | kernel PCA top-k, k = 1..{}: ".format(k)
+                     + f" | kernel PCA top-k, k = 1..{k}: "
                      + ", ".join(f"{a:.3f}" for a in cp[f"limit_{p}"]))
     if fp is not None:
         head["finite"] = {"widths": list(fin["widths"]), "seeds": fin["seeds"]}

@@ -67,6 +67,8 @@ API = {
         "view_covariance", "wang_isola_loss", "wang_isola_matrix", "width_free_flow",
         "width_free_limit",
     ],
+    "probes": [],
+    "downstream": [],
     "metrics": [
         "Stability", "alignment", "alpha_req", "center_vector",
         "cross_correlation_spectrum", "effective_rank", "embedding_spectrum", "group_views",
@@ -80,6 +82,7 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
     "sslntk": [
         "CollapseWarning", "DIVERGED", "NONFINITE", "STATIONARY", "STATUS_NAMES", "SUCCESS",
         "diagnostics", "explain",
+        "downstream", "probes",
     ],
     "kernels": [
         "BACKENDS", "memory_plan",
@@ -108,6 +111,15 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
     "theory": [
     ],
     "metrics": [
+    ],
+    "probes": [   # downstream probes (new module)
+        "KNN", "Logistic", "PROBES", "Probe", "ProbeResult", "Ridge", "STANDARDIZE", "accuracy",
+        "get", "knn_scores", "logistic_fit", "ridge_fit", "standardize",
+    ],
+    "downstream": [   # downstream accuracy predictions (new module)
+        "DownstreamCurve", "FiniteComparison", "LimitCurve", "WidthAccuracy", "finite_curve",
+        "kernel_curve", "limit_curve", "plateaus", "probe_embeddings", "run_downstream", "staircase",
+        "strength_gradient", "strength_objective", "width_sweep",
     ],
 }
 
