@@ -439,7 +439,7 @@ def _figure(out, name, panels, title):
     for ax, (xl, yl, lines, vlines) in zip(axes[0], panels, strict=True):
         for x, y, style, label in lines:
             ax.plot(x, y, style, ms=3, lw=1.5, label=label)
-        for j, t in enumerate(vlines or ()):
+        for j, t in enumerate(() if vlines is None else vlines):
             ax.axvline(t, color="0.5", ls=":", lw=1, label="predicted step times" if j == 0 else None)
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
