@@ -517,6 +517,11 @@ def run_downstream(rd, cfg: dict, progress: bool):
     from sslntk.theory import stepwise
 
     d, dyn, fin, st_cfg = cfg["data"], cfg["dynamics"], cfg["finite"], cfg["strength"]
+    lc = cfg["loss"]
+    if lc["name"] != "barlow_twins" or lc["constants"].get("lam", 1.0) != 1.0:
+        # the horizon, the step times and the kernel-PCA limit are the λ = 1 BT theory's
+        raise ValueError(f"loss: the downstream kind predicts Barlow Twins with lam = 1, got "
+                         f"{lc['name']} {lc['constants']}")
     n, N, k = d["n"], 2 * d["n"], dyn["k"]
     seed = jax.random.PRNGKey(cfg["seed"])
     prb = _cfg_probes(cfg)

@@ -34,7 +34,7 @@ def staircase():
     f0_all = initial_function(Kn_all, k, alpha, jax.random.fold_in(key, 3))
     K, K_ex = K_all[:N, :N], K_all[N:, :N]
     pred = theory.stepwise(K, f0_all[:N], k)
-    ts = jnp.linspace(0.0, 1.3 * float(pred.step_times.max()), 100)
+    ts = jnp.linspace(0.0, 1.6 * float(pred.step_times.max()), 100)   # past t_k + 2 widths
     pr = (probes.Ridge(standardize="global"), "knn")
     cur = downstream.kernel_curve(K, "barlow_twins", f0_all[:N], ts, K_eval_train=K_ex,
                                   f0_eval=f0_all[N:], y_fit=y[:n], y_test=y[n:], probes=pr,
@@ -59,17 +59,19 @@ def test_kernel_accuracy_rises_across_steps(staircase):
 
 
 def test_plateaus_line_up_with_step_times(staircase):
-    """On the plateau after step 1 and after the last step the predicted accuracy equals the
-    α → 0 staircase `downstream.staircase` (the kernel-PCA top-j accuracy from the predicted step
-    time t_j on), within twice the binomial noise; the big change of the ridge accuracy happens
-    between t_1 and t_3."""
+    """On the plateau after step 1 (its first half) and after the last step the predicted accuracy
+    equals the α → 0 staircase `downstream.staircase` (the kernel-PCA top-j accuracy from the
+    predicted step time t_j on), within twice the binomial noise; the big change of the ridge
+    accuracy happens between t_1 and t_3."""
     cur, pred, lim, m = staircase["cur"], staircase["pred"], staircase["lim"], staircase["m_te"]
     ts = np.asarray(cur.ts)
     st, w = np.asarray(pred.step_times), np.asarray(pred.step_widths)
     ideal = downstream.staircase(lim, st, ts, {p: v[0] for p, v in cur.accuracy.items()})
-    first = (ts > st[0] + 2 * w[0]) & (ts < st[1] - 2 * w[1])     # plateau after step 1
+    # first half (in log time) of the plateau after step 1: the next mode is still
+    # ≲ α^{1 − t/t_2} ≤ α^{1/2} relative there; closer to t_2 it is large enough to move an arg-max
+    first = (ts > st[0] + 2 * w[0]) & (ts < np.sqrt(st[0] * st[1]))
     last = ts > st[-1] + 2 * w[-1]                                  # all k modes learned
-    assert first.sum() >= 3 and last.sum() >= 3
+    assert first.sum() >= 3 and last.sum() >= 3, (first.sum(), last.sum())
     # kNN after step 1 is not compared: cosine similarity of a 1-D embedding is ±1, so the α → 0
     # 1-mode kNN is all ties, while at finite α the still-small directions break them
     for name, checks in (("ridge", ((first, 1), (last, staircase["k"]))),
@@ -94,19 +96,22 @@ def test_limit_curve_matches_final_embedding_probe(staircase):
 
 @pytest.mark.slow
 def test_finite_width_4096_accuracy_gap_below_3_points():
-    _finite_gap(n=32, m_te=256, width=4096, bound=0.03)
+    # measured (2 CPU cores, loaded): ridge 0.238 vs 0.238, kNN 0.477 vs 0.488 on 256 test points
+    _finite_gap(n=32, m_te=256, width=4096, bound=0.03, classes=None)
 
 
 def test_finite_wide_accuracy_gap_fast():
-    # the cheap version: width 1024 on fewer points; the gap bound is the same 3 points on
-    # 128 test points, i.e. at most 3 test points decided differently
-    _finite_gap(n=16, m_te=128, width=1024, bound=3.5 / 128)
+    # the cheap version: width 1024, four digit classes (chance 0.25), 96 test points; the same
+    # 3-point bound, i.e. at most 2 of 96 test points decided differently
+    _finite_gap(n=16, m_te=96, width=1024, bound=0.03, classes=(0, 1, 2, 3))
 
 
-def _finite_gap(n, m_te, width, bound):
+def _finite_gap(n, m_te, width, bound, classes):
     k, alpha, lr = 3, 1e-2, 0.05
-    ds = sk.load("digits", n=n + m_te, key=jax.random.PRNGKey(0), dtype=jnp.float64)
+    opts = {} if classes is None else {"classes": classes}
+    ds = sk.load("digits", n=n + m_te, key=jax.random.PRNGKey(0), dtype=jnp.float64, **opts)
     x, y = ds.flat, np.asarray(ds.y)
+    chance = 1.0 / len(np.unique(y))
     views = sk.make_views(x[:n], data.gaussian_noise(0.3), jax.random.PRNGKey(1))
     arch = sk.mlp(depth=1, activation="erf")
     K_all = kernels.ntk(arch, jnp.concatenate([views.stacked, x]))
@@ -117,12 +122,14 @@ def _finite_gap(n, m_te, width, bound):
     steps = int(np.ceil(1.3 * float(pred.step_times.max()) / lr))
     c = downstream.finite_curve(net, views, "barlow_twins", x, y[:n], y[n:], arch=arch, lr=lr,
                                 steps=steps, ts=np.linspace(0, steps * lr, 11),
-                                probes=(probes.Ridge(standardize="global"),), K=K_all,
+                                probes=(probes.Ridge(standardize="global"), "knn"), K=K_all,
                                 check_lr=False)   # the kernel side takes the same GD steps
     assert c.net.ok and c.kernel.ok
-    print("final accuracy net", float(c.net.accuracy["ridge"][-1]), "kernel",
-          float(c.kernel.accuracy["ridge"][-1]), "gap", c.gap["ridge"])
-    assert abs(c.gap["ridge"]) < bound
+    for p in ("ridge", "knn"):
+        a_net, a_ker = float(c.net.accuracy[p][-1]), float(c.kernel.accuracy[p][-1])
+        print(p, "final accuracy net", a_net, "kernel", a_ker, "gap", c.gap[p])
+        assert a_ker > chance + 0.1                # the comparison is not between two guesses
+        assert abs(c.gap[p]) < bound, (p, a_net, a_ker)
 
 
 def test_strength_gradient_matches_finite_differences():
@@ -149,7 +156,8 @@ def test_bad_inputs_name_the_argument(staircase):
                                     probes=("svm",))
 
 
-def test_experiment_kind_runs_and_resumes(tmp_path):
+@pytest.mark.slow
+def test_experiment_kind_runs_and_resumes(tmp_path):   # ~90 s on 2 loaded cores
     from sslntk import config, experiments
 
     cfg = config.validate({
