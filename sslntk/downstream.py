@@ -15,6 +15,7 @@ function of k (the t → ∞ limit for k output dimensions).
 - `probe_embeddings`: the probes on ``f_eval (T, m, k)``.
 - `kernel_curve`: `dynamics.solve` with the evaluation points carried along, probed at every time.
 - `limit_curve`: accuracy of the top-k contrastive eigenfunctions for each k.
+- `staircase`: the α → 0 prediction, ``limit(k = #steps passed)`` as a function of time.
 - `plateaus`: accuracy on each plateau of the staircase (between predicted step times).
 - `finite_curve`: a finite network trained by `finite.train` (``x_test = x_eval``) and the kernel
   prediction from the same f0, probed the same way; `width_sweep` repeats it over widths and seeds.
