@@ -238,6 +238,37 @@ KIND_SECTIONS = {
                              "eigenvalue exceeds this"),
         },
     },
+    "downstream": {
+        "dynamics": {
+            "k": Key(4, integer(1, 256), "embedding dimension"),
+            "alpha": Key(1e-4, POS, "initial scale: f0 ~ N(0, alpha^2 K_nngp); finite nets alpha"),
+            "method": Key("ode", one_of("auto", "ode", "eigen", "gd")),
+            "horizon": Key(1.3, POS, "final time as a multiple of the predicted k-th step time"),
+            "n_times": Key(100, integer(2, 100000), "saved times"),
+        },
+        "probe": {
+            "kinds": Key(["ridge", "knn"], list_of(one_of("ridge", "logistic", "knn")),
+                         "probes (first one drawn for the finite networks)"),
+            "standardize": Key("global", one_of("coordinate", "global", "none"),
+                               "linear probes' feature standardisation"),
+            "val_fraction": Key(0.2, number(0, 1, strict_lo=True), "validation split for lambda"),
+            "knn_k": Key(20, integer(1), "kNN neighbours"),
+            "temperature": Key(0.07, POS, "kNN temperature"),
+        },
+        "finite": {
+            "widths": Key([256, 4096], lambda k, v: None if v == [] else
+                          list_of(integer(1), increasing=True)(k, v), "[] = no finite networks"),
+            "seeds": Key(1, integer(1, 64)),
+            "lr": Key(0.05, POS, "full-batch GD learning rate (the kernel prediction uses it)"),
+            "n_times": Key(41, integer(2, 100000)),
+        },
+        "strength": {
+            "values": Key([0.1, 0.3, 0.6, 1.0], list_of(NONNEG, increasing=True),
+                          "noise strengths for accuracy vs strength (t -> inf)"),
+            "lam": Key(1.0, POS, "ridge lambda of the differentiated probe loss"),
+            "fd_eps": Key(1e-4, POS, "relative step of the finite-difference check"),
+        },
+    },
 }
 
 KINDS = tuple(KIND_SECTIONS)

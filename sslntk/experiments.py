@@ -639,3 +639,13 @@ def run_finite_staircase(rd: RunDir, cfg: dict, progress: bool):
 
 
 KINDS["finite_staircase"] = run_finite_staircase
+
+
+def run_downstream(rd: RunDir, cfg: dict, progress: bool):
+    """Probe accuracy vs t, k, width and augmentation strength (`sslntk.downstream`)."""
+    from sslntk import downstream
+
+    return downstream.run_downstream(rd, cfg, progress)
+
+
+KINDS["downstream"] = run_downstream

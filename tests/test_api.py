@@ -68,6 +68,8 @@ API = {
         "width_free_limit",
     ],
     "methods": [],
+    "probes": [],
+    "downstream": [],
     "metrics": [
         "Stability", "alignment", "alpha_req", "center_vector",
         "cross_correlation_spectrum", "effective_rank", "embedding_spectrum", "group_views",
@@ -81,6 +83,7 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
     "sslntk": [
         "CollapseWarning", "DIVERGED", "NONFINITE", "STATIONARY", "STATUS_NAMES", "SUCCESS",
         "diagnostics", "explain", "methods",
+        "downstream", "probes",
     ],
     "kernels": [
         "BACKENDS", "memory_plan",
@@ -121,6 +124,15 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
     "metrics": [
         "BELOW_THRESHOLD", "LEARNED", "NO_RISE", "STEP_REASONS", "STEP_THRESHOLD", "Steps",
         "UNDEFINED", "cross_correlation", "detect_steps",
+    ],
+    "probes": [   # downstream probes (new module)
+        "KNN", "Logistic", "PROBES", "Probe", "ProbeResult", "Ridge", "STANDARDIZE", "accuracy",
+        "get", "knn_scores", "logistic_fit", "ridge_fit", "standardize",
+    ],
+    "downstream": [   # downstream accuracy predictions (new module)
+        "DownstreamCurve", "FiniteComparison", "LimitCurve", "WidthAccuracy", "finite_curve",
+        "kernel_curve", "limit_curve", "plateaus", "probe_embeddings", "run_downstream", "staircase",
+        "strength_gradient", "strength_objective", "width_sweep",
     ],
 }
 
