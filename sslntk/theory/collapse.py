@@ -22,7 +22,7 @@ Conventions (rows are samples, as everywhere in sslntk; column-convention texts 
 Every prediction is a pure jittable function of the problem data; functions taking a time `t`
 accept a scalar or a 1-D array of times (then outputs carry a leading time axis).
 
-Large times (issue 15 audit). Quantities that genuinely grow like `e^{2tλ_1}` (`naive_flow`,
+Large times. Quantities that genuinely grow like `e^{2tλ_1}` (`naive_flow`,
 `naive_function_flow`, `width_free_flow`'s `G` and `F_lin`) are evaluated as a bounded, normalised
 part times a scalar `e^{2tλ_1}` (exponents shifted by the largest eigenvalue), so they are exact up
 to round-off wherever the float range holds them and `±inf` (never NaN) beyond it; called outside
@@ -240,7 +240,7 @@ def naive_flow(M, W0, t, *, scaled: bool = False) -> jax.Array:
 
     Evaluated as `e^{2tλ_1} · W̃(t)`, `W̃(t) = U e^{2t(Λ − λ_1)} Uᵀ W0` (λ_1 the largest eigenvalue),
     so `W(t)` is accurate wherever it fits the float range and `±inf` where it does not (warns
-    outside jit; before issue 15's audit M = I gave NaN from t ≈ 355 in float64). `scaled=True`
+    outside jit; evaluated naively, M = I gives NaN from t ≈ 355 in float64). `scaled=True`
     returns `W̃(t) = e^{−2tλ_1} W(t)` instead: bounded by ||W0||, finite at every t, → `naive_limit`."""
     M = C.symmetric("M", M)
     W0 = _frame("W0", W0, M.shape[0])
@@ -287,7 +287,7 @@ def naive_function_flow(K, S, F0, t, *, scaled: bool = False) -> jax.Array:
     `dF/dt = −K ∇_F L`. `K: (m, m)` PSD, `S: (m, m)`, `F0: (m, k)`, `t` scalar or `(T,)`.
     Computed from one eigendecomposition of `N = K^{1/2} S K^{1/2}` (no matrix exponential), as
     `e^{2ts} · F̃(t)` with `s = max(μ_1, 0)` and every exponent of `F̃` shifted by s: accurate
-    wherever `F_lin` fits the float range, `±inf` beyond (warns outside jit; before issue 15's audit:
+    wherever `F_lin` fits the float range, `±inf` beyond (warns outside jit; evaluated naively:
     NaN from 2tμ_1 ≈ 89 in float32). `scaled=True` returns the bounded `F̃(t) = e^{−2ts} F_lin(t)`."""
     K, S, F0 = _kernel_and_pairs(K, S, F0)
     t = _times("t", t, K.dtype)
@@ -355,8 +355,8 @@ def naive_limit(M, W0, *, rtol: float | None = None) -> jax.Array:
     matrix `u_1 (u_1ᵀ W0)`: the trivial scalar representation `s(x) = u_1ᵀφ(x)` (Esser et al. 2023).
 
     `rtol` default: `max(1e-10, 1e3·eps)` of M's dtype (1e-10 in float64, 1.2e-4 in float32). A
-    tolerance below eigh's round-off splits an exactly repeated top eigenvalue: before issue 15's
-    audit the float32 default 1e-10 kept one of two equal top eigenvalues (relative error 1.0)."""
+    tolerance below eigh's round-off splits an exactly repeated top eigenvalue: a fixed float32 tolerance of
+    1e-10 would keep one of two equal top eigenvalues (relative error 1.0)."""
     M = C.symmetric("M", M)
     W0 = _frame("W0", W0, M.shape[0])
     V.same_dtype(M=M, W0=W0)
@@ -495,7 +495,7 @@ def time_to_angle(M, W0, eps: float = 1e-6) -> jax.Array:
 
 @partial(jax.jit, static_argnums=3)
 def _time_to_angle(lam, tan0, eps, k):
-    # 0 when already within eps (also at a zero gap: 0/0 was NaN before issue 15's audit); inf when
+    # 0 when already within eps (also at a zero gap, where 0/0 would give NaN); inf when
     # the gap is 0 and the angle is not yet within eps (the bound never guarantees it)
     num = jnp.maximum(jnp.log(tan0 / jnp.tan(eps)), 0.0)
     gap = lam[k - 1] - lam[k]
@@ -518,7 +518,7 @@ class WidthFree(NamedTuple):
     G and F_lin grow like e^{4tλ_1}, e^{2tλ_1} (λ_1 = max(largest eigenvalue of M, 0)): they are
     evaluated as `e^{4tλ_1}·G̃`, `e^{2tλ_1}·F̃_lin` with bounded normalised parts, so they are accurate
     while they fit the float range and `±inf` beyond it (float64: 4tλ_1 >~ 709; warns outside jit;
-    before issue 15's audit they were NaN there); `width_free_flow(..., scaled=True)` returns the
+    evaluated naively they are NaN there); `width_free_flow(..., scaled=True)` returns the
     normalised `G̃ = e^{−4tλ_1} G`, `F̃_lin = e^{−2tλ_1} F_lin` instead. F and gram are computed
     without forming them and are accurate at every t.
     """
@@ -607,7 +607,7 @@ def _width_free(K, S, F0, t, *, scaled, warn):
 def width_free_limit(K, S, k: int) -> jax.Array:
     """`lim_{t→∞} F Fᵀ = K^{1/2} V_k V_kᵀ K^{1/2}` (m, m), V_k the top-k eigenvectors of
     `N = K^{1/2} S K^{1/2}` (Esser et al. 2023, reconstructed: the top-k eigenspace of M seen through the
-    features — a PCA of a random-feature matrix [F]). Valid when N's k-th eigenvalue is > 0 (else
+    features — a PCA of a random-feature matrix, as Esser et al.'s follow-up work states). Valid when N's k-th eigenvalue is > 0 (else
     the top-k eigenspace of M may contain directions outside the feature span)."""
     K, S = _kernel_and_pairs(K, S)
     k = V.positive_int("k", k)
@@ -621,7 +621,7 @@ def width_free_limit(K, S, k: int) -> jax.Array:
 
 
 def _warn_limit(mu, k, tol):
-    """Outside jit: say when `width_free_limit` is not the limit (issue 15 audit: an exactly
+    """Outside jit: say when `width_free_limit` is not the limit (an exactly
     repeated eigenvalue across the k boundary made it an arbitrary eigh choice, silently)."""
     scale = max(float(np.max(np.abs(mu))), 1e-300)
     if mu[k - 1] <= tol * scale:

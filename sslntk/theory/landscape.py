@@ -539,7 +539,7 @@ def _gd_m2(p0, A, S, tau, gamma, lr, steps, warmup=(0, 0.0)):
 
 def _checked(res: GDResult, who: str, lr) -> GDResult:
     """Outside jit: a GD run whose loss or gradient is not finite diverged (lr too large for the
-    curvature); warn instead of handing back NaN silently (issue 15 audit)."""
+    curvature); warn instead of handing back NaN silently."""
     if not (V.is_concrete(res.loss) and V.is_concrete(res.grad_norm)):
         return res
     ok = np.isfinite(np.asarray(res.loss)) & np.isfinite(np.asarray(res.grad_norm))
