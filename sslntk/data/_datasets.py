@@ -195,7 +195,8 @@ def gaussian_mixture(n: int = 200, *, key, n_classes: int = 2, dim: int = 2,
     proportions: the class counts are `n · w` rounded by largest remainder (deterministic, summing to
     n), and the samples are shuffled with `key`. `A = within_std² I + Σ_c w_c μ_c μ_cᵀ` is the
     population covariance (for two classes at fractions p, 1−p: a = within² + p(1−p)·separation²
-    along the class direction; Ziyin et al. 2023, docs/theory/collapse.md). `info`: `means`, `weights`, `counts`.
+    along the class direction; Ziyin et al. 2023, docs/theory/collapse.md). `info`: `means`, `weights`,
+    `counts`.
     """
     dt = V.float_dtype(dtype, any_float=True)
     V.check_key("key", key)

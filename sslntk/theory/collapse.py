@@ -607,7 +607,8 @@ def _width_free(K, S, F0, t, *, scaled, warn):
 def width_free_limit(K, S, k: int) -> jax.Array:
     """`lim_{t→∞} F Fᵀ = K^{1/2} V_k V_kᵀ K^{1/2}` (m, m), V_k the top-k eigenvectors of
     `N = K^{1/2} S K^{1/2}` (Esser et al. 2023, reconstructed: the top-k eigenspace of M seen through the
-    features — a PCA of a random-feature matrix, as Esser et al.'s follow-up work states). Valid when N's k-th eigenvalue is > 0 (else
+    features — a PCA of a random-feature matrix, as Esser et al.'s follow-up work states). Valid when N's
+    k-th eigenvalue is > 0 (else
     the top-k eigenspace of M may contain directions outside the feature span)."""
     K, S = _kernel_and_pairs(K, S)
     k = V.positive_int("k", k)
