@@ -13,9 +13,8 @@ gathered on one device:
 * `place(x, layout)`: a small array replicated on the mesh (`make_array_from_callback`, so the same
   code runs under `jax.distributed`, each process passing the same values).
 * `check_kernel(name, K, layout)`: the kernel input checks (docs/concepts.md) without a host copy:
-  finiteness by a
-  sharded reduction, symmetry by a random probe `|xᵀKy − yᵀKx|` (two sharded products; a dense
-  `|K − Kᵀ|` would need a transpose, i.e. an all-to-all of the whole matrix).
+  finiteness by a sharded reduction, symmetry by a random probe `|xᵀKy − yᵀKx|` (two sharded
+  products; a dense `|K − Kᵀ|` would need a transpose, i.e. an all-to-all of the whole matrix).
 * `compiled_bytes`, `check_memory`: the compiled program's own `memory_analysis()` per device
   against the device memory (or, for host devices, the host's available memory shared by its local
   devices), raising `MemoryError` BEFORE the program runs.

@@ -1,7 +1,6 @@
 """Riemannian gradient descent on the Stiefel manifold (the discrete algorithm of the constrained
-flow of Esser et al. 2023, docs/theory/collapse.md): `W ← retract(W + 2η (I − WWᵀ) M W)` with a QR, polar
-or RK4
-retraction, the finite-step counterpart of `collapse.constrained_flow`. Re-exported by
+flow of Esser et al. 2023, docs/theory/collapse.md): `W ← retract(W + 2η (I − WWᵀ) M W)` with a QR, polar or
+RK4 retraction, the finite-step counterpart of `collapse.constrained_flow`. Re-exported by
 `sslntk.theory.collapse` (same names as before the split)."""
 
 from __future__ import annotations

@@ -193,8 +193,8 @@ def pair_matrix(n: int, kind: str = "dot", negatives=None, *, dtype=None) -> jax
 
 
 def pair_operator(phi, S) -> jax.Array:
-    """`M = phiᵀ S phi` (p, p), symmetrised (only sym(·) enters; an unsymmetrised `phiᵀ S phi` gives a
-    wrong gradient).
+    """`M = phiᵀ S phi` (p, p), symmetrised (only sym(·) enters; an unsymmetrised `phiᵀ S phi` gives a wrong
+    gradient).
 
     `phi: (m, p)` features of the stacked views, `S: (m, m)` from `pair_matrix`.
     Naive loss `L(W) = −Tr(Wᵀ M W)`, gradient `−2 M W`."""
@@ -350,9 +350,8 @@ def _limit_core(M, W0, rtol):
 
 def naive_limit(M, W0, *, rtol: float | None = None) -> jax.Array:
     """`lim_{t→∞} e^{−2λ_1 t} W(t) = U_1 U_1ᵀ W0` (Esser et al. 2023, reconstructed): the projection of W0
-    onto the top
-    eigenspace of M (eigenvalues within `rtol·max|λ|` of λ_1). With a strict gap this is the rank-one
-    matrix `u_1 (u_1ᵀ W0)`: the trivial scalar representation `s(x) = u_1ᵀφ(x)` (Esser et al. 2023).
+    onto the top eigenspace of M (eigenvalues within `rtol·max|λ|` of λ_1). With a strict gap this is the
+    rank-one matrix `u_1 (u_1ᵀ W0)`: the trivial scalar representation `s(x) = u_1ᵀφ(x)` (Esser et al. 2023).
 
     `rtol` default: `max(1e-10, 1e3·eps)` of M's dtype (1e-10 in float64, 1.2e-4 in float32). A
     tolerance below eigh's round-off splits an exactly repeated top eigenvalue: a fixed float32 tolerance of
@@ -406,8 +405,7 @@ def _fixed_point_core(M, k):
 
 def stiefel_fixed_point(M, k: int) -> FixedPoint:
     """Top-k eigenspace of M: the stable fixed point of `dW/dt = 2(I − WWᵀ)MW` (Esser et al. 2023,
-    reconstructed).
-    Needs k < p (k = p: every frame spans everything)."""
+    reconstructed). Needs k < p (k = p: every frame spans everything)."""
     M = C.symmetric("M", M)
     k = V.positive_int("k", k)
     if k >= M.shape[0]:
@@ -416,8 +414,8 @@ def stiefel_fixed_point(M, k: int) -> FixedPoint:
 
 
 class ConstrainedFlow(NamedTuple):
-    """Exact constrained-flow prediction at time(s) t (Esser et al. 2023, reconstructed); leading time axis
-    if t is 1-D.
+    """Exact constrained-flow prediction at time(s) t (Esser et al. 2023, reconstructed); leading time axis if
+    t is 1-D.
 
     projector: `(p, p)` P(t) onto span W(t) = span e^{2tM} W0 (the frame itself is NOT predicted:
         only P, Gram matrices, losses and angles are frame-invariant).
@@ -459,9 +457,8 @@ def _constrained_core(t, lam, U, T0, tan0, M):
 
 def constrained_flow(M, W0, t) -> ConstrainedFlow:
     """Exact solution of the constrained flow `dW/dt = 2(I − WWᵀ)MW`, `W0ᵀW0 = I` (Esser et al. 2023,
-    reconstructed):
-    `span W(t) = span e^{2tM} W0`, computed in the eigenbasis of M as `span U [I; T(t)]` so that it
-    neither overflows nor loses rank at large t. Needs `U_kᵀ W0` invertible (generic)."""
+    reconstructed): `span W(t) = span e^{2tM} W0`, computed in the eigenbasis of M as `span U [I; T(t)]` so
+    that it neither overflows nor loses rank at large t. Needs `U_kᵀ W0` invertible (generic)."""
     M = C.symmetric("M", M)
     W0 = C.orthonormal_columns("W0", W0)
     if W0.shape[0] != M.shape[0] or W0.shape[1] >= M.shape[0]:
@@ -607,9 +604,8 @@ def _width_free(K, S, F0, t, *, scaled, warn):
 def width_free_limit(K, S, k: int) -> jax.Array:
     """`lim_{t→∞} F Fᵀ = K^{1/2} V_k V_kᵀ K^{1/2}` (m, m), V_k the top-k eigenvectors of
     `N = K^{1/2} S K^{1/2}` (Esser et al. 2023, reconstructed: the top-k eigenspace of M seen through the
-    features — a PCA of a random-feature matrix, as Esser et al.'s follow-up work states). Valid when N's
-    k-th eigenvalue is > 0 (else
-    the top-k eigenspace of M may contain directions outside the feature span)."""
+    features — a PCA of a random-feature matrix, as Esser et al.'s follow-up work states). Valid when N's k-th
+    eigenvalue is > 0 (else the top-k eigenspace of M may contain directions outside the feature span)."""
     K, S = _kernel_and_pairs(K, S)
     k = V.positive_int("k", k)
     if k > K.shape[0]:
