@@ -32,7 +32,13 @@ def public_names(modname: str) -> list[str]:
         names = sorted(n for n in dir(mod) if not n.startswith("_")
                        and not inspect.ismodule(getattr(mod, n))
                        and str(getattr(getattr(mod, n), "__module__", "sslntk")).startswith("sslntk"))
-    return [n for n in names if not inspect.ismodule(getattr(mod, n, None))]
+    return [n for n in names if not _plain_module(getattr(mod, n, None))]
+
+
+def _plain_module(obj) -> bool:
+    """A submodule that is not callable (it has its own page or belongs to its package's page);
+    a callable module (`sslntk.theory.stepwise`) is documented by the function it calls."""
+    return inspect.ismodule(obj) and not callable(obj)
 
 
 def home(modname: str, name: str) -> str:
@@ -41,6 +47,8 @@ def home(modname: str, name: str) -> str:
     and its submodules whose source assigns the name; else `modname.name` itself."""
     mod = importlib.import_module(modname)
     obj = getattr(mod, name)
+    if inspect.ismodule(obj) and callable(obj) and callable(getattr(obj, name, None)):
+        obj = getattr(obj, name)                      # the function a callable module calls
     m, q = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if (callable(obj) and isinstance(m, str) and m.startswith("sslntk") and isinstance(q, str)
             and "<" not in q and not inspect.ismodule(obj)):

@@ -10,12 +10,14 @@ the slow test at the bottom checks that their pages then show their figures."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -43,9 +45,13 @@ def _rel(p: Path) -> str:
 
 
 def _slug(heading: str) -> str:
-    """Python-Markdown's `toc` slugify (the default of mkdocs): drop markup and punctuation,
-    lower-case, spaces to hyphens."""
+    """Python-Markdown's `toc` slugify (the default of mkdocs): drop markup, keep ASCII only (NFKD),
+    drop punctuation, lower-case, spaces to hyphens. An explicit `{ #id }` (attr_list) wins."""
+    explicit = re.search(r"\{\s*#([\w-]+)\s*\}\s*$", heading)
+    if explicit:
+        return explicit.group(1)
     text = re.sub(r"`|\*\*|\*|\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     text = re.sub(r"[^\w\s-]", "", text).strip().lower()
     return re.sub(r"[-\s]+", "-", text)
 
@@ -174,7 +180,7 @@ def test_api_pages_render_every_public_name(site):
         for name in names:
             modname = "sslntk" if mod == "sslntk" else f"sslntk.{mod}"
             obj = getattr(importlib.import_module(modname), name)
-            if type(obj).__name__ == "module" or type(obj).__name__ == "_CallableModule":
+            if inspect.ismodule(obj) and not callable(obj):
                 continue                                    # a subpackage: its own page
             target = HOOKS.home(modname, name)
             if mod == "sslntk" and HOOKS.documented_elsewhere(name):
