@@ -8,12 +8,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from sslntk import _io
 
-from sslntk import _io  # noqa: E402
+# Figures are bare `matplotlib.figure.Figure` objects rendered by `savefig` (Agg for PNG), never
+# registered with pyplot: importing this module leaves the user's backend alone (a global
+# `matplotlib.use("Agg")` switched a notebook's inline backend off, so its later figures vanished).
+
+
+def _subplots(*args, **kwargs):
+    """Like pyplot's `subplots`, without pyplot: `(fig, axes)`."""
+    figsize = kwargs.pop("figsize", None)
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 TIME_LABEL = "t  (learning rate × steps)"
 
@@ -27,7 +36,6 @@ def _save(fig, out: str | Path, name: str) -> list[Path]:
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
         paths.append(_io.atomic_write_bytes(out / f"{name}.{ext}", buf.getvalue()))
-    plt.close(fig)
     return paths
 
 
@@ -35,7 +43,7 @@ def staircase(out, name, ts, loss, predicted_steps, *, loss_theory=None, simulat
               title="Barlow Twins loss staircase", terms=None):
     """Loss vs time with the predicted step times as dashed verticals (and the theory curve).
     `terms`: optional `{name: (T,)}` named loss terms (`Loss.terms`), drawn as thin lines."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots(figsize=(6.4, 4.0))
     ax.plot(ts, loss, lw=2, label="simulated (kernel dynamics)")
     for i, (tn, tv) in enumerate(sorted((terms or {}).items())):
         ax.plot(ts, np.asarray(tv), lw=1, alpha=0.8, color=f"C{4 + i}", label=f"term: {tn}")
@@ -61,7 +69,7 @@ def eigenvalues(out, name, ts, c_sim, c_theory=None, *, ylabel="eigenvalues of C
                 theory_label="theory (logistic)", steps_sim=None, steps_theory=None):
     """Per-mode eigenvalue trajectories `(T, k)`: simulated solid, theory dashed, log-time axis."""
     c_sim = np.asarray(c_sim)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots(figsize=(6.4, 4.0))
     for j in range(c_sim.shape[1]):
         ax.plot(ts, c_sim[:, j], color=f"C{j % 10}", lw=2,
                 label=sim_label if j == 0 else None)
@@ -87,7 +95,7 @@ def spectrum(out, name, gammas, *, k=None, title="Contrastive-kernel spectrum"):
     """Eigenvalues γ_j of M = K^{1/2} Z K^{1/2}/2n (log scale, positive part), top-k highlighted."""
     g = np.asarray(gammas)
     j = np.arange(1, len(g) + 1)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots(figsize=(6.4, 4.0))
     pos = g > 0
     ax.semilogy(j[pos], g[pos], ".", ms=3, color="C0", label="γ_j > 0")
     if k:
@@ -106,7 +114,7 @@ def deviation_vs_width(out, name, widths, deviations, *, slope=None, ci=None, in
     """Log–log deviation against width: per-seed points, mean, and the fitted power law."""
     w = np.asarray(widths, float)
     d = np.asarray(deviations, float)          # (W, S)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots(figsize=(6.4, 4.0))
     for s in range(d.shape[1]):
         ax.loglog(w, d[:, s], "o", color="C0", alpha=0.4, ms=4, label="seeds" if s == 0 else None)
     ax.loglog(w, np.exp(np.mean(np.log(d), axis=1)), "s-", color="C0", label="geometric mean")
@@ -134,10 +142,10 @@ def phase_diagram(out, name, xs, gammas, rank, *, predicted_rank=None, metastabl
 
     xs, gammas, rank = np.asarray(xs), np.asarray(gammas), np.asarray(rank)
     top = int(max(np.max(rank), np.max(predicted_rank) if predicted_rank is not None else 0))
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = _subplots(figsize=(6.4, 4.8))
     dx = (xs[1] - xs[0]) / 2 if len(xs) > 1 else 0.5
     dg = (gammas[1] - gammas[0]) / 2 if len(gammas) > 1 else 0.5
-    cmap = plt.get_cmap("viridis", top + 1)
+    cmap = matplotlib.colormaps["viridis"].resampled(top + 1)
     im = ax.imshow(rank.T, origin="lower", aspect="auto", cmap=cmap,
                    norm=BoundaryNorm(np.arange(-0.5, top + 1.5), cmap.N),
                    extent=(xs[0] - dx, xs[-1] + dx, gammas[0] - dg, gammas[-1] + dg))
@@ -165,7 +173,7 @@ def phase_diagram(out, name, xs, gammas, rank, *, predicted_rank=None, metastabl
 def hypergradient(out, name, xs, outcome, *, grad_at=None, grad=None, xlabel="augmentation noise",
                   ylabel="outcome", title="Outcome vs hyperparameter with its autodiff tangent"):
     """Outcome curve with the autodiff tangent line at one point."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots(figsize=(6.4, 4.0))
     ax.plot(xs, outcome, "o-", ms=3, label="outcome")
     if grad_at is not None and grad is not None:
         x0 = float(grad_at)
@@ -186,7 +194,7 @@ def loss_terms(out, name, ts, terms, *, reference=None, labels=None, title="Loss
     are averaged over all but the first, which becomes one line per entry with `labels`).
     `reference {term: (..., T)}` (e.g. the kernel prediction) is drawn dashed."""
     names = sorted(terms)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    fig, axes = _subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
     for ax, tn in zip(axes[0], names, strict=True):
         for src, ls in ((terms, "-"), (reference, "--")):
             if src is None or tn not in src:

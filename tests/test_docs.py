@@ -206,3 +206,13 @@ def test_make_docs_build_executes_notebooks_with_figures(tmp_path):
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         html = (tmp_path / "site" / "notebooks" / nb.stem / "index.html").read_text()
         assert "data:image/png;base64" in html, f"{nb.name}: no figure in the rendered page"
+
+
+def test_importing_the_library_keeps_the_matplotlib_backend():
+    """A notebook's inline backend survives `import sslntk.experiments` (which imports
+    `sslntk.plots`), so the figures of every later cell still show on the notebook pages."""
+    code = ("import matplotlib; matplotlib.use('svg'); import sslntk.experiments, sslntk.plots; "
+            "print(matplotlib.get_backend())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "svg"
