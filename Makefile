@@ -12,7 +12,7 @@ VENV := $(if $(PYTHON),.venv-$(notdir $(PYTHON)),.venv)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 RUN = $$(command -v uv || echo "$(UV)") run --frozen
 
-.PHONY: setup demo test test-all bench lint clean
+.PHONY: setup demo test test-all bench lint docs clean
 
 setup: $(VENV)/.synced
 
@@ -35,8 +35,13 @@ test-all: setup
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
 
+# The documentation site into site/ (mkdocs.yml): strict (a warning fails the build), the notebooks
+# executed at their small size so that their pages show their figures.
+docs: setup
+	SSLNTK_NOTEBOOK_SMALL=1 SSLNTK_DOCS_EXECUTE=true NO_MKDOCS_2_WARNING=1 $(RUN) mkdocs build --strict
+
 lint: setup
 	$(RUN) ruff check sslntk tests benchmarks
 
 clean:
-	rm -rf .venv .venv-* demo_out .pytest_cache
+	rm -rf .venv .venv-* demo_out .pytest_cache site .cache

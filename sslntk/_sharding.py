@@ -1,4 +1,4 @@
-"""Row-sharded kernels over a 1-D device mesh (issue [H]): the one home of sslntk's sharding.
+"""Row-sharded kernels over a 1-D device mesh (docs/how-to/scale-out.md): the one home of sslntk's sharding.
 
 A kernel `K (N, N)` is *row-sharded* when it is a `jax.Array` with a `NamedSharding(mesh,
 P(axis, None))`: device `d` of the mesh axis holds the rows `[d·R, (d+1)·R)`, `R = N / D`.
@@ -12,9 +12,9 @@ gathered on one device:
 * `row_trace`, `row_diagonal`: trace / diagonal from the local blocks (a `psum` / `all_gather`).
 * `place(x, layout)`: a small array replicated on the mesh (`make_array_from_callback`, so the same
   code runs under `jax.distributed`, each process passing the same values).
-* `check_kernel(name, K, layout)`: the DESIGN.md input checks without a host copy: finiteness by a
-  sharded reduction, symmetry by a random probe `|xᵀKy − yᵀKx|` (two sharded products; a dense
-  `|K − Kᵀ|` would need a transpose, i.e. an all-to-all of the whole matrix).
+* `check_kernel(name, K, layout)`: the kernel input checks (docs/concepts.md) without a host copy:
+  finiteness by a sharded reduction, symmetry by a random probe `|xᵀKy − yᵀKx|` (two sharded
+  products; a dense `|K − Kᵀ|` would need a transpose, i.e. an all-to-all of the whole matrix).
 * `compiled_bytes`, `check_memory`: the compiled program's own `memory_analysis()` per device
   against the device memory (or, for host devices, the host's available memory shared by its local
   devices), raising `MemoryError` BEFORE the program runs.

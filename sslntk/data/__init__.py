@@ -8,7 +8,7 @@ Datasets — `load(name, **options) -> Dataset`, names from `datasets()`:
 * `"gaussian_mixture"`: classes at the vertices of a regular simplex (every pair of class means
   `separation` apart), isotropic within-class noise, optional class `weights` (imbalance). Exposes
   its population covariance `A`.
-* `"spiked"`: the linear model of the Ziyin et al. digest §1.1: `x ~ N(0, A)`, views
+* `"spiked"`: the linear model of Ziyin et al. (ICLR 2023): `x ~ N(0, A)`, views
   `x_a = x + ε_a`, `x_b = x + ε_b` with `ε ~ N(0, B)` i.i.d. and independent of `x`. Exposes `A`,
   `B` and the matching augmentation `Dataset.augmentation = gaussian_noise(σ, cov=B0)`
   (`B = σ² B0`), so `make_views(ds.x, ds.augmentation, key)` has `Cov(x_a) = A + B`,
@@ -39,7 +39,7 @@ pytree: new strength values reuse it). `make_views` and `compose` also take plai
 `(key, x) -> x_aug`, run without the outer `jit`.
 
 Views — `make_views(x, augment, key, n_draws=1) -> Views`. `Views.a`, `Views.b` are `(n, ...)`,
-`Views.stacked` is `(2n, ...)` in the order `[a_1..a_n, b_1..b_n]` (DESIGN.md). With `n_draws > 1`
+`Views.stacked` is `(2n, ...)` in the order `[a_1..a_n, b_1..b_n]` (docs/concepts.md). With `n_draws > 1`
 every array gains a leading draw axis `(n_draws, n, ...)`; `views.draws()` yields one single-draw
 `Views` per draw, so an augmentation-averaged kernel is `mean_i K(views.draw(i).stacked)`
 (or a `jax.lax.map`/`vmap` over `views.stacked`'s leading axis).

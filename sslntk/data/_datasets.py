@@ -195,7 +195,8 @@ def gaussian_mixture(n: int = 200, *, key, n_classes: int = 2, dim: int = 2,
     proportions: the class counts are `n · w` rounded by largest remainder (deterministic, summing to
     n), and the samples are shuffled with `key`. `A = within_std² I + Σ_c w_c μ_c μ_cᵀ` is the
     population covariance (for two classes at fractions p, 1−p: a = within² + p(1−p)·separation²
-    along the class direction, Ziyin digest §4.2). `info`: `means`, `weights`, `counts`.
+    along the class direction; Ziyin et al. 2023, docs/theory/collapse.md). `info`: `means`, `weights`,
+    `counts`.
     """
     dt = V.float_dtype(dtype, any_float=True)
     V.check_key("key", key)
@@ -239,13 +240,13 @@ def gaussian_mixture(n: int = 200, *, key, n_classes: int = 2, dim: int = 2,
 def spiked(n: int = 512, *, key, spikes: Sequence[float] | None = None, dim: int | None = None,
            bulk: float = 0.0, A=None, sigma: float | None = None, B0=None, B=None,
            dtype=jnp.float32) -> Dataset:
-    """The linear SSL model of the Ziyin et al. digest §1.1: clean inputs `x ~ N(0, A)`, `(n, d)`.
+    """The linear SSL model of Ziyin et al. (ICLR 2023): clean inputs `x ~ N(0, A)`, `(n, d)`.
 
     Data covariance `A`: either given (`(d, d)` PSD, or `(d,)` for a diagonal) or built as
     `diag(spikes, bulk, ..., bulk)` of size `dim` (default `spikes = (4, 2, 1, 0.5)`,
     `dim = len(spikes)`, `bulk = 0`).
 
-    Augmentation covariance `B = σ² B0` (digest: "B = sigma^2 B_0"): `sigma` (default 0.5) is the
+    Augmentation covariance `B = σ² B0` (σ² times a fixed shape): `sigma` (default 0.5) is the
     noise std and `B0` (`(d, d)` PSD or `(d,)` diagonal, default `I`) its shape, e.g. a 0/1
     diagonal to perturb only some coordinates. Alternatively give `B` directly (then σ = 1,
     B0 = B; not together with `sigma`/`B0`).

@@ -7,7 +7,7 @@ bounded by the block size (`auto_block_size`, from `BLOCK_MEMORY_BUDGET`) for 2n
 `x2=None` only the upper block triangle is computed and the result is exactly symmetric. Under
 `jax.jit`/`jax.grad` (traced inputs) the blocks are joined with jnp instead of a host array
 (`_blocked_traced`), so the kernel stays differentiable. With `mesh=`/`sharding=` the kernel is
-built row-sharded instead (`_sharded`, issue [H]).
+built row-sharded instead (`_sharded`; docs/how-to/scale-out.md).
 
 Cost (benchmarks/bench_kernels.py, 2 shared cores; complexity in `_recursion`): a depth-2 MLP
 kernel on 2n = 8192 digits views takes seconds; a depth-2 CNN with global average pooling on 8×8
@@ -72,7 +72,7 @@ def ntk(arch: Arch, x1, x2=None, *, block_size: int | None = None, dtype=None,
         neural-tangents' `kernel_fn` (the same as `method="nt"`; needs neural-tangents installed,
         see `kernels._nt_compat`).
       progress: print block progress to stderr.
-      mesh, sharding: build K row-sharded (issue [H], `kernels._sharded`): a 1-D
+      mesh, sharding: build K row-sharded (`kernels._sharded`, docs/how-to/scale-out.md): a 1-D
         `jax.sharding.Mesh` (`jax.make_mesh((D,), ("rows",))`) or a `NamedSharding(mesh,
         P(axis, None))`. The result is a `jax.Array` with that sharding: device d holds rows
         `[d·R, (d+1)·R)`, `R = n1 / D` (D must divide n1), computed there; the full kernel is never

@@ -1,4 +1,4 @@
-"""neural-tangents 0.6.5 on current JAX: the one contained compatibility shim (issue [G], route a).
+"""neural-tangents 0.6.5 on current JAX: the one contained compatibility shim.
 
 neural-tangents is archived; 0.6.5 (Dec 2023) is its final release and fails to import from JAX 0.6
 on. sslntk keeps it as the independent reference (its `stax` kernel_fn, `predict.gradient_descent`
@@ -14,7 +14,7 @@ and nothing else:
   exist, and implementation 0, which dispatches to it) stay broken and are rejected by sslntk's
   wrappers with a clear error (`kernels.reference_empirical_ntk`).
 
-This is the ONLY module of sslntk that imports `neural_tangents` (DESIGN.md); `sslntk.kernels`
+This is the ONLY module of sslntk that imports `neural_tangents`; `sslntk.kernels`
 (the stax triple in `_arch`, the reference wrappers and `method="nt"` in `_reference`) reaches it
 through `load()`. `import sslntk` never calls
 `load()`: sslntk runs with neural-tangents absent.

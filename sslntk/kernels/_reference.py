@@ -97,7 +97,7 @@ def reference_gradient_descent(loss, K, f0, ts, K_test_train=None, f0_test=None)
     Solves `df/dt = -K ∇_f L(f)` (and `df_test/dt = -K_test_train ∇_f L(f)`) over the full `(2n, k)`
     system with JAX's Dormand–Prince `odeint` at neural-tangents' fixed tolerances (rtol = atol =
     1.4e-8, no step limit). `learning_rate=1`, so `t` is in units of learning-rate × steps
-    (DESIGN.md "Time"). `trace_axes=(-1,)`: `K` is the one-output kernel, applied to each output.
+    (docs/concepts.md). `trace_axes=(-1,)`: `K` is the one-output kernel, applied to each output.
 
     Args:
       loss: `loss(f) -> scalar` on `(2n, k)` embeddings (an `sslntk.losses.Loss` or any callable);

@@ -1,5 +1,5 @@
-"""Sharded construction of the kernels (issue [H]): `K (N1, N2)` built as row blocks, each on its
-device of a 1-D mesh (`NamedSharding(mesh, P(axis, None))`), never gathered on one device.
+"""Sharded construction of the kernels (docs/how-to/scale-out.md): `K (N1, N2)` built as row blocks, each
+on its device of a 1-D mesh (`NamedSharding(mesh, P(axis, None))`), never gathered on one device.
 
 One `jax.shard_map` program: the inputs are replicated (they are small: `N × d`), device `d` takes
 its rows `[d·R, (d+1)·R)` (`R = N1 / D`) and fills its `(R, N2)` block tile by tile with the same

@@ -1,6 +1,6 @@
 """Riemannian gradient descent on the Stiefel manifold (the discrete algorithm of the constrained
-flow, Esser et al. digest §3.2 [R]): `W ← retract(W + 2η (I − WWᵀ) M W)` with a QR, polar or RK4
-retraction, the finite-step counterpart of `collapse.constrained_flow`. Re-exported by
+flow of Esser et al. 2023, docs/theory/collapse.md): `W ← retract(W + 2η (I − WWᵀ) M W)` with a QR, polar or
+RK4 retraction, the finite-step counterpart of `collapse.constrained_flow`. Re-exported by
 `sslntk.theory.collapse` (same names as before the split)."""
 
 from __future__ import annotations
@@ -80,15 +80,15 @@ def _stiefel_core(M, W0, eta, *, steps, n_saves, method):
 
 def stiefel_gd(M, W0, eta, steps: int, *, method: str = "qr", n_saves: int | None = None
                ) -> StiefelPath:
-    """Riemannian GD on the Stiefel manifold for `L = −Tr(WᵀMW)` (digest §3.2 [R]):
+    """Riemannian GD on the Stiefel manifold for `L = −Tr(WᵀMW)` (Esser et al. 2023, reconstructed):
 
     - `"qr"`: `W ← qf(W + 2η(I − WWᵀ)MW)` (thin QR, diag(R) > 0);
     - `"polar"`: same step, polar retraction `Y(YᵀY)^{−1/2}`;
     - `"rk4"`: one classical RK4 step of the flow `dW/dt = 2(I − WWᵀ)MW`, then a polar
-      re-orthonormalisation (removes the O(η⁵) drift; pitfall P4: never integrate without it).
+      re-orthonormalisation (removes the O(η⁵) drift; never integrate without it).
 
     Time is `t = η·s`. `n_saves` (default `steps`) iterates are returned, evenly spaced; `steps`
-    must be a multiple of it. This is the digest's parameter-space model (p-dimensional W), used as
+    must be a multiple of it. This is the parameter-space model (p-dimensional W), used as
     the reference for the closed forms; the kernel-regime solver is `sslntk.dynamics`.
     Non-finite iterates (e.g. `"rk4"` with η·||M|| >~ 5: measured NaN at η = 10, ||M|| = 1) warn
     (RuntimeWarning, outside jit) with the first saved time at which they appear."""

@@ -1,27 +1,28 @@
 """Naive-loss collapse and orthogonality-constrained (Grassmannian) flows — closed forms.
 
-Source: ../shared/papers/esser2023_dynamics.md (Esser, Mukherjee, Ghoshdastidar, "Representation
-Learning Dynamics of Self-Supervised Models", arXiv:2309.02011). The paper body could not be
-retrieved; every formula here is the digest's **reconstruction [R]** (derived and checked
-numerically), except the qualitative claims tagged [A] (abstract). Notation, constants and the
-factor 2 in the time convention may differ from the paper (digest §7 P1).
+Source: Esser, Mukherjee, Ghoshdastidar, "Representation Learning Dynamics of Self-Supervised
+Models", arXiv:2309.02011 (2023). The formulas are a reconstruction of the models the paper sets up
+(derived and checked numerically in tests/test_collapse.py), not quotations of its theorems; the
+qualitative claims (collapse to a scalar representation, width-independent Grassmannian dynamics,
+deviation from the NTK picture) are the paper's. Notation, constants and the factor 2 in the time
+convention may differ from the paper. The derivation in prose: docs/theory/collapse.md.
 
-Conventions (DESIGN.md row convention; the digest writes the transpose):
+Conventions (rows are samples, as everywhere in sslntk; column-convention texts write the transpose):
 
 - features `phi: (m, p)`, one row per network input in stacked view order `[a_1..a_n, b_1..b_n]`
   (m = 2n); trained layer `W: (p, k)`; representation `F = phi @ W: (m, k)`; kernel
   `K = phi @ phi.T: (m, m)` (one output, as in `sslntk.kernels`).
-- pair matrix `S: (m, m)`, symmetric, from `pair_matrix`; the dot-product losses of digest §1.3 are
-  `L(W) = −Tr(Fᵀ S F) = −Tr(Wᵀ M W)` with `M = phiᵀ S phi: (p, p)` (digest §1.4), and the
+- pair matrix `S: (m, m)`, symmetric, from `pair_matrix`; the dot-product losses (Esser et al. 2023) are
+  `L(W) = −Tr(Fᵀ S F) = −Tr(Wᵀ M W)` with `M = phiᵀ S phi: (p, p)` (docs/theory/collapse.md), and the
   squared-distance loss is the same form with `S = −DᵀD/(2n)`, i.e. `M = −A/2`.
 - naive gradient flow `dW/dt = −∇L = 2 M W`; function space `dF/dt = −K ∇_F L = 2 K S F`
-  (DESIGN.md "Time": `t` = learning rate × steps).
-- constrained flow `dW/dt = 2 (I − W Wᵀ) M W` on `WᵀW = I` (Stiefel / Grassmann, digest §3).
+  (`t` = learning rate × steps, docs/concepts.md).
+- constrained flow `dW/dt = 2 (I − W Wᵀ) M W` on `WᵀW = I` (Stiefel / Grassmann, Esser et al. 2023).
 
 Every prediction is a pure jittable function of the problem data; functions taking a time `t`
 accept a scalar or a 1-D array of times (then outputs carry a leading time axis).
 
-Large times (issue 15 audit). Quantities that genuinely grow like `e^{2tλ_1}` (`naive_flow`,
+Large times. Quantities that genuinely grow like `e^{2tλ_1}` (`naive_flow`,
 `naive_function_flow`, `width_free_flow`'s `G` and `F_lin`) are evaluated as a bounded, normalised
 part times a scalar `e^{2tλ_1}` (exponents shifted by the largest eigenvalue), so they are exact up
 to round-off wherever the float range holds them and `±inf` (never NaN) beyond it; called outside
@@ -143,22 +144,23 @@ def _kernel_and_pairs(K, S, F0=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# problem data (digest §1.3–1.4)
+# problem data (pair matrix S, operators M and N)
 
 
 def pair_matrix(n: int, kind: str = "dot", negatives=None, *, dtype=None) -> jax.Array:
-    """Symmetric pair matrix `S: (2n, 2n)` of digest §1.4 [R], stacked order `[a_1..a_n, b_1..b_n]`.
+    """Symmetric pair matrix `S: (2n, 2n)` (Esser et al. 2023, reconstructed), stacked order `[a_1..a_n,
+    b_1..b_n]`.
 
     - `"dot"` (non-contrastive, dot product, L_N = −(1/n) Σ_i f(a_i)·f(b_i)): `S = Z/(2n)` with
       `Z = [[0, I], [I, 0]]`.
     - `"contrastive"` (L_C = −(1/n) Σ_i [f(a_i)·f(b_i) − f(a_i)·f(x_i⁻)]) with the negative of
-      sample i the positive view of another sample, `x_i⁻ = b_{π(i)}` (digest §1.1): `negatives` is the
+      sample i the positive view of another sample, `x_i⁻ = b_{π(i)}` (Esser et al. 2023): `negatives` is the
       permutation π as an `(n,)` integer array without fixed points; default the cyclic shift
       `π(i) = i + 1 mod n`. `S = (Z − P_π − P_πᵀ)/(2n)` with `P_π[i, n + π(i)] = 1`.
     - `"distance"` (L_N2 = (1/(2n)) Σ_i ||f(a_i) − f(b_i)||²): `S = −DᵀD/(2n)`, `D = [I, −I]`, so
       `M = phiᵀ S phi = −A/2` with `A = (1/n)(Φ_a − Φ_b)ᵀ(Φ_a − Φ_b)`.
 
-    Then every loss equals `−Tr(Fᵀ S F)` for `F = phi @ W` (digest check 1).
+    Then every loss equals `−Tr(Fᵀ S F)` for `F = phi @ W` (checked in tests/test_collapse.py).
     """
     n = V.positive_int("n", n, minimum=2)
     V.choice("kind", kind, PAIR_KINDS)
@@ -191,7 +193,8 @@ def pair_matrix(n: int, kind: str = "dot", negatives=None, *, dtype=None) -> jax
 
 
 def pair_operator(phi, S) -> jax.Array:
-    """`M = phiᵀ S phi` (p, p), symmetrised (digest §1.4 [R]; pitfall P2: only sym(·) enters).
+    """`M = phiᵀ S phi` (p, p), symmetrised (only sym(·) enters; an unsymmetrised `phiᵀ S phi` gives a wrong
+    gradient).
 
     `phi: (m, p)` features of the stacked views, `S: (m, m)` from `pair_matrix`.
     Naive loss `L(W) = −Tr(Wᵀ M W)`, gradient `−2 M W`."""
@@ -206,7 +209,7 @@ def pair_operator(phi, S) -> jax.Array:
 
 
 def function_operator(K, S) -> jax.Array:
-    """`N = K^{1/2} S K^{1/2}` (m, m): the function-space twin of `M` (digest §3.3 [R]).
+    """`N = K^{1/2} S K^{1/2}` (m, m): the function-space twin of `M` (Esser et al. 2023, reconstructed).
 
     With `phi = K^{1/2} Qᵀ` (Q orthonormal), `M = Q N Qᵀ`, so N has the non-zero eigenvalues of M and
     `e^{2tKS} = I + K^{1/2} ψ(N) K^{1/2} S`; `collapse_rates(N)` gives the naive rates in function
@@ -218,7 +221,7 @@ def function_operator(K, S) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# naive flow (digest §2)
+# naive flow (docs/theory/collapse.md)
 
 
 @jax.jit
@@ -230,14 +233,14 @@ def _naive_flow_core(t, lam, U, W0):
 
 
 def naive_flow(M, W0, t, *, scaled: bool = False) -> jax.Array:
-    """Exact naive gradient flow `W(t) = e^{2tM} W0` of `L = −Tr(WᵀMW)` (digest §2.1 [R]).
+    """Exact naive gradient flow `W(t) = e^{2tM} W0` of `L = −Tr(WᵀMW)` (Esser et al. 2023, reconstructed).
 
     `M: (p, p)` symmetric, `W0: (p, k)`, `t` scalar or `(T,)` → `(p, k)` or `(T, p, k)`.
-    For the squared-distance loss pass `M = −A/2` (digest §2.3: `W(t) = e^{−tA} W0`).
+    For the squared-distance loss pass `M = −A/2` (the squared-distance case: `W(t) = e^{−tA} W0`).
 
     Evaluated as `e^{2tλ_1} · W̃(t)`, `W̃(t) = U e^{2t(Λ − λ_1)} Uᵀ W0` (λ_1 the largest eigenvalue),
     so `W(t)` is accurate wherever it fits the float range and `±inf` where it does not (warns
-    outside jit; before issue 15's audit M = I gave NaN from t ≈ 355 in float64). `scaled=True`
+    outside jit; evaluated naively, M = I gives NaN from t ≈ 355 in float64). `scaled=True`
     returns `W̃(t) = e^{−2tλ_1} W(t)` instead: bounded by ||W0||, finite at every t, → `naive_limit`."""
     M = C.symmetric("M", M)
     W0 = _frame("W0", W0, M.shape[0])
@@ -278,13 +281,13 @@ def _naive_function_core(t, R, mu, Vn, S, F0):
 
 
 def naive_function_flow(K, S, F0, t, *, scaled: bool = False) -> jax.Array:
-    """Exact naive flow in function space, `F_lin(t) = e^{2tKS} F0` (digest §3.3, §4.3 [R]).
+    """Exact naive flow in function space, `F_lin(t) = e^{2tKS} F0` (Esser et al. 2023, reconstructed).
 
     This is the unconstrained kernel-regime (NTK / linearised) trajectory of `L = −Tr(FᵀSF)` under
     `dF/dt = −K ∇_F L`. `K: (m, m)` PSD, `S: (m, m)`, `F0: (m, k)`, `t` scalar or `(T,)`.
     Computed from one eigendecomposition of `N = K^{1/2} S K^{1/2}` (no matrix exponential), as
     `e^{2ts} · F̃(t)` with `s = max(μ_1, 0)` and every exponent of `F̃` shifted by s: accurate
-    wherever `F_lin` fits the float range, `±inf` beyond (warns outside jit; before issue 15's audit:
+    wherever `F_lin` fits the float range, `±inf` beyond (warns outside jit; evaluated naively:
     NaN from 2tμ_1 ≈ 89 in float32). `scaled=True` returns the bounded `F̃(t) = e^{−2ts} F_lin(t)`."""
     K, S, F0 = _kernel_and_pairs(K, S, F0)
     t = _times("t", t, K.dtype)
@@ -299,7 +302,7 @@ def naive_function_flow(K, S, F0, t, *, scaled: bool = False) -> jax.Array:
 
 
 class NaiveCollapse(NamedTuple):
-    """Predicted collapse of the naive flow (digest §2.1 [R]; collapse itself [A]).
+    """Predicted collapse of the naive flow (reconstructed; the collapse itself is Esser et al. 2023's claim).
 
     eigenvalues: `(p,)` of the operator, descending.
     direction: `(p,)` top eigenvector u_1: every output of `W(t)` aligns with it (rank one).
@@ -325,7 +328,8 @@ def _rates_core(M):
 
 
 def collapse_rates(M) -> NaiveCollapse:
-    """Collapse rates and rank-one direction of the naive flow `dW/dt = 2MW` (digest §2.1 [R]).
+    """Collapse rates and rank-one direction of the naive flow `dW/dt = 2MW` (Esser et al. 2023,
+    reconstructed).
 
     `M` is the parameter-space operator (`pair_operator`) or, for the kernel-regime flow
     `dF/dt = 2KSF`, the function-space operator `function_operator(K, S)` (same non-zero spectrum).
@@ -345,13 +349,13 @@ def _limit_core(M, W0, rtol):
 
 
 def naive_limit(M, W0, *, rtol: float | None = None) -> jax.Array:
-    """`lim_{t→∞} e^{−2λ_1 t} W(t) = U_1 U_1ᵀ W0` (digest §2.1 [R]): the projection of W0 onto the top
-    eigenspace of M (eigenvalues within `rtol·max|λ|` of λ_1). With a strict gap this is the rank-one
-    matrix `u_1 (u_1ᵀ W0)`: the trivial scalar representation `s(x) = u_1ᵀφ(x)` [A].
+    """`lim_{t→∞} e^{−2λ_1 t} W(t) = U_1 U_1ᵀ W0` (Esser et al. 2023, reconstructed): the projection of W0
+    onto the top eigenspace of M (eigenvalues within `rtol·max|λ|` of λ_1). With a strict gap this is the
+    rank-one matrix `u_1 (u_1ᵀ W0)`: the trivial scalar representation `s(x) = u_1ᵀφ(x)` (Esser et al. 2023).
 
     `rtol` default: `max(1e-10, 1e3·eps)` of M's dtype (1e-10 in float64, 1.2e-4 in float32). A
-    tolerance below eigh's round-off splits an exactly repeated top eigenvalue: before issue 15's
-    audit the float32 default 1e-10 kept one of two equal top eigenvalues (relative error 1.0)."""
+    tolerance below eigh's round-off splits an exactly repeated top eigenvalue: a fixed float32 tolerance of
+    1e-10 would keep one of two equal top eigenvalues (relative error 1.0)."""
     M = C.symmetric("M", M)
     W0 = _frame("W0", W0, M.shape[0])
     V.same_dtype(M=M, W0=W0)
@@ -363,7 +367,7 @@ def naive_limit(M, W0, *, rtol: float | None = None) -> jax.Array:
 
 def two_layer_blowup_time(lam, a0) -> jax.Array:
     """Finite blow-up time `t* = 1/(4 λ a0²)` of one balanced mode of the naive two-layer linear
-    network `f = W2 W1 x` (digest §2.2 [R], analytic only): `a(t)^{−2} = a0^{−2} − 4λt`.
+    network `f = W2 W1 x` (reconstructed, analytic only): `a(t)^{−2} = a0^{−2} − 4λt`.
     `inf` where λ <= 0 (no blow-up). Broadcasts over `lam` and `a0`."""
     lam = C.real("lam", lam)
     a0 = C.positive("a0", a0)
@@ -371,11 +375,11 @@ def two_layer_blowup_time(lam, a0) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# constrained (Stiefel / Grassmann) flow (digest §3)
+# constrained (Stiefel / Grassmann) flow (docs/theory/collapse.md)
 
 
 class FixedPoint(NamedTuple):
-    """Stable fixed point of the constrained flow (digest §3.2 [R]).
+    """Stable fixed point of the constrained flow (Esser et al. 2023, reconstructed).
 
     basis: `(p, k)` top-k eigenvectors U_k of M (for M = −A/2: the bottom-k of A, the most
         augmentation-invariant directions).
@@ -400,8 +404,8 @@ def _fixed_point_core(M, k):
 
 
 def stiefel_fixed_point(M, k: int) -> FixedPoint:
-    """Top-k eigenspace of M: the stable fixed point of `dW/dt = 2(I − WWᵀ)MW` (digest §3.2 [R]).
-    Needs k < p (k = p: every frame spans everything)."""
+    """Top-k eigenspace of M: the stable fixed point of `dW/dt = 2(I − WWᵀ)MW` (Esser et al. 2023,
+    reconstructed). Needs k < p (k = p: every frame spans everything)."""
     M = C.symmetric("M", M)
     k = V.positive_int("k", k)
     if k >= M.shape[0]:
@@ -410,10 +414,11 @@ def stiefel_fixed_point(M, k: int) -> FixedPoint:
 
 
 class ConstrainedFlow(NamedTuple):
-    """Exact constrained-flow prediction at time(s) t (digest §3.2 [R]); leading time axis if t is 1-D.
+    """Exact constrained-flow prediction at time(s) t (Esser et al. 2023, reconstructed); leading time axis if
+    t is 1-D.
 
     projector: `(p, p)` P(t) onto span W(t) = span e^{2tM} W0 (the frame itself is NOT predicted:
-        only P, Gram matrices, losses and angles are frame-invariant, pitfall P3 / check 9).
+        only P, Gram matrices, losses and angles are frame-invariant).
     tan_angles: `(k,)` tangents of the principal angles between span W(t) and span U_k, descending:
         singular values of `e^{2tΛ_⊥} T_0 e^{−2tΛ_k}`, `T_0 = (U_⊥ᵀW0)(U_kᵀW0)^{−1}`.
     tan_bound: `tan θ_max(0) e^{−2(λ_k − λ_{k+1})t}` (>= tan_angles[0]).
@@ -451,9 +456,9 @@ def _constrained_core(t, lam, U, T0, tan0, M):
 
 
 def constrained_flow(M, W0, t) -> ConstrainedFlow:
-    """Exact solution of the constrained flow `dW/dt = 2(I − WWᵀ)MW`, `W0ᵀW0 = I` (digest §3.2 [R]):
-    `span W(t) = span e^{2tM} W0`, computed in the eigenbasis of M as `span U [I; T(t)]` so that it
-    neither overflows nor loses rank at large t. Needs `U_kᵀ W0` invertible (generic)."""
+    """Exact solution of the constrained flow `dW/dt = 2(I − WWᵀ)MW`, `W0ᵀW0 = I` (Esser et al. 2023,
+    reconstructed): `span W(t) = span e^{2tM} W0`, computed in the eigenbasis of M as `span U [I; T(t)]` so
+    that it neither overflows nor loses rank at large t. Needs `U_kᵀ W0` invertible (generic)."""
     M = C.symmetric("M", M)
     W0 = C.orthonormal_columns("W0", W0)
     if W0.shape[0] != M.shape[0] or W0.shape[1] >= M.shape[0]:
@@ -470,7 +475,7 @@ def constrained_flow(M, W0, t) -> ConstrainedFlow:
 
 def time_to_angle(M, W0, eps: float = 1e-6) -> jax.Array:
     """Time after which the bound guarantees `θ_max < eps`: `ln(tan θ_max(0)/tan eps)/(2(λ_k −
-    λ_{k+1}))`, 0 if already there (digest §3.2, check 10 [R]); `inf` at a zero gap
+    λ_{k+1}))`, 0 if already there (Esser et al. 2023, reconstructed); `inf` at a zero gap
     `λ_k = λ_{k+1}` unless already there. Raises like `constrained_flow` when `U_kᵀW0` is singular."""
     M = C.symmetric("M", M)
     W0 = C.orthonormal_columns("W0", W0)
@@ -487,7 +492,7 @@ def time_to_angle(M, W0, eps: float = 1e-6) -> jax.Array:
 
 @partial(jax.jit, static_argnums=3)
 def _time_to_angle(lam, tan0, eps, k):
-    # 0 when already within eps (also at a zero gap: 0/0 was NaN before issue 15's audit); inf when
+    # 0 when already within eps (also at a zero gap, where 0/0 would give NaN); inf when
     # the gap is 0 and the angle is not yet within eps (the bound never guarantees it)
     num = jnp.maximum(jnp.log(tan0 / jnp.tan(eps)), 0.0)
     gap = lam[k - 1] - lam[k]
@@ -495,21 +500,22 @@ def _time_to_angle(lam, tan0, eps, k):
 
 
 # ----------------------------------------------------------------------------------------------
-# width-independent function-space form (digest §3.3) and NTK deviation (digest §4)
+# width-independent function-space form and the deviation from the NTK (Esser et al. 2023)
 
 
 class WidthFree(NamedTuple):
-    """Constrained flow in function space from (F0, K) only (digest §3.3 [R]); width-independent.
+    """Constrained flow in function space from (F0, K) only (Esser et al. 2023, reconstructed);
+    width-independent.
 
     F: `(m, k)` an orthonormal-weight frame of the representation, `F = phi W(t) Q` for some
-        `Q ∈ O(k)` (the flow's own frame differs by that rotation — compare `gram`, pitfall P3).
-    gram: `(m, m)` `F Fᵀ = F_lin G^{−1} F_linᵀ` (digest: FᵀF).
+        `Q ∈ O(k)` (the flow's own frame differs by that rotation — compare `gram`).
+    gram: `(m, m)` `F Fᵀ = F_lin G^{−1} F_linᵀ` (FᵀF in column convention).
     G: `(k, k)` `W0ᵀ e^{4tM} W0 = I + F0ᵀ [Σ_{j≥1} (4t)^j (SK)^{j−1} S / j!] F0`.
     F_lin: `(m, k)` the unconstrained (NTK) trajectory `e^{2tKS} F0`.
     G and F_lin grow like e^{4tλ_1}, e^{2tλ_1} (λ_1 = max(largest eigenvalue of M, 0)): they are
     evaluated as `e^{4tλ_1}·G̃`, `e^{2tλ_1}·F̃_lin` with bounded normalised parts, so they are accurate
     while they fit the float range and `±inf` beyond it (float64: 4tλ_1 >~ 709; warns outside jit;
-    before issue 15's audit they were NaN there); `width_free_flow(..., scaled=True)` returns the
+    evaluated naively they are NaN there); `width_free_flow(..., scaled=True)` returns the
     normalised `G̃ = e^{−4tλ_1} G`, `F̃_lin = e^{−2tλ_1} F_lin` instead. F and gram are computed
     without forming them and are accurate at every t.
     """
@@ -556,7 +562,7 @@ def _width_free_core(t, B, M_aug, W_aug, lam, U, T0):
 
 
 def width_free_flow(K, S, F0, t, *, scaled: bool = False) -> WidthFree:
-    """Constrained-flow representation from `(K, S, F0)` alone (digest §3.3 [R]).
+    """Constrained-flow representation from `(K, S, F0)` alone (Esser et al. 2023, reconstructed).
 
     For the random-feature model `F = phi W` with `WᵀW = I` trained by `dW/dt = 2(I − WWᵀ)MW`,
     `F(t) Fᵀ(t) = F_lin G^{−1} F_linᵀ` where `F_lin = e^{2tKS} F0` is the naive (NTK) trajectory:
@@ -597,9 +603,9 @@ def _width_free(K, S, F0, t, *, scaled, warn):
 
 def width_free_limit(K, S, k: int) -> jax.Array:
     """`lim_{t→∞} F Fᵀ = K^{1/2} V_k V_kᵀ K^{1/2}` (m, m), V_k the top-k eigenvectors of
-    `N = K^{1/2} S K^{1/2}` (digest §3.2–3.3 [R]: the top-k eigenspace of M seen through the
-    features — a PCA of a random-feature matrix [F]). Valid when N's k-th eigenvalue is > 0 (else
-    the top-k eigenspace of M may contain directions outside the feature span)."""
+    `N = K^{1/2} S K^{1/2}` (Esser et al. 2023, reconstructed: the top-k eigenspace of M seen through the
+    features — a PCA of a random-feature matrix, as Esser et al.'s follow-up work states). Valid when N's k-th
+    eigenvalue is > 0 (else the top-k eigenspace of M may contain directions outside the feature span)."""
     K, S = _kernel_and_pairs(K, S)
     k = V.positive_int("k", k)
     if k > K.shape[0]:
@@ -612,7 +618,7 @@ def width_free_limit(K, S, k: int) -> jax.Array:
 
 
 def _warn_limit(mu, k, tol):
-    """Outside jit: say when `width_free_limit` is not the limit (issue 15 audit: an exactly
+    """Outside jit: say when `width_free_limit` is not the limit (an exactly
     repeated eigenvalue across the k boundary made it an arbitrary eigh choice, silently)."""
     scale = max(float(np.max(np.abs(mu))), 1e-300)
     if mu[k - 1] <= tol * scale:
@@ -629,7 +635,8 @@ def _warn_limit(mu, k, tol):
 
 def constrained_tangent_kernel(K, S, F0, t) -> jax.Array:
     """Tangent kernel of the constrained flow, `K_t = phi (I − W_t W_tᵀ) phiᵀ = K − F(t)F(t)ᵀ`
-    (digest §4.1 [R]); changes by O(1) relative to K during training, independent of width."""
+    (Esser et al. 2023, reconstructed); changes by O(1) relative to K during training, independent of
+    width."""
     K, S, F0 = _kernel_and_pairs(K, S, F0)
     return K - _width_free(K, S, F0, t, scaled=True, warn=False).gram
 
@@ -637,12 +644,12 @@ def constrained_tangent_kernel(K, S, F0, t) -> jax.Array:
 def escape_time_shift(lam1, width_ratio) -> jax.Array:
     """Predicted increase of the half-loss time when the width is multiplied by `width_ratio`:
     `ln(width_ratio)/(4 λ_1)` for the flow `dW/dt = 2(I − WWᵀ)MW` with Haar init and
-    `||phi|| = O(1)` (digest §4.4, the digest author's own derivation [R], not a claim of the paper).
+    `||phi|| = O(1)` (a derivation of this module, not a claim of the paper).
     Use `2·escape_time_shift` for the unit-speed flow."""
     lam1 = C.positive("lam1", lam1)
     width_ratio = C.positive("width_ratio", width_ratio)
     return jnp.log(width_ratio) / (4 * lam1)
 
 
-# The discrete algorithm (digest §3.2, Riemannian GD with a retraction) lives in `_stiefel_gd`.
+# The discrete algorithm (Riemannian GD with a retraction, Absil et al. 2008) lives in `_stiefel_gd`.
 from sslntk.theory._stiefel_gd import RETRACTIONS, StiefelPath, stiefel_gd  # noqa: E402

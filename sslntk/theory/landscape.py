@@ -1,25 +1,25 @@
 """Loss landscape of linear SSL models: collapse thresholds, rank laws, imbalance — and the models.
 
-Source: ../shared/papers/ziyin2023_landscape.md (Ziyin, Lubana, Ueda, Tanaka, "What shapes the loss
-landscape of self-supervised learning?", ICLR 2023). The paper body could not be retrieved; every
-formula here is the digest's **derivation [DER]** (checked numerically there and in
-tests/test_landscape.py), not a quotation of the paper; the paper's constants may differ (digest §7.3).
-Sections cited as "digest §x".
+Source: Ziyin, Lubana, Ueda, Tanaka, "What shapes the loss landscape of self-supervised
+learning?", ICLR 2023 (arXiv:2210.00638). Every formula here is a derivation for the linear models
+the paper studies (checked numerically in tests/test_landscape.py), not a quotation of the paper;
+the paper's constants and loss normalisation may differ. The derivation in prose:
+docs/theory/collapse.md ("The landscape").
 
-Setup (digest §1): centred inputs with covariance `A` (d, d), two views `x + ε_a`, `x + ε_b` with
+Setup (Ziyin et al. 2023): centred inputs with covariance `A` (d, d), two views `x + ε_a`, `x + ε_b` with
 augmentation covariance `B`, view covariance `Σ = A + B`. Models:
 
 - **M1** (one linear layer) `f = W x`, `W: (d_out, d)`;
 - **M2** (encoder + projector) `f = U W x`, `W: (h, d)`, `U: (d_out, h)`, `V = U W`.
 
-Canonical landscape (digest §1.3; the O(||W||⁴) expansion of dot-product InfoNCE at temperature τ
-plus weight decay γ, penalty `γ Σ_l ||W_l||_F²` — optax `add_decayed_weights(2γ)`, digest §7.1):
+Canonical landscape (the O(||W||⁴) expansion of dot-product InfoNCE at temperature τ
+plus weight decay γ, penalty `γ Σ_l ||W_l||_F²` — optax `add_decayed_weights(2γ)`):
 
     L1(W)    = −Tr[W A Wᵀ]/τ + ||W Σ Wᵀ||_F²/(2τ²) + γ ||W||_F²
     L2(U, W) = −Tr[V A Vᵀ]/τ + ||V Σ Vᵀ||_F²/(2τ²) + γ (||U||_F² + ||W||_F²)
 
 Thresholds use **unnormalised** (dot-product) logits; cosine-similarity losses have no γ-threshold
-(digest §3.1, check 15). The model simulators (`simulate_m1`, `simulate_m2`, `simulate`) are small
+(tests/test_landscape.py). The model simulators (`simulate_m1`, `simulate_m2`, `simulate`) are small
 jitted full-batch GD loops on these population losses, vmappable over a grid of (A, B, τ, γ).
 """
 
@@ -111,11 +111,11 @@ def _scalars(**kw):
 
 
 # ----------------------------------------------------------------------------------------------
-# losses (digest §1.3)
+# losses (the fourth-order expansion around W = 0)
 
 
 def view_covariance(A, B) -> jax.Array:
-    """`Σ = A + B`: covariance of one augmented view (and of a negative) (digest §1.1 [DER])."""
+    """`Σ = A + B`: covariance of one augmented view (and of a negative) (derived)."""
     A, B = _cov_pair(A, B)
     return A + B
 
@@ -141,8 +141,8 @@ def _grad_V(V_, A, S, tau):
 
 def infonce_quartic(W, A, B, tau) -> jax.Array:
     """Fourth-order expansion of dot-product InfoNCE about the collapsed point, minus log N:
-    `−Tr[WAWᵀ]/τ + ||WΣWᵀ||_F²/(2τ²)` (digest §1.3 [DER], leading order in 1/N). Valid only while
-    `||WΣWᵀ||/τ ≪ 1` (digest check 2: it must disagree with InfoNCE at weight scale ~0.3)."""
+    `−Tr[WAWᵀ]/τ + ||WΣWᵀ||_F²/(2τ²)` (derived, leading order in 1/N). Valid only while
+    `||WΣWᵀ||/τ ≪ 1` (tests/test_landscape.py: it disagrees with InfoNCE at weight scale ~0.3)."""
     A, B = _cov_pair(A, B)
     W = _weights("W", W, A.shape[0])
     tau = C.positive("tau", tau)
@@ -151,7 +151,7 @@ def infonce_quartic(W, A, B, tau) -> jax.Array:
 
 def spectral_loss(W, A, B) -> jax.Array:
     """Spectral contrastive loss (HaoChen et al. 2021) of the linear model, exact:
-    `−2E[f_a·f_b] + E[(f_a·f_j)²] = −2Tr[WAWᵀ] + ||WΣWᵀ||_F²` (digest §1.3 [DER]) — twice the
+    `−2E[f_a·f_b] + E[(f_a·f_j)²] = −2Tr[WAWᵀ] + ||WΣWᵀ||_F²` (derived) — twice the
     InfoNCE quartic at τ = 1 (so its thresholds are those of τ = 1 with γ → γ/2)."""
     A, B = _cov_pair(A, B)
     W = _weights("W", W, A.shape[0])
@@ -169,7 +169,7 @@ def _m2_loss(U, W, A, S, tau, gamma):
 
 
 def m1_loss(W, A, B, tau, gamma) -> jax.Array:
-    """Canonical M1 landscape `L1(W)` (digest §1.3 [DER]); `W: (d_out, d)`."""
+    """Canonical M1 landscape `L1(W)` (derived); `W: (d_out, d)`."""
     A, B = _cov_pair(A, B)
     W = _weights("W", W, A.shape[0])
     s = _scalars(tau=tau, gamma=gamma)
@@ -177,7 +177,7 @@ def m1_loss(W, A, B, tau, gamma) -> jax.Array:
 
 
 def m2_loss(U, W, A, B, tau, gamma) -> jax.Array:
-    """Canonical M2 landscape `L2(U, W)` (digest §1.3 [DER]); `W: (h, d)`, `U: (d_out, h)`."""
+    """Canonical M2 landscape `L2(U, W)` (derived); `W: (h, d)`, `U: (d_out, h)`."""
     A, B = _cov_pair(A, B)
     W = _weights("W", W, A.shape[0])
     U = _weights("U", U, W.shape[0])
@@ -186,11 +186,11 @@ def m2_loss(U, W, A, B, tau, gamma) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# one layer M1 (digest §2.1)
+# one layer M1
 
 
 class M1Solution(NamedTuple):
-    """Global minimum of the M1 landscape (digest §2.1 [DER]).
+    """Global minimum of the M1 landscape (derived).
 
     M: `(d, d)` `W*ᵀW* = τ² Σ^{−1/2} [K]_{+,d_out} Σ^{−1/2}`, `K = Σ^{−1/2}(A/τ − γI)Σ^{−1/2}`.
     W: `(d_out, d)` one minimiser (rows `τ√κ_i v_iᵀ Σ^{−1/2}`; unique up to `W → QW`).
@@ -230,8 +230,8 @@ def _m1_solution(A, B, tau, gamma, *, d_out):
 
 
 def m1_solution(A, B, tau, gamma, d_out: int) -> M1Solution:
-    """Closed-form global minimum of the M1 landscape for any (commuting or not) A, B (digest §2.1
-    [DER]; no spurious local minima, every other stationary point is a strict saddle)."""
+    """Closed-form global minimum of the M1 landscape for any (commuting or not) A, B (derived;
+    no spurious local minima, every other stationary point is a strict saddle)."""
     A, B = _cov_pair(A, B, pd_sigma=True)
     s = _scalars(tau=tau, gamma=gamma)
     d_out = V.positive_int("d_out", d_out)
@@ -239,7 +239,7 @@ def m1_solution(A, B, tau, gamma, d_out: int) -> M1Solution:
 
 
 def m1_rank(a, tau, gamma, d_out: int | None = None) -> jax.Array:
-    """Rank law of M1 (digest §2.1 [DER]): `min(d_out, #{i : a_i > γτ})`.
+    """Rank law of M1 (derived): `min(d_out, #{i : a_i > γτ})`.
 
     `a`: `(d,)` eigenvalues of A, or the `(d, d)` matrix A itself. Augmentation (B) never changes it
     under InfoNCE; complete collapse iff `γτ >= a_1`. Broadcasts over τ, γ (leading axes)."""
@@ -252,7 +252,7 @@ def m1_rank(a, tau, gamma, d_out: int | None = None) -> jax.Array:
 
 def origin_hessian(a, tau, gamma, d_out: int) -> jax.Array:
     """Eigenvalues of the M1 Hessian at W = 0: `2(γ − a_i/τ)`, each with multiplicity d_out,
-    ascending, `(d·d_out,)` (digest §2.1 [DER], check 3)."""
+    ascending, `(d·d_out,)` (derived)."""
     a = _spectrum("a", a)
     s = _scalars(tau=tau, gamma=gamma)
     d_out = V.positive_int("d_out", d_out)
@@ -260,7 +260,7 @@ def origin_hessian(a, tau, gamma, d_out: int) -> jax.Array:
 
 
 def origin_type(a, tau, gamma) -> str:
-    """Type of the collapsed point W = 0 of M1 (digest §2.1 [DER]): `"local_max"` if `γτ < a_d`,
+    """Type of the collapsed point W = 0 of M1 (derived): `"local_max"` if `γτ < a_d`,
     `"saddle"` if `a_d < γτ < a_1`, `"local_min"` (= global minimum, complete collapse) if
     `γτ >= a_1`. Ties `γτ = a_d < a_1` count as saddle (a flat direction, not a maximum)."""
     a = np.asarray(_spectrum("a", a), dtype=np.float64)
@@ -272,11 +272,11 @@ def origin_type(a, tau, gamma) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# encoder + projector M2 (digest §2.2), commuting A, B given by their eigenvalues a, b
+# encoder + projector M2, commuting A, B given by their eigenvalues a, b
 
 
 def m2_thresholds(a, b, tau) -> tuple[jax.Array, jax.Array]:
-    """Per-direction thresholds of M2 (digest §2.2 [DER]), broadcasting over a, b, τ:
+    """Per-direction thresholds of M2 (derived), broadcasting over a, b, τ:
 
     - collapse threshold (global minimum keeps direction i iff γ < γ_c):
       `γ_c = a/(3(a + b)) · sqrt(2a/(3τ))`;
@@ -299,7 +299,7 @@ def _g(s, a, b, tau, gamma):
 
 def m2_direction_loss(s, a, b, tau, gamma) -> jax.Array:
     """Per-direction M2 landscape at a balanced point with singular value s of V along direction i:
-    `g(s) = −a s²/τ + (a + b)² s⁴/(2τ²) + 2γ s` (digest §2.2 [DER]; the penalty `γ(||U||² + ||W||²)`
+    `g(s) = −a s²/τ + (a + b)² s⁴/(2τ²) + 2γ s` (derived; the penalty `γ(||U||² + ||W||²)`
     equals `2γ||V||_*` at balance)."""
     s = C.nonneg("s", s)
     a, b = _spectrum("a", a), _spectrum("b", b)
@@ -323,14 +323,14 @@ def _magnitude(a, b, tau, gamma):
 def m2_magnitude(a, b, tau, gamma) -> jax.Array:
     """Learned singular value s* of V along each direction: the largest positive root of
     `(a + b)² s³/τ² − a s/τ + γ = 0` where it exists (γ < γ_s: the non-zero local minimum), else 0
-    (digest §2.2 [DER]). Embedding-variance eigenvalue `s*²(a + b)`. Broadcasts."""
+    (derived). Embedding-variance eigenvalue `s*²(a + b)`. Broadcasts."""
     a, b = _spectrum("a", a), _spectrum("b", b)
     p = _scalars(tau=tau, gamma=gamma)
     return _magnitude(a, b, p["tau"], p["gamma"])
 
 
 class M2Solution(NamedTuple):
-    """M2 prediction for commuting A, B (digest §2.2 [DER]); arrays are per direction `(d,)`.
+    """M2 prediction for commuting A, B (derived); arrays are per direction `(d,)`.
 
     s: singular values of V at the non-zero local minimum (0 where none, γ >= γ_s).
     kept: bool, direction i present at the global minimum (γ < γ_c and within the rank cap).
@@ -367,8 +367,8 @@ def _m2_solution(a, b, tau, gamma, *, cap):
 
 
 def m2_solution(a, b, tau, gamma, d_out: int | None = None, h: int | None = None) -> M2Solution:
-    """Closed-form M2 prediction per direction for commuting A = diag(a), B = diag(b) (digest §2.2
-    [DER]). Non-commuting A, B have no closed form (digest §2.2): simulate with `simulate_m2`.
+    """Closed-form M2 prediction per direction for commuting A = diag(a), B = diag(b)
+    (derived). Non-commuting A, B have no closed form: simulate with `simulate_m2`.
     `a`, `b`: `(..., d)`; τ, γ broadcast against the leading axes."""
     a, b = _spectrum("a", a), _spectrum("b", b)
     p = _scalars(tau=tau, gamma=gamma)
@@ -381,13 +381,13 @@ def m2_solution(a, b, tau, gamma, d_out: int | None = None, h: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------
-# pair-distance losses (digest §1.3, §2.1)
+# pair-distance losses
 
 
 def pair_distance_matrix(A, B, c_plus, c_minus) -> jax.Array:
     """Effective quadratic matrix of the pair-distance family
     `E[l₊(||f_a − f_b||²)] + E[l₋(||f_a − f_j||²)]`: `A_eff = c₋A − (c₊ − c₋)B` with `c₊ = l₊'(0)`,
-    `c₋ = −l₋'(0)`; the quadratic part of the loss is `−2Tr[W A_eff Wᵀ]` (digest §1.3 [DER]).
+    `c₋ = −l₋'(0)`; the quadratic part of the loss is `−2Tr[W A_eff Wᵀ]` (derived).
     Augmentation enters the collapse threshold unless `c₊ = c₋`. A_eff may be indefinite."""
     A, B = _cov_pair(A, B)
     cp, cm = C.positive("c_plus", c_plus), C.positive("c_minus", c_minus)
@@ -395,14 +395,14 @@ def pair_distance_matrix(A, B, c_plus, c_minus) -> jax.Array:
 
 
 def wang_isola_matrix(A, B, lam_t) -> jax.Array:
-    """`A_eff = λt A − (1 − λt) B` of Wang–Isola alignment (α = 2) + λ·uniformity(t) (digest §1.3
-    [DER]): `c₊ = 1`, `c₋ = λt`. At γ = 0 direction i collapses iff `b_i/a_i >= λt/(1 − λt)`."""
+    """`A_eff = λt A − (1 − λt) B` of Wang–Isola alignment (α = 2) + λ·uniformity(t)
+    (derived): `c₊ = 1`, `c₋ = λt`. At γ = 0 direction i collapses iff `b_i/a_i >= λt/(1 − λt)`."""
     return pair_distance_matrix(A, B, 1.0, lam_t)
 
 
 def wang_isola_loss(W, A, B, lam, t, gamma=0.0) -> jax.Array:
     """Population Wang–Isola loss of the linear model on Gaussian data, exact (derived here from
-    digest §1.1's model [DER]; not a formula of the digest):
+    the model of Ziyin et al. 2023; derived here):
 
         E||f_a − f_b||² + λ log E exp(−t||f_a − f_j||²) + γ||W||²
           = 2Tr[W B Wᵀ] − (λ/2) log det(I + 4t W Σ Wᵀ) + γ||W||_F²
@@ -427,7 +427,7 @@ def _wang_isola(W, A, B, lam, t, gamma):
 def pair_distance_rank(A_eff, gamma=0.0, d_out: int | None = None) -> jax.Array:
     """Rank law under a pair-distance loss with quadratic part `−2Tr[W A_eff Wᵀ]` and penalty
     `γ||W||²`: `min(d_out, #{eig(A_eff) > γ/2})` — the number of unstable directions of the origin
-    (digest §2.1 [DER]: "#{eigenvalues of A_eff > γτ}" with the family's normalisation τ = 1/2).
+    (derived: "#{eigenvalues of A_eff > γτ}" with the family's normalisation τ = 1/2).
     It is the rank of the global minimum for the quartic landscape and for losses convex in the
     embedding variance such as `wang_isola_loss`."""
     A_eff = C.symmetric("A_eff", A_eff)
@@ -437,13 +437,13 @@ def pair_distance_rank(A_eff, gamma=0.0, d_out: int | None = None) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# imbalance (digest §4.2)
+# imbalance
 
 
 def imbalance_variance(p, delta2, sigma_w2) -> jax.Array:
     """Variance along the class-separating direction of a two-class mixture with fractions p, 1 − p,
-    squared mean gap δ² and within-class variance σ_w²: `a_e = σ_w² + p(1 − p)δ²` (digest §4.2
-    [DER])."""
+    squared mean gap δ² and within-class variance σ_w²: `a_e = σ_w² + p(1 − p)δ²`
+    (derived)."""
     p = C.nonneg("p", p)
     if V.is_concrete(p) and np.any(np.asarray(p) > 1):
         raise ValueError(f"p: expected class fractions in [0, 1], got max {np.max(p)}")
@@ -451,7 +451,7 @@ def imbalance_variance(p, delta2, sigma_w2) -> jax.Array:
 
 
 def imbalance_threshold(delta2, sigma_w2, gamma, tau=1.0) -> jax.Array:
-    """Minority fraction below which the class direction collapses in M1 (digest §4.2 [DER]):
+    """Minority fraction below which the class direction collapses in M1 (derived):
     `p* = (1 − sqrt(1 − 4(γτ − σ_w²)/δ²))/2`; 0 when `γτ <= σ_w²` (always kept), NaN when
     `4(γτ − σ_w²) > δ²` (collapsed at every p, even balanced)."""
     d2 = C.positive("delta2", delta2)
@@ -462,7 +462,7 @@ def imbalance_threshold(delta2, sigma_w2, gamma, tau=1.0) -> jax.Array:
 
 
 def imbalance_gamma_c(p, delta2, sigma_w2, b, tau=1.0) -> jax.Array:
-    """M2 collapse threshold γ_c of the class direction at minority fraction p (digest §4.2 [DER]):
+    """M2 collapse threshold γ_c of the class direction at minority fraction p (derived):
     `m2_thresholds(a_e(p), b, τ)[0]`."""
     return m2_thresholds(imbalance_variance(p, delta2, sigma_w2), b, tau)[0]
 
@@ -473,7 +473,7 @@ def imbalance_gamma_c(p, delta2, sigma_w2, b, tau=1.0) -> jax.Array:
 
 def representation_rank(cov, *, rtol: float = 1e-6, scale=None) -> jax.Array:
     """Numerical rank of an embedding covariance `cov: (..., k, k)` (e.g. `W Σ Wᵀ`): the number of
-    eigenvalues above `rtol · scale` (digest §5/§7.1: a relative threshold on the covariance
+    eigenvalues above `rtol · scale` (a relative threshold on the covariance
     spectrum). `scale` defaults to the largest eigenvalue; pass a problem scale (τ for the
     landscape models, whose embedding variances are at most τ) so that a completely collapsed
     representation counts as rank 0. Batched over leading axes."""
@@ -492,7 +492,7 @@ def representation_rank(cov, *, rtol: float = 1e-6, scale=None) -> jax.Array:
 
 class GDResult(NamedTuple):
     """Final state of a GD run. params: the weights (a tuple for M2: (U, W)); loss: final loss;
-    grad_norm: final gradient norm (convergence: < 1e-10 in float64, digest §6); steps: number of
+    grad_norm: final gradient norm (convergence: < 1e-10 in float64); steps: number of
     steps taken. Batched over any vmapped axes."""
 
     params: object
@@ -503,7 +503,7 @@ class GDResult(NamedTuple):
 
 def _gd_core(loss_fn, params, lr, steps, grad_fn=None, warmup=(0, 0.0)):
     """GD for `steps` steps; the first `warmup[0]` steps use the rate `warmup[1]` (a large init is
-    stiff, digest §7.1 "quartic stiffness")."""
+    stiff: the quartic term)."""
     g = jax.grad(loss_fn) if grad_fn is None else grad_fn
 
     def body(i, p):
@@ -539,7 +539,7 @@ def _gd_m2(p0, A, S, tau, gamma, lr, steps, warmup=(0, 0.0)):
 
 def _checked(res: GDResult, who: str, lr) -> GDResult:
     """Outside jit: a GD run whose loss or gradient is not finite diverged (lr too large for the
-    curvature); warn instead of handing back NaN silently (issue 15 audit)."""
+    curvature); warn instead of handing back NaN silently."""
     if not (V.is_concrete(res.loss) and V.is_concrete(res.grad_norm)):
         return res
     ok = np.isfinite(np.asarray(res.loss)) & np.isfinite(np.asarray(res.grad_norm))
@@ -570,11 +570,11 @@ def simulate(loss_fn, params, args, lr, steps: int) -> GDResult:
 
 
 def simulate_m1(A, B, tau, gamma, W0, lr, steps: int) -> GDResult:
-    """GD on the M1 landscape from `W0: (d_out, d)` (digest §2.1 model), with the analytic gradient
+    """GD on the M1 landscape from `W0: (d_out, d)` (the M1 model), with the analytic gradient
     `−2WA/τ + 2(WΣWᵀ)WΣ/τ² + 2γW` (checked against autodiff by the closed-form tests). Traceable:
     `jax.vmap(lambda g: simulate_m1(A, B, τ, g, W0, lr, steps))(gammas)` runs a sweep in one call;
     `sslntk.phase` does whole grids. Stable for `lr · ||Hessian||` < 2 (curvature at the minimum
-    <= 4a_1/τ; digest §7.1 used lr 0.002–0.01). Called outside jit, a diverged run (loss or
+    <= 4a_1/τ; lr 0.002–0.01 works for the test problems). Called outside jit, a diverged run (loss or
     gradient not finite: lr too large) warns (RuntimeWarning) instead of returning NaN silently."""
     A, B = _cov_pair(A, B)
     W0 = _weights("W0", W0, A.shape[0])
@@ -586,7 +586,7 @@ def simulate_m1(A, B, tau, gamma, W0, lr, steps: int) -> GDResult:
 
 
 def simulate_m2(A, B, tau, gamma, U0, W0, lr, steps: int) -> GDResult:
-    """GD on the M2 landscape from `(U0: (d_out, h), W0: (h, d))` (digest §2.2 model); params of the
+    """GD on the M2 landscape from `(U0: (d_out, h), W0: (h, d))` (the M2 model); params of the
     result are `(U, W)`. A small init with γ > 0 stays collapsed; a large one reaches the
     metastable branch (hysteresis). Like `simulate_m1`, a diverged run (non-finite loss or
     gradient) warns outside jit (RuntimeWarning)."""
