@@ -106,7 +106,10 @@ class LowRankBound:
         k = self.values.shape[0] if k is None else V.positive_int("k", k)
         th, rho = self.values[:k], self.radius[:k]
         lg = np.log(1.0 / np.maximum(th * alpha**2, 1e-300))
-        return (1.0 + 1.0 / np.maximum(lg, 1e-12)) * rho / np.maximum(th - rho, 1e-300)
+        ok = (rho < th) & (lg > 0)       # otherwise the interval reaches 0 (or t_j's formula fails)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = (1.0 + 1.0 / lg) * rho / (th - rho)
+        return np.where(ok, out, np.inf)
 
 
 @dataclass(frozen=True)
@@ -363,7 +366,7 @@ def _pivoted_cholesky(arch, X, diag, l_, b, method, key, eps, progress):
     nb = -(-l_ // b)
     cut = 10 * b * eps
     with Progress(nb, "low-rank: landmark blocks", enabled=progress) as p:
-        for it in range(nb):
+        for _ in range(nb):
             bb = min(b, l_ - col)
             key, sub = jax.random.split(key)
             w = np.where(chosen, 0.0, np.maximum(d, 0.0) if method == "rpcholesky" else 1.0)
@@ -607,7 +610,9 @@ def _integrate_fn(max_steps, progress, has_atol):
             return (-2.0 * SwX @ G) / scale, db
 
         term = diffrax.ODETerm(vf)
-        ctrl = diffrax.PIDController(rtol=rtol, atol=rtol)
+        # step control on the state alone: the bound grows exponentially (Gronwall) and may
+        # overflow; it must not steer (or stall) the steps of the flow it describes
+        ctrl = diffrax.PIDController(rtol=rtol, atol=rtol, norm=lambda y: _rms(y[0]))
         sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), t0=jnp.zeros((), dtype), t1=ts[-1],
                                   dt0=None, y0=(w0 / scale, jnp.zeros((), dtype)),
                                   saveat=diffrax.SaveAt(ts=ts), stepsize_controller=ctrl,
@@ -622,6 +627,7 @@ def _integrate_fn(max_steps, progress, has_atol):
         status = jnp.where(ok, jnp.where(fin, SUCCESS, NONFINITE),
                            jnp.where(sol.result == diffrax.RESULTS.max_steps_reached, MAX_STEPS,
                                      FAILED)).astype(jnp.int32)
+        b = jnp.where(jnp.isnan(b) & jnp.isfinite(L), jnp.inf, b)    # an overflowed bound: inf
         return W, L, b, status, sol.stats["num_accepted_steps"].astype(jnp.int32)
 
     _FNS[key] = run
@@ -630,3 +636,7 @@ def _integrate_fn(max_steps, progress, has_atol):
 
 __all__ = ["LANDMARKS", "LowRankBound", "LowRankDecomposition", "memory_plan",
            "nystrom_decomposition", "kernel_diagonal", "apply_kernel", "solve"]
+
+
+def _rms(x):
+    return jnp.sqrt(jnp.mean(x**2))
