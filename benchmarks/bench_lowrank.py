@@ -192,8 +192,7 @@ def main() -> None:
         print(f"== (b) 2n = {a.big}: low-rank staircase (fresh process, busy machine)", flush=True)
         p = subprocess.run([sys.executable, __file__, "--child", str(a.big), "--landmarks",
                             str(a.landmarks)], env=dict(os.environ, SSLNTK_PROGRESS="line"),
-                           capture_output=True, text=True)
-        sys.stderr.write(p.stderr[-3000:])
+                           stdout=subprocess.PIPE, text=True)   # phases' lines go to stderr
         if p.returncode:
             print(f"(b) failed with exit code {p.returncode}")
             return

@@ -198,8 +198,9 @@ def _diagonal(arch, X, block, progress):
 
 def apply_kernel(arch, views, Y, *, row_block: int | None = None,
                  progress: bool = False) -> np.ndarray:
-    """``K @ Y`` for ``Y (N, c)`` with exact kernel rows computed block by block and dropped
-    (``N²`` kernel entries, ``O(row_block·N)`` memory): the product a dense K would give."""
+    """``K @ Y`` for ``Y (N, c)`` with exact kernel blocks computed on the fly and dropped
+    (the ``N²/2`` entries of the upper block triangle, ``O(row_block·N)`` memory): the product a
+    dense K would give."""
     X = _stacked(arch, views)
     Y = np.asarray(V.as_float_array("Y", Y, ndim=2))
     if Y.shape[0] != X.shape[0]:
@@ -210,16 +211,22 @@ def apply_kernel(arch, views, Y, *, row_block: int | None = None,
 
 
 def _apply(arch, X, Y, r, progress, label):
+    """``K @ Y`` from the upper block triangle: row block ``i`` against columns ``i·r..N`` (one
+    kernel call, ``r × (N − i·r)``) adds to rows ``i`` and, transposed, to the later rows — half
+    of the ``N²`` kernel entries, each computed once (K is symmetric)."""
     N = X.shape[0]
-    out = np.empty((N, Y.shape[1]), dtype=Y.dtype)
+    Yw = Y.astype(np.float64) if Y.dtype == np.float64 else Y
+    out = np.zeros((N, Y.shape[1]), dtype=Yw.dtype)
     nb = -(-N // r)
-    allc = slice(0, N)
     with Progress(nb, label, enabled=progress) as p:
         for i in range(nb):
-            s = slice(i * r, min(N, (i + 1) * r))
-            out[s] = _kernel_rows(arch, X, s, allc) @ Y
+            a, b = i * r, min(N, (i + 1) * r)
+            Kr = _kernel_rows(arch, X, slice(a, b), slice(a, N))     # (b − a, N − a)
+            out[a:b] += Kr @ Yw[a:]
+            if b < N:
+                out[b:] += Kr[:, b - a:].T @ Yw[a:b]
             p.update(1)
-    return out
+    return out.astype(Y.dtype)
 
 
 def _stacked(arch, views) -> jax.Array:
