@@ -50,6 +50,7 @@ a dense kernel (see there). See ``docs/how-to/choose-a-solver.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -126,6 +127,96 @@ class LowRankDecomposition:
 
     decomposition: linalg.EigenDecomposition
     bound: LowRankBound
+
+
+@dataclass(frozen=True)
+class LowRankKernel:
+    """The kernel of ``N`` views known only through a certified low-rank contrastive
+    decomposition (the dense ``(N, N)`` K is never formed). Pass it as ``K`` to
+    ``dynamics.solve(K, loss, f0, ts)``: solver ``"auto"`` or ``"eigen"`` runs :func:`solve` on
+    its decomposition (the exact flow under ``K_m = E Eᵀ``, with the bound of that docstring).
+    Build it with :func:`kernel` (which returns the dense K instead when that fits in memory) or
+    from a :class:`LowRankDecomposition`.
+
+    ``op(g)`` applies ``K_m = E Eᵀ`` (``(N, k)``), the rank-m kernel the reduced flow uses.
+
+    Attributes:
+      lowrank: the :class:`LowRankDecomposition`.
+    """
+
+    lowrank: LowRankDecomposition
+
+    @property
+    def decomposition(self) -> linalg.EigenDecomposition:
+        return self.lowrank.decomposition
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        N = self.decomposition.n_points
+        return (N, N)
+
+    @property
+    def dtype(self):
+        return self.decomposition.vectors.dtype
+
+    def __call__(self, g: jax.Array) -> jax.Array:
+        E = self.decomposition.lift
+        return E @ (E.T @ g)
+
+    def solve(self, loss, f0, ts, solver="auto", *, progress: bool = False, K_test_train=None,
+              f0_test=None, record_terms: bool = False, diagnostics: bool = False, **options):
+        """``dynamics.solve`` on this kernel: ``solver`` ``"auto"``/``"eigen"`` only (the others
+        need the dense K); ``options``: ``rtol``, ``atol``, ``max_steps`` of :func:`solve`. Test
+        points, ``record_terms`` and ``diagnostics`` are not supported here (ValueError)."""
+        for nm, v in (("K_test_train", K_test_train), ("f0_test", f0_test)):
+            if v is not None:
+                raise ValueError(f"{nm}: test points are not supported on a low-rank kernel "
+                                 f"(the cross kernel K_test_train A would be needed); got one")
+        for nm, v in (("record_terms", record_terms), ("diagnostics", diagnostics)):
+            if v:
+                raise ValueError(f"{nm}: not supported on a low-rank kernel; compute it from "
+                                 f"the returned Trajectory.f")
+        name = getattr(solver, "name", solver)
+        if name not in ("auto", "eigen"):
+            raise ValueError(f"solver: a low-rank kernel (sslntk.lowrank.LowRankKernel) runs the "
+                             f"'eigen' solver (or 'auto'), got {solver!r}; the other solvers "
+                             f"need the dense (2n, 2n) kernel")
+        if not isinstance(solver, str):
+            opts = {k: getattr(solver, k, None) for k in ("rtol", "atol", "max_steps")}
+            options = {**{k: v for k, v in opts.items() if v is not None}, **options}
+        unknown = sorted(set(options) - {"rtol", "atol", "max_steps"})
+        if unknown:
+            raise ValueError(f"solver 'eigen' on a low-rank kernel: unknown option(s) {unknown}; "
+                             f"valid options are ['atol', 'max_steps', 'rtol']")
+        tr = solve(self.lowrank, loss, f0, ts, progress=progress, **options)
+        reason = ("requested" if name == "eigen" else
+                  "a low-rank kernel (sslntk.lowrank): the contrastive eigen reduction on its "
+                  "certified decomposition")
+        return dataclasses.replace(tr, method="eigen", reason=reason)
+
+
+def dense_kernel_bytes(N: int, dtype=jnp.float32) -> int:
+    """Bytes the dense route needs at least: the ``(N, N)`` kernel, a host copy while it is
+    assembled, and the kernel module's block intermediates."""
+    s = np.dtype(V.float_dtype(dtype)).itemsize
+    return 2 * N * N * s + _KERNEL_WORK
+
+
+def kernel(arch, views, m: int = 64, *, memory_limit: int | None = None, progress: bool = False,
+           **nystrom_options):
+    """The kernel for ``dynamics.solve``: the dense NTK ``kernels.ntk(arch, views)`` when
+    :func:`dense_kernel_bytes` fits in ``memory_limit`` (bytes for the dense route; default: the
+    host's available memory), else a :class:`LowRankKernel` from :func:`nystrom_decomposition`
+    (``m`` modes; further options passed on; it checks its own plan against the host's available
+    memory). 2n = 131072 float32 views need 128 GiB dense: the low-rank route."""
+    X = _stacked(arch, views)
+    if memory_limit is not None:
+        memory_limit = V.positive_int("memory_limit", memory_limit)
+    limit = memory_limit if memory_limit is not None else _sharding.device_memory_limit(None)[0]
+    if limit is None or dense_kernel_bytes(X.shape[0], X.dtype) <= limit:
+        return kernels.ntk(arch, X, progress=progress)
+    return LowRankKernel(nystrom_decomposition(arch, X, m, progress=progress,
+                                               **nystrom_options))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -493,7 +584,8 @@ def solve(decomposition, loss, f0, ts, *, rtol: float | None = None, atol: float
     Args:
       decomposition: a contrastive ``linalg.EigenDecomposition`` (e.g. from
         :func:`nystrom_decomposition`) of the kernel of the ``N`` views.
-      loss: a ``sslntk.losses.Loss`` with ``cross_moment_only`` (Barlow Twins, kernel PCA, ...).
+      loss: an SSL method with a ``moment_form`` (``sslntk.methods``; a loss of ``C`` alone:
+        Barlow Twins, kernel PCA, ...), e.g. ``losses.get("barlow_twins")``.
       f0: ``(N, k)`` initial embeddings, ``k <= m``; ts: ``(T,)`` non-decreasing times ≥ 0.
       rtol, atol, max_steps: diffrax step control (defaults as ``dynamics.solve``'s eigen
         method: rtol 1e-5 float32 / 1e-8 float64, ``atol = rtol·RMS(w₀)``).
@@ -503,8 +595,10 @@ def solve(decomposition, loss, f0, ts, *, rtol: float | None = None, atol: float
       ``sslntk.dynamics.Trajectory`` (``method="eigen-lowrank"``, ``f (T, N, k)``, ``loss (T,)``,
       ``bound (T,)``).
     """
-    from sslntk import dynamics, losses
+    from sslntk import dynamics, methods
 
+    if isinstance(decomposition, LowRankKernel):
+        decomposition = decomposition.lowrank
     if isinstance(decomposition, LowRankDecomposition):
         decomposition = decomposition.decomposition
     if not isinstance(decomposition, linalg.EigenDecomposition):
@@ -513,10 +607,12 @@ def solve(decomposition, loss, f0, ts, *, rtol: float | None = None, atol: float
     if decomposition.kind != "contrastive":
         raise ValueError(f"decomposition: expected kind 'contrastive', got "
                          f"{decomposition.kind!r}")
-    loss = losses.as_loss(loss)
-    if not loss.cross_moment_only:
-        raise ValueError(f"loss: expected a loss of C = fᵀZf/2n alone (cross_moment_only), got "
-                         f"{loss.name!r}; this solve has no dense kernel for other losses")
+    method = methods.as_method(loss)
+    form = getattr(method, "moment_form", None)
+    if form is None:
+        raise ValueError(f"loss: expected a method of C = fᵀZf/2n alone (one with a "
+                         f"moment_form, e.g. Barlow Twins), got {methods.method_label(method)}; "
+                         f"without the dense kernel only the moment path can run")
     f0 = V.stacked_views("f0", f0, ndim=2)
     N, k = f0.shape
     if decomposition.n_points != N:
@@ -537,22 +633,12 @@ def solve(decomposition, loss, f0, ts, *, rtol: float | None = None, atol: float
     dt = f0.dtype
     rtol = (1e-8 if dt == jnp.float64 else 1e-5) if rtol is None else V.positive_float("rtol",
                                                                                         rtol)
-    out = _reduced(decomposition, loss, f0, ts, jnp.asarray(rtol, dt),
+    out = _reduced(decomposition, form, f0, ts, jnp.asarray(rtol, dt),
                    None if atol is None else jnp.asarray(V.positive_float("atol", atol), dt),
                    max_steps=max_steps, progress=bool(progress))
     fs, L, bnd, status, nsteps = out
     return dynamics.Trajectory(ts=ts, f=fs, loss=L, status=status, n_steps=nsteps, bound=bnd,
                                method="eigen-lowrank")
-
-
-def _moment_loss(loss, Cm):
-    if loss.has_moment_form:
-        return loss.of_moment(Cm)
-    k = Cm.shape[0]
-    p = max(k, 2)       # a (2p, k) embedding whose cross-moment is exactly C (as the eigen solver)
-    top = jnp.eye(p, k, dtype=Cm.dtype)
-    bot = jnp.pad(p * Cm, ((0, p - k), (0, 0)))
-    return loss(jnp.concatenate([top, bot], axis=0))
 
 
 def _reduced(dec, loss, f0, ts, rtol, atol, *, max_steps, progress):
@@ -595,7 +681,7 @@ def _integrate_fn(max_steps, progress, has_atol):
     @jax.jit
     def run(S, w0, X, Cr, H, rate, loss, ts, rtol, atol):
         dtype = w0.dtype
-        gradC = jax.grad(lambda C: _moment_loss(loss, C))
+        gradC = jax.grad(lambda C: loss(C))
 
         def cm(w):
             Sw = S @ w
@@ -628,7 +714,7 @@ def _integrate_fn(max_steps, progress, has_atol):
                                   else diffrax.NoProgressMeter())
         U, b = sol.ys
         W = U * scale
-        L = jax.vmap(lambda w: _moment_loss(loss, cm(w)[1]))(W)
+        L = jax.vmap(lambda w: loss(cm(w)[1]))(W)
         ok = sol.result == diffrax.RESULTS.successful
         fin = jnp.all(jnp.isfinite(W)) & jnp.all(jnp.isfinite(L))
         status = jnp.where(ok, jnp.where(fin, SUCCESS, NONFINITE),
@@ -641,8 +727,9 @@ def _integrate_fn(max_steps, progress, has_atol):
     return run
 
 
-__all__ = ["LANDMARKS", "LowRankBound", "LowRankDecomposition", "memory_plan",
-           "nystrom_decomposition", "kernel_diagonal", "apply_kernel", "solve"]
+__all__ = ["LANDMARKS", "LowRankBound", "LowRankDecomposition", "LowRankKernel", "memory_plan",
+           "nystrom_decomposition", "kernel_diagonal", "apply_kernel", "solve", "kernel",
+           "dense_kernel_bytes"]
 
 
 def _rms(x):

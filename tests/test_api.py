@@ -74,13 +74,14 @@ API = {
         "lidar", "principal_angles", "rankme", "sample_means", "stability", "step_times",
         "uniformity",
     ],
+    "lowrank": [],
 }
 
 
 ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J], [M])
     "sslntk": [
         "CollapseWarning", "DIVERGED", "NONFINITE", "STATIONARY", "STATUS_NAMES", "SUCCESS",
-        "diagnostics", "explain", "methods",
+        "diagnostics", "explain", "methods", "lowrank",
     ],
     "kernels": [
         "BACKENDS", "memory_plan",
@@ -114,6 +115,11 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
     "theory": [
     ],
     "metrics": [
+    ],
+    "lowrank": [
+        "LANDMARKS", "LowRankBound", "LowRankDecomposition", "LowRankKernel", "apply_kernel",
+        "dense_kernel_bytes", "kernel", "kernel_diagonal", "memory_plan", "nystrom_decomposition",
+        "solve",
     ],
 }
 

@@ -180,7 +180,7 @@ def test_bad_solve_input(problem, lr):
     ts = jnp.linspace(0.0, 1.0, 3)
     with pytest.raises(TypeError, match="decomposition: expected"):
         lowrank.solve(np.ones((N, 4)), bt, f0, ts)
-    with pytest.raises(ValueError, match="loss: expected a loss of C"):
+    with pytest.raises(ValueError, match="loss: expected a method of C"):
         lowrank.solve(lr, losses.get("vicreg"), f0, ts)
     with pytest.raises(ValueError, match=r"f0: expected shape \(256, k\)"):
         lowrank.solve(lr, bt, jnp.zeros((128, 4)), ts)
@@ -192,3 +192,37 @@ def test_bad_solve_input(problem, lr):
         lowrank.solve(lr, bt, f0, jnp.array([1.0, 0.5]))
     with pytest.raises(ValueError, match="alpha"):
         lr.bound.step_time_rtol(-1.0)
+
+
+def test_dynamics_solve_on_lowrank_kernel(problem, lr):
+    """`dynamics.solve` with a LowRankKernel runs the eigen reduction without the dense K: the
+    same trajectory as the dense eigen solver on the same decomposition (tolerances as above)."""
+    _, K, _ = problem
+    bt = losses.get("barlow_twins")
+    f0 = 1e-2 * jax.random.normal(jax.random.PRNGKey(1), (N, 4), jnp.float64)
+    ts = jnp.linspace(0.0, 40.0, 12)
+    op = lowrank.LowRankKernel(lr)
+    assert op.shape == (N, N) and op.dtype == jnp.float64
+    E = np.asarray(lr.decomposition.lift)
+    np.testing.assert_allclose(np.asarray(op(f0)), E @ (E.T @ np.asarray(f0)), rtol=1e-12)
+    out = dynamics.solve(op, bt, f0, ts)
+    assert out.ok and out.method == "eigen" and "low-rank" in out.reason
+    ref = dynamics.solve(jnp.asarray(K), bt, f0, ts, "eigen", decomposition=lr.decomposition)
+    np.testing.assert_allclose(np.asarray(out.loss), np.asarray(ref.loss), rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="solver: a low-rank kernel"):
+        dynamics.solve(op, bt, f0, ts, "ode")
+    with pytest.raises(ValueError, match="unknown option"):
+        dynamics.solve(op, bt, f0, ts, "eigen", m=4)
+    with pytest.raises(ValueError, match="record_terms: not supported"):
+        dynamics.solve(op, bt, f0, ts, record_terms=True)
+
+
+def test_kernel_picks_the_route_by_memory(problem):
+    X, K, _ = problem
+    dense = lowrank.kernel(ARCH, X, M)
+    np.testing.assert_allclose(np.asarray(dense), K, rtol=1e-12)
+    need = lowrank.dense_kernel_bytes(N, jnp.float64)
+    small = lowrank.kernel(ARCH, X, M, memory_limit=need - 1, landmarks=64, block=32,
+                           key=jax.random.PRNGKey(3))
+    assert isinstance(small, lowrank.LowRankKernel)
+    assert small.decomposition.m == M
