@@ -37,11 +37,13 @@ machine without ever forming the ``(2n, 2n)`` kernel, in ``O(N·l)`` memory (``N
   decomposition's ``tail_norm`` — a rigorous UPPER bound here (the dense route's is a power-
   iteration estimate from below).
 * step times: in the Barlow Twins staircase from ``f₀ ~ α`` the j-th step happens at
-  ``t_j ≈ ln(1/(γ_j α²))/(8 γ_j)`` (Simon et al. 2023, Eq. 8 with λ = 1), so to first order
+  ``t_j ≈ ln(1/(γ_j α²))/(8 γ_j)`` (Simon et al. 2023: the per-mode logistic solution at λ = 1,
+  ``docs/theory/stepwise.md``), so to first order
   ``|Δt_j|/t_j ≤ (1 + 1/ln(1/(γ_j α²))) · |Δγ_j|/γ_j`` (:meth:`LowRankBound.step_time_rtol`).
 
 Cost (digits views, depth-2 ReLU MLP NTK, float32): ``l·N`` kernel entries for the Nyström factor,
-``N²`` for the exact pass (the dominant cost: ~20 min at 2n = 131072 on 2 cores), ``O(N l²)``
+``N²/2`` for the exact pass (the upper block triangle; the dominant cost at 2n = 131072),
+``O(N l²)``
 flops, and ``O(N (l + b_rows))`` memory (:func:`memory_plan`; checked before anything runs).
 
 :func:`solve` integrates the eigen-reduced Barlow-Twins-type flow on such a decomposition without
