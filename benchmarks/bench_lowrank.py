@@ -18,7 +18,7 @@ Problem (as `bench_scale.py`): Barlow Twins (theory form, λ = 1), k = 16, α = 
 `lowrank_row(N) -> dict` runs (b) in this process (for a headline table).
 
     python benchmarks/bench_lowrank.py [--compare 16384] [--big 131072] [--landmarks 2048]
-        [--no-compare] [--no-big]
+        [--big-landmarks 1024] [--landmark-methods rpcholesky,uniform] [--no-compare] [--no-big]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _timed(fn, *a, **kw):
     return out, time.perf_counter() - t
 
 
-def lowrank_row(N: int = 131072, landmarks: int = 2048, progress: bool = False) -> dict:
+def lowrank_row(N: int = 131072, landmarks: int = 1024, progress: bool = False) -> dict:
     """One row: the low-rank staircase at 2n = N in this process → times (s) per phase, the
     process's peak RSS (GiB), status, steps completed, the largest certified relative eigenvalue
     radius of the top 16 and the step-time bound it implies."""
@@ -121,7 +121,8 @@ def lowrank_row(N: int = 131072, landmarks: int = 2048, progress: bool = False) 
     return r
 
 
-def compare(N: int, landmarks: int, exact_radius: bool = True) -> dict:
+def compare(N: int, landmarks: int, exact_radius: bool = True,
+            methods=("rpcholesky",)) -> dict:
     """(a): low-rank vs the exact dense route at 2n = N (module docstring)."""
     import numpy as np
 
@@ -141,7 +142,7 @@ def compare(N: int, landmarks: int, exact_radius: bool = True) -> dict:
           f"({tr_d.status_name})", flush=True)
     res = dict(N=N, landmarks=landmarks, dense_kernel_s=t_k, dense_dec_s=t_d, dense_solve_s=t_sd)
     st_d = step_times(ts, tr_d.loss)
-    for method in ("rpcholesky", "uniform"):
+    for method in methods:
         lr, t_l = _timed(lowrank.nystrom_decomposition, arch, X, M, landmarks=landmarks,
                          method=method, exact_radius=exact_radius and method == "rpcholesky")
         tr_l, t_sl = _timed(lowrank.solve, lr, bt, f0, ts)
@@ -178,7 +179,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--compare", type=int, default=16384)
     ap.add_argument("--big", type=int, default=131072)
-    ap.add_argument("--landmarks", type=int, default=2048)
+    ap.add_argument("--landmarks", type=int, default=2048, help="landmarks of (a)")
+    ap.add_argument("--big-landmarks", type=int, default=1024, help="landmarks of (b)")
+    ap.add_argument("--landmark-methods", default="rpcholesky",
+                    help="comma-separated: rpcholesky,uniform (compared in (a))")
     ap.add_argument("--no-compare", action="store_true")
     ap.add_argument("--no-big", action="store_true")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
@@ -187,11 +191,12 @@ def main() -> None:
         print(json.dumps(lowrank_row(a.child, a.landmarks, progress=True)))
         return
     if not a.no_compare:
-        print(json.dumps(compare(a.compare, a.landmarks)))
+        print(json.dumps(compare(a.compare, a.landmarks,
+                                 methods=tuple(a.landmark_methods.split(",")))))
     if not a.no_big:
         print(f"== (b) 2n = {a.big}: low-rank staircase (fresh process, busy machine)", flush=True)
         p = subprocess.run([sys.executable, __file__, "--child", str(a.big), "--landmarks",
-                            str(a.landmarks)], env=dict(os.environ, SSLNTK_PROGRESS="line"),
+                            str(a.big_landmarks)], env=dict(os.environ, SSLNTK_PROGRESS="line"),
                            stdout=subprocess.PIPE, text=True)   # phases' lines go to stderr
         if p.returncode:
             print(f"(b) failed with exit code {p.returncode}")

@@ -492,16 +492,27 @@ def _pivoted_cholesky(arch, X, diag, l_, b, method, key, eps, progress):
     return F, np.concatenate(idx)
 
 
+def _gram64(X, Y, chunk: int = 8192) -> np.ndarray:
+    """``Xᵀ Y`` accumulated in float64 over row chunks (float32 inputs: the small matrices that
+    decide the modes keep their full accuracy; memory O(chunk·cols))."""
+    out = np.zeros((X.shape[1], Y.shape[1]))
+    for a in range(0, X.shape[0], chunk):
+        out += X[a:a + chunk].astype(np.float64).T @ Y[a:a + chunk].astype(np.float64)
+    return out
+
+
 def _kernel_hat_modes(F, mp, eps):
     """Top-``mp`` contrastive modes of ``K̂ = F Fᵀ``: candidates ``Â = F' g⁻¹ U`` ``(N, mp)``
-    (``F' = F V``, ``Fᵀ F = V g Vᵀ``, ``S = F'ᵀ Z F'/N``, ``S U = U Γ̂``); also ``F'`` and ``g``."""
+    (``F' = F V``, ``Fᵀ F = V g Vᵀ``, ``S = F'ᵀ Z F'/N``, ``S U = U Γ̂``); also ``F'`` and ``g``.
+    Directions with ``g < 10·eps·max g`` are dropped: below the factor's own round-off, and they
+    would only inflate ``Â`` (any candidate subspace is valid: the exact pass decides)."""
     N = F.shape[0]
-    Gf = (F.T @ F).astype(np.float64)
+    Gf = _gram64(F, F)
     g, Vg = np.linalg.eigh(0.5 * (Gf + Gf.T))
-    keep = g > 100 * F.shape[1] * eps * max(float(g.max()), 1e-300)
+    keep = g > 10 * eps * max(float(g.max()), 1e-300)
     g, Vg = g[keep], Vg[:, keep]
     Fp = F @ Vg.astype(F.dtype)
-    S = (Fp.T @ _flip(Fp)).astype(np.float64) / N
+    S = _gram64(Fp, _flip(Fp)) / N
     gam, U = np.linalg.eigh(0.5 * (S + S.T))
     U = U[:, ::-1][:, :mp]
     A_hat = Fp @ (U / g[:, None]).astype(F.dtype)
@@ -511,19 +522,26 @@ def _kernel_hat_modes(F, mp, eps):
 def _exact_rayleigh_ritz(A_hat, P, m, eps):
     """Rayleigh–Ritz of the exact pencil ``(Pᵀ Z P/N) v = θ (Âᵀ P) v`` (``P = K Â``): top-m
     ``θ``, ``A = Â V``, ``E = P V``, then ``Aᵀ E = I`` re-imposed (Cholesky, as ``linalg``'s Krylov
-    route) so that ``K − E Eᵀ ⪰ 0``."""
+    route) so that ``K − E Eᵀ ⪰ 0``. The Gram ``Âᵀ K Â ⪰ I`` has columns of very different size
+    (``K̂`` underestimates K most where ``Â`` is largest): scaled to unit diagonal first, so the
+    round-off cut ``100·m'·eps`` is relative to O(1), not to the largest column."""
     N = A_hat.shape[0]
-    S = (P.T @ _flip(P)).astype(np.float64) / N
-    G = (A_hat.T @ P).astype(np.float64)
+    S = _gram64(P, _flip(P)) / N
+    G = _gram64(A_hat, P)
     S, G = 0.5 * (S + S.T), 0.5 * (G + G.T)
+    d = np.sqrt(np.maximum(np.diag(G), 1e-300))
+    S, G = S / np.outer(d, d), G / np.outer(d, d)
     g, Vg = np.linalg.eigh(G)
     keep = g > 100 * G.shape[0] * eps * g.max()
+    if int(keep.sum()) < m:
+        raise ValueError(f"m: the exact Rayleigh–Ritz step kept {int(keep.sum())} independent "
+                         f"candidate directions, fewer than m = {m}; use more landmarks")
     Wm = Vg[:, keep] / np.sqrt(g[keep])
     th, Vt = np.linalg.eigh(Wm.T @ S @ Wm)
     th, Vt = th[::-1][:m], Vt[:, ::-1][:, :m]
-    Vv = (Wm @ Vt).astype(A_hat.dtype)
+    Vv = ((Wm @ Vt) / d[:, None]).astype(A_hat.dtype)
     A, E = A_hat @ Vv, P @ Vv
-    Gm = (A.T @ E).astype(np.float64)
+    Gm = _gram64(A, E)
     Lc = np.linalg.cholesky(0.5 * (Gm + Gm.T))
     Li = np.linalg.inv(Lc).T.astype(A.dtype)            # A ← A L⁻ᵀ, E ← E L⁻ᵀ
     return th, A @ Li, E @ Li
