@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = ("data", "kernels", "losses", "dynamics", "theory", "metrics", "finite", "phase",
                "linalg", "experiments", "config", "plots", "cli", "diagnostics", "explain",
-               "methods", "probes", "downstream")
+               "methods", "probes", "downstream", "lowrank")
 
 # name -> module that defines it
 _EXPORTS = {

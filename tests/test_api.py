@@ -76,6 +76,7 @@ API = {
         "lidar", "principal_angles", "rankme", "sample_means", "stability", "step_times",
         "uniformity",
     ],
+    "lowrank": [],
 }
 
 
@@ -83,7 +84,7 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
     "sslntk": [
         "CollapseWarning", "DIVERGED", "NONFINITE", "STATIONARY", "STATUS_NAMES", "SUCCESS",
         "diagnostics", "explain", "methods",
-        "downstream", "probes",
+        "downstream", "probes", "lowrank",
     ],
     "kernels": [
         "BACKENDS", "memory_plan",
@@ -133,6 +134,11 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         "DownstreamCurve", "FiniteComparison", "LimitCurve", "WidthAccuracy", "finite_curve",
         "kernel_curve", "limit_curve", "plateaus", "probe_embeddings", "run_downstream", "staircase",
         "strength_gradient", "strength_objective", "width_sweep",
+    ],
+    "lowrank": [   # the low-rank route (new module)
+        "LANDMARKS", "LowRankBound", "LowRankDecomposition", "LowRankKernel", "apply_kernel",
+        "dense_kernel_bytes", "kernel", "kernel_diagonal", "memory_plan", "nystrom_decomposition",
+        "solve",
     ],
 }
 

@@ -233,7 +233,9 @@ def solve(K, loss, f0, ts, solver="auto", *, K_test_train=None, f0_test=None,
         `sslntk._validate.psd_kernel`, O(N²); `check_psd=False` skips the latter). A row-sharded K
         (`kernels.ntk(..., mesh=mesh)`) works with the "eigen" and "ode" solvers: its products run
         where its row blocks live, the small arrays are replicated on its mesh, K is never
-        gathered. f0 must be unsharded or on K's mesh.
+        gathered. f0 must be unsharded or on K's mesh. A `sslntk.lowrank.LowRankKernel` (2n too
+        large for a dense K: `lowrank.kernel(arch, views)`) runs the "eigen" solver on its
+        certified decomposition (`lowrank.solve`).
       loss: the SSL method: a `sslntk.losses.Loss` (`losses.get(name, **constants)`), a registered
         loss name, a plain callable `f (2n, k) -> scalar` (its gradient flow), or any
         `sslntk.methods.Method`.
@@ -261,10 +263,22 @@ def solve(K, loss, f0, ts, solver="auto", *, K_test_train=None, f0_test=None,
     semantics.
     """
     spec, argname, options = _solver_spec(solver, method, options)
+    if _is_lowrank(K):   # a kernel known only through a low-rank decomposition (sslntk.lowrank)
+        return K.solve(loss, f0, ts, spec, progress=progress, K_test_train=K_test_train,
+                       f0_test=f0_test, record_terms=record_terms,
+                       diagnostics=diagnostics or collapse_threshold is not None, **options)
     inp = _common.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=check_psd)
     traj = _run(inp, spec, argname, options, progress=progress)
     return _post(traj, inp, record_terms=record_terms, diagnostics=diagnostics,
                  collapse_threshold=collapse_threshold, where="sslntk.dynamics.solve")
+
+
+def _is_lowrank(K) -> bool:
+    if isinstance(K, (jax.Array, np.ndarray, list, tuple)):
+        return False
+    from sslntk.lowrank import LowRankKernel
+
+    return isinstance(K, LowRankKernel)
 
 
 def _resolve(inp: _common.Inputs, spec, argname: str, options: dict) -> tuple[Solver, str]:
