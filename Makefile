@@ -21,7 +21,8 @@ $(VENV)/.synced: pyproject.toml uv.lock tools/find_python
 	  || python3 -m pip install --quiet --user uv
 	@UV=$$(command -v uv || echo "$(UV)"); PY=$$(tools/find_python "$(PYTHON)") || exit 1; \
 	  echo "sslntk environment $(VENV): $$PY"; \
-	  $$UV sync --frozen --quiet --python "$$PY" && touch $@
+	  $$UV sync --frozen --quiet --python "$$PY" && $(VENV)/bin/python -m compileall -q sslntk \
+	  && touch $@
 
 demo: setup
 	$(RUN) sslntk demo --out demo_out
