@@ -12,7 +12,7 @@ VENV := $(if $(PYTHON),.venv-$(notdir $(PYTHON)),.venv)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 RUN = $$(command -v uv || echo "$(UV)") run --frozen
 
-.PHONY: setup demo test test-all bench lint clean
+.PHONY: setup demo test test-all bench bench-full bench-gpu lint clean
 
 setup: $(VENV)/.synced
 
@@ -33,8 +33,21 @@ test: setup
 test-all: setup
 	$(RUN) pytest -q -m "" $(PYTEST_ARGS)
 
+# The headline table (minutes): every row a ratio against the peer, measured side by side;
+# JSON + PNG under benchmarks/results/.
 bench: setup
+	$(RUN) python benchmarks/headline.py
+
+# Every benchmark at full size (hours on 2 CPU cores).
+bench-full: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
+
+# On a machine with an NVIDIA GPU: the CUDA 12 build of the same JAX, then the headline rows at
+# 2n = 8192 and 32768 and the low-rank 2n = 131072 row (a few minutes).
+bench-gpu:
+	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet uv
+	UV_PROJECT_ENVIRONMENT=.venv-gpu $$(command -v uv || echo "$(UV)") sync --frozen --quiet --extra cuda12
+	UV_PROJECT_ENVIRONMENT=.venv-gpu $$(command -v uv || echo "$(UV)") run --frozen --extra cuda12 python benchmarks/headline.py --gpu
 
 lint: setup
 	$(RUN) ruff check sslntk tests benchmarks
