@@ -12,7 +12,7 @@ VENV := $(if $(PYTHON),.venv-$(notdir $(PYTHON)),.venv)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 RUN = $$(command -v uv || echo "$(UV)") run --frozen
 
-.PHONY: setup demo test test-all bench lint docs clean
+.PHONY: setup demo test test-all bench bench-full bench-gpu lint docs clean
 
 setup: $(VENV)/.synced
 
@@ -21,7 +21,8 @@ $(VENV)/.synced: pyproject.toml uv.lock tools/find_python
 	  || python3 -m pip install --quiet --user uv
 	@UV=$$(command -v uv || echo "$(UV)"); PY=$$(tools/find_python "$(PYTHON)") || exit 1; \
 	  echo "sslntk environment $(VENV): $$PY"; \
-	  $$UV sync --frozen --quiet --python "$$PY" && touch $@
+	  $$UV sync --frozen --quiet --python "$$PY" && $(VENV)/bin/python -m compileall -q sslntk \
+	  && touch $@
 
 demo: setup
 	$(RUN) sslntk demo --out demo_out
@@ -32,13 +33,25 @@ test: setup
 test-all: setup
 	SSLNTK_HYPOTHESIS=long $(RUN) pytest -q -m "" $(PYTEST_ARGS)
 
+# The headline table (minutes): every row a ratio against the peer, measured side by side;
+# JSON + PNG under benchmarks/results/.
 bench: setup
+	$(RUN) python benchmarks/headline.py
+
+# Every benchmark at full size (hours on 2 CPU cores).
+bench-full: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
 
 # The documentation site into site/ (mkdocs.yml): strict (a warning fails the build), the notebooks
 # executed at their small size so that their pages show their figures.
 docs: setup
 	SSLNTK_NOTEBOOK_SMALL=1 SSLNTK_DOCS_EXECUTE=true NO_MKDOCS_2_WARNING=1 $(RUN) mkdocs build --strict
+# On a machine with an NVIDIA GPU: the CUDA 12 build of the same JAX, then the headline rows at
+# 2n = 8192 and 32768 and the low-rank 2n = 131072 row (a few minutes).
+bench-gpu:
+	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet uv
+	UV_PROJECT_ENVIRONMENT=.venv-gpu $$(command -v uv || echo "$(UV)") sync --frozen --quiet --extra cuda12
+	UV_PROJECT_ENVIRONMENT=.venv-gpu $$(command -v uv || echo "$(UV)") run --frozen --extra cuda12 python benchmarks/headline.py --gpu
 
 lint: setup
 	$(RUN) ruff check sslntk tests benchmarks

@@ -13,7 +13,11 @@ re-exported here and imported on first use (so `import sslntk` stays fast):
 
 import importlib
 
+from sslntk import _cache
+
 __version__ = "0.1.0"
+
+_cache.enable()     # JAX's persistent compilation cache for sslntk's programs (see sslntk._cache)
 
 _SUBMODULES = ("data", "kernels", "losses", "dynamics", "theory", "metrics", "finite", "phase",
                "linalg", "experiments", "config", "plots", "cli", "diagnostics", "explain",
