@@ -183,7 +183,7 @@ def test_plain_callable_through_solve_matches_named_loss(prob):
     def my_bt(f):
         return bt(f)
 
-    for solver, opts in (("ode", {}), ("gd", {"lr": 0.05}), ("eigen", {"kind": "kernel"})):
+    for solver, opts in (("ode", {}), ("eigen", {"kind": "kernel"})):
         a = dynamics.solve(K, my_bt, f0, ts, solver, **opts)
         b = dynamics.solve(K, bt, f0, ts, solver, **opts)
         assert a.ok and b.ok
@@ -225,20 +225,19 @@ def test_lanczos_psd_estimate_against_eigvalsh():
 
 
 def test_zero_start_is_stationary_in_solve_and_solve_many(prob):
+    """f0 = 0 is the saddle of Barlow Twins: STATIONARY from `solve` and, per run, from
+    `solve_many` (the same post-processing), for a gradient flow and for a method with aux state."""
     K, ts = jnp.asarray(prob["K"]), jnp.linspace(0.0, 1.0, 3)
     z = jnp.zeros_like(jnp.asarray(prob["f0"]))
     with pytest.warns(RuntimeWarning, match="stationary"):
-        tr = dynamics.solve(K, "barlow_twins", z, ts, "ode")
+        tr = dynamics.solve(K, "barlow_twins", z, ts, "gd", lr=0.5)
     assert tr.status_name == "stationary" and not tr.ok
     with pytest.warns(RuntimeWarning, match="stationary"):
         many = dynamics.solve_many(K, "barlow_twins", jnp.stack([z, jnp.asarray(prob["f0"])]),
-                                   ts, "ode")
+                                   ts, "gd", lr=0.5)
     assert many.status_name == "stationary,success"
-    with pytest.warns(RuntimeWarning, match="stationary"):
-        many = dynamics.solve_many(K, "barlow_twins", z[None], ts)     # eigen
-    assert many.status_name == "stationary"
     with pytest.warns(RuntimeWarning, match="stationary"):   # a non-gradient-flow method too
-        tr = dynamics.solve(K, EMATwin(jnp.asarray(0.5), jnp.asarray(0.5)), z, ts, "ode")
+        tr = dynamics.solve(K, EMATwin(jnp.asarray(0.5), jnp.asarray(0.5)), z, ts, "gd", lr=0.5)
     assert tr.status_name == "stationary"
 
 

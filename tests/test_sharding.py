@@ -78,7 +78,7 @@ def test_sharded_solves_equal_single_device(checks):
     ("oom_dec", "MemoryError: eigen_decomposition (krylov, N = 64"),
     ("eigh", "ValueError: method: 'eigh'"),
     ("spectrum", "ValueError: K: kernel_spectrum is a dense"),
-    ("gd", "ValueError: method: 'gd' does not support a row-sharded K"),
+    ("gd", "ValueError: solver: 'gd' does not support a row-sharded K"),
     ("mesh_2d", "ValueError: mesh: expected a 1-D mesh"),
     ("both", "ValueError: mesh, sharding: expected at most one"),
     ("col_spec", "ValueError: sharding: expected a NamedSharding(mesh, P(axis, None))"),
