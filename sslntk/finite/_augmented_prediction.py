@@ -18,11 +18,11 @@ the learning rate). A minibatch of B < n sources per step would need the same av
 B-subsets; the prediction assumes full batches of the n sources. Momentum or Adam change the clock
 (plain SGD/GD is the comparison).
 
-The augmentation-averaged kernel itself: `K̄ = (1/D) Σ_d K(views_d)` `(2n, 2n)`. Its cross block
-is the Gram matrix of the augmentation-mean features, `K̄_ab[i, j] = E φ(a_i)·φ(b_j) = μ_i·μ_j`
-(a and b drawn independently given the source, so the views' cross moment, the population limit
-of the matrix Γ of Simon et al. 2023, is `E[x x'ᵀ] = E μ μᵀ` with μ the augmentation mean), so
-in the D → ∞ limit the eigenvalues of Barlow Twins' `M = K^{1/2} Z K^{1/2}/2n` (Simon et al. 2023, kernelised
+The augmentation-averaged kernel itself: `K̄ = (1/D) Σ_d K(views_d)` `(2n, 2n)`. Its cross block is
+the Gram matrix of the augmentation-mean features, `K̄_ab[i, j] = E φ(a_i)·φ(b_j) = μ_i·μ_j` (a and
+b drawn independently given the source, so the views' cross moment, the population limit of the
+matrix Γ of Simon et al. 2023, is `E[x x'ᵀ] = E μ μᵀ` with μ the augmentation mean), so in the D → ∞
+limit the eigenvalues of Barlow Twins' `M = K^{1/2} Z K^{1/2}/2n` (Simon et al. 2023, kernelised
 setting: `γ_j`, the rates at which the modes are learned) are those of `sym(K̄_ab)/n`, returned as
 `gamma`. With a finite D the pooled problem still carries the draws' own noise terms (a bias of
 order 1/D in the γ's), which `gamma_pooled` (the top eigenvalues of the pooled `M`) shows.

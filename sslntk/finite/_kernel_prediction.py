@@ -10,12 +10,12 @@ with the FULL output-space tangent kernel `Θ[(i,o),(j,p)] = Σ_θ ∂f_o(x_i)/�
 (`(2n·k, 2n·k)`, over the model's `nnx.Param`s), because every SSL loss couples the k outputs
 (through C) and a finite network's Θ has cross-output terms of order width^-1/2. With
 `kernel="one_output"` the one-output kernel `K = (1/k) Σ_o Θ[(·,o),(·,o)]` (sslntk's kernel
-convention, `docs/concepts.md`; = `empirical_ntk`) is used instead, `df/dt = −K ∇_f L`, which
-is exact only when `Θ = K ⊗ I_k`; `cross_output` reports how far from that the model is. Time t = lr·steps
-(`docs/concepts.md`); with `method="gd"` and the training lr the prediction is the model's own linearisation
-trained by GD, so the deviation from the trained network is the kernel's motion only. For a μP model the
-kernel is `Θ = J S Jᵀ` with S its per-group SGD learning-rate factors (`_param`), the kernel of GD as `train`
-runs it.
+convention, `docs/concepts.md`; = `empirical_ntk`) is used instead, `df/dt = −K ∇_f L`, which is
+exact only when `Θ = K ⊗ I_k`; `cross_output` reports how far from that the model is. Time
+t = lr·steps (`docs/concepts.md`); with `method="gd"` and the training lr the prediction is the model's
+own linearisation trained by GD, so the deviation from the trained network is the kernel's motion
+only. For a μP model the kernel is `Θ = J S Jᵀ` with S its per-group SGD learning-rate factors
+(`_param`), the kernel of GD as `train` runs it.
 
 Θ is built without materialising the Jacobian: column r is `J (Jᵀ e_r)` (one VJP + one JVP of the
 whole batch), so it also holds for models that couple a batch (BatchNorm). Cost: 2n·k JVP/VJP pairs.

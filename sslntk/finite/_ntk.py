@@ -1,10 +1,10 @@
 """Empirical neural tangent kernel of a finite network (own Jacobian-contraction implementation).
 
-`Θ(x, x') = (1/k) Σ_o ∂f_o(x)/∂θ · ∂f_o(x')/∂θ`: sslntk's ONE-output convention
-(`docs/concepts.md`; the trace over the k outputs divided by k, as neural-tangents'
-`empirical_ntk_fn(..., trace_axes=(-1,))` and `kernels.reference_empirical_ntk` return it). Only `nnx.Param`
-variables count (the frozen init θ₀ of the small-init construction is not a parameter), so the kernel is that
-of `g_θ`, independent of α.
+`Θ(x, x') = (1/k) Σ_o ∂f_o(x)/∂θ · ∂f_o(x')/∂θ`: sslntk's ONE-output convention (`docs/concepts.md`;
+the trace over the k outputs divided by k, as neural-tangents'
+`empirical_ntk_fn(..., trace_axes=(-1,))` and `kernels.reference_empirical_ntk` return it). Only
+`nnx.Param` variables count (the frozen init θ₀ of the small-init construction is not a
+parameter), so the kernel is that of `g_θ`, independent of α.
 
 Algorithm: per-example Jacobians (`vmap(jacrev)`) of blocks of `block` inputs, `(block, k, P)` each,
 contracted blockwise as `J₁ J₂ᵀ / k` over the flattened (output, parameter) axis. The block size is
