@@ -399,6 +399,13 @@ def run_width_sweep(rd: RunDir, cfg: dict, progress: bool):
     loss = losses.get(cfg["loss"]["name"], **cfg["loss"]["constants"])
     T = fin["lr"] * fin["steps"]
     ts = np.linspace(0.0, T, dyn["n_times"])
+    done = [w for w in fin["widths"] if (rd.parts / "width_sweep" / f"width_{w}.npz").exists()]
+    if done:
+        import sys
+
+        print(f"[sslntk] width_sweep: resuming: {len(done)} of {len(fin['widths'])} widths "
+              f"finished by an earlier run ({', '.join(map(str, done))})", file=sys.stderr,
+              flush=True)
     ws = finite.width_sweep(_arch(cfg), views, loss, fin["widths"], fin["seeds"],
                             alpha=dyn["alpha"], lr=fin["lr"], steps=fin["steps"], ts=ts,
                             x_test=x_te if x_te.shape[0] else None, out_dim=dyn["k"],

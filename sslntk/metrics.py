@@ -306,6 +306,9 @@ def alpha_req(f, *, fit_range: tuple[int, int] | None = None, rtol=None) -> jax.
     """
     f = _embeddings("f", f)
     k = f.shape[-1]
+    if k < 2:
+        raise ValueError(f"f: expected k >= 2 embedding dimensions (a power law is fitted to at "
+                         f"least two eigenvalues), got shape {tuple(f.shape)}")
     pair = (1, k) if fit_range is None else tuple(np.atleast_1d(np.asarray(fit_range, dtype=object)))
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                  for v in pair):

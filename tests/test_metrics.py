@@ -225,6 +225,10 @@ def test_alpha_req_skips_null_eigenvalues_and_degenerate():
         M.alpha_req(f, fit_range=(5, 17))
     with pytest.raises(TypeError, match="fit_range"):
         M.alpha_req(f, fit_range=(1.0, 5))
+    # one embedding dimension: the error names f, not the fit_range that was never passed
+    # (found by the long hypothesis profile of tests/test_properties.py)
+    with pytest.raises(ValueError, match=r"f: expected k >= 2 embedding dimensions"):
+        M.alpha_req(np.ones((5, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
