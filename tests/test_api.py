@@ -106,6 +106,12 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         "make_optimizer", "output_space_ntk", "pooled_views", "resnet", "train_augmented",
     ],
     "theory": [
+        # asymmetric methods: linear-network theory (Tian et al. 2021)
+        "COLLAPSE_TOL", "LinearSSL", "LinearState", "LinearTrajectory", "ModeSystem",
+        "ModeTrajectory", "PREDICTORS", "alignment_operator", "balance_residual",
+        "certain_collapse_decay", "classify_modes", "directpred_predictor", "fixed_points",
+        "isotropic_views", "kernel_consistent_predictor", "mode_rates", "noncontrastive",
+        "simulate_linear", "simulate_mode", "view_moments",
     ],
     "metrics": [
     ],

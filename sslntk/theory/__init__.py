@@ -6,6 +6,8 @@
 - `collapse`: naive-loss collapse and orthogonality-constrained (Grassmannian) flows (Esser et al.).
 - `landscape`: collapse thresholds of one-/two-layer linear models, hysteresis, pair-distance losses,
   imbalance (Ziyin et al. 2023).
+- `noncontrastive`: linear-network dynamics of BYOL / SimSiam / DirectPred (Tian et al. 2021):
+  Lemma 1 ODEs, one-mode systems, fixed points p*±, collapse classification, DirectPred.
 - `_checks` (private): the symmetric / PSD / sign / Stiefel checks and `sym_sqrt` that `collapse`,
   `landscape` and `sslntk.phase` share.
 
@@ -14,7 +16,7 @@ The submodules' public names are also re-exported here (`sslntk.theory.m2_thresh
 
 import types
 
-from sslntk.theory import collapse, landscape, stepwise
+from sslntk.theory import collapse, landscape, noncontrastive, stepwise
 
 
 class _CallableModule(types.ModuleType):
@@ -27,8 +29,8 @@ class _CallableModule(types.ModuleType):
 
 stepwise.__class__ = _CallableModule
 
-__all__ = ["stepwise", "collapse", "landscape"]
-for _m in (stepwise, collapse, landscape):
+__all__ = ["stepwise", "collapse", "landscape", "noncontrastive"]
+for _m in (stepwise, collapse, landscape, noncontrastive):
     for _name in _m.__all__:
         if _name == "stepwise":
             continue
