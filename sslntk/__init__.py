@@ -16,7 +16,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("data", "kernels", "losses", "dynamics", "theory", "metrics", "finite", "phase",
-               "linalg", "experiments", "config", "plots", "cli", "diagnostics", "explain")
+               "linalg", "experiments", "config", "plots", "cli", "diagnostics", "explain",
+               "methods")
 
 # name -> module that defines it
 _EXPORTS = {

@@ -7,6 +7,7 @@ skipped because values are unknown, while shape and dtype checks still apply.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -290,3 +291,100 @@ def odd_int(name: str, v, *, minimum: int = 1) -> int:
     if v % 2 == 0:
         raise ValueError(f"{name}: expected an odd integer >= {minimum}, got {v}")
     return v
+
+
+# ----------------------------------------------------------------------------------------------
+# Positive semi-definiteness of a kernel: the one rule and the one message
+
+#: Lanczos steps of `psd_kernel` (each one product `K v`, O(N²)).
+PSD_LANCZOS_STEPS = 24
+
+
+def psd_tolerance(N: int, dtype, lam_max: float) -> float:
+    """The round-off tolerance of the PSD rule: `max(N, 10) · eps(dtype) · max(λ_max, 0)`, the size
+    of the eigenvalue perturbation that round-off of order `eps·|K|` in the N² entries can cause
+    (`‖E‖₂ ≤ N·max|E_ij|`)."""
+    return max(int(N), 10) * float(jnp.finfo(dtype).eps) * max(float(lam_max), 0.0)
+
+
+def psd_error(name: str, lam_min: float, lam_max: float, tol: float, *,
+              how: str = "estimated by Lanczos") -> ValueError:
+    """The one message for a kernel that is not positive semi-definite (every entry point)."""
+    return ValueError(f"{name}: expected a positive semi-definite kernel, got smallest eigenvalue "
+                      f"{lam_min:.3g} ({how}; largest {lam_max:.3g}; round-off tolerance "
+                      f"{tol:.3g} = max(N, 10)·eps·λ_max)")
+
+
+def psd_kernel(name: str, K, *, steps: int = PSD_LANCZOS_STEPS) -> float | None:
+    """Check that the concrete square kernel `K (N, N)` is positive semi-definite; return an
+    estimate of its smallest eigenvalue (None when `K` is traced: values are unknown under jit,
+    where the check is skipped).
+
+    Cost O(steps·N²), never a dense decomposition: `steps` Lanczos iterations (full
+    re-orthogonalisation, fixed random start) on `K` give Ritz values `θ_min ≥ λ_min` and
+    `θ_max ≤ λ_max` (Cauchy interlacing), so `θ_min < −tol` proves that K is not PSD. The rule:
+    refuse when the smallest Ritz value or the smallest diagonal entry (a PSD matrix has
+    `K_ii ≥ λ_min`) is below `−tol`, `tol = psd_tolerance(N, dtype, λ_max)`. A negative eigenvalue
+    the Krylov space has not resolved (a tiny negative tail under a large, slowly converging bottom
+    cluster) can pass; a solver that decomposes K anyway reports its spectrum. A row-sharded K
+    (`sslntk._sharding`) is multiplied where its rows live, never gathered. `K` must already be a
+    square float array (`square_kernel`).
+
+        >>> import jax.numpy as jnp
+        >>> psd_kernel("K", jnp.eye(4)) > 0.99
+        True
+    """
+    if not is_concrete(K):
+        return None
+    from sslntk import _sharding
+
+    N = int(K.shape[0])
+    if N == 0:
+        raise ValueError(f"{name}: expected a non-empty kernel, got shape {tuple(K.shape)}")
+    layout = _sharding.layout_of(K)
+    a, b, d = (_sharding.to_host(x) for x in _lanczos(K, steps=min(int(steps), N), layout=layout))
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    scale = max(float(np.max(np.abs(a))) if a.size else 0.0, float(np.max(np.abs(d))), 1e-300)
+    # stop at the first breakdown (an invariant subspace: its Ritz values are exact eigenvalues)
+    stop = np.flatnonzero(~(b > 100 * np.finfo(K.dtype).eps * scale))
+    j = int(stop[0]) + 1 if stop.size else a.size
+    T = np.diag(a[:j]) + np.diag(b[:j - 1], 1) + np.diag(b[:j - 1], -1)
+    theta = np.linalg.eigvalsh(T) if np.all(np.isfinite(T)) else np.array([np.nan])
+    d_min = float(np.min(d))
+    lo, hi = float(np.min(theta)), max(float(np.max(theta)), float(np.max(d)))
+    tol = psd_tolerance(N, K.dtype, hi)
+    if not np.isfinite(lo) or lo < -tol:
+        raise psd_error(name, lo, hi, tol)
+    if d_min < -tol:
+        raise psd_error(name, d_min, hi, tol, how="a diagonal entry; λ_min ≤ min K_ii")
+    return min(lo, d_min)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "layout"))
+def _lanczos(K, *, steps, layout):
+    """`steps` Lanczos iterations on K from a fixed random start, with full re-orthogonalisation
+    (twice: "twice is enough", Parlett). Returns the tridiagonal `(α (steps,), β (steps,))` and
+    `diag(K)`."""
+    from sslntk import _sharding
+
+    N = K.shape[0]
+    hi = jax.lax.Precision.HIGHEST
+    v0 = jax.random.normal(jax.random.PRNGKey(0), (N,), K.dtype)
+    v0 = v0 / jnp.linalg.norm(v0)
+    Q = jnp.zeros((steps + 1, N), K.dtype).at[0].set(v0)
+
+    def body(j, carry):
+        Q, al, be = carry
+        v = Q[j]
+        w = _sharding.row_matmul(K, v[:, None], layout, precision=hi)[:, 0]
+        al = al.at[j].set(jnp.dot(v, w, precision=hi))
+        for _ in range(2):
+            w = w - jnp.matmul(Q.T, jnp.matmul(Q, w, precision=hi), precision=hi)
+        nb = jnp.linalg.norm(w)
+        be = be.at[j].set(nb)
+        Q = Q.at[j + 1].set(jnp.where(nb > 0, w / jnp.where(nb > 0, nb, 1.0), 0.0))
+        return Q, al, be
+
+    zeros = jnp.zeros((steps,), K.dtype)
+    _, al, be = jax.lax.fori_loop(0, steps, body, (Q, zeros, zeros))
+    return al, be, _sharding.row_diagonal(K, layout)

@@ -26,11 +26,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sslntk import _validate as V
+from sslntk.methods import Method, MomentForm, StepwiseForm, as_state
 
 
 def split_views(f: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -270,72 +273,87 @@ def _kernel_pca_terms(f):
     return {"alignment": kernel_pca(f)}
 
 
-@dataclass(frozen=True)
-class _Spec:
-    fn: Callable
-    defaults: dict                         # numeric constants (pytree leaves)
-    # True when the loss depends on f only through the symmetrised cross-view moment
-    # C = (f_aᵀf_b + f_bᵀf_a)/2n (see `Loss.cross_moment_only`). A callable gets the static options.
-    cross_moment_only: bool | Callable = False
-    checks: dict = dataclasses.field(default_factory=dict)   # constant -> "positive" | "nonnegative"
-    options: dict = dataclasses.field(default_factory=dict)  # static option -> (default, choices)
-    # ℓ(C, **constants) for a cross-moment-only loss (L(f) = ℓ(C(f))); used by the eigen solver
-    of_moment: Callable | None = None
-    # terms(f, **constants, **options) -> dict of named, weighted terms summing to fn(f)
-    terms: Callable | None = None
-
-
-_REGISTRY: dict[str, _Spec] = {
-    "barlow_twins": _Spec(barlow_twins, {"lam": 1.0}, True, {"lam": "nonnegative"},
-                          of_moment=_bt_from_c, terms=_bt_terms),
-    "barlow_twins_standardized": _Spec(
-        barlow_twins_standardized, {"lam": 5e-3, "eps": 1e-5}, False,
-        {"lam": "nonnegative", "eps": "nonnegative"}, terms=_bt_std_terms),
-    "vicreg": _Spec(
-        vicreg, {"lam_inv": 25.0, "mu": 25.0, "nu": 1.0, "eps": 1e-4, "gamma": 1.0}, False,
-        {"lam_inv": "nonnegative", "mu": "nonnegative", "nu": "nonnegative",
-         "eps": "nonnegative", "gamma": "nonnegative"},
-        {"convention": ("paper", CONVENTIONS)}, terms=_vicreg_terms),
-    "simclr": _Spec(simclr, {"temperature": 0.5}, False, {"temperature": "positive"},
-                    {"similarity": ("cosine", SIMILARITIES)}, terms=_simclr_terms),
-    "spectral": _Spec(spectral, {}, False, terms=_spectral_terms),
-    "kernel_pca": _Spec(kernel_pca, {}, True, of_moment=_neg_trace, terms=_kernel_pca_terms),
-    "naive": _Spec(naive, {}, lambda o: o["negatives"] == "none", {},
-                   {"negatives": ("none", NEGATIVES)}, of_moment=_neg_trace, terms=_naive_terms),
-}
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
+def _check_rows(f) -> None:
+    """`f (2n, k)`: the loss functions split the rows into the two views (static shapes: also
+    checked under jit)."""
+    shape = tuple(jnp.shape(f))
+    if len(shape) != 2 or shape[0] % 2 or shape[0] < 2:
+        raise ValueError(f"f: expected stacked embeddings (2n, k) in view order [a_1..a_n, "
+                         f"b_1..b_n] with an even number of rows, got shape {shape}")
 
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class Loss:
-    """A named SSL loss with its constants. `loss(f)` with `f: (2n, k)` → scalar.
+class Loss(Method):
+    """A named SSL loss with its constants, and the gradient-flow method `df/dt = −K ∇_f L(f)` of
+    it (`sslntk.methods.Method`: state `State(f)`, `force = ∇_f L`). `loss(f)` with `f: (2n, k)` →
+    scalar. Each named loss is a subclass (`BarlowTwins`, `VICReg`, ...) that carries its formula,
+    its terms and its structure (`moment_form`, `stepwise_form`); build one with `get`.
 
     `constants` (dict of numbers/arrays) are pytree leaves: `jax.vmap`/`jax.grad` over them work.
     `name` and `options` (a sorted tuple of `(option, value)` string pairs) are static pytree
-    metadata: they select code paths and are hashed by `jax.jit`, never traced. Build with `get`.
+    metadata: they select code paths and are hashed by `jax.jit`, never traced.
     """
 
     constants: dict
     name: str = dataclasses.field(default="barlow_twins", metadata=dict(static=True))
     options: tuple = dataclasses.field(default=(), metadata=dict(static=True))
 
-    def __call__(self, f: jax.Array) -> jax.Array:
-        return _REGISTRY[self.name].fn(f, **self.constants, **dict(self.options))
+    # What a named loss defines (class attributes, not fields):
+    #   _fn(f, **constants, **options) -> scalar; _terms(...) -> dict summing to it;
+    #   _moment(C, **constants) -> ℓ(C) when the loss is a function of C alone (None otherwise);
+    #   _defaults {constant: default}; _checks {constant: "positive" | "nonnegative"};
+    #   _choices {option: (default, choices)}.
+    _fn: ClassVar[Callable | None] = None
+    _terms: ClassVar[Callable | None] = None
+    _moment: ClassVar[Callable | None] = None
+    _defaults: ClassVar[dict] = {}
+    _checks: ClassVar[dict] = {}
+    _choices: ClassVar[dict] = {}
 
-    def terms(self, f: jax.Array) -> dict[str, jax.Array]:
-        """Named, weighted terms of the loss at `f (2n, k)`: a dict of scalars whose sum is
-        `self(f)` (to round-off). Barlow Twins (both forms): `on_diagonal` `Σ_i (C_ii − 1)²`,
-        `off_diagonal` `λ Σ_{i≠j} C_ij²`; VICReg: `invariance`, `variance`, `covariance`; SimCLR:
-        `alignment` (positive pairs), `uniformity` (log-sum-exp over the other views); spectral:
-        `alignment` `−2 tr C`, `uniformity` `‖fᵀf/2n‖²`; kernel PCA: `alignment`; naive:
-        `positive` (and `negative` with negatives="shift"). Jittable; vmap it over a trajectory
-        (`jax.vmap(loss.terms)(traj.f)`), or pass `record_terms=True` to `dynamics.solve` /
-        `finite.train`."""
-        return _REGISTRY[self.name].terms(f, **self.constants, **dict(self.options))
+    def _moment_only(self, options: dict) -> bool:
+        """True when the loss with these static options depends on f only through C."""
+        return False
+
+    @property
+    def _impl(self) -> type[Loss]:
+        # a named loss carries its own formulas; a bare `Loss(constants, name)` (e.g. a subclass
+        # that wraps a named loss by its fields) borrows those of the loss it names
+        cls = type(self)
+        return cls if cls._fn is not None else _BY_NAME[self.name]
+
+    def __call__(self, f: jax.Array) -> jax.Array:
+        _check_rows(f)
+        return self._impl._fn(f, **self.constants, **dict(self.options))
+
+    # ---- the method protocol (gradient flow of this loss) ----
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @property
+    def potential(self) -> Loss:
+        return self
+
+    def force(self, state) -> jax.Array:
+        return jax.grad(self)(as_state(state).f)
+
+    def loss(self, state) -> jax.Array:
+        """The loss at a `State` (or at a bare `f (2n, k)`)."""
+        return self(as_state(state).f)
+
+    def terms(self, f) -> dict[str, jax.Array]:
+        """Named, weighted terms of the loss at `f (2n, k)` (or at a `State`): a dict of scalars
+        whose sum is `self(f)` (to round-off). Barlow Twins (both forms): `on_diagonal`
+        `Σ_i (C_ii − 1)²`, `off_diagonal` `λ Σ_{i≠j} C_ij²`; VICReg: `invariance`, `variance`,
+        `covariance`; SimCLR: `alignment` (positive pairs), `uniformity` (log-sum-exp over the other
+        views); spectral: `alignment` `−2 tr C`, `uniformity` `‖fᵀf/2n‖²`; kernel PCA:
+        `alignment`; naive: `positive` (and `negative` with negatives="shift"). Jittable; vmap it
+        over a trajectory (`jax.vmap(loss.terms)(traj.f)`), or pass `record_terms=True` to
+        `dynamics.solve` / `finite.train`."""
+        f = as_state(f).f
+        _check_rows(f)
+        return self._impl._terms(f, **self.constants, **dict(self.options))
 
     @property
     def term_names(self) -> tuple[str, ...]:
@@ -355,51 +373,193 @@ class Loss:
         `M = K^{1/2} Z K^{1/2}/(2n)` invariant, which is what the eigen-reduced solver needs.
         False for losses that also use `f_aᵀf_a`, `f_bᵀf_b` (e.g. `spectral`: K and M do not
         commute), means (standardised BT, VICReg) or per-sample nonlinearities (SimCLR)."""
-        flag = _REGISTRY[self.name].cross_moment_only
-        return bool(flag(dict(self.options)) if callable(flag) else flag)
+        return bool(self._impl._moment_only(self, dict(self.options)))
 
     @property
     def has_moment_form(self) -> bool:
         """True when `of_moment` is available (a `cross_moment_only` loss with a formula in C)."""
-        return self.cross_moment_only and _REGISTRY[self.name].of_moment is not None
+        return self.cross_moment_only and self._impl._moment is not None
 
     def of_moment(self, C: jax.Array) -> jax.Array:
         """`ℓ(C)` with `L(f) = ℓ(C(f))` for a `cross_moment_only` loss, `C (k, k)` symmetric;
         raises `ValueError` for any other loss."""
         if not self.has_moment_form:
             raise ValueError(f"loss: {self.name!r} is not a function of the cross-moment C alone")
-        return _REGISTRY[self.name].of_moment(C, **self.constants)
+        return self._impl._moment(C, **self.constants)
+
+    @property
+    def moment_form(self) -> MomentForm | None:
+        """`MomentForm` (ℓ(C) with this loss's constants) when `has_moment_form`, else None."""
+        if not self.has_moment_form:
+            return None
+        return MomentForm(of_moment=self._impl._moment, constants=self.constants)
 
     def __repr__(self) -> str:
         items = [f"{k}={v!r}" for k, v in {**self.constants, **dict(self.options)}.items()]
         return f"Loss({self.name!r}{', ' if items else ''}{', '.join(items)})"
 
 
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True, repr=False)
+class BarlowTwins(Loss):
+    """Barlow Twins, theory form (`barlow_twins`); constant `lam` (default 1)."""
+
+    _fn: ClassVar = staticmethod(barlow_twins)
+    _terms: ClassVar = staticmethod(_bt_terms)
+    _moment: ClassVar = staticmethod(_bt_from_c)
+    _defaults: ClassVar = {"lam": 1.0}
+    _checks: ClassVar = {"lam": "nonnegative"}
+
+    def _moment_only(self, options):
+        return True
+
+    @property
+    def stepwise_form(self) -> StepwiseForm:
+        return StepwiseForm(lam=self.constants["lam"])
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True, repr=False)
+class BarlowTwinsStandardized(Loss):
+    """Barlow Twins, practical form (`barlow_twins_standardized`); `lam` (5e-3), `eps` (1e-5)."""
+
+    _fn: ClassVar = staticmethod(barlow_twins_standardized)
+    _terms: ClassVar = staticmethod(_bt_std_terms)
+    _defaults: ClassVar = {"lam": 5e-3, "eps": 1e-5}
+    _checks: ClassVar = {"lam": "nonnegative", "eps": "nonnegative"}
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True, repr=False)
+class VICReg(Loss):
+    """VICReg (`vicreg`); constants `lam_inv`, `mu`, `nu`, `eps`, `gamma`; option `convention`."""
+
+    _fn: ClassVar = staticmethod(vicreg)
+    _terms: ClassVar = staticmethod(_vicreg_terms)
+    _defaults: ClassVar = {"lam_inv": 25.0, "mu": 25.0, "nu": 1.0, "eps": 1e-4, "gamma": 1.0}
+    _checks: ClassVar = {k: "nonnegative" for k in ("lam_inv", "mu", "nu", "eps", "gamma")}
+    _choices: ClassVar = {"convention": ("paper", CONVENTIONS)}
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True, repr=False)
+class SimCLR(Loss):
+    """SimCLR / NT-Xent (`simclr`); constant `temperature`; option `similarity`."""
+
+    _fn: ClassVar = staticmethod(simclr)
+    _terms: ClassVar = staticmethod(_simclr_terms)
+    _defaults: ClassVar = {"temperature": 0.5}
+    _checks: ClassVar = {"temperature": "positive"}
+    _choices: ClassVar = {"similarity": ("cosine", SIMILARITIES)}
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True, repr=False)
+class Spectral(Loss):
+    """Spectral contrastive loss (`spectral`); no constants."""
+
+    _fn: ClassVar = staticmethod(spectral)
+    _terms: ClassVar = staticmethod(_spectral_terms)
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True, repr=False)
+class KernelPCA(Loss):
+    """Kernel-PCA objective `−tr C` (`kernel_pca`); no constants; use with the constrained solver."""
+
+    _fn: ClassVar = staticmethod(kernel_pca)
+    _terms: ClassVar = staticmethod(_kernel_pca_terms)
+    _moment: ClassVar = staticmethod(_neg_trace)
+
+    def _moment_only(self, options):
+        return True
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True, repr=False)
+class Naive(Loss):
+    """Esser et al.'s naive dot-product loss (`naive`); option `negatives`."""
+
+    _fn: ClassVar = staticmethod(naive)
+    _terms: ClassVar = staticmethod(_naive_terms)
+    _moment: ClassVar = staticmethod(_neg_trace)
+    _choices: ClassVar = {"negatives": ("none", NEGATIVES)}
+
+    def _moment_only(self, options):
+        return options["negatives"] == "none"
+
+
+_BY_NAME: dict[str, type[Loss]] = {
+    "barlow_twins": BarlowTwins, "barlow_twins_standardized": BarlowTwinsStandardized,
+    "vicreg": VICReg, "simclr": SimCLR, "spectral": Spectral, "kernel_pca": KernelPCA,
+    "naive": Naive,
+}
+
+
+def names() -> list[str]:
+    """The registered loss names (`get`'s choices)."""
+    return sorted(_BY_NAME)
+
+
+def _constant(name: str, key: str, v, rule: str | None):
+    """A numeric constant (a number or a numeric array: arrays batch runs under `jax.vmap`)."""
+    if isinstance(v, (str, bytes, bool, np.bool_)) or v is None:
+        raise TypeError(f"{name}.{key}: expected a number (or an array of numbers), got {v!r}")
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        pass
+    else:
+        try:
+            dt = jnp.asarray(v).dtype
+        except TypeError as e:
+            raise TypeError(f"{name}.{key}: expected a number (or an array of numbers), got "
+                            f"{type(v).__name__}") from e
+        if not (jnp.issubdtype(dt, jnp.floating) or jnp.issubdtype(dt, jnp.integer)):
+            raise TypeError(f"{name}.{key}: expected a number (or an array of numbers), got an "
+                            f"array of dtype {dt}")
+        if jnp.ndim(v) != 0:   # a batch of constants (vmap): check every entry when concrete
+            if rule is not None and V.is_concrete(v):
+                a = np.asarray(v, np.float64)
+                ok = np.isfinite(a) & ((a >= 0) if rule == "nonnegative" else (a > 0))
+                if not np.all(ok):
+                    rel = ">= 0" if rule == "nonnegative" else "> 0"
+                    raise ValueError(f"{name}.{key}: expected finite numbers {rel}, got {v!r}")
+            return v
+    if rule is not None:
+        V.positive_float(f"{name}.{key}", v, allow_zero=(rule == "nonnegative"))
+    return v
+
+
 def get(name: str, **constants) -> Loss:
     """Build the loss `name` with `constants` (numeric constants and static string options; defaults
     filled in). Unknown names, constants or option values raise `ValueError` listing the valid
-    choices; non-numeric or out-of-range constants raise naming the constant."""
+    choices; non-numeric constants raise `TypeError` and out-of-range ones `ValueError`, naming the
+    constant (e.g. `get("barlow_twins", lam="1")`: TypeError naming `barlow_twins.lam`).
+
+        >>> float(get("barlow_twins", lam=1.0)(jnp.zeros((4, 2))))
+        2.0
+    """
     if isinstance(name, Loss):
         raise TypeError("name: expected a loss name (str), got a Loss; use it directly")
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a loss name (str), one of {names()}; got {name!r}")
     V.choice("name", name, names())
-    spec = _REGISTRY[name]
-    valid = set(spec.defaults) | set(spec.options)
+    cls = _BY_NAME[name]
+    valid = set(cls._defaults) | set(cls._choices)
     unknown = set(constants) - valid
     if unknown:
         raise ValueError(f"{name}: unknown constant(s) {sorted(unknown)}; valid constants are "
-                         f"{sorted(spec.defaults)}"
-                         + (f" and options {sorted(spec.options)}" if spec.options else ""))
-    c = {k: constants.get(k, v) for k, v in spec.defaults.items()}
-    for k, rule in spec.checks.items():
-        V.positive_float(f"{name}.{k}", c[k], allow_zero=(rule == "nonnegative"))
+                         f"{sorted(cls._defaults)}"
+                         + (f" and options {sorted(cls._choices)}" if cls._choices else ""))
+    c = {k: _constant(name, k, constants.get(k, v), cls._checks.get(k))
+         for k, v in cls._defaults.items()}
     opts = []
-    for k, (default, choices) in spec.options.items():
+    for k, (default, choices) in cls._choices.items():
         v = constants.get(k, default)
         if not isinstance(v, str):
             raise TypeError(f"{name}.{k}: expected a string option, one of {list(choices)}; "
                             f"got {v!r}")
         opts.append((k, V.choice(f"{name}.{k}", v, choices)))
-    return Loss(constants=c, name=name, options=tuple(sorted(opts)))
+    return cls(constants=c, name=name, options=tuple(sorted(opts)))
 
 
 def as_loss(loss) -> Loss:
@@ -410,3 +570,9 @@ def as_loss(loss) -> Loss:
         return get(loss)
     raise TypeError(f"loss: expected a sslntk.losses.Loss or a loss name {names()}, "
                     f"got {type(loss).__name__}")
+
+
+__all__ = ["Loss", "BarlowTwins", "BarlowTwinsStandardized", "VICReg", "SimCLR", "Spectral",
+           "KernelPCA", "Naive", "get", "names", "as_loss", "split_views", "cross_correlation",
+           "barlow_twins", "barlow_twins_standardized", "vicreg", "simclr", "spectral",
+           "kernel_pca", "naive", "CONVENTIONS", "SIMILARITIES", "NEGATIVES"]

@@ -67,6 +67,7 @@ API = {
         "view_covariance", "wang_isola_loss", "wang_isola_matrix", "width_free_flow",
         "width_free_limit",
     ],
+    "methods": [],
     "metrics": [
         "Stability", "alignment", "alpha_req", "center_vector",
         "cross_correlation_spectrum", "effective_rank", "embedding_spectrum", "group_views",
@@ -79,7 +80,7 @@ API = {
 ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J], [M])
     "sslntk": [
         "CollapseWarning", "DIVERGED", "NONFINITE", "STATIONARY", "STATUS_NAMES", "SUCCESS",
-        "diagnostics", "explain",
+        "diagnostics", "explain", "methods",
     ],
     "kernels": [
         "BACKENDS", "memory_plan",
@@ -97,7 +98,12 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         "DIVERGED", "STATIONARY",
     ],
     "losses": [
-        "CONVENTIONS",
+        "BarlowTwins", "BarlowTwinsStandardized", "CONVENTIONS", "KernelPCA", "Naive", "SimCLR",
+        "Spectral", "VICReg",
+    ],
+    "methods": [
+        "GradientFlow", "KernelOp", "Method", "MomentForm", "State", "StepwiseForm", "as_method",
+        "as_state", "method_label", "require",
     ],
     "finite": [
         "AugmentedPrediction", "AugmentedResult", "CoordCheck", "KernelMotion", "KernelPrediction",

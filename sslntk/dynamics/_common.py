@@ -59,27 +59,9 @@ class Inputs(NamedTuple):
 
 
 def check_psd(K: jax.Array, name: str = "K") -> float | None:
-    """Raise if the concrete kernel `K` is not PSD beyond round-off; return its smallest eigenvalue
-    (None when `K` is traced: values are unknown under jit). Delegates to
-    `sslntk.kernels.kernel_spectrum` (tolerance `max(N, 10)·eps·λ_max`), imported on first use so
-    that `check_psd=False` never loads neural-tangents."""
-    if not V.is_concrete(K):
-        return None
-    layout = _sharding.layout_of(K)
-    if layout is not None:
-        # A row-sharded K is never gathered, so no dense eigh: check what the local blocks give
-        # without one (diag(K) >= −tol·max diag; a PSD kernel has a non-negative diagonal). The
-        # eigen method's decomposition reports λ/γ and residuals of the spectrum it uses.
-        d = _sharding.to_host(_diag(K, layout=layout))
-        lo, hi = float(d.min()), float(d.max())
-        tol = max(K.shape[0], 10) * float(jnp.finfo(K.dtype).eps) * max(hi, 0.0)
-        if lo < -tol:
-            raise ValueError(f"{name}: expected a positive semi-definite kernel, got a negative "
-                             f"diagonal entry {lo:.3g} (largest {hi:.3g})")
-        return None
-    from sslntk.kernels import kernel_spectrum
-
-    return kernel_spectrum(K, vectors=False, name=name).min_eigenvalue
+    """The PSD rule of every sslntk entry point (`sslntk._validate.psd_kernel`: a few Lanczos
+    steps, O(N²), no dense decomposition); returns the estimate of λ_min (None when traced)."""
+    return V.psd_kernel(name, K)
 
 
 def validate_inputs(K, loss, f0, ts, K_test_train=None, f0_test=None, *,
