@@ -104,6 +104,9 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
     "methods": [
         "GradientFlow", "KernelOp", "Method", "MomentForm", "State", "StepwiseForm", "as_method",
         "as_state", "method_label", "require",
+        # asymmetric methods (BYOL, SimSiam, DirectPred, DINO, SwAV)
+        "byol_loss", "byol_momentum", "cosine_schedule", "dino_center", "dino_loss",
+        "dino_teacher_temperature", "simsiam_loss", "sinkhorn", "swap_views", "swav_loss",
     ],
     "finite": [
         "AugmentedPrediction", "AugmentedResult", "CoordCheck", "KernelMotion", "KernelPrediction",
