@@ -43,8 +43,19 @@ from sslntk.methods._base import (
     method_label,
     require,
 )
+from sslntk.methods._ema import EMARate
+from sslntk.methods._predictive import (
+    BYOL,
+    DirectPred,
+    KernelPredictor,
+    Predictive,
+    SimSiam,
+    rkhs_gram,
+)
 
 __all__ = ["Method", "State", "KernelOp", "GradientFlow", "MomentForm", "StepwiseForm",
            "as_method", "as_state", "method_label", "require"]
 __all__ += ["byol_loss", "byol_momentum", "cosine_schedule", "dino_center", "dino_loss",
-            "dino_teacher_temperature", "simsiam_loss", "sinkhorn", "swap_views", "swav_loss"]
+            "dino_teacher_temperature", "simsiam_loss", "sinkhorn", "swap_views", "swav_loss",
+            "EMARate", "Predictive", "BYOL", "SimSiam", "DirectPred", "KernelPredictor",
+            "rkhs_gram"]
