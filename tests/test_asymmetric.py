@@ -35,6 +35,10 @@ def _gd(method, state0, K, lr, steps):
     return jax.lax.fori_loop(0, steps, lambda i, s: method.step(s, lr, op), state0)
 
 
+def _at(ys, i):
+    return jax.tree_util.tree_map(lambda x: x[i], ys)
+
+
 def _swap(x):
     n = x.shape[-2] // 2
     return np.concatenate([x[..., n:, :], x[..., :n, :]], axis=-2)
@@ -215,12 +219,10 @@ def test_loss_rises_so_the_flow_is_not_a_gradient_flow():
     than doubles; with the predictor fixed at I (a gradient flow of ‖f − Zf‖²/4n) the loss never
     increases."""
     K, m, ys = _parabola_run()
-    L = np.array([float(m.loss(jax.tree_util.tree_map(lambda x: x[i], ys)))
-                  for i in range(len(ys.f))])
+    L = np.array([float(m.loss(_at(ys, i))) for i in range(len(ys.f))])
     assert L.max() > 2 * L[0]
     K2, m2, ys2 = _parabola_run(predictor="identity")
-    L2 = np.array([float(m2.loss(jax.tree_util.tree_map(lambda x: x[i], ys2)))
-                   for i in range(len(ys2.f))])
+    L2 = np.array([float(m2.loss(_at(ys2, i))) for i in range(len(ys2.f))])
     assert np.all(np.diff(L2) <= 1e-12 * L2[0])
 
 

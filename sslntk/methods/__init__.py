@@ -43,6 +43,7 @@ from sslntk.methods._base import (
     method_label,
     require,
 )
+from sslntk.methods._dino import DINO, dino_linear_operator
 from sslntk.methods._ema import EMARate
 from sslntk.methods._predictive import (
     BYOL,
@@ -52,10 +53,11 @@ from sslntk.methods._predictive import (
     SimSiam,
     rkhs_gram,
 )
+from sslntk.methods._swav import SwAV
 
 __all__ = ["Method", "State", "KernelOp", "GradientFlow", "MomentForm", "StepwiseForm",
            "as_method", "as_state", "method_label", "require"]
 __all__ += ["byol_loss", "byol_momentum", "cosine_schedule", "dino_center", "dino_loss",
             "dino_teacher_temperature", "simsiam_loss", "sinkhorn", "swap_views", "swav_loss",
             "EMARate", "Predictive", "BYOL", "SimSiam", "DirectPred", "KernelPredictor",
-            "rkhs_gram"]
+            "rkhs_gram", "DINO", "dino_linear_operator", "SwAV"]
