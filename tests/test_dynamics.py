@@ -6,6 +6,7 @@ failure statuses and input validation.
 Compilation dominates the run time, so the ODE tests share one problem size, one time grid and the
 test points (equal shapes and static options reuse the compiled solver)."""
 
+import dataclasses
 import warnings
 
 import jax
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from sslntk import dynamics, losses, theory
-from sslntk.dynamics import FAILED, MAX_STEPS, NONFINITE, SUCCESS
+from sslntk.dynamics import DIVERGED, FAILED, MAX_STEPS, NONFINITE, SUCCESS
 
 N_HALF, K_DIM, M_TEST, T_SAVE = 10, 3, 4, 61
 
@@ -316,11 +317,12 @@ def test_blow_up_gives_nonfinite(prob):
                             rtol=1e-3, max_steps=_NAIVE_MAX_STEPS)
     assert int(tr.status) == NONFINITE           # stopped by the blow-up, not by max_steps
     assert np.isfinite(np.asarray(tr.f[1])).all() and np.all(np.isnan(np.asarray(tr.f[-1])))
-    # gd: a learning rate far beyond stability diverges → NONFINITE at the step it happened
-    with pytest.warns(RuntimeWarning, match="nonfinite"):
+    # gd: a learning rate far beyond stability explodes: DIVERGED (finite but beyond
+    # DIVERGE_FACTOR·max(1, |L0|)) at the step it happened, before any inf/NaN appears
+    with pytest.warns(RuntimeWarning, match="diverged"):
         tr = dynamics.solve(prob["K"], "barlow_twins", jnp.asarray(prob["g"]), [0.0, 50.0],
                             method="gd", lr=5.0)
-    assert int(tr.status) == NONFINITE and 0 < int(tr.n_steps) < 10
+    assert int(tr.status) == DIVERGED and 0 < int(tr.n_steps) < 10
 
 
 def test_status_codes_are_distinct():
@@ -376,24 +378,32 @@ def test_bad_inputs_raise_clear_errors(prob):
 
 
 def test_methods_table_is_the_registry(monkeypatch, prob):
-    """`METHODS` (name -> solver) is what `solve` dispatches through and `choose_method` picks
-    from: a solver added to it is reachable by name, a removed one is neither chosen nor accepted."""
-    assert dynamics.available_methods() == list(dynamics.METHODS)
-    assert all(callable(fn) for fn in dynamics.METHODS.values())
+    """`SOLVERS` (name -> solver class; `METHODS` is the same dict) is what `solve` builds from and
+    `choose_solver` picks from: a solver added to it is reachable by name, a removed one is neither
+    chosen nor accepted."""
+    assert dynamics.METHODS is dynamics.SOLVERS
+    assert dynamics.available_methods() == list(dynamics.SOLVERS)
+    assert all(issubclass(c, dynamics.Solver) for c in dynamics.SOLVERS.values())
 
     class Called(Exception):
         pass
 
-    def solve_future(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False):
-        raise Called
+    @dataclasses.dataclass(frozen=True)
+    class Future(dynamics.Solver):
+        name = "future"
 
-    monkeypatch.setitem(dynamics.METHODS, "future", solve_future)
+        def solve(self, K, method, state0, ts, *, K_test_train=None, progress=False):
+            raise Called
+
+    monkeypatch.setitem(dynamics.SOLVERS, "future", Future)
     with pytest.raises(Called):
         dynamics.solve(prob["K"], "barlow_twins", jnp.asarray(prob["g"]), [0.0, 1.0],
                        method="future")
+    with pytest.raises(Called):
+        dynamics.solve(prob["K"], "barlow_twins", jnp.asarray(prob["g"]), [0.0, 1.0], Future())
     big = jax.ShapeDtypeStruct((dynamics.SMALL_N + 2, dynamics.SMALL_N + 2), jnp.float32)
     assert dynamics.choose_method(big, "barlow_twins", None, None) == "eigen"
-    monkeypatch.delitem(dynamics.METHODS, "eigen")
+    monkeypatch.delitem(dynamics.SOLVERS, "eigen")
     assert dynamics.choose_method(big, "barlow_twins", None, None) == "ode"
     with pytest.raises(ValueError, match="method: unknown value 'eigen'"):
         dynamics.solve(prob["K"], "barlow_twins", jnp.asarray(prob["g"]), [0.0, 1.0],

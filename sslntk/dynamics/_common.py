@@ -1,15 +1,15 @@
-"""Shared pieces of the kernel-regime solvers: input validation at the `solve` boundary, the diffrax
-driver (status mapping, non-finite detection, optional retraction), loss evaluation along a
-trajectory and the assembly of a `Trajectory`.
+"""Shared pieces of the kernel-regime solvers: input validation at the public entry (`solve`,
+`solve_many`), the diffrax driver (status mapping, non-finite detection, optional retraction), the
+loss along a trajectory and the assembly of a `Trajectory`.
 
-Solver contract (every `solve_<method>` in this package):
+Solver contract (every `Solver` subclass of this package):
 
-    solve_<method>(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False, **options)
-        -> Trajectory
+    solver.solve(K, method, state0, ts, *, K_test_train=None, progress=False) -> Trajectory
 
-`sslntk.dynamics.solve` validates with `validate_inputs` before dispatching, so solvers receive
-`K (2n, 2n)`, `f0 (2n, k)`, `ts (T,)` (sorted, ≥ 0, K's dtype), a `losses.Loss`, and either both or
-neither of `K_test_train (m, 2n)`, `f0_test (m, k)`, all of one floating dtype.
+`sslntk.dynamics.solve` validates with `validate_inputs` once before dispatching, so solvers
+receive `K (2n, 2n)`, a `sslntk.methods.Method`, its initial `State` (`f (2n, k)`, and `f_test
+(m, k)` when `K_test_train (m, 2n)` is given), `ts (T,)` (sorted, ≥ 0, K's dtype), all of one
+floating dtype; they trust them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import numpy as np
 
 from sslntk import _sharding
 from sslntk import _validate as V
-from sslntk import losses as _losses
+from sslntk import methods as _methods
+from sslntk.dynamics._solver import INTEGRATORS, check_integrator
 from sslntk.dynamics._trajectory import FAILED, MAX_STEPS, NONFINITE, SUCCESS, Trajectory
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -51,11 +52,10 @@ SHARDED_METHODS = ("eigen", "ode")
 
 class Inputs(NamedTuple):
     K: jax.Array
-    loss: _losses.Loss
-    f0: jax.Array
+    method: Any               # a sslntk.methods.Method
+    state0: Any               # its initial sslntk.methods.State
     ts: jax.Array
     K_test_train: jax.Array | None
-    f0_test: jax.Array | None
 
 
 def check_psd(K: jax.Array, name: str = "K") -> float | None:
@@ -66,9 +66,17 @@ def check_psd(K: jax.Array, name: str = "K") -> float | None:
 
 def validate_inputs(K, loss, f0, ts, K_test_train=None, f0_test=None, *,
                     check_psd_: bool = True) -> Inputs:
-    """Check and convert the common solver inputs (see module docstring); clear errors otherwise."""
-    loss = _losses.as_loss(loss)
-    K = V.square_kernel("K", K)
+    """Check and convert the common solver inputs once (see module docstring); clear errors
+    otherwise. `loss`: any method (`sslntk.methods.as_method`); `f0`: `(2n, k)` or an initial
+    `State` built by the method (its `f_test` is then the test start)."""
+    method = _methods.as_method(loss)
+    K = square(K)
+    state0 = f0 if isinstance(f0, _methods.State) else None
+    if state0 is not None:
+        if f0_test is not None:
+            raise ValueError("f0_test: expected None when f0 is a State (its f_test is the start "
+                             "at the test points)")
+        f0, f0_test = state0.f, state0.f_test
     layout = _sharding.layout_of(K)
     if layout is not None:
         for nm, x in (("f0", f0), ("K_test_train", K_test_train), ("f0_test", f0_test)):
@@ -82,13 +90,22 @@ def validate_inputs(K, loss, f0, ts, K_test_train=None, f0_test=None, *,
                          f"{tuple(f0.shape)} (k = 0: nothing to learn)")
     K_test_train, f0_test = V.check_test_pair(K_test_train, f0_test, K.shape[0], f0.shape[1])
     V.same_dtype(K=K, f0=f0, K_test_train=K_test_train, f0_test=f0_test)
-    ts = _times(ts, K.dtype)
+    ts = times(ts, K.dtype)
     if check_psd_:
         check_psd(K)
     if layout is not None:   # the small arrays live replicated on K's mesh
         f0, ts, K_test_train, f0_test = (_sharding.place(x, layout)
                                          for x in (f0, ts, K_test_train, f0_test))
-    return Inputs(K, loss, f0, ts, K_test_train, f0_test)
+    if state0 is None:
+        state0 = method.init(f0, f0_test=f0_test)
+    else:
+        state0 = dataclasses.replace(state0, f=f0, f_test=f0_test)
+    return Inputs(K, method, state0, ts, K_test_train)
+
+
+def square(K) -> jax.Array:
+    """`K` as a checked square symmetric kernel (`_validate.square_kernel`)."""
+    return V.square_kernel("K", K)
 
 
 @functools.partial(jax.jit, static_argnames=("layout",))
@@ -96,7 +113,8 @@ def _diag(K, *, layout):
     return _sharding.row_diagonal(K, layout)
 
 
-def _times(ts, dtype) -> jax.Array:
+def times(ts, dtype) -> jax.Array:
+    """`ts` as a checked non-empty, finite, non-decreasing `(T,)` array of times ≥ 0 in `dtype`."""
     if ts is None or isinstance(ts, (str, bytes)):
         raise TypeError(f"ts: expected a 1-D array of times, got {ts!r}")
     arr = jnp.asarray(ts)
@@ -128,22 +146,13 @@ def default_rtol(dtype) -> float:
 # ----------------------------------------------------------------------------------------------
 # diffrax driver
 
-SOLVERS = {
-    "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8,
-    "bosh3": diffrax.Bosh3, "heun": diffrax.Heun, "kvaerno3": diffrax.Kvaerno3,
-    "kvaerno4": diffrax.Kvaerno4, "kvaerno5": diffrax.Kvaerno5,
-}
-
-
 def make_solver(solver) -> diffrax.AbstractSolver:
-    """A diffrax solver from a name in `SOLVERS` or an `AbstractAdaptiveSolver` instance."""
+    """A diffrax solver from a name in `INTEGRATORS` or an `AbstractAdaptiveSolver` instance."""
     if isinstance(solver, str):
-        V.choice("solver", solver, list(SOLVERS))
-        return SOLVERS[solver]()
-    if isinstance(solver, diffrax.AbstractAdaptiveSolver):
-        return solver
-    raise TypeError(f"solver: expected one of {sorted(SOLVERS)} or an adaptive diffrax solver "
-                    f"instance, got {solver!r}")
+        V.choice("integrator", solver, list(INTEGRATORS))
+        return INTEGRATORS[solver]()
+    check_integrator(solver)
+    return solver
 
 
 class _Retracted(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
@@ -190,7 +199,8 @@ class _Retracted(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
         return self.solver.func(terms, t0, y0, args)
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
+    """True when every leaf of `tree` is finite (scalar bool)."""
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
@@ -223,7 +233,7 @@ def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps,
     def guarded(t, y, args):
         state, _ = y
         dy = vector_field(t, state, args)
-        ok = _all_finite(dy)
+        ok = all_finite(dy)
         dy = jax.tree_util.tree_map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), dy)
         return dy, jnp.where(ok, 0.0, 1.0).astype(dtype)
 
@@ -300,26 +310,30 @@ def diffrax_settings(f0, *, atol_scale, solver, rtol, atol, dt0, max_steps, pcoe
 # Trajectory assembly
 
 
-def loss_along(loss: _losses.Loss, fs: jax.Array) -> jax.Array:
-    """`loss(f)` at every saved time, `(T,)`."""
-    return jax.vmap(loss)(fs)
+def loss_along(method, states) -> jax.Array:
+    """The method's loss at every saved state (leading axis T), `(T,)`."""
+    return jax.vmap(method.loss)(states)
 
 
-def finish(method: str, loss: _losses.Loss, ts, fs, status, n_steps, *, f_test=None,
-           reached=None, bound=None, L=None) -> Trajectory:
-    """Evaluate the loss (unless `L (T,)` is given), turn non-finite reached values into
-    NONFINITE, build the Trajectory."""
+def finish(solver: str, method, ts, states, status, n_steps, *, reached=None, bound=None,
+           L=None) -> Trajectory:
+    """Evaluate the loss along `states` (a `State` with leading axis T; unless `L (T,)` is given),
+    turn non-finite reached values into NONFINITE, build the Trajectory."""
     if L is None:
-        L = loss_along(loss, fs)
+        L = loss_along(method, states)
     if reached is None:
         reached = jnp.ones(ts.shape, bool)
-    vals = [fs, L[:, None]] + ([f_test] if f_test is not None else [])
+    vals = [v for v in jax.tree_util.tree_leaves(states)] + [L[:, None]]
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v.reshape(v.shape[0], -1)) | ~reached[:, None])
                                 for v in vals]))
     status = jnp.where((status == SUCCESS) & ~finite, NONFINITE, status).astype(jnp.int32)
-    return Trajectory(ts=ts, f=fs, loss=L, status=status, n_steps=jnp.asarray(n_steps, jnp.int32),
-                      f_test=f_test, bound=bound, method=method)
+    return Trajectory(ts=ts, f=states.f, loss=L, status=status,
+                      n_steps=jnp.asarray(n_steps, jnp.int32), f_test=states.f_test, bound=bound,
+                      method=solver, aux=states.aux, aux_test=states.aux_test)
 
 
-def with_method(traj: Trajectory, method: str) -> Trajectory:
-    return traj if traj.method == method else dataclasses.replace(traj, method=method)
+def with_method(traj: Trajectory, solver: str, reason: str = "") -> Trajectory:
+    """`traj` recording the solver's name and why it ran."""
+    if traj.method == solver and traj.reason == reason:
+        return traj
+    return dataclasses.replace(traj, method=solver, reason=reason)

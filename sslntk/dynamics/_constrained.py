@@ -20,7 +20,7 @@ span(f) is meaningful; for other losses it is the Stiefel flow. With `kernel_pca
 (`L = −tr C = −tr(hᵀ M_L h)`, `M_L = Lᵀ Z L/(2n)`) this is Oja's subspace flow
 `dh/dt = 2(I − hhᵀ) M_L h` (Esser §3.2), whose stable fixed point is the top-k eigenspace, i.e.
 span f → `K^{1/2}`·(top-k eigenvectors of `M = K^{1/2} Z K^{1/2}/(2n)`) = kernel PCA of the
-contrastive kernel, with `tan θ_max(t) ≤ tan θ_max(0)·e^{−2(γ_k − γ_{k+1})t}`.
+contrastive kernel, with `tan θ_max(t) ≤ tan θ_max(0)·e^{−2(γ_k − γ_{k+1})t}` (Esser et al. 2024).
 
 Start: `f0` is mapped onto the manifold by the RKHS QR retraction `h0 = qf(L⁻¹ f0)` (Q factor with
 positive diag R); `Trajectory.f[0]` (at t = 0) is that point, not `f0` — only span(f0) is kept.
@@ -40,6 +40,7 @@ is applied to it too (`W ↦ W R⁻¹`). Integrated as part of the state, no K�
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -48,9 +49,12 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from sslntk import _validate as V
+from sslntk import methods as _methods
 from sslntk.dynamics import _common as C
-from sslntk.dynamics._ode import DEFAULT_MAX_STEPS
+from sslntk.dynamics._solver import DiffraxOptions, Solver
 from sslntk.dynamics._trajectory import Trajectory
+
+__all__ = ["Constrained"]
 
 
 def _qr_retract(Y, *others):
@@ -69,7 +73,7 @@ def _retract2(Y, *others):
 
 @functools.partial(jax.jit, static_argnames=("solver", "max_steps", "adjoint", "progress",
                                              "has_dt0"))
-def _core(K, loss, f0, ts, K_tx, f0_test, rtol, atol, dt0, pcoeff, icoeff, *, solver, max_steps,
+def _core(K, method, f0, ts, K_tx, f0_test, rtol, atol, dt0, pcoeff, icoeff, *, solver, max_steps,
           adjoint, progress, has_dt0):
     has_test = K_tx is not None
     Lk = jnp.linalg.cholesky(K)
@@ -82,10 +86,10 @@ def _core(K, loss, f0, ts, K_tx, f0_test, rtol, atol, dt0, pcoeff, icoeff, *, so
         y0 = h0
 
     def vf(t, y, args):
-        Lk, K_tx, loss_ = args
+        Lk, K_tx, meth = args
         h, ft = y if has_test else (y, None)
         f = C.mm(Lk, h)
-        g = jax.grad(loss_)(f)
+        g = jax.grad(meth.potential)(f)
         fg = C.mm(f.T, g)
         S = 0.5 * (fg + fg.T)
         dh = -C.mm(Lk.T, g) + C.mm(h, S)
@@ -96,7 +100,7 @@ def _core(K, loss, f0, ts, K_tx, f0_test, rtol, atol, dt0, pcoeff, icoeff, *, so
     def retract(y):
         return _qr_retract(*y) if has_test else _qr_retract(y)[0]
 
-    out = C.integrate(vf, y0, ts, (Lk, K_tx, loss), solver=solver, rtol=rtol, atol=atol,
+    out = C.integrate(vf, y0, ts, (Lk, K_tx, method), solver=solver, rtol=rtol, atol=atol,
                       dt0=dt0 if has_dt0 else None, max_steps=max_steps, pcoeff=pcoeff,
                       icoeff=icoeff, adjoint=adjoint, progress=progress, retract=retract)
     if has_test:
@@ -106,32 +110,38 @@ def _core(K, loss, f0, ts, K_tx, f0_test, rtol, atol, dt0, pcoeff, icoeff, *, so
         (hs,) = jax.vmap(_qr_retract)(out.ys)
         fts = None
     fs = jnp.einsum("ij,tjk->tik", Lk, hs, precision=C.HIGHEST)
-    return C.finish("constrained", loss, ts, fs, out.status, out.n_steps, f_test=fts,
-                    reached=out.reached)
+    return C.finish("constrained", method, ts, _methods.State(f=fs, f_test=fts), out.status,
+                    out.n_steps, reached=out.reached)
 
 
-def solve_constrained(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False,
-                      solver="tsit5", rtol=None, atol=None, dt0=None,
-                      max_steps=DEFAULT_MAX_STEPS, pcoeff=0.0, icoeff=1.0,
-                      adjoint=None) -> Trajectory:
+@dataclasses.dataclass(frozen=True)
+class Constrained(DiffraxOptions, Solver):
     """RKHS-orthonormality-constrained (Grassmannian) gradient flow; see the module docstring.
 
-    Accepts any loss (Riemannian gradient by autodiff); needs a positive-definite K (Cholesky) and
-    k ≤ 2n with f0 of full column rank. Options as for `ode` (`solver`, `rtol`, `atol`
-    (default rtol·1: the state is O(1) on the manifold), `dt0`, `max_steps`, `pcoeff`, `icoeff`,
-    `adjoint`).
+    Any method with a `potential` (the gradient flow of a scalar function of f: Riemannian
+    gradient by autodiff); needs a positive-definite K (Cholesky) and k ≤ 2n with f0 of full column
+    rank. Options (`DiffraxOptions`) as for `Ode`; default `atol = rtol` (the state is O(1) on the
+    manifold).
     """
-    if f0.shape[1] > f0.shape[0]:
-        raise ValueError(f"f0: method 'constrained' needs k <= 2n (k orthonormal functions on 2n "
-                         f"views), got shape {tuple(f0.shape)}")
-    if V.is_concrete(K) and not _is_pd(np.asarray(K)):
-        raise ValueError("K: method 'constrained' needs a positive-definite kernel (the constraint "
-                         "is fᵀK⁻¹f = I), but its Cholesky factorisation failed; add a small ridge "
-                         "(K + εI)")
-    traced, static = C.diffrax_settings(
-        f0, atol_scale=1.0, solver=solver, rtol=rtol, atol=atol, dt0=dt0, max_steps=max_steps,
-        pcoeff=pcoeff, icoeff=icoeff, adjoint=adjoint, progress=progress)
-    return _core(K, loss, f0, ts, K_test_train, f0_test, **traced, **static)
+
+    name = "constrained"
+
+    def check(self, method, state0) -> None:
+        _methods.require(method, "potential", "constrained")
+        if state0.f.shape[1] > state0.f.shape[0]:
+            raise ValueError(f"f0: solver 'constrained' needs k <= 2n (k orthonormal functions on "
+                             f"2n views), got shape {tuple(state0.f.shape)}")
+
+    def solve(self, K, method, state0, ts, *, K_test_train=None, progress=False) -> Trajectory:
+        state0 = _methods.as_state(state0)
+        self.check(method, state0)
+        if V.is_concrete(K) and not _is_pd(np.asarray(K)):
+            raise ValueError("K: solver 'constrained' needs a positive-definite kernel (the "
+                             "constraint is fᵀK⁻¹f = I), but its Cholesky factorisation failed; "
+                             "add a small ridge (K + εI)")
+        traced, static = C.diffrax_settings(state0.f, atol_scale=1.0, progress=progress,
+                                            **self.diffrax_kwargs())
+        return _core(K, method, state0.f, ts, K_test_train, state0.f_test, **traced, **static)
 
 
 def _is_pd(K: np.ndarray) -> bool:

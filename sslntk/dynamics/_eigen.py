@@ -1,4 +1,4 @@
-"""Eigen-reduced kernel flow (`method="eigen"`): integrate an `(m, k)` state instead of `(2n, k)`.
+"""Eigen-reduced kernel flow (`Eigen`): integrate an `(m, k)` state instead of `(2n, k)`.
 
 Derivation (float-exact statements; `N = 2n`, `Z = [[0, I],[I, 0]]`, `C = fᵀ Z f / N`).
 
@@ -60,6 +60,7 @@ Measured speed-ups against neural-tangents' `predict.gradient_descent` are in
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import diffrax
@@ -68,12 +69,14 @@ import jax.numpy as jnp
 
 from sslntk import _sharding, linalg
 from sslntk import _validate as V
+from sslntk import methods as _methods
 from sslntk.dynamics import _common as C
+from sslntk.dynamics._solver import DEFAULT_MAX_STEPS, DiffraxOptions, Solver
 from sslntk.dynamics._trajectory import NONFINITE, SUCCESS, Trajectory
 from sslntk.linalg import EigenDecomposition, pair_flip
-from sslntk.losses import Loss
 
-DEFAULT_MAX_STEPS = 100_000
+__all__ = ["Eigen", "default_m", "solve_eigen", "solve_batch", "PATHS"]
+
 PATHS = ("moment", "lift")
 
 
@@ -86,13 +89,15 @@ def default_m(k: int, N: int, kind: str) -> int:
     return int(min(N, max(4 * k, base)))
 
 
-def moment_loss(loss, Cm: jax.Array) -> jax.Array:
-    """`ℓ(C)` for a loss with ``cross_moment_only`` (a function of `C = fᵀZf/N` alone): the loss's
-    own formula `Loss.of_moment` when it has one, else evaluated through the small surrogate
-    embedding `f̃ = [[I_k; 0], [p·C; 0]]` (`2p × k`, `p = max(k, 2)`), whose cross-moment is exactly
-    `C` (for symmetric `C`)."""
-    if isinstance(loss, Loss) and loss.has_moment_form:
-        return loss.of_moment(Cm)
+def moment_loss(method, Cm: jax.Array) -> jax.Array:
+    """`ℓ(C)` for a method that depends on f only through `C = fᵀZf/N`: its `moment_form` when it
+    has one, else its `potential` evaluated through the small surrogate embedding
+    `f̃ = [[I_k; 0], [p·C; 0]]` (`2p × k`, `p = max(k, 2)`), whose cross-moment is exactly `C`
+    (for symmetric `C`)."""
+    form = getattr(method, "moment_form", None)
+    if form is not None:
+        return form(Cm)
+    loss = method.potential
     k = Cm.shape[0]
     p = max(k, 2)
     # eye/pad rather than `.at[].set` (a scatter, which vmap makes a batched scatter)
@@ -101,23 +106,26 @@ def moment_loss(loss, Cm: jax.Array) -> jax.Array:
     return loss(jnp.concatenate([top, bot], axis=0))
 
 
-def _check_moment_loss(loss, f0) -> None:
-    """On concrete inputs, confirm that a loss flagged ``cross_moment_only`` really is a function
-    of `C` alone (a wrong flag would make the moment path silently wrong)."""
-    if not (V.is_concrete(f0) and all(V.is_concrete(c) for c in jax.tree_util.tree_leaves(loss))):
+def _check_moment_loss(method, f0) -> None:
+    """On concrete inputs, confirm that a method with a ``moment_form`` really is a function of `C`
+    alone (a wrong structure would make the moment path silently wrong)."""
+    if not (V.is_concrete(f0)
+            and all(V.is_concrete(c) for c in jax.tree_util.tree_leaves(method))):
         return
+    loss = method.potential
     N = f0.shape[0]
     probe = f0 + jnp.std(f0) * jax.random.normal(jax.random.PRNGKey(1), f0.shape, f0.dtype)
     scale = max(1.0, float(jnp.sqrt(jnp.mean(probe**2))))
     probe = probe / scale
     for f in (f0, probe):
         Cf = f.T @ pair_flip(f) / N
-        a, b = float(loss(f)), float(moment_loss(loss, 0.5 * (Cf + Cf.T)))
+        a, b = float(loss(f)), float(moment_loss(method, 0.5 * (Cf + Cf.T)))
         tol = 1e3 * float(jnp.finfo(f0.dtype).eps) * max(1.0, abs(a))
         if not abs(a - b) <= tol:
-            raise ValueError(f"loss: {loss!r} is flagged cross_moment_only but is not a function of "
-                             f"C = fᵀZf/2n alone (loss(f) = {a:.6g}, ℓ(C(f)) = {b:.6g}); use "
-                             f"decomposition kind 'kernel'")
+            raise ValueError(f"method: {_methods.method_label(method)} has a moment_form "
+                             f"(cross_moment_only) but is not a function of C = fᵀZf/2n alone "
+                             f"(loss(f) = {a:.6g}, ℓ(C(f)) = {b:.6g}); use decomposition kind "
+                             f"'kernel'")
 
 
 @functools.partial(jax.jit, static_argnames=("path", "solver", "max_steps", "adjoint", "progress",
@@ -171,7 +179,7 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
     W0, R0, AUX = jax.vmap(prep)(F0, KZR)
     rate = 2.0 * kappa / N
     gradC = jax.grad(moment_loss, argnums=1)
-    gradL = jax.grad(lambda lo, f: lo(f), argnums=1)
+    gradL = jax.grad(lambda lo, f: lo.potential(f), argnums=1)
 
     def cross_moment(w, aux):
         X, Cr, _ = aux
@@ -223,7 +231,7 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
         # 2n-term float32 sums that alone put ~2e-4 of round-off on BT's loss near its plateaus)
         L = jax.vmap(lambda w: moment_loss(lo, cross_moment(w, aux_b)[1]))(w_b) if moment \
             else None
-        return C.finish("eigen", lo, ts, f_b, st_b, out.n_steps, f_test=ft_b,
+        return C.finish("eigen", lo, ts, _methods.State(f=f_b, f_test=ft_b), st_b, out.n_steps,
                         reached=out.reached, bound=bound_b, L=L)
 
     return jax.vmap(finish, in_axes=(0, None if f_test is None else 0, 0, 0, 0, 0, la))(
@@ -281,71 +289,117 @@ def _truncated_tail(dec: EigenDecomposition, m: int) -> jax.Array:
     return dec.tail_norm + jnp.linalg.norm(rest, ord=2) ** 2
 
 
-def solve_eigen(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False, m=None,
-                decomposition=None, kind=None, eig_method="auto", key=None, solver="tsit5",
-                rtol=None, atol=None, dt0=None, max_steps=DEFAULT_MAX_STEPS, pcoeff=0.0,
-                icoeff=1.0, adjoint=None, validate=True) -> Trajectory:
+@dataclasses.dataclass(frozen=True, eq=False)
+class Eigen(DiffraxOptions, Solver):
     """Eigen-reduced kernel flow (see the module docstring for the derivation and the bound).
 
-    Args:
-      K, loss, f0, ts, K_test_train, f0_test, progress: as for ``sslntk.dynamics.solve``.
+    Any method with a `potential` (a gradient flow of a function of f); with a `moment_form` as
+    well (a loss of C alone) the contrastive decomposition and the O(m²k) moment path are used.
+
+    Options:
       m: retained eigenpairs (``k <= m <= 2n``); default ``default_m(k, 2n, kind)``, or all of
         ``decomposition``'s when one is given.
       decomposition: a precomputed ``linalg.EigenDecomposition`` of THIS ``K`` (computed once with
         ``linalg.eigen_decomposition(K, m, kind)`` and reused by every solve on the kernel);
-        ``None`` computes one here.
-      kind: ``"contrastive"`` (eigenpairs of ``M``; needs ``loss.cross_moment_only``) or
-        ``"kernel"``; default: contrastive for cross-moment-only losses, else kernel. Ignored when a
+        ``None`` computes one in `solve`.
+      kind: ``"contrastive"`` (eigenpairs of ``M``; needs a ``moment_form``) or ``"kernel"``;
+        default: contrastive for methods with a moment form, else kernel. Ignored when a
         decomposition is given (its kind is used).
       eig_method, key: passed to ``linalg.eigen_decomposition`` when it is computed here.
-      solver, rtol, atol, dt0, max_steps, pcoeff, icoeff, adjoint: diffrax options as in
-        ``solve_ode`` (defaults rtol 1e-8 float64 / 1e-5 float32, ``atol = rtol·RMS(w₀)`` on the
-        reduced state ``w₀ = Aᵀ f₀``).
-      validate: run the input checks (skip only when the caller already did, e.g. ``solve``).
+      integrator, rtol, atol, dt0, max_steps, pcoeff, icoeff, adjoint: `DiffraxOptions`
+        (defaults rtol 1e-8 float64 / 1e-5 float32, ``atol = rtol·RMS(w₀)`` on the reduced state
+        ``w₀ = Aᵀ f₀``).
 
-    Returns:
-      ``Trajectory`` with ``method="eigen"`` and ``bound (T,)`` (see module docstring: rigorous for
-      the discarded modes given the retained ones on the moment path; an integrated-defect
-      estimate on the lift path).
+    `solve` returns a ``Trajectory`` with ``method="eigen"`` and ``bound (T,)`` (module docstring:
+    rigorous for the discarded modes given the retained ones on the moment path; an
+    integrated-defect estimate on the lift path).
     """
-    if validate:
-        inp = C.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=False)
-        K, loss, f0, ts, K_test_train, f0_test = inp
-    N, k = f0.shape
-    if m is not None:
-        m = V.positive_int("m", m)
-        if m > N:
-            raise ValueError(f"m: expected m <= 2n = {N} (the number of training views), got m={m}")
-        if m < k:
-            raise ValueError(f"m: expected m >= k = {k} (the reduced flow changes f only inside an "
-                             f"m-dimensional span, so it can learn at most m directions), got m={m}")
-    if decomposition is None:
-        if kind is None:
-            kind = "contrastive" if loss.cross_moment_only else "kernel"
-        V.choice("kind", kind, linalg.KINDS)
-        if kind == "contrastive" and not loss.cross_moment_only:
-            raise ValueError(f"kind: 'contrastive' needs a loss that depends on f only through "
-                             f"C = fᵀZf/2n (cross_moment_only); {loss.name} is not, use 'kernel'")
-        decomposition = linalg.eigen_decomposition(
-            K, default_m(k, N, kind) if m is None else m, kind, method=eig_method, key=key)
-    dec = _check_decomposition(decomposition, N, m, k, f0.dtype)
-    path = "moment" if (dec.kind == "contrastive" and loss.cross_moment_only) else "lift"
-    if path == "moment" and validate:
-        _check_moment_loss(loss, f0)
-    max_steps = V.positive_int("max_steps", max_steps)
-    rtol = V.positive_float("rtol", rtol) if rtol is not None else None
-    atol = V.positive_float("atol", atol) if atol is not None else None
-    if dt0 is not None:
-        V.positive_float("dt0", dt0)
-    C.make_solver(solver)
-    out = solve_batch(K, loss, f0[None], ts, dec, path=path, loss_batched=False,
-                      K_test_train=K_test_train, F0_test=None if f0_test is None else f0_test[None],
-                      progress=progress, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
-                      max_steps=max_steps, pcoeff=pcoeff, icoeff=icoeff, adjoint=adjoint)
-    return jax.tree_util.tree_map(lambda x: x[0], out)
+
+    m: int | None = None
+    decomposition: EigenDecomposition | None = None
+    kind: str | None = None
+    eig_method: str = "auto"
+    key: object = None
+    name = "eigen"
+    sharded = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.m is not None:
+            V.positive_int("m", self.m)
+        if self.kind is not None:
+            V.choice("kind", self.kind, linalg.KINDS)
+        if self.decomposition is not None and not isinstance(self.decomposition,
+                                                             EigenDecomposition):
+            raise TypeError(f"decomposition: expected a sslntk.linalg.EigenDecomposition (from "
+                            f"linalg.eigen_decomposition), got {type(self.decomposition).__name__}")
+
+    def resolved_kind(self, method) -> str:
+        if self.decomposition is not None:
+            return self.decomposition.kind
+        has_moment = method.moment_form is not None
+        kind = self.kind or ("contrastive" if has_moment else "kernel")
+        if kind == "contrastive" and not has_moment:
+            raise ValueError(f"kind: 'contrastive' needs a method that depends on f only through "
+                             f"C = fᵀZf/2n (cross_moment_only: a moment_form); "
+                             f"{_methods.method_label(method)} has none, use 'kernel'")
+        return kind
+
+    def check(self, method, state0) -> None:
+        _methods.require(method, "potential", "eigen",
+                         "the eigen reduction integrates a gradient flow; use the 'ode' solver")
+        N, k = state0.f.shape
+        if self.m is not None:
+            if self.m > N:
+                raise ValueError(f"m: expected m <= 2n = {N} (the number of training views), got "
+                                 f"m={self.m}")
+            if self.m < k:
+                raise ValueError(f"m: expected m >= k = {k} (the reduced flow changes f only "
+                                 f"inside an m-dimensional span, so it can learn at most m "
+                                 f"directions), got m={self.m}")
+        self.resolved_kind(method)
+
+    def decompose(self, K, method, k: int) -> EigenDecomposition:
+        """The decomposition this solver uses for `K` (the given one, checked, or a new one)."""
+        N = K.shape[0]
+        dec = self.decomposition
+        if dec is None:
+            kind = self.resolved_kind(method)
+            dec = linalg.eigen_decomposition(K, default_m(k, N, kind) if self.m is None else self.m,
+                                             kind, method=self.eig_method, key=self.key)
+        return dec
+
+    def solve(self, K, method, state0, ts, *, K_test_train=None, progress=False,
+              _checked: bool = False) -> Trajectory:
+        state0 = _methods.as_state(state0)
+        if not _checked:
+            self.check(method, state0)
+        f0 = state0.f
+        N, k = f0.shape
+        dec = _check_decomposition(self.decompose(K, method, k), N, self.m, k, f0.dtype)
+        path = "moment" if (dec.kind == "contrastive" and method.moment_form is not None) \
+            else "lift"
+        if path == "moment":
+            _check_moment_loss(method, f0)
+        f0_test = state0.f_test
+        out = solve_batch(K, method, f0[None], ts, dec, path=path, loss_batched=False,
+                          K_test_train=K_test_train,
+                          F0_test=None if f0_test is None else f0_test[None], progress=progress,
+                          **self.diffrax_kwargs())
+        return jax.tree_util.tree_map(lambda x: x[0], out)
 
 
-def solve_batch(K, loss, F0, ts, dec, *, path, loss_batched, K_test_train=None, F0_test=None,
+def solve_eigen(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False,
+                **options) -> Trajectory:
+    """Validate the inputs and run `Eigen(**options)` (`solver=` is accepted for `integrator=`)."""
+    if "solver" in options:
+        options["integrator"] = options.pop("solver")
+    inp = C.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=False)
+    return Eigen.from_options(**options).solve(inp.K, inp.method, inp.state0, inp.ts,
+                                               K_test_train=inp.K_test_train, progress=progress)
+
+
+def solve_batch(K, method, F0, ts, dec, *, path, loss_batched, K_test_train=None, F0_test=None,
                 progress=False, solver="tsit5", rtol=None, atol=None, dt0=None,
                 max_steps=DEFAULT_MAX_STEPS, pcoeff=0.0, icoeff=1.0, adjoint=None) -> Trajectory:
     """B validated runs `F0 (B, 2n, k)` on one checked decomposition → a batched `Trajectory`
@@ -359,7 +413,7 @@ def solve_batch(K, loss, F0, ts, dec, *, path, loss_batched, K_test_train=None, 
         F0, F0_test, K_test_train, ts = (_sharding.place(x, layout)
                                          for x in (F0, F0_test, K_test_train, ts))
         dec = jax.tree_util.tree_map(lambda x: _sharding.place(x, layout), dec)
-    return _core(K, loss, F0, ts, K_test_train, F0_test, dec, as_t(rtol),
+    return _core(K, method, F0, ts, K_test_train, F0_test, dec, as_t(rtol),
                  None if atol is None else as_t(atol),
                  as_t(0.0 if dt0 is None else dt0), as_t(pcoeff), as_t(icoeff), path=path,
                  solver=solver, max_steps=max_steps, adjoint=adjoint, progress=bool(progress),

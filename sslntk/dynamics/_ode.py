@@ -1,8 +1,12 @@
-"""Full kernel-regime ODE (the reference solver), integrated with diffrax.
+"""Full kernel-regime ODE (the reference solver, `Ode`), integrated with diffrax.
 
-    df/dt = −K ∇_f L(f),      f(0) = f0                                    (DESIGN.md "Time")
-    dI/dt = ∇_f L(f),         I(0) = 0       (only with test points)
-    f_test(t) = f0_test − K_test_train I(t)                              (no K⁻¹ anywhere)
+Any method (`sslntk.methods.Method`): its whole state is integrated,
+
+    d state/dt = method.vector_field(t, state, apply_K),      state(0) = method.init(f0)
+
+with `apply_K(g) = K g` and `apply_K.test(g) = K_test_train g`; for a gradient flow this is
+`df/dt = −K ∇_f L(f)` and `df_test/dt = −K_test_train ∇_f L(f)` (no K⁻¹ anywhere). Time is in
+units of learning-rate × steps.
 
 Solver choice (default `solver="tsit5"`, diffrax's I-controller (pcoeff 0, icoeff 1), rtol 1e-8
 in float64 / 1e-5 in float32, atol = rtol·RMS(f0)). The BT staircase spans 1/γ_1 … ln(1/α)/γ_k.
@@ -25,12 +29,12 @@ rtol 1e-8, whole staircase; RHS evaluations = stages × accepted steps; shared, 
                         tsit5, PI(0.3,0.4)  873     5238        3.3e-11
                         kvaerno5            1322    9254 (+Jacobians; 254 s)  3.0e-7
 
-Tsit5 is the default: within 7% of the fewest RHS evaluations on the stiffer spectrum, cheap to
+Tsit5 is the default `integrator`: within 7% of the fewest RHS evaluations on the stiffer spectrum, cheap to
 compile (~4 s cpu), and its per-step cost O(n²k) scales to 2n in the thousands. Dopri8 needs half
 the evaluations on well-separated spectra at tight tolerance (`solver="dopri8"`); Kvaerno5 is
 2–4× more evaluations plus a Jacobian per step here and is kept only for strongly stiff small
 problems. Non-smooth losses (VICReg's variance hinge) can enter a sliding mode at the kink, where
-every adaptive solver crawls; use `method="gd"` there.
+every adaptive solver crawls; use the `GD` solver there.
 
 Gradients: `adjoint=diffrax.RecursiveCheckpointAdjoint()` (the default) differentiates the
 discretised solve exactly (discretise-then-optimise; binomial checkpointing with log(max_steps)
@@ -41,69 +45,72 @@ outcome w.r.t. K, f0 (hence α) and the loss constants works; it requires a fini
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
-import jax.numpy as jnp
 
 from sslntk import _sharding
+from sslntk import methods as _methods
 from sslntk.dynamics import _common as C
+from sslntk.dynamics._solver import DEFAULT_MAX_STEPS, DiffraxOptions, Solver
 from sslntk.dynamics._trajectory import Trajectory
 
-DEFAULT_MAX_STEPS = 100_000
+__all__ = ["Ode", "solve_ode", "DEFAULT_MAX_STEPS"]
 
 
 @functools.partial(jax.jit, static_argnames=("solver", "max_steps", "adjoint", "progress",
                                              "has_dt0", "layout"))
-def _core(K, loss, f0, ts, K_tx, f0_test, rtol, atol, dt0, pcoeff, icoeff, *, solver, max_steps,
+def _core(K, method, state0, ts, K_tx, rtol, atol, dt0, pcoeff, icoeff, *, solver, max_steps,
           adjoint, progress, has_dt0, layout=None):
-    has_test = K_tx is not None
+    op = _methods.KernelOp(K, K_tx, layout)   # row-sharded K: sharded products, replicated result
 
     def vf(t, y, args):
-        K, loss_ = args
-        if has_test:
-            f, _ = y
-        else:
-            f = y
-        g = jax.grad(loss_)(f)
-        df = -C.mm(K, g, layout)   # row-sharded K: sharded product, replicated df
-        return (df, g) if has_test else df
+        meth, op_ = args
+        return meth.vector_field(t, y, op_)
 
-    y0 = (f0, jnp.zeros_like(f0)) if has_test else f0
-    out = C.integrate(vf, y0, ts, (K, loss), solver=solver, rtol=rtol, atol=atol,
+    out = C.integrate(vf, state0, ts, (method, op), solver=solver, rtol=rtol, atol=atol,
                       dt0=dt0 if has_dt0 else None, max_steps=max_steps, pcoeff=pcoeff,
                       icoeff=icoeff, adjoint=adjoint, progress=progress)
-    if has_test:
-        fs, Is = out.ys
-        f_test = f0_test[None] - jnp.einsum("mi,tik->tmk", K_tx, Is, precision=C.HIGHEST)
-    else:
-        fs, f_test = out.ys, None
-    return C.finish("ode", loss, ts, fs, out.status, out.n_steps, f_test=f_test,
-                    reached=out.reached)
+    return C.finish("ode", method, ts, out.ys, out.status, out.n_steps, reached=out.reached)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ode(DiffraxOptions, Solver):
+    """Integrate any method's vector field with diffrax (adaptive steps): the reference solver.
+
+    Options (`DiffraxOptions`): `integrator` ("tsit5"), `rtol`, `atol` (default
+    `rtol·RMS(f0)`), `dt0`, `max_steps` (100_000), `pcoeff`, `icoeff`, `adjoint`.
+    Saved at exactly `ts` (`SaveAt(ts=...)`, dense interpolation between steps); `n_steps` is the
+    number of accepted steps. A row-sharded K stays sharded: each right-hand side applies K with
+    one sharded product (`sslntk._sharding.row_matmul`), the state is replicated.
+
+        >>> import jax.numpy as jnp
+        >>> from sslntk import dynamics, losses
+        >>> K = jnp.eye(4); f0 = 0.1 * jnp.arange(8.0).reshape(4, 2) - 0.3
+        >>> tr = Ode(rtol=1e-6).solve(K, losses.get("barlow_twins"), f0, jnp.array([0.0, 1.0]))
+        >>> tr.f.shape
+        (2, 4, 2)
+    """
+
+    name = "ode"
+    sharded = True
+
+    def solve(self, K, method, state0, ts, *, K_test_train=None, progress=False) -> Trajectory:
+        state0 = _methods.as_state(state0)
+        traced, static = C.diffrax_settings(
+            state0.f, atol_scale=C.atol_scale(state0.f), progress=progress,
+            **self.diffrax_kwargs())
+        return _core(K, method, state0, ts, K_test_train, **traced, **static,
+                     layout=_sharding.layout_of(K))
 
 
 def solve_ode(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False,
-              solver="tsit5", rtol=None, atol=None, dt0=None, max_steps=DEFAULT_MAX_STEPS,
-              pcoeff=0.0, icoeff=1.0, adjoint=None) -> Trajectory:
-    """Integrate the kernel gradient flow `df/dt = −K ∇_f L(f)` with diffrax (adaptive steps).
-
-    Options:
-      solver: a name in `_common.SOLVERS` ("tsit5" default, "dopri5", "dopri8", "bosh3", "heun",
-        "kvaerno3/4/5") or an adaptive diffrax solver instance.
-      rtol, atol: PID controller tolerances on the state (f, and I when test points are given);
-        defaults rtol = 1e-8 (float64) / 1e-5 (float32), atol = rtol·RMS(f0).
-      dt0: initial step (None: diffrax chooses from the tolerances).
-      max_steps: solver step budget (default 100_000); running out gives status MAX_STEPS and NaN
-        at the times not reached.
-      pcoeff, icoeff: PID coefficients (defaults 0, 1: the classic I-controller).
-      adjoint: diffrax adjoint (default `RecursiveCheckpointAdjoint()`).
-    Saved at exactly `ts` (`SaveAt(ts=...)`, dense interpolation between steps). `n_steps` is the
-    number of accepted steps. Inputs are assumed validated (`sslntk.dynamics.solve` does it).
-    A row-sharded K (issue [H]) stays sharded: each right-hand side is one sharded product
-    `K @ ∇L` (`_sharding.row_matmul`), the state `f` is replicated.
-    """
-    traced, static = C.diffrax_settings(
-        f0, atol_scale=C.atol_scale(f0), solver=solver, rtol=rtol, atol=atol, dt0=dt0,
-        max_steps=max_steps, pcoeff=pcoeff, icoeff=icoeff, adjoint=adjoint, progress=progress)
-    return _core(K, loss, f0, ts, K_test_train, f0_test, **traced, **static,
-                 layout=_sharding.layout_of(K))
+              **options) -> Trajectory:
+    """Validate the inputs (no PSD check) and run `Ode(**options)` (`solver=` is accepted for
+    `integrator=`)."""
+    if "solver" in options:
+        options["integrator"] = options.pop("solver")
+    inp = C.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=False)
+    return Ode.from_options(**options).solve(inp.K, inp.method, inp.state0, inp.ts,
+                                             K_test_train=inp.K_test_train, progress=progress)

@@ -1,16 +1,15 @@
-"""`Trajectory`: what every kernel-regime solver returns (DESIGN.md, "Solvers")."""
+"""`Trajectory`: what every kernel-regime solver returns (an `sslntk._status.Outcome`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
-# Solver status codes carried by every Trajectory (never a silent NaN); shared with the finite
-# trainer in sslntk/_status.py (SUCCESS, MAX_STEPS, NONFINITE, FAILED, DIVERGED, STATIONARY).
-from sslntk._status import (  # noqa: F401
+from sslntk._status import (  # noqa: F401  (re-exported: the status codes of every Trajectory)
     DIVERGED,
     FAILED,
     MAX_STEPS,
@@ -18,27 +17,33 @@ from sslntk._status import (  # noqa: F401
     STATIONARY,
     STATUS_NAMES,
     SUCCESS,
+    Outcome,
 )
 
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class Trajectory:
-    """Kernel-regime training trajectory.
+class Trajectory(Outcome):
+    """Kernel-regime training trajectory (`ok`, `status_name`, `raise_if_failed`, `warn` from
+    `sslntk._status.Outcome`).
 
     Attributes:
-      ts: `(T,)` times, in units of learning-rate × steps (DESIGN.md "Time").
-      f: `(T, 2n, k)` embeddings of the stacked training views `[a_1..a_n, b_1..b_n]`.
-      loss: `(T,)` loss at each time.
-      status: int scalar, one of SUCCESS / MAX_STEPS / NONFINITE / FAILED.
-      n_steps: int scalar, solver steps taken (ODE accepted steps, GD iterations, ...).
-      f_test: `(T, m, k)` predictions at test points when a cross kernel was given, else None.
-      bound: method-specific error bound (e.g. discarded spectral mass for `eigen`), else None.
-      method: which solver produced it (static; `auto` records its choice here).
-      terms: with `solve(..., record_terms=True)`, `{name: (T,)}` the loss's named terms over time
-        (`Loss.terms`; they sum to `loss`), else None.
+      ts: `(T,)` times, in units of learning-rate × steps.
+      f: `(T, 2n, k)` online function on the stacked training views `[a_1..a_n, b_1..b_n]`.
+      loss: `(T,)` the method's loss at each time.
+      status: int scalar (one per run in a batch), a `sslntk._status.Status` code.
+      n_steps: int scalar, solver steps taken (ODE accepted steps, GD iterations, ...); for a
+        failed gd run, the step at which it failed.
+      f_test: `(T, m, k)` online function at the test points when a cross kernel was given.
+      bound: solver-specific error bound (e.g. discarded spectral mass for `eigen`), else None.
+      method: the name of the solver that produced it (static; "auto" records its choice here).
+      reason: why that solver was used (static; "auto" says which rule picked it).
+      terms: with `solve(..., record_terms=True)`, `{name: (T,)}` the method's named terms over
+        time (they sum to `loss`), else None.
       diagnostics: with `solve(..., diagnostics=True)`, `{name: (T,)}` collapse diagnostics over
         time (`sslntk.diagnostics.collapse`: RankMe, effective rank, centre-vector norm, ...).
+      aux, aux_test: the method's auxiliary state over time (leading axis T; e.g. an EMA target),
+        None for a gradient flow.
     """
 
     ts: jax.Array
@@ -51,21 +56,13 @@ class Trajectory:
     method: str = dataclasses.field(default="", metadata=dict(static=True))
     terms: dict | None = None
     diagnostics: dict | None = None
+    aux: Any = None
+    aux_test: Any = None
+    reason: str = dataclasses.field(default="", metadata=dict(static=True))
 
     @property
-    def ok(self) -> bool:
-        return bool(jnp.all(self.status == SUCCESS))
+    def outcome_label(self) -> str:
+        return f"solver {self.method!r}"
 
-    @property
-    def status_name(self) -> str:
-        s = jnp.asarray(self.status)
-        if s.ndim:
-            return ",".join(STATUS_NAMES.get(int(v), "?") for v in s.ravel())
-        return STATUS_NAMES.get(int(s), "?")
-
-    def raise_if_failed(self) -> Trajectory:
-        """Raise `RuntimeError` with the status when the solve did not succeed; else return self."""
-        if not self.ok:
-            raise RuntimeError(f"solver {self.method!r} failed: status={self.status_name}, "
-                               f"n_steps={jnp.asarray(self.n_steps).tolist()}")
-        return self
+    def failure_detail(self) -> str:
+        return f"n_steps={np.asarray(self.n_steps).tolist()}"
