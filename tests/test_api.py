@@ -109,8 +109,9 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         "dino_teacher_temperature", "simsiam_loss", "sinkhorn", "swap_views", "swav_loss",
     ],
     "finite": [
-        "AugmentedPrediction", "AugmentedResult", "CoordCheck", "KernelMotion", "KernelPrediction",
-        "LOOPS", "NORMS", "PARAMS", "ResNet", "SCHEDULES", "augmented_kernel_prediction",
+        "AugmentedPrediction", "AugmentedResult", "CoordCheck", "GradientStep", "KernelMotion",
+        "KernelPrediction", "LOOPS", "NORMS", "PARAMS", "ResNet", "SCHEDULES", "StepRule",
+        "augmented_kernel_prediction",
         "coord_check", "kernel_alignment", "kernel_drift", "kernel_prediction", "learning_rate",
         "make_optimizer", "output_space_ntk", "pooled_views", "resnet", "train_augmented",
     ],

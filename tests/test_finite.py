@@ -534,14 +534,14 @@ def test_flow_rate_of_a_mup_model_uses_its_learning_rate_factors(digits_views):
     loss = losses.get("barlow_twins")
     f0 = m(x)
     H = np.asarray(jax.hessian(loss)(f0)).reshape(f0.size, f0.size)
-    from sslntk.finite._ntk import _f, split_trainable
-    from sslntk.finite._param import lr_multiplier, param_groups
-    gd, p, rest = split_trainable(m)
-    Jt = jax.jacobian(lambda q: _f(gd, q, rest, x).reshape(-1))(p)
-    groups = param_groups(m, p)
-    ThS = sum(lr_multiplier("mup", g, "gd", 64, 16) * np.asarray(j).reshape(f0.size, -1)
-              @ np.asarray(j).reshape(f0.size, -1).T
-              for j, g in zip(jax.tree.leaves(Jt), jax.tree.leaves(groups), strict=True))
+    gd, p, rest = nnx.split(m, nnx.Param, ...)
+    Jt = jax.jacobian(lambda q: nnx.merge(gd, q, rest).trainable(x).reshape(-1))(p)
+    # Tensor Programs V Table 3, SGD, relative to the base width (r = 64/16 = 4): input weights
+    # and biases r, output weights 1/r, readout bias 1 (layers 0: input, 1: output)
+    table = {(0, "W"): 4.0, (0, "b"): 4.0, (1, "W"): 0.25, (1, "b"): 1.0}
+    S = jax.tree_util.tree_map_with_path(lambda path, _: table[(path[1].key, path[2].key)], p)
+    ThS = sum(s * np.asarray(j).reshape(f0.size, -1) @ np.asarray(j).reshape(f0.size, -1).T
+              for j, s in zip(jax.tree.leaves(Jt), jax.tree.leaves(S), strict=True))
     Th = sum(np.asarray(j).reshape(f0.size, -1) @ np.asarray(j).reshape(f0.size, -1).T
              for j in jax.tree.leaves(Jt))
     rho_ref = np.max(np.abs(np.linalg.eigvals(ThS @ H)))
@@ -549,3 +549,163 @@ def test_flow_rate_of_a_mup_model_uses_its_learning_rate_factors(digits_views):
     rho = finite.flow_rate(m, digits_views, loss, iters=60)
     assert abs(rho - rho_ref) / rho_ref < 1e-6, (rho, rho_ref)
     assert abs(rho_plain - rho_ref) / rho_ref > 0.1, (rho_plain, rho_ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# the engine's pluggable per-step update, plain callables, one outcome
+
+
+import dataclasses  # noqa: E402
+
+import optax  # noqa: E402
+
+from sslntk._status import DIVERGED, NONFINITE, STATIONARY, Outcome  # noqa: E402
+
+
+def _ema_mse(f, g):
+    """Online embeddings f against the target's g (stop-gradient), across the two views."""
+    n = f.shape[0] // 2
+    return jnp.mean((f[:n] - g[n:]) ** 2) + jnp.mean((f[n:] - g[:n]) ** 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmaTarget(finite.StepRule):
+    """A toy asymmetric method written here alone: online network against an EMA copy of itself
+    (stop-gradient), the target updated after the optimiser step (the BYOL pattern without the
+    predictor)."""
+
+    tau: float = 0.9
+
+    def init(self, params, tx):
+        return tx.init(params), params
+
+    def _loss(self, p, target, embed):
+        return _ema_mse(embed(p), jax.lax.stop_gradient(embed(target)))
+
+    def update(self, params, state, embed, tx, step):
+        opt, target = state
+        u, opt = tx.update(jax.grad(self._loss)(params, target, embed), opt, params)
+        params = optax.apply_updates(params, u)
+        target = jax.tree.map(lambda t, p: self.tau * t + (1 - self.tau) * p, target, params)
+        return params, (opt, target)
+
+    def value(self, params, state, embed):
+        return self._loss(params, state[1], embed)
+
+
+def test_a_step_rule_with_an_ema_target_plugs_into_the_engine():
+    """A method with extra state (EMA target network) and stop-gradient runs through `finite.train`
+    without touching the engine; every step equals the optax loop written out by hand (float64;
+    the same operations in a different fusion order agree to ~1e-15, 1e-11 leaves room)."""
+    m = finite.network(kernels.mlp(1, "erf"), 16, 3, key=KEY, in_shape=(5,), dtype=F64, alpha=0.5)
+    x = jax.random.normal(jax.random.key(3), (12, 5), F64)
+    tx = optax.sgd(0.1, momentum=0.9)
+    r = finite.train(m, x, EmaTarget(0.8), lr=0.1, steps=3, optimizer=tx, ts=[0.0, 0.1, 0.3],
+                     progress=False)
+    assert r.ok and r.f.shape == (3, 12, 3)
+    arch, th0 = m.arch, m.theta0
+    embed = lambda t: finite.forward(arch, t, x) - 0.5 * finite.forward(arch, th0, x)  # noqa: E731
+
+    def by_hand():
+        th = target = m.theta
+        state = tx.init(th)
+        out = []
+        for _ in range(3):
+            g = jax.lax.stop_gradient(embed(target))
+            u, state = tx.update(jax.grad(lambda t, g=g: _ema_mse(embed(t), g))(th), state, th)
+            th = optax.apply_updates(th, u)
+            target = jax.tree.map(lambda a, b: 0.8 * a + 0.2 * b, target, th)
+            out.append((th, target, float(_ema_mse(embed(th), embed(target)))))
+        return out
+
+    ref = by_hand()
+    gd, _, rest = nnx.split(r.model, nnx.Param, ...)
+    got_target = nnx.merge(gd, r.rule_state[1], rest).theta
+    for a, b in zip(jax.tree.leaves(r.model.theta), jax.tree.leaves(ref[2][0]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+    for a, b in zip(jax.tree.leaves(got_target), jax.tree.leaves(ref[2][1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(r.loss[1:], [ref[0][2], ref[2][2]], rtol=1e-11)
+    np.testing.assert_allclose(r.f[1], embed(ref[0][0]), rtol=1e-11, atol=1e-13)
+    # the extra state is carried: the target lags the online network and has moved from init
+    w, wt, w0 = (np.asarray(t[0][0]) for t in (r.model.theta, got_target, m.theta))
+    assert np.max(np.abs(wt - w)) > 1e-4 and np.max(np.abs(wt - w0)) > 1e-4
+    # a rule has no named terms and needs no lr check
+    with pytest.raises(ValueError, match="record_terms"):
+        finite.train(m, x, EmaTarget(), lr=0.1, steps=1, record_terms=True, progress=False)
+
+
+def test_a_plain_callable_loss_works_in_every_trainer(digits_views):
+    """`f -> scalar` is accepted by `train`, `train_batched` and `train_augmented` and gives the
+    same numbers as the registered loss it wraps."""
+    bt = losses.get("barlow_twins")
+    fn = lambda f: bt(f)  # noqa: E731
+    m = finite.network(kernels.mlp(1), 16, 2, key=KEY, in_shape=(64,), alpha=0.5, dtype=F64)
+    kw = dict(lr=0.02, steps=4, ts=[0.0, 0.04, 0.08], progress=False, check_lr=False)
+    a, b = (finite.train(m, digits_views, loss, **kw) for loss in (fn, bt))
+    np.testing.assert_allclose(a.f, b.f, rtol=1e-12, atol=1e-14)
+    st = finite.stack_models([m, m])
+    keys = jnp.stack([jax.random.key(0), jax.random.key(1)])
+    c = finite.train_batched(st, digits_views, fn, keys=keys, **kw)
+    np.testing.assert_allclose(c.f[:, 1], b.f, rtol=1e-12, atol=1e-14)
+    src = data.load("digits", n=8, dtype=F64).flat
+    akw = dict(key=jax.random.key(4), lr=0.02, steps=3, optimizer="gd", progress=False)
+    d, e = (finite.train_augmented(m, src, data.gaussian_noise(0.3), loss, **akw)
+            for loss in (fn, bt))
+    assert d.ok and e.ok
+    np.testing.assert_allclose(d.f, e.f, rtol=1e-12, atol=1e-14)
+
+
+def test_a_zero_start_is_stationary(digits_views):
+    """f0 = 0 is a saddle of Barlow Twins (∇_f L = 0): from an α = 0 network, or a model whose
+    output is identically zero, `train` says STATIONARY (not success), with the warning."""
+    m = finite.network(kernels.mlp(1), 16, 2, key=KEY, in_shape=(64,), alpha=0.0, dtype=F64)
+    with pytest.warns(RuntimeWarning, match="stationary"):
+        r = finite.train(m, digits_views, "barlow_twins", lr=0.01, steps=3, progress=False,
+                         check_lr=False)
+    assert int(r.status) == STATIONARY and r.status_name == "stationary" and not r.ok
+
+    class Zero(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.ones((64, 2), F64))
+
+        def __call__(self, x):
+            return 0.0 * (x @ self.w)
+
+    with pytest.warns(RuntimeWarning, match="stationary"):
+        z = finite.train(Zero(), digits_views, "barlow_twins", lr=0.01, steps=3, progress=False,
+                         check_lr=False)
+    assert int(z.status) == STATIONARY
+    with pytest.raises(RuntimeError, match="stationary"):
+        z.raise_if_failed()
+
+
+def test_augmented_training_reports_divergence_with_the_step():
+    """`train_augmented` follows `train`'s rules: NONFINITE or DIVERGED with the exact failing
+    step (the chunk before the failing save point is replayed), a warning naming it, NaN after."""
+    x = data.load("digits", n=8, dtype=F64).flat
+    m = finite.network(kernels.mlp(1, "erf"), 16, 2, key=KEY, in_shape=(64,), alpha=1.0,
+                       dtype=F64)
+    lr = 50.0
+    with pytest.warns(RuntimeWarning, match=r"finite.train_augmented: did not succeed \(status="
+                                            r"(diverged|nonfinite), failed_step=\d+"):
+        r = finite.train_augmented(m, x, data.gaussian_noise(0.1), "barlow_twins",
+                                   key=jax.random.key(1), lr=lr, steps=20, optimizer="gd",
+                                   ts=lr * np.array([0, 10, 20]), progress=False)
+    assert int(r.status) in (DIVERGED, NONFINITE) and not r.ok
+    step = int(r.failed_step)
+    assert 1 <= step <= 10 and np.isnan(r.loss[-1]) and np.isfinite(r.loss[0])
+    # the replay is exact: training one step less ends finite, the failing step does not
+    ok = finite.train_augmented(m, x, data.gaussian_noise(0.1), "barlow_twins",
+                                key=jax.random.key(1), lr=lr, steps=step, optimizer="gd",
+                                ts=lr * np.array([0, step - 1]), progress=False)
+    assert np.isfinite(ok.loss[-1])
+    with pytest.raises(RuntimeError, match=f"failed_step={step}"):
+        r.raise_if_failed()
+
+
+def test_every_finite_result_is_an_outcome():
+    for cls in (finite.TrainResult, finite.AugmentedResult, finite.KernelPrediction,
+                finite.AugmentedPrediction, finite.WidthSweep):
+        assert issubclass(cls, Outcome), cls
+        assert "ok" not in vars(cls) and "raise_if_failed" not in vars(cls), cls

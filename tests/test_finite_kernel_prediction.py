@@ -163,7 +163,6 @@ def test_pooled_views_draw_averaged_loss_and_averaged_kernel():
     import scipy.linalg
 
     from sslntk import losses
-    from sslntk.finite import _augmented_prediction as AP
     ds = data.load("digits", n=5, dtype=F64)
     x, aug, key, D, n = ds.flat, data.gaussian_noise(0.4), jax.random.key(3), 3, 5
     m = finite.network(kernels.mlp(1, "erf"), 16, 2, key=jax.random.key(1), dtype=F64, alpha=0.2)
@@ -173,15 +172,17 @@ def test_pooled_views_draw_averaged_loss_and_averaged_kernel():
         np.testing.assert_array_equal(xp[d * n:(d + 1) * n], v.a[d])
         np.testing.assert_array_equal(xp[(D + d) * n:(D + d + 1) * n], v.b[d])
     bt = losses.get("barlow_twins")
-    f = jax.random.normal(jax.random.key(4), (2 * n * D, 2), F64)
-    by_hand = np.mean([bt(jnp.concatenate([f[d * n:(d + 1) * n], f[(D + d) * n:(D + d + 1) * n]]))
-                       for d in range(D)])
-    np.testing.assert_allclose(AP._draw_averaged(bt, n, D)(f), by_hand, rtol=1e-13)
-    np.testing.assert_allclose(AP._draw_averaged(jax.tree_util.Partial(bt), n, D)(f), by_hand,
-                               rtol=1e-13)
     ts = jnp.linspace(0.0, 0.5, 3)
     p = finite.augmented_kernel_prediction(m, x, aug, "barlow_twins", ts, key=key, n_draws=D,
                                            kernel="one_output")
+    # the solved (draw-averaged) loss at t = 0: the mean of per-draw losses of f0 = m(pooled)
+    f = m(xp)
+    by_hand = np.mean([bt(jnp.concatenate([f[d * n:(d + 1) * n], f[(D + d) * n:(D + d + 1) * n]]))
+                       for d in range(D)])
+    np.testing.assert_allclose(p.pooled_loss[0], by_hand, rtol=1e-12)
+    q = finite.augmented_kernel_prediction(m, x, aug, lambda g: bt(g), ts, key=key,
+                                           n_draws=D, kernel="one_output")   # a plain callable
+    np.testing.assert_allclose(q.pooled_loss[0], by_hand, rtol=1e-12)
     Ks = [np.asarray(finite.empirical_ntk(m, v.draw(d).stacked)) for d in range(D)]
     Kbar = np.mean(Ks, 0)
     np.testing.assert_allclose(p.averaged_kernel, Kbar, rtol=1e-10, atol=1e-12)

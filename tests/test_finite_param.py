@@ -246,8 +246,8 @@ def test_train_augmented_matches_a_plain_optax_loop(tmp_path):
     class Stop(Exception):
         pass
 
-    import sslntk.finite._augtrain as A
-    orig = A._io.atomic_write_npz
+    from sslntk import _io
+    orig = _io.atomic_write_npz
 
     def write_then_stop(path, **arrays):
         orig(path, **arrays)
@@ -255,12 +255,12 @@ def test_train_augmented_matches_a_plain_optax_loop(tmp_path):
         if len(calls) == 2:
             raise Stop
 
-    A._io.atomic_write_npz = write_then_stop
+    _io.atomic_write_npz = write_then_stop
     try:
         with pytest.raises(Stop):
             finite.train_augmented(m, x, aug, "barlow_twins", checkpoint=ck, **kw)
     finally:
-        A._io.atomic_write_npz = orig
+        _io.atomic_write_npz = orig
     r2 = finite.train_augmented(m, x, aug, "barlow_twins", checkpoint=ck, **kw)
     np.testing.assert_array_equal(r2.f, r.f)
     with pytest.raises(ValueError, match="checkpoint"):
@@ -310,16 +310,14 @@ def test_loop_paths_agree_and_auto_picks_host_for_convolutions_on_cpu():
     (one `fori_loop`) run the same steps: same parameters to float64 round-off, for `train`
     (full batch and minibatch), `train_batched` and `train_augmented`."""
     from sslntk import data
-    from sslntk.finite import _loop
-    from sslntk.finite._ntk import _f, split_trainable
     x = jax.random.normal(jax.random.key(0), (8, 5, 5, 2), F64)
     res = finite.network(finite.resnet(1, norm="layer"), 4, 3, key=jax.random.key(1),
                          in_shape=(5, 5, 2), dtype=F64, projector=1, alpha=0.1)
     mlp = finite.network(kernels.mlp(1), 8, 3, key=jax.random.key(1), in_shape=(8,), dtype=F64)
+    cpu = jax.default_backend() == "cpu"
     for m, xx, conv in ((res, x, True), (mlp, X, False)):
-        gd, p, r = split_trainable(m)
-        assert _loop.has_convolution(lambda q, v, gd=gd, r=r: _f(gd, q, r, v), p, xx) is conv
-        assert _loop.use_host_loop("auto", lambda q, v, gd=gd, r=r: _f(gd, q, r, v), p, xx) is conv
+        r = finite.train(m, xx, "vicreg", lr=1e-2, steps=1, progress=False, check_lr=False)
+        assert r.loop == ("host" if conv and cpu else "device")   # loop="auto"
     with pytest.raises(ValueError, match="loop: unknown value"):
         finite.train(mlp, X, "vicreg", lr=1e-2, steps=2, progress=False, loop="gpu")
 
@@ -331,6 +329,7 @@ def test_loop_paths_agree_and_auto_picks_host_for_convolutions_on_cpu():
     for extra in (dict(optimizer="momentum"), dict(optimizer="sgd", batch_size=2,
                                                    key=jax.random.key(5))):
         a, b = (finite.train(res, x, "vicreg", loop=lp, **kw, **extra) for lp in ("host", "device"))
+        assert (a.loop, b.loop) == ("host", "device")
         close(a.f, b.f)
         close(nnx.state(a.model, nnx.Param), nnx.state(b.model, nnx.Param))
     ms = [finite.network(finite.resnet(1, norm="layer"), 4, 3, key=jax.random.key(s),

@@ -30,6 +30,7 @@ from sslntk.finite._augmented_prediction import (  # noqa: F401
 )
 from sslntk.finite._augtrain import AugmentedResult, train_augmented  # noqa: F401
 from sslntk.finite._coord import CoordCheck, coord_check  # noqa: F401
+from sslntk.finite._engine import GradientStep, StepRule  # noqa: F401
 from sslntk.finite._kernel_prediction import (  # noqa: F401
     KernelMotion,
     KernelPrediction,

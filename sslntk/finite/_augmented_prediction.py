@@ -7,7 +7,7 @@ Why this is the right kernel problem. `train_augmented` takes, at step s, one gr
 EXPECTED loss `E_ω L(f(views_ω))`. Its Monte-Carlo estimate over D draws is the draw-averaged loss
 `(1/D) Σ_d L(f(views_d))` of the pooled 2nD views `[a¹..a^D, b¹..b^D]`, whose gradient is the
 average step gradient; the prediction is the ordinary kernel dynamics (`dynamics.solve`,
-DESIGN.md time t = lr·steps) of that loss on the pooled views, from the model's own initial
+time t = lr·steps, `docs/concepts.md`) of that loss on the pooled views, from the model's own initial
 embeddings there, read out on the fixed evaluation views through `Θ(eval, pooled)`
 (`average="loss"`, the default). `average="moments"` instead treats the pooled views as n·D
 positive pairs of one batch, `L(C̄)` with `C̄ = (1/D) Σ_d C_d`: it drops the draw-to-draw
@@ -20,9 +20,10 @@ B-subsets; the prediction assumes full batches of the n sources. Momentum or Ada
 
 The augmentation-averaged kernel itself: `K̄ = (1/D) Σ_d K(views_d)` `(2n, 2n)`. Its cross block
 is the Gram matrix of the augmentation-mean features, `K̄_ab[i, j] = E φ(a_i)·φ(b_j) = μ_i·μ_j`
-(a and b drawn independently; stepwise digest §2 "augmentation-averaged view of Γ":
-`E[x x'ᵀ] = E μ μᵀ`), so in the D → ∞ limit the eigenvalues of Barlow Twins' `M` (stepwise digest
-§6, `γ_j`, the rates at which the modes are learned) are those of `sym(K̄_ab)/n`, returned as
+(a and b drawn independently given the source, so the views' cross moment, the population limit
+of the matrix Γ of Simon et al. 2023, is `E[x x'ᵀ] = E μ μᵀ` with μ the augmentation mean), so
+in the D → ∞ limit the eigenvalues of Barlow Twins' `M = K^{1/2} Z K^{1/2}/2n` (Simon et al. 2023, kernelised
+setting: `γ_j`, the rates at which the modes are learned) are those of `sym(K̄_ab)/n`, returned as
 `gamma`. With a finite D the pooled problem still carries the draws' own noise terms (a bias of
 order 1/D in the γ's), which `gamma_pooled` (the top eigenvalues of the pooled `M`) shows.
 """
@@ -39,18 +40,25 @@ import numpy as np
 from sslntk import _validate as V
 from sslntk import data, dynamics, metrics
 from sslntk import losses as L
-from sslntk.finite._augtrain import _eval_views
-from sslntk.finite._kernel_prediction import KERNELS, _WrappedLoss, kernel_prediction, solve_opts, wrap_loss
-from sslntk.finite._network import _check_key, ensure_built
-from sslntk.finite._ntk import _f, empirical_ntk, split_trainable
-from sslntk.finite._train import _check_loss, _offsets
+from sslntk._status import Outcome
+from sslntk.finite._augtrain import check_eval_views, check_source_samples
+from sslntk.finite._inputs import check_loss, check_model
+from sslntk.finite._kernel_prediction import (
+    KERNELS,
+    WrappedLoss,
+    kernel_prediction,
+    solve_opts,
+    wrap_loss,
+)
+from sslntk.finite._ntk import empirical_ntk
+from sslntk.finite._state import embeddings, split_trainable
 
 AVERAGES = ("loss", "moments")
 
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class _DrawAveragedLoss(_WrappedLoss):
+class _DrawAveragedLoss(WrappedLoss):
     """`(1/D) Σ_d L(f_d)` over the D draws of pooled embeddings `(2nD, k)` (order of
     `pooled_views`): draw d is rows `[d·n, (d+1)·n)` (views a) and `nD + [d·n, (d+1)·n)` (views b).
     Internal."""
@@ -72,7 +80,7 @@ def _draw_averaged(loss, n, D):
 
 
 @dataclass(frozen=True)
-class AugmentedPrediction:
+class AugmentedPrediction(Outcome):
     """What `augmented_kernel_prediction` returns (arrays on the solver's `ts`).
 
     ts (T,); f (T, 2m, k): predicted embeddings of the evaluation views; loss (T,): the loss of
@@ -84,6 +92,7 @@ class AugmentedPrediction:
     (2n, 2n): `K̄ = (1/D) Σ_d K(views_d)`, one-output empirical NTK; gamma (n,): eigenvalues of
     `sym(K̄_ab)/n`, descending (module docstring); gamma_pooled (k,): top eigenvalues of the pooled
     `M = K^{1/2} Z K^{1/2} / 2nD`; n_draws; eval_views; trajectory: the `dynamics.Trajectory`.
+    `status` is the trajectory's; `ok`, `status_name`, `raise_if_failed()` come from `Outcome`.
     """
 
     ts: np.ndarray
@@ -100,9 +109,12 @@ class AugmentedPrediction:
     eval_views: data.Views
     trajectory: object
 
+    outcome_label = "finite.augmented_kernel_prediction"
+
     @property
-    def ok(self) -> bool:
-        return self.trajectory.ok
+    def status(self):
+        """The kernel solve's status code (`sslntk._status.Status`; `trajectory.status`)."""
+        return np.asarray(self.trajectory.status)
 
 
 def pooled_views(x, augment, key, n_draws: int) -> jax.Array:
@@ -141,19 +153,16 @@ def augmented_kernel_prediction(model, x, augment, loss, ts, *, key, n_draws: in
         "moments" (`L` of the pooled moments; module docstring).
       chunk, solve_options: as `kernel_prediction`.
     """
-    x = V.as_float_array("x", x)
-    if x.ndim < 2 or x.shape[0] < 2:
-        raise ValueError(f"x: expected source samples (n, *in_shape) with n >= 2, got "
-                         f"{tuple(x.shape)}")
-    _check_key(key)
+    check_model(model)
+    x = check_source_samples(x, model)
+    V.check_key("key", key)
     D = V.positive_int("n_draws", n_draws)
     V.choice("kernel", kernel, KERNELS)
     V.choice("average", average, AVERAGES)
-    ensure_built(model, x)
-    eval_views, xe = _eval_views(eval_views, x, augment, key)
+    eval_views, xe = check_eval_views(eval_views, x, augment, key)
     xp = pooled_views(x, augment, key, D)
     n = x.shape[0]
-    loss_c = _check_loss(loss, xe, model)
+    loss_c = check_loss(loss, xe, model)
     solved = _draw_averaged(loss_c, n, D) if average == "loss" else loss_c
     if kernel == "full":
         pred = kernel_prediction(model, xp, (lambda f: solved(f)) if average == "loss" else solved,
@@ -170,8 +179,8 @@ def augmented_kernel_prediction(model, x, augment, loss, ts, *, key, n_draws: in
                              "kernel; use kernel='full'")
         opts = solve_opts(method, lr, solve_options)
         graphdef, params, rest = split_trainable(model)
-        f0 = _f(graphdef, params, rest, xp) - _offsets(graphdef, params, rest, xp)
-        f0e = _f(graphdef, params, rest, xe) - _offsets(graphdef, params, rest, xe)
+        f0 = embeddings(graphdef, params, rest, xp)
+        f0e = embeddings(graphdef, params, rest, xe)
         Kp = empirical_ntk(model, xp)
         Kep = empirical_ntk(model, xe, xp)
         traj = dynamics.solve(Kp, solved, f0, jnp.asarray(ts, f0.dtype), method=method,

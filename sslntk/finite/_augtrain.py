@@ -14,45 +14,41 @@ the embeddings `f (T, 2m, k)`, the loss, the eigenvalues of the embedding covari
 (`metrics.cross_correlation_spectrum`), and the wall time per step of each chunk between save
 points (`step_seconds (T,)`, the first chunk includes compilation; `step_seconds[0]` is 0).
 `step_times` (per mode, `metrics.step_times` on the covariance spectrum) is computed at the end.
-Checkpoint/resume works as in `train` (same fingerprinting; a resumed run ends bit-identical).
+It is a thin entry point over the one training engine (`_engine`, view source `FreshViews`):
+checkpoint/resume, failure replay and statuses work as in `train` (a resumed run ends
+bit-identical; NONFINITE / DIVERGED with the exact step; STATIONARY when nothing moved).
+The kernel-side counterpart is `augmented_kernel_prediction`.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from sslntk import _io, data, metrics
 from sslntk import _validate as V
-from sslntk._progress import Progress
-from sslntk.dynamics._trajectory import NONFINITE, SUCCESS
+from sslntk import data, metrics
+from sslntk._status import Outcome
 from sslntk.finite import _loop
-from sslntk.finite._network import _check_key, ensure_built
-from sslntk.finite._ntk import _f, split_trainable
-from sslntk.finite._train import (
-    _check_loss,
-    _describe,
-    _fingerprint,
-    _offsets,
-    _optimizer,
-    save_steps,
-)
+from sslntk.finite._engine import Engine, FreshViews, GradientStep, StepRule, describe_model, run
+from sslntk.finite._inputs import check_loss, check_model, optimizer_for, param_dtype, save_steps
+from sslntk.finite._network import ensure_built
+from sslntk.finite._outcome import finish
+from sslntk.finite._state import split_trainable, trainable_output
 
 
 @dataclass(frozen=True)
-class AugmentedResult:
+class AugmentedResult(Outcome):
     """What `train_augmented` returns. ts (T,), steps (T,); f (T, 2m, k) on the evaluation views;
     loss (T,) on them; spectrum (T, k) covariance eigenvalues; cc_spectrum (T, k) eig(C);
     step_times (k,) per mode (t units); step_seconds (T,) wall seconds per step of the chunk
-    ending at each save point; status (SUCCESS / NONFINITE); model: the trained network;
-    eval_views: the evaluation `Views`."""
+    ending at each save point; status: a `sslntk._status.Status` code as `train`'s (SUCCESS,
+    NONFINITE / DIVERGED with `failed_step`, STATIONARY); failed_step: the first failing step (−1:
+    none); model: the trained network; eval_views: the evaluation `Views`; rule_state: the final
+    state of the step rule. `ok`, `status_name`, `raise_if_failed()` come from `Outcome`."""
 
     ts: np.ndarray
     steps: np.ndarray
@@ -65,22 +61,16 @@ class AugmentedResult:
     status: int
     model: nnx.Module
     eval_views: data.Views
+    failed_step: int = -1
+    rule_state: object = None
 
-    @property
-    def ok(self) -> bool:
-        return int(self.status) == SUCCESS
+    outcome_label = "finite.train_augmented"
 
-
-def _draw_views(augment, x, key, step, batch):
-    ks = jax.random.fold_in(key, step)
-    n = x.shape[0]
-    xb = x if batch is None else x[jax.random.choice(jax.random.fold_in(ks, 0), n, (batch,),
-                                                     replace=False)]
-    ka, kb = jax.random.split(jax.random.fold_in(ks, 1))
-    return jnp.concatenate([augment(ka, xb), augment(kb, xb)])
+    def failure_detail(self) -> str:
+        return "" if int(self.failed_step) < 0 else f"failed_step={int(self.failed_step)}"
 
 
-def _eval_views(eval_views, x, augment, key):
+def check_eval_views(eval_views, x, augment, key):
     """The fixed evaluation `Views` (default: one draw with `fold_in(key, 2**31 − 1)`), checked
     against the source samples `x`, and their stacked array."""
     if eval_views is None:
@@ -92,6 +82,20 @@ def _eval_views(eval_views, x, augment, key):
         raise ValueError(f"eval_views: expected views of samples {tuple(x.shape[1:])} ({x.dtype}),"
                          f" got {tuple(xe.shape[1:])} ({xe.dtype})")
     return eval_views, xe
+
+
+def check_source_samples(x, model):
+    """Source samples `(n, *in_shape)`, n >= 2, matching the model (built from them if needed)."""
+    x = V.as_float_array("x", x)
+    if x.ndim < 2 or x.shape[0] < 2:
+        raise ValueError(f"x: expected source samples (n, *in_shape) with n >= 2, got "
+                         f"{tuple(x.shape)}")
+    ensure_built(model, x)
+    in_shape = getattr(model, "in_shape", None)
+    if in_shape is not None and tuple(x.shape[1:]) != in_shape:
+        raise ValueError(f"x: expected samples of shape (n, {', '.join(map(str, in_shape))}), got "
+                         f"{tuple(x.shape)}")
+    return x
 
 
 def train_augmented(model, x, augment, loss, *, key, lr: float, steps: int,
@@ -106,7 +110,8 @@ def train_augmented(model, x, augment, loss, *, key, lr: float, steps: int,
       x: source samples `(n, *in_shape)` (not views). augment: a `sslntk.data` augmentation
         (`data.gaussian_noise(0.3)`, `data.translate(1)`, `data.compose(...)`) or any jittable
         `augment(key, x) -> x` of the same shape.
-      loss: `sslntk.losses.Loss`, name or callable `loss(f: (2B, k)) -> scalar`.
+      loss: `sslntk.losses.Loss`, name, callable `loss(f: (2B, k)) -> scalar`, or a
+        `finite.StepRule` (as `train`).
       key: `jax.random` key (views, minibatches and the default evaluation views).
       lr: peak learning rate; steps: optimiser steps; time t = lr·step.
       optimizer, optimizer_options: as `train` ("sgd", "momentum", "adam", "adamw", "lars", "gd";
@@ -115,24 +120,23 @@ def train_augmented(model, x, augment, loss, *, key, lr: float, steps: int,
       ts: save times (default 101 points); eval_views: fixed `Views` for the records.
       checkpoint: `.npz` path; resumes as `train` does. loop: as `train` ("auto": one compiled
         step per iteration from the host for convolutional models on CPU, else a `fori_loop`).
+
+    Outcome: as `train`: a RuntimeWarning names the status and step unless SUCCESS
+    (`result.raise_if_failed()` makes it an error).
+
+    Example::
+
+        r = finite.train_augmented(model, x, data.gaussian_noise(0.3), "barlow_twins",
+                                   key=jax.random.key(0), lr=0.05, steps=2000, batch_size=64)
+        r.step_times                     # per mode, in units of lr·steps
     """
-    if not isinstance(model, nnx.Module) or not callable(model):
-        raise TypeError(f"model: expected a flax.nnx.Module such as sslntk.finite.network(...), "
-                        f"got {type(model).__name__}")
-    x = V.as_float_array("x", x)
-    if x.ndim < 2 or x.shape[0] < 2:
-        raise ValueError(f"x: expected source samples (n, *in_shape) with n >= 2, got "
-                         f"{tuple(x.shape)}")
+    check_model(model)
+    x = check_source_samples(x, model)
     if not callable(augment):
         raise TypeError(f"augment: expected a sslntk.data augmentation or a callable (key, x) -> x,"
                         f" got {type(augment).__name__}")
-    _check_key(key)
+    V.check_key("key", key)
     V.choice("loop", loop, _loop.LOOPS)
-    ensure_built(model, x)
-    in_shape = getattr(model, "in_shape", None)
-    if in_shape is not None and tuple(x.shape[1:]) != in_shape:
-        raise ValueError(f"x: expected samples of shape (n, {', '.join(map(str, in_shape))}), got "
-                         f"{tuple(x.shape)}")
     V.positive_float("lr", lr)
     steps = V.positive_int("steps", steps)
     n = x.shape[0]
@@ -141,90 +145,41 @@ def train_augmented(model, x, augment, loss, *, key, lr: float, steps: int,
         raise ValueError(f"batch_size: expected at most n = {n} source samples, got {bs}")
     if bs == n:
         bs = None
-    probe = jax.eval_shape(lambda k: _draw_views(augment, x, k, 0, bs), key)
+    source = FreshViews(augment=augment, batch=bs)
+    probe = jax.eval_shape(lambda k: source.views(0, k, x, None)[0], key)
     if probe.shape[1:] != x.shape[1:]:
         raise ValueError(f"augment: expected output of the input's shape {tuple(x.shape[1:])} per "
                          f"sample, got {tuple(probe.shape[1:])}")
-    loss = _check_loss(loss, jnp.zeros(probe.shape, x.dtype), model)
-    eval_views, xe = _eval_views(eval_views, x, augment, key)
-    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
-    if not leaves:
-        raise ValueError("model: has no trainable nnx.Param variables")
-    if leaves[0].dtype != x.dtype:
-        raise TypeError(f"x: expected the model's dtype {leaves[0].dtype}, got {x.dtype}")
-    tx, _ = _optimizer(optimizer, float(lr), n, n, steps, optimizer_options, model)
+    rule = loss if isinstance(loss, StepRule) else GradientStep(
+        check_loss(loss, jnp.zeros(probe.shape, x.dtype), model))
+    eval_views, xe = check_eval_views(eval_views, x, augment, key)
+    if param_dtype(model) != x.dtype:
+        raise TypeError(f"x: expected the model's dtype {param_dtype(model)}, got {x.dtype}")
+    tx, _ = optimizer_for(optimizer, float(lr), n, n, steps, optimizer_options, model)
     s_save = save_steps(float(lr), steps, ts)
     graphdef, params, rest = split_trainable(model)
-
-    def full_f(p, xb):
-        return _f(graphdef, p, rest, xb) - _offsets(graphdef, p, rest, xb)
-
-    def body(step, carry):
-        p, o = carry
-        xb = _draw_views(augment, x, key, step, bs)
-        g = jax.grad(lambda q: loss(full_f(q, xb)))(p)
-        u, o = tx.update(g, o, p)
-        return optax.apply_updates(p, u), o
-
-    loop_ = _loop.make_advance(body, _loop.use_host_loop(
-        loop, lambda p, xx: _f(graphdef, p, rest, xx), params, x))
-    advance = lambda p, o, start, nsteps: loop_((p, o), start, nsteps)  # noqa: E731
-
-    @jax.jit
-    def record(p):
-        f = full_f(p, xe)
-        return f, loss(f)
-
-    opt_state = tx.init(params)
-    T = len(s_save)
-    f_hist, l_hist, sec = None, np.full(T, np.nan), np.zeros(T)
-    status = SUCCESS
-    fp = _fingerprint(*jax.tree.leaves(params), *jax.tree.leaves(rest), key, x, xe, repr(loss),
-                      repr(augment), lr, steps, s_save, bs, _describe(model), repr(optimizer),
-                      repr(sorted((optimizer_options or {}).items())), "augmented")
-    treedef = jax.tree.structure((params, opt_state))
-    i0, step = 0, 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    z, state = _io.load_checkpoint(ckpt, fp, treedef, differ="model, data, augmentation, loss, "
-                                                             "optimiser or schedule")
-    if z is not None:
-        params, opt_state = state
-        i0, step = int(z["next_save"]), int(z["step"])
-        f_hist, l_hist, sec, status = z["f"], z["loss"], z["seconds"], int(z["status"])
-    with Progress(steps, f"train_augmented {type(model).__name__}", enabled=progress) as prog:
-        prog.update(step)
-        for i in range(i0, T):
-            if status != SUCCESS:
-                break
-            n_adv = int(s_save[i]) - step
-            t0 = time.perf_counter()
-            if n_adv:
-                params, opt_state = advance(params, opt_state, step, n_adv)
-                jax.block_until_ready(params)
-                step = int(s_save[i])
-            sec[i] = (time.perf_counter() - t0) / n_adv if n_adv else 0.0
-            f, lv = record(params)
-            f, lv = np.asarray(f), float(lv)
-            if f_hist is None:
-                f_hist = np.full((T, *f.shape), np.nan, dtype=f.dtype)
-            if not np.isfinite(lv):
-                status = NONFINITE
-            else:
-                f_hist[i], l_hist[i] = f, lv
-            prog.update(n_adv, loss=lv)
-            if ckpt is not None:
-                arrays = {f"state_{j}": np.asarray(a)
-                          for j, a in enumerate(jax.tree.leaves((params, opt_state)))}
-                _io.atomic_write_npz(ckpt, fingerprint=np.array(fp), next_save=np.array(i + 1),
-                                     step=np.array(step), f=f_hist, loss=l_hist, seconds=sec,
-                                     status=np.array(status), **arrays)
-        if status == SUCCESS and step < steps:
-            params, opt_state = advance(params, opt_state, step, steps - step)
-            prog.update(steps - step)
-    spec = np.asarray(metrics.embedding_spectrum(jnp.asarray(np.nan_to_num(f_hist))))
-    cc = np.asarray(metrics.cross_correlation_spectrum(jnp.asarray(np.nan_to_num(f_hist))))
+    host = _loop.use_host_loop(loop, lambda p, xx: trainable_output(graphdef, p, rest, xx),
+                               params, x)
+    r = run(Engine(graphdef, rule, tx, source, host_loop=host), params, rest, key, x, xe, None,
+            steps=steps, s_save=s_save, checkpoint=checkpoint, progress=progress,
+            label=f"train_augmented {type(model).__name__}",
+            fingerprint_parts=(describe_model(model), repr(optimizer), float(lr),
+                               repr(sorted((optimizer_options or {}).items())), "augmented"),
+            differ="model, data, augmentation, loss, optimiser or schedule")
+    f_hist = r.f
+    fz = jnp.asarray(np.nan_to_num(f_hist))
+    spec = np.asarray(metrics.embedding_spectrum(fz))
+    cc = np.asarray(metrics.cross_correlation_spectrum(fz))
     tgrid = s_save * float(lr)
+    T = len(s_save)
     st = np.asarray(metrics.step_times(spec, tgrid)) if T >= 2 else np.full(spec.shape[-1], np.nan)
-    return AugmentedResult(ts=tgrid, steps=s_save, f=f_hist, loss=l_hist, spectrum=spec,
-                           cc_spectrum=cc, step_times=st, step_seconds=sec, status=status,
-                           model=nnx.merge(graphdef, params, rest), eval_views=eval_views)
+    res = AugmentedResult(ts=tgrid, steps=s_save, f=f_hist, loss=r.loss, spectrum=spec,
+                          cc_spectrum=cc, step_times=st, step_seconds=r.seconds,
+                          status=int(r.status), model=nnx.merge(graphdef, r.params, rest),
+                          eval_views=eval_views, failed_step=int(r.failed_step),
+                          rule_state=r.state)
+    return finish(res, None, record_terms=False, diagnostics=False, collapse_threshold=None,
+                  batched=False, where="finite.train_augmented")
+
+
+__all__ = ["AugmentedResult", "train_augmented", "check_eval_views", "check_source_samples"]

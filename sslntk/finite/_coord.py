@@ -38,10 +38,12 @@ class CoordCheck:
         return np.array([f.slope for f in self.fits])
 
 
-def coord_check(arch, x, loss, widths: Sequence[int], *, param: str, lr: float, steps: int = 3,
+def coord_check(arch, views, loss, widths: Sequence[int], *, param: str, lr: float, steps: int = 3,
                 seeds: int = 2, out_dim: int = 4, optimizer: str = "gd", base_width: int = 64,
                 optimizer_options: dict | None = None, alpha: float = 1.0) -> CoordCheck:
-    """Coordinate check of `arch` under `param` on inputs `x: (2n, *in_shape)` (stacked views).
+    """Coordinate check of `arch` under `param` on the stacked `views` `(2n, *in_shape)` (or
+    `Views`): the RMS change of every hidden layer's activations after `steps` optimiser steps,
+    per width, and its fitted width exponent (Yang & Hu 2021, Tensor Programs IV/V: Θ(1) in μP).
 
     lr: the (base) learning rate, the same at every width (μP rescales it per group itself).
     steps: optimiser steps before measuring. seeds: networks per width. alpha: the small-init
@@ -54,7 +56,7 @@ def coord_check(arch, x, loss, widths: Sequence[int], *, param: str, lr: float, 
         raise ValueError(f"widths: expected at least two increasing widths, got {widths}")
     seeds = V.positive_int("seeds", seeds)
     steps = V.positive_int("steps", steps)
-    x = V.as_float_array("x", x)
+    x = V.stacked_views("views", getattr(views, "stacked", views), ndim=range(2, 6))
     sizes, init = [], []
     for w in widths:
         row, row0 = [], []

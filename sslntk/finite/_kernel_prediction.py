@@ -9,12 +9,12 @@ from the model's own initial embeddings `f₀ = model(views)`:
 with the FULL output-space tangent kernel `Θ[(i,o),(j,p)] = Σ_θ ∂f_o(x_i)/∂θ · ∂f_p(x_j)/∂θ`
 (`(2n·k, 2n·k)`, over the model's `nnx.Param`s), because every SSL loss couples the k outputs
 (through C) and a finite network's Θ has cross-output terms of order width^-1/2. With
-`kernel="one_output"` the one-output kernel `K = (1/k) Σ_o Θ[(·,o),(·,o)]` (DESIGN.md convention,
-= `empirical_ntk`) is used instead, `df/dt = −K ∇_f L`, which is exact only when `Θ = K ⊗ I_k`;
-`cross_output` reports how far from that the model is. Time t = lr·steps (DESIGN.md); with
-`method="gd"` and the training lr the prediction is the model's own linearisation trained by GD, so
-the deviation from the trained network is the kernel's motion only. For a μP model the kernel is
-`Θ = J S Jᵀ` with S its per-group SGD learning-rate factors (`_param`), the kernel of GD as `train`
+`kernel="one_output"` the one-output kernel `K = (1/k) Σ_o Θ[(·,o),(·,o)]` (sslntk's kernel
+convention, `docs/concepts.md`; = `empirical_ntk`) is used instead, `df/dt = −K ∇_f L`, which
+is exact only when `Θ = K ⊗ I_k`; `cross_output` reports how far from that the model is. Time t = lr·steps
+(`docs/concepts.md`); with `method="gd"` and the training lr the prediction is the model's own linearisation
+trained by GD, so the deviation from the trained network is the kernel's motion only. For a μP model the
+kernel is `Θ = J S Jᵀ` with S its per-group SGD learning-rate factors (`_param`), the kernel of GD as `train`
 runs it.
 
 Θ is built without materialising the Jacobian: column r is `J (Jᵀ e_r)` (one VJP + one JVP of the
@@ -39,21 +39,17 @@ from flax import nnx
 from sslntk import _validate as V
 from sslntk import dynamics
 from sslntk import losses as L
-from sslntk.finite._ntk import _f, split_trainable
-from sslntk.finite._train import (
-    _check_loss,
-    _gd_scales,
-    _offsets,
-    _stacked_inputs,
-    _test_inputs,
-)
+from sslntk._status import Outcome
+from sslntk.finite._inputs import check_loss, stacked_inputs, test_inputs
+from sslntk.finite._param import gd_scales
+from sslntk.finite._state import offsets, split_trainable, trainable_output
 
 KERNELS = ("full", "one_output")
 
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class _WrappedLoss(L.Loss):
+class WrappedLoss(L.Loss):
     """Base of the internal wrappers that reshape embeddings before the loss: a registered loss
     keeps its constants as pytree leaves (`L.Loss.__call__` on the reshaped f); a plain callable
     rides along as the static `fn`. Neither has a moment form (the solver takes the general path)."""
@@ -77,7 +73,7 @@ class _WrappedLoss(L.Loss):
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class _OutputSpaceLoss(_WrappedLoss):
+class _OutputSpaceLoss(WrappedLoss):
     """`L̃(F) = L(F.reshape(−1, k))` for the output-space solve (`F: (2n·k, 1)`); internal."""
 
     k: int = dataclasses.field(default=1, metadata=dict(static=True))
@@ -90,7 +86,7 @@ class _OutputSpaceLoss(_WrappedLoss):
 
 
 def wrap_loss(cls, loss, **static):
-    """`cls` (a `_WrappedLoss`) around a registered loss (its constants kept) or a callable."""
+    """`cls` (a `WrappedLoss`) around a registered loss (its constants kept) or a callable."""
     if isinstance(loss, L.Loss):
         return cls(constants=loss.constants, name=loss.name, options=loss.options, **static)
     fn = loss.func if isinstance(loss, jax.tree_util.Partial) else loss
@@ -104,7 +100,7 @@ def _wrap(loss, k):
 def _kernels(graphdef, params, rest, x, xt, chunk, scales=None):
     """Θ (Nk, Nk) and, with test points, Θ_tx (mk, Nk), column by column (`J S Jᵀ e_r`, S the
     per-parameter learning-rate factors `scales` (a pytree like params) or I)."""
-    fwd = lambda p: _f(graphdef, p, rest, x).reshape(-1)  # noqa: E731
+    fwd = lambda p: trainable_output(graphdef, p, rest, x).reshape(-1)  # noqa: E731
     out, vjp = jax.vjp(fwd, params)
     Nk = out.shape[0]
 
@@ -116,7 +112,7 @@ def _kernels(graphdef, params, rest, x, xt, chunk, scales=None):
                 ct = jax.tree.map(lambda a, s: a * s, ct, scales)
             c = jax.jvp(fwd, (params,), (ct,))[1]
             ct_ = None if xt is None else jax.jvp(
-                lambda p: _f(graphdef, p, rest, xt).reshape(-1), (params,), (ct,))[1]
+                lambda p: trainable_output(graphdef, p, rest, xt).reshape(-1), (params,), (ct,))[1]
             return c, ct_
         return jax.vmap(one)(E)
 
@@ -134,7 +130,7 @@ def _kernels(graphdef, params, rest, x, xt, chunk, scales=None):
 
 
 @dataclass(frozen=True)
-class KernelPrediction:
+class KernelPrediction(Outcome):
     """What `kernel_prediction` returns.
 
     ts (T,): the solver's times (t = lr·steps); f (T, 2n, k): predicted embeddings; loss (T,);
@@ -142,6 +138,7 @@ class KernelPrediction:
     the full output-space NTK at init (row-major (i, o) index); kernel (2n, 2n): its one-output
     trace `(1/k) Σ_o Θ_oo`; cross_output: `‖Θ − K ⊗ I_k‖_F / ‖Θ‖_F` (0 when Θ ∝ I_k);
     which: "full" or "one_output"; trajectory: the `dynamics.Trajectory` (status, method).
+    `status` is the trajectory's; `ok`, `status_name`, `raise_if_failed()` come from `Outcome`.
     """
 
     ts: np.ndarray
@@ -155,9 +152,12 @@ class KernelPrediction:
     which: str
     trajectory: object
 
+    outcome_label = "finite.kernel_prediction"
+
     @property
-    def ok(self) -> bool:
-        return self.trajectory.ok
+    def status(self):
+        """The kernel solve's status code (`sslntk._status.Status`; `trajectory.status`)."""
+        return np.asarray(self.trajectory.status)
 
 
 def output_space_ntk(model, x, x_test=None, *, chunk: int = 64):
@@ -167,8 +167,8 @@ def output_space_ntk(model, x, x_test=None, *, chunk: int = 64):
     index) and, with `x_test (m, *in_shape)`, `Θ_tx (m·k, N·k)` (else None); numpy arrays in the
     model's dtype. Works for batch-coupled models (BatchNorm): Θ is the kernel of the batch map.
     """
-    x = _stacked_inputs(x, model)
-    xt = _test_inputs(x_test, x, model)
+    x = stacked_inputs(x, model)
+    xt = test_inputs(x_test, x, model)
     chunk = V.positive_int("chunk", chunk)
     graphdef, params, rest = split_trainable(model)
     if not jax.tree.leaves(params):
@@ -216,20 +216,20 @@ def kernel_prediction(model, views, loss, ts, *, method: str = "gd", lr: float |
     """
     if not isinstance(model, nnx.Module) or not callable(model):
         raise TypeError(f"model: expected a callable flax.nnx.Module, got {type(model).__name__}")
-    x = _stacked_inputs(views, model)
-    xt = _test_inputs(x_test, x, model)
-    loss_c = _check_loss(loss, x, model)
+    x = stacked_inputs(views, model)
+    xt = test_inputs(x_test, x, model)
+    loss_c = check_loss(loss, x, model)
     V.choice("kernel", kernel, KERNELS)
     opts = solve_opts(method, lr, solve_options)
     graphdef, params, rest = split_trainable(model)
     leaves = jax.tree.leaves(params)
     if not leaves:
         raise ValueError("model: has no trainable nnx.Param variables")
-    f0 = jnp.asarray(_f(graphdef, params, rest, x) - _offsets(graphdef, params, rest, x))
+    f0 = jnp.asarray(trainable_output(graphdef, params, rest, x) - offsets(graphdef, params, rest, x))
     N, k = f0.shape
-    f0t = None if xt is None else jnp.asarray(_f(graphdef, params, rest, xt)
-                                              - _offsets(graphdef, params, rest, xt))
-    scales = _gd_scales(model, params)   # GD with μP's per-group factors: Θ = J S Jᵀ
+    f0t = None if xt is None else jnp.asarray(trainable_output(graphdef, params, rest, xt)
+                                              - offsets(graphdef, params, rest, xt))
+    scales = gd_scales(model, params)   # GD with μP's per-group factors: Θ = J S Jᵀ
     Th, Ttx = _kernels(graphdef, params, rest, x, xt, V.positive_int("chunk", chunk), scales)
     K, cross = _one_output(Th, N, k)
     ts_a = jnp.asarray(ts, f0.dtype)
@@ -280,7 +280,7 @@ def kernel_drift(model0, models, views, *, chunk: int = 64) -> KernelMotion:
     models = list(models)
     if not models:
         raise ValueError("models: expected at least one trained model")
-    x = _stacked_inputs(views, model0)
+    x = stacked_inputs(views, model0)
     T0, _ = output_space_ntk(model0, x, chunk=chunk)
     drift, al, ale = [], [], []
     for m in models:

@@ -16,9 +16,10 @@ The parameters are stored exactly in neural-tangents' layout (one `(W, b)` pair 
 once per layer, parameter-free layers included; each affine layer splits its key into W and b), so
 `to_nt_params(network(..., key=k)) == init_fn(k, ...)[1]` bit for bit when the dtypes agree.
 
-Small initialisation (DESIGN.md): the trained function is `f_θ(x) = g_θ(x) − (1 − α)·g_θ₀(x)` with a
-frozen copy θ₀ of the initial parameters (stored as `Frozen` variables, never differentiated). At init
-`f = α·g_θ₀`; the tangent kernel `∂f/∂θ = ∂g/∂θ` does not depend on α.
+Small initialisation (`docs/how-to/finite-vs-kernel.md`): the trained function is
+`f_θ(x) = g_θ(x) − (1 − α)·g_θ₀(x)` with a frozen copy θ₀ of the initial parameters (stored as `Frozen`
+variables, never differentiated). At init `f = α·g_θ₀`; the tangent kernel `∂f/∂θ = ∂g/∂θ` does not depend on
+α.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Empirical neural tangent kernel of a finite network (own Jacobian-contraction implementation).
 
-`Θ(x, x') = (1/k) Σ_o ∂f_o(x)/∂θ · ∂f_o(x')/∂θ`: the ONE-output convention of DESIGN.md (the trace
-over the k outputs divided by k, as neural-tangents' `empirical_ntk_fn(..., trace_axes=(-1,))` and
-`kernels.reference_empirical_ntk` return it). Only `nnx.Param` variables count (the frozen init θ₀
-of the small-init construction is not a parameter), so the kernel is that of `g_θ`, independent
-of α.
+`Θ(x, x') = (1/k) Σ_o ∂f_o(x)/∂θ · ∂f_o(x')/∂θ`: sslntk's ONE-output convention
+(`docs/concepts.md`; the trace over the k outputs divided by k, as neural-tangents'
+`empirical_ntk_fn(..., trace_axes=(-1,))` and `kernels.reference_empirical_ntk` return it). Only `nnx.Param`
+variables count (the frozen init θ₀ of the small-init construction is not a parameter), so the kernel is that
+of `g_θ`, independent of α.
 
 Algorithm: per-example Jacobians (`vmap(jacrev)`) of blocks of `block` inputs, `(block, k, P)` each,
 contracted blockwise as `J₁ J₂ᵀ / k` over the flattened (output, parameter) axis. The block size is
@@ -25,6 +25,7 @@ from flax import nnx
 
 from sslntk import _validate as V
 from sslntk.finite._network import ensure_built
+from sslntk.finite._state import split_trainable, trainable_output
 
 
 def _check_model(model):
@@ -43,21 +44,10 @@ def _check_batch(name, x, model):
     return x
 
 
-def split_trainable(model):
-    """`(graphdef, params, rest)`: the trainable `nnx.Param` state and everything else."""
-    return nnx.split(model, nnx.Param, ...)
-
-
-def _f(graphdef, params, rest, x):
-    """The θ-dependent part of f: `model.trainable(x)` when the model has one, else `model(x)`."""
-    m = nnx.merge(graphdef, params, rest)
-    return m.trainable(x) if hasattr(m, "trainable") else m(x)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _jac_block(graphdef, params, rest, xb):
     def one(p, x):
-        return _f(graphdef, p, rest, x[None])[0]
+        return trainable_output(graphdef, p, rest, x[None])[0]
     J = jax.vmap(jax.jacrev(one), in_axes=(None, 0))(params, xb)
     return [leaf.reshape(xb.shape[0], -1) for leaf in jax.tree.leaves(J)]
 
@@ -95,7 +85,7 @@ def empirical_ntk(model, x1, x2=None, *, block_size: int | None = None,
     if x1.dtype != pdtype:
         raise TypeError(f"x1: expected the model's dtype {pdtype}, got {x1.dtype}")
     n_par = sum(math.prod(a.shape) for a in leaves)
-    k = jax.eval_shape(lambda x: _f(graphdef, params, rest, x), x1[:1]).shape[-1]
+    k = jax.eval_shape(lambda x: trainable_output(graphdef, params, rest, x), x1[:1]).shape[-1]
     per_row = k * n_par * jnp.dtype(pdtype).itemsize
     if block_size is None:
         block_size = max(1, min(max(x1.shape[0], 0 if x2 is None else x2.shape[0]),

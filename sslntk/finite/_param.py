@@ -115,3 +115,14 @@ def with_param_groups(tx: optax.GradientTransformation, model, params, family: s
     scale = optax.multi_transform({g: optax.scale(f) for g, f in factors.items()},
                                   param_groups(model, params))
     return optax.chain(tx, scale)
+
+
+def gd_scales(model, params):
+    """μP's per-group SGD learning-rate factors as a pytree like `params` (None otherwise): full-
+    batch GD on a μP model runs the kernel `Θ = J S Jᵀ`, not `J Jᵀ` (Yang & Hu 2021, Tensor
+    Programs IV, Table 3)."""
+    if getattr(model, "param", "ntk") != "mup":
+        return None
+    groups = param_groups(model, params)
+    return jax.tree.map(lambda g: lr_multiplier("mup", g, "gd", model.width, model.base_width),
+                        groups)

@@ -32,12 +32,11 @@ from sslntk import _io, dynamics, kernels, metrics
 from sslntk import _validate as V
 from sslntk import losses as L
 from sslntk._progress import Progress
+from sslntk._status import Outcome, names
+from sslntk.finite._inputs import check_loss, save_steps, stacked_inputs
 from sslntk.finite._network import linearize, network
 from sslntk.finite._ntk import empirical_ntk
 from sslntk.finite._train import (
-    _check_loss,
-    _stacked_inputs,
-    save_steps,
     stack_models,
     train,
     train_batched,
@@ -118,7 +117,7 @@ def fit_exponent(widths, dev, *, n_boot: int = 2000, seed: int = 0,
 
 
 @dataclass(frozen=True)
-class WidthSweep:
+class WidthSweep(Outcome):
     """Result of `width_sweep` (arrays indexed [width, seed, time, ...]).
 
     widths (W,), seeds (S,), ts (T,) times (t = lr·step); method: the kernel solver used.
@@ -167,19 +166,21 @@ class WidthSweep:
     terms_net: dict | None = None
     terms_ker: dict | None = None
 
-    @property
-    def ok(self) -> bool:
-        return all(a is None or bool(np.all(np.asarray(a) == 0))
-                   for a in (self.status_net, self.status_ker))
+    outcome_label = "finite.width_sweep"
 
-    def raise_if_failed(self) -> WidthSweep:
-        if not self.ok:
-            raise RuntimeError(f"width_sweep failed: {self._status_text()}")
-        return self
+    @property
+    def status(self) -> np.ndarray:
+        """`(W, S)` one status per run: the network's when it did not succeed, else the kernel
+        solve's (`sslntk._status.Status` codes; SUCCESS when neither was recorded)."""
+        shape = (len(self.widths), len(self.seeds))
+        net = np.zeros(shape, np.int32) if self.status_net is None else np.asarray(self.status_net)
+        ker = np.zeros(shape, np.int32) if self.status_ker is None else np.asarray(self.status_ker)
+        return np.where(net != 0, net, ker).astype(np.int32)
+
+    def failure_detail(self) -> str:
+        return self._status_text()
 
     def _status_text(self) -> str:
-        from sslntk._status import names
-
         out = []
         for i, w in enumerate(self.widths):
             for j, s in enumerate(self.seeds):
@@ -236,8 +237,8 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
         network dtype). loss: `Loss`/name. widths: increasing positive ints. seeds: an int S (seeds
         0..S−1) or a sequence of ints; network `(w, s)` is drawn from
         `fold_in(jax.random.key(s), w)`.
-      alpha: small-init scale (DESIGN.md). lr, steps, ts, optimizer, batch_size: as `train`
-        (the save grid is `lr·rint(ts/lr)`, shared with the kernel solve).
+      alpha: small-init scale (`docs/how-to/finite-vs-kernel.md`). lr, steps, ts, optimizer,
+        batch_size: as `train` (the save grid is `lr·rint(ts/lr)`, shared with the kernel solve).
       x_test: held-out inputs `(m, *in_shape)`. out_dim: embedding dimension k.
       method: kernel solver for `dynamics.solve`: default "gd" at the same `lr` when installed
         (isolates the finite-width effect from time discretisation), else "ode" (gradient flow;
@@ -294,8 +295,8 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
     in_shape = tuple(x.shape[1:])
     probe = network(arch, 1, out_dim, key=jax.random.key(0), in_shape=in_shape, alpha=alpha,
                     dtype=x.dtype, **pkw)
-    x = _stacked_inputs(views, probe)
-    loss = _check_loss(loss, x, probe)
+    x = stacked_inputs(views, probe)
+    loss = check_loss(loss, x, probe)
     V.positive_float("lr", lr)
     steps = V.positive_int("steps", steps)
     s_save = save_steps(float(lr), steps, ts)
