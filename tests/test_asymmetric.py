@@ -5,38 +5,44 @@ the EMA time mapping, and DirectPred's predictor shape.
 
 References: `sslntk.theory.noncontrastive` (Lemma 1 integrated separately), numpy/scipy linear
 algebra (eigendecompositions of the linearised operator), exact linear ODE solutions. The ODEs are
-integrated here with diffrax's Dopri8 on the method's own `vector_field` (the protocol every
-solver uses), the discrete runs iterate the method's own `step`. float64 (conftest).
+integrated by the library's ode solver (Dopri8) and the discrete runs by its gd solver, on the
+methods' own `vector_field` / `step` (sslntk.dynamics.solve). float64 (conftest).
 """
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sslntk import dynamics
 from sslntk import methods as M
 from sslntk.theory import noncontrastive as T
 
 
 def _ode(method, state0, K, ts, *, rtol=1e-10, atol=1e-12, K_test_train=None,
          max_steps=200_000):
-    op = M.KernelOp(jnp.asarray(K), None if K_test_train is None else jnp.asarray(K_test_train))
-    ts = jnp.asarray(ts, dtype=jnp.float64)
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, y, a: method.vector_field(t, y, op)), diffrax.Dopri8(),
-        t0=ts[0], t1=ts[-1], dt0=None, y0=state0, saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps)
-    return sol.ys
+    """The library's ode solver (Dopri8) on the method; the Trajectory carries f, aux, f_test,
+    aux_test over time."""
+    tr = dynamics.solve(jnp.asarray(K), method, state0, jnp.asarray(ts, dtype=jnp.float64),
+                        solver=dynamics.Ode(integrator="dopri8", rtol=rtol, atol=atol,
+                                            max_steps=max_steps),
+                        K_test_train=None if K_test_train is None else jnp.asarray(K_test_train))
+    assert tr.ok, tr.status_message
+    return tr
 
 
 def _gd(method, state0, K, lr, steps):
-    op = M.KernelOp(jnp.asarray(K))
-    return jax.lax.fori_loop(0, steps, lambda i, s: method.step(s, lr, op), state0)
+    """The library's gd solver: `steps` discrete steps of the method (its own `step`)."""
+    tr = dynamics.solve(jnp.asarray(K), method, state0, jnp.array([0.0, steps * lr]),
+                        solver="gd", lr=lr)
+    assert tr.ok, tr.status_message
+    return _at(tr, -1)
 
 
-def _at(ys, i):
-    return jax.tree_util.tree_map(lambda x: x[i], ys)
+def _at(tr, i):
+    """The method's State at saved time i of a Trajectory."""
+    pick = lambda x: None if x is None else jax.tree_util.tree_map(lambda a: a[i], x)  # noqa: E731
+    return M.State(f=tr.f[i], aux=pick(tr.aux), f_test=pick(tr.f_test), aux_test=pick(tr.aux_test))
 
 
 def _swap(x):

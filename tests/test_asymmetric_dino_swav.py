@@ -4,28 +4,25 @@ small-logit linearisation (eigenvalues of the linear operator), and SwAV's exact
 property (uniform Sinkhorn codes on a collapsed embedding, Caron et al. 2020).
 
 Classification thresholds are the digest's (its numbers come from another random stream, so only
-the classes are asserted). ODEs by diffrax on the method's own `vector_field`. float64 (conftest).
+the classes are asserted). Runs by the library's ode and gd solvers. float64 (conftest).
 """
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sslntk import dynamics
 from sslntk import methods as M
 
 
 def _ode(method, state0, K, ts, *, rtol=1e-7, atol=1e-10, max_steps=400_000):
-    op = M.KernelOp(jnp.asarray(K))
-    ts = jnp.asarray(ts, dtype=jnp.float64)
-    jumps = getattr(method, "jump_times", ()) or None   # steps end at a frozen-prototype switch
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, y, a: method.vector_field(t, y, op)), diffrax.Dopri5(),
-        t0=ts[0], t1=ts[-1], dt0=None, y0=state0, saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, jump_ts=jumps),
-        max_steps=max_steps)
-    return sol.ys
+    """The library's ode solver (Dopri5) on the method."""
+    tr = dynamics.solve(jnp.asarray(K), method, state0, jnp.asarray(ts, dtype=jnp.float64),
+                        solver=dynamics.Ode(integrator="dopri5", rtol=rtol, atol=atol,
+                                            max_steps=max_steps))
+    assert tr.ok, tr.status_message
+    return tr
 
 
 def _kernel(seed, n=20, d=5, const=1.0):
@@ -36,8 +33,8 @@ def _kernel(seed, n=20, d=5, const=1.0):
     return np.exp(-D / (2 * d)) + const
 
 
-def _last(ys):
-    return jax.tree_util.tree_map(lambda x: x[-1], ys)
+def _last(tr):
+    return M.State(f=tr.f[-1], aux=jax.tree_util.tree_map(lambda a: a[-1], tr.aux))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,10 +158,14 @@ def test_swav_collapsed_state_has_uniform_codes_and_loss_at_least_ln_P():
     assert float(m.loss(sc)) >= np.log(P) - 1e-12
     K = _kernel(6, n=n, d=d, const=0.2)
     s0 = m.init(jnp.asarray(r.normal(size=(2 * n, d))), jax.random.key(1))
-    ys = _ode(m, s0, K, [0.0, 0.5, 20.0])
+    # prototypes frozen for the first 0.5/lr = 50 gd steps (only renormalised: round-off), moving
+    # after
+    gd = dynamics.solve(jnp.asarray(K), m, s0, jnp.array([0.0, 0.49, 0.6]), solver="gd", lr=0.01)
+    np.testing.assert_allclose(gd.aux["prototypes"][1], gd.aux["prototypes"][0], atol=1e-14)
+    assert float(jnp.max(jnp.abs(gd.aux["prototypes"][2] - gd.aux["prototypes"][0]))) > 1e-6
+    ys = _ode(m, s0, K, [0.0, 20.0])
     s_end = _last(ys)
-    # prototypes frozen on [0, 0.5), unit rows throughout (the flow is tangent to the sphere)
-    np.testing.assert_allclose(ys.aux["prototypes"][1], ys.aux["prototypes"][0], atol=1e-12)
+    # unit rows throughout (the flow is tangent to the sphere)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(s_end.aux["prototypes"]), axis=1), 1.0,
                                atol=1e-6)
     assert float(m.loss(s_end)) < 0.5 * np.log(P)

@@ -124,9 +124,8 @@ class DINO(eqx.Module, Method):
 
     def teacher_temperature(self, t):
         """tau_t(t): linear warm-up over [0, warmup_time], then `teacher_temp`."""
-        if self.warmup_time == 0:
-            return jnp.asarray(self.teacher_temp)
-        frac = jnp.clip(t / self.warmup_time, 0.0, 1.0)
+        w = jnp.asarray(self.warmup_time)
+        frac = jnp.where(w > 0, jnp.clip(t / jnp.where(w > 0, w, 1.0), 0.0, 1.0), 1.0)
         return self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * frac
 
     def teacher_probs(self, state: State) -> jax.Array:
