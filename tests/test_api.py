@@ -107,6 +107,8 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         # asymmetric methods (BYOL, SimSiam, DirectPred, DINO, SwAV)
         "byol_loss", "byol_momentum", "cosine_schedule", "dino_center", "dino_loss",
         "dino_teacher_temperature", "simsiam_loss", "sinkhorn", "swap_views", "swav_loss",
+        "BYOL", "DINO", "DirectPred", "EMARate", "KernelPredictor", "Predictive", "SimSiam",
+        "SwAV", "dino_linear_operator", "rkhs_gram",
     ],
     "finite": [
         "AugmentedPrediction", "AugmentedResult", "CoordCheck", "GradientStep", "KernelMotion",
