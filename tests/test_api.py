@@ -116,6 +116,8 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         "augmented_kernel_prediction",
         "coord_check", "kernel_alignment", "kernel_drift", "kernel_prediction", "learning_rate",
         "make_optimizer", "output_space_ntk", "pooled_views", "resnet", "train_augmented",
+        # asymmetric methods at finite width
+        "MethodRule", "OutputSpaceKernelOp", "method_prediction", "train_method",
     ],
     "theory": [
         # asymmetric methods: linear-network theory (Tian et al. 2021)

@@ -23,6 +23,12 @@ each step), `_kernel_prediction` (any model's empirical-NTK prediction, kernel d
 augmentation-averaged kernel), `_loop` (device `fori_loop` or host-stepped training loops).
 """
 
+from sslntk.finite._asymmetric import (  # noqa: F401
+    MethodRule,
+    OutputSpaceKernelOp,
+    method_prediction,
+    train_method,
+)
 from sslntk.finite._augmented_prediction import (  # noqa: F401
     AugmentedPrediction,
     augmented_kernel_prediction,
