@@ -560,3 +560,12 @@ def run_finite_staircase(rd: RunDir, cfg: dict, progress: bool):
 
 
 KINDS["finite_staircase"] = run_finite_staircase
+
+
+def run_stability(rd: RunDir, cfg: dict, progress: bool):   # the runner lives in sslntk.stability
+    from sslntk import stability
+
+    return stability.run_stability(rd, cfg, progress)
+
+
+KINDS["stability"] = run_stability
