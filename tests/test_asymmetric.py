@@ -144,6 +144,7 @@ def test_frozen_predictor_growth_rate_is_top_eigenvalue_of_linearised_operator()
 
 
 @pytest.mark.parametrize("alpha_p", [1.0, 4.0])
+@pytest.mark.slow
 def test_trained_predictor_learns_invariant_modes_with_balanced_gram(alpha_p):
     """Euclidean SimSiam, trained predictor from W_p(0) = 0.5 I and a tiny f0 (1e-3·chol(K)ξ),
     eta = 0, to t = 1500 (digest §4.2d, Tian Thm 1): ‖f‖ grows more than 100-fold; every
@@ -164,6 +165,7 @@ def test_trained_predictor_learns_invariant_modes_with_balanced_gram(alpha_p):
     assert np.linalg.norm(f - _swap(f)) / np.linalg.norm(f) < 1e-2
 
 
+@pytest.mark.slow
 def test_no_predictor_learns_nothing_with_full_rank_kernel():
     """No predictor (W_p = I, stop-gradient), full-rank K, eta = 0 (digest §4.2f, Tian's remark
     after Thm 2): the flow is `df/dt = −(2/N) K P₋ f`, so `tr fᵀK⁻¹f` never increases and f tends
@@ -219,6 +221,7 @@ def _parabola_run(seed=3, t_end=6.0, predictor="trained"):
     return K, m, ys
 
 
+@pytest.mark.slow
 def test_loss_rises_so_the_flow_is_not_a_gradient_flow():
     """Digest §4.1 (check 9): SimSiam (Euclidean, alpha_p = 2, eta = 0.01, parabola start) moves
     through K against a stop-gradient target, so its loss is not a Lyapunov function: it more
@@ -298,6 +301,7 @@ def test_directpred_discrete_step_overwrites_predictor_every_freq_steps():
 # time mapping of the EMA (digest §4.1, check 11)
 
 
+@pytest.mark.slow
 def test_discrete_steps_with_per_step_ema_converge_to_ode_at_first_order():
     """Digest §4.4 (check 11): Euclidean BYOL by discrete steps in the official order (online
     step, then the EMA with the new online function, m = 1 − lr·beta) against the ODE with
@@ -321,6 +325,7 @@ def test_discrete_steps_with_per_step_ema_converge_to_ode_at_first_order():
 # cosine forms, target init, test points, validation
 
 
+@pytest.mark.slow
 def test_cosine_forms_use_the_official_losses_and_conserve_row_norms_for_identity_kernel():
     """The cosine forms are the official losses of the online predictions against the partner
     target (methods.byol_loss / simsiam_loss); with W_p fixed and K = I the cosine force is

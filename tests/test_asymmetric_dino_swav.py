@@ -74,6 +74,7 @@ def test_dino_collapse_modes_match_dino_sec53(case):
 
 @pytest.mark.parametrize("teacher_temp,centering", [(0.04, True), (0.04, False), (0.08, True),
                                                     (0.1, True)])
+@pytest.mark.slow
 def test_dino_small_logit_growth_equals_linear_operator_eigenvalue(teacher_temp, centering):
     """Digest §4.5 (check 13): with teacher = student (stop-gradient) and the instantaneous centre,
     small logits follow `df/dt = A f Π` (`methods.dino_linear_operator`). From 1e-6 logits the
@@ -144,6 +145,7 @@ def test_dino_teacher_temperature_warmup_and_cosine_momentum():
 # SwAV
 
 
+@pytest.mark.slow
 def test_swav_collapsed_state_has_uniform_codes_and_loss_at_least_ln_P():
     """Caron et al. 2020 / digest §4.6: for a collapsed embedding (every row the same) the
     per-view Sinkhorn codes are exactly uniform (|q − 1/P| < 1e-12) and the method's loss is at

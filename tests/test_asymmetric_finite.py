@@ -39,7 +39,9 @@ _METHODS = {
 }
 
 
-@pytest.mark.parametrize("name", list(_METHODS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
+                                  if n in ("swav", "directpred", "byol_cosine") else n
+                                  for n in _METHODS])
 def test_linearised_network_equals_function_space_method_with_its_ntk(name):
     """For a linearised network (`finite.linearize`), training by `train_method` (optax GD on Jᵀg,
     target network by parameter EMA, predictor / centre / prototypes by the method's own step)
@@ -63,6 +65,7 @@ def test_linearised_network_equals_function_space_method_with_its_ntk(name):
     assert float(jnp.linalg.norm(f[-1] - f[0])) > 1e-3 * float(jnp.linalg.norm(f[0]))   # moved
 
 
+@pytest.mark.slow
 def test_networks_approach_their_own_ntk_prediction_as_width_grows():
     """SimSiam (Euclidean, trained predictor, t = 200 through the growth of the first learned
     mode: ‖f‖ more than doubles) on a one-hidden-layer erf network: the deviation of the network

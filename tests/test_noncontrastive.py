@@ -49,6 +49,7 @@ def test_balance_invariant_holds_for_unsymmetrised_predictor_tian_thm1():
 
 
 @pytest.mark.parametrize("variant", ["eta_p_differs", "symmetrised"])
+@pytest.mark.slow
 def test_balance_invariant_breaks_without_its_assumptions_tian_thm1(variant):
     """Thm 1 needs the same decay on both and the raw (unsymmetrised) W_p flow: with eta_p = 0.1
     or a symmetrised flow the residual exceeds 1e-3 (the digest measured 0.16 and 0.25)."""
@@ -83,6 +84,7 @@ def _check4_init(seed=4):
     return T.LinearState(W0, Wp0, jnp.zeros((4, 6)))
 
 
+@pytest.mark.slow
 def test_predictor_aligns_with_F_eigenspace_at_thm3_rate_tian_thm3():
     """Tian Thm 3 (SimSiam, symmetrised W_p flow, alpha_p = 1, eta = 0.13, σ² = 0.5): with
     `λ₀ = inf_t λ_min K(t) > 0` the commutator obeys `‖[F,W_p](t)‖ ≤ e^{−2λ₀t}‖[F,W_p](0)‖`
@@ -113,6 +115,7 @@ def test_predictor_aligns_with_F_eigenspace_at_thm3_rate_tian_thm3():
     np.testing.assert_allclose(np.linalg.eigvalsh(tr2.F(Sd)[-1]), float(p_hi) ** 2, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_decay_pins_F_to_parabola_and_no_decay_keeps_spread_tian_sec4():
     """Tian's integral of motion: with eta = 0.05 each mode ends at p*_+ = 0.61222 with
     s = p*_+² = 0.37481 (the parabola); with eta = 0 W_p still goes to tau/(1+σ²) = 2/3 but the
@@ -132,6 +135,7 @@ def test_decay_pins_F_to_parabola_and_no_decay_keeps_spread_tian_sec4():
     assert s.max() - s.min() > 0.1 and np.max(np.abs(s - (2 / 3) ** 2)) > 0.1
 
 
+@pytest.mark.slow
 def test_aligned_full_matrices_follow_decoupled_eigen_odes_tian_eq11_12():
     """Tian Eqs. 11-12: from an aligned start (`W = U diag(.9,.5,.3,.1) Vᵀ`,
     `W_p = U diag(.5,.4,.2,.05) Uᵀ`; alpha_p = 2, eta = 0.05, tau = 1, σ² = 0.5) the eigenvalues
@@ -220,6 +224,7 @@ def test_collapse_classification_vs_ema_rate_and_decay_tian_appD():
 # no predictor (remark after Thm 2), no stop-gradient (Thm 2)
 
 
+@pytest.mark.slow
 def test_no_predictor_collapses_at_the_rate_of_lambda_min_Xprime_tian_thm2_remark():
     """Remark after Tian Thm 2: without a predictor (W_p = I, stop-gradient, W_a = W) the flow is
     `dW/dt = −W(X' + eta I)`, so `‖X Wᵀ‖_F ≤ ‖X‖₂ ‖W₀‖_F e^{−λ_min(X') t}` (X' = Σ_s − Σ_d,
@@ -275,6 +280,7 @@ def test_directpred_code_and_paper_forms_follow_luckmatters_and_eq18():
         T.directpred_predictor(-np.eye(3))
 
 
+@pytest.mark.slow
 def test_directpred_reaches_eq18_fixed_point_in_linear_network_tian_sec5():
     """Tian Sec. 5 / Eq. 18 in the isotropic linear network (SimSiam target, eta = 0, σ² = 0.5):
     with `W_p = F̂^{1/2} + eps·s_max` (F̂ = W Σ_s Wᵀ) every mode of F grows or shrinks until
