@@ -90,7 +90,7 @@ def test_function_space_byol_equals_tian_lemma1_for_linear_kernel():
     the Euclidean BYOL method on K = X Xᵀ from f = X W₀ᵀ, f_ξ = X W_aᵀ is the linear network
     with Σ_s = XᵀX/N, Σ_d = XᵀZX/N (theory.simulate_linear): max_t ‖X Wᵀ − f‖/‖f‖ and the W_p
     difference below 1e-8 (the systems are algebraically identical; both integrators at rtol
-    1e-11, so only they set the error — the digest measured ~1e-11). The RKHS balance law
+    1e-11, so only they set the error — ~1e-11 in an independent numpy run). The RKHS balance law
     `fᵀK⁺f − W_pᵀW_p/alpha_p = e^{−2 eta t} C₀` (Thm 1) holds along it to 1e-9 of ‖C₀‖."""
     X, W0, Wp0, Wa0 = _check1()
     K = X @ X.T
@@ -116,7 +116,7 @@ def test_function_space_byol_equals_tian_lemma1_for_linear_kernel():
 
 
 # ---------------------------------------------------------------------------------------------
-# growth with a predictor, no growth without (digest §4.2e-f)
+# growth with a predictor, no growth without (docs/theory/asymmetric.md, kernel regime)
 
 
 def test_frozen_predictor_growth_rate_is_top_eigenvalue_of_linearised_operator():
@@ -147,7 +147,8 @@ def test_frozen_predictor_growth_rate_is_top_eigenvalue_of_linearised_operator()
 @pytest.mark.slow
 def test_trained_predictor_learns_invariant_modes_with_balanced_gram(alpha_p):
     """Euclidean SimSiam, trained predictor from W_p(0) = 0.5 I and a tiny f0 (1e-3·chol(K)ξ),
-    eta = 0, to t = 1500 (digest §4.2d, Tian Thm 1): ‖f‖ grows more than 100-fold; every
+    eta = 0, to t = 1500 (Tian Thm 1 in RKHS form, docs/theory/asymmetric.md): ‖f‖ grows more
+    than 100-fold; every
     eigenvalue of W_p ends at +1 (exactly invariant features: f W_pᵀ = Z f) and every eigenvalue
     of G = fᵀK⁺f at (1 − 0.5²)/alpha_p (the balance law with G(0) ≈ 0), both to 1e-3; and f ends
     invariant (‖f − Zf‖/‖f‖ < 1e-2)."""
@@ -167,7 +168,7 @@ def test_trained_predictor_learns_invariant_modes_with_balanced_gram(alpha_p):
 
 @pytest.mark.slow
 def test_no_predictor_learns_nothing_with_full_rank_kernel():
-    """No predictor (W_p = I, stop-gradient), full-rank K, eta = 0 (digest §4.2f, Tian's remark
+    """No predictor (W_p = I, stop-gradient), full-rank K, eta = 0 (Tian's remark
     after Thm 2): the flow is `df/dt = −(2/N) K P₋ f`, so `tr fᵀK⁻¹f` never increases and f tends
     to the invariant part of f0, `f0 − K P₋(P₋KP₋)⁺P₋ f0`, with the gap shrinking over time;
     with eta = 0.01 f decays to below 1e-6 of its start by t = 2000."""
@@ -190,7 +191,8 @@ def test_no_predictor_learns_nothing_with_full_rank_kernel():
 
 
 def test_top_growth_function_is_the_centre_mode_for_relu_like_kernels():
-    """Digest §4.2e (check 15): for `0.5 K^{1/2}(Z − 0.5)K^{1/2}/N` with K = RBF + 0.05 I and
+    """docs/theory/asymmetric.md (kernel regime): for `0.5 K^{1/2}(Z − 0.5)K^{1/2}/N` with
+    K = RBF + 0.05 I and
     RBF + 0.5 + 0.05 I, the top growth function `K^{1/2} v_top` is nearly constant (cosine with
     1 above 0.9), lies in the invariant sector (fraction > 0.99) and grows faster than the second
     mode: the Euclidean predictor methods learn the mean embedding (the centre s) first."""
@@ -206,7 +208,7 @@ def test_top_growth_function_is_the_centre_mode_for_relu_like_kernels():
 
 
 # ---------------------------------------------------------------------------------------------
-# not a gradient flow; DirectPred vs the trained predictor (digest §4.1, §4.3)
+# not a gradient flow; DirectPred vs the trained predictor (docs/theory/asymmetric.md)
 
 
 def _parabola_run(seed=3, t_end=6.0, predictor="trained"):
@@ -223,7 +225,7 @@ def _parabola_run(seed=3, t_end=6.0, predictor="trained"):
 
 @pytest.mark.slow
 def test_loss_rises_so_the_flow_is_not_a_gradient_flow():
-    """Digest §4.1 (check 9): SimSiam (Euclidean, alpha_p = 2, eta = 0.01, parabola start) moves
+    """docs/theory/asymmetric.md: SimSiam (Euclidean, alpha_p = 2, eta = 0.01, parabola start) moves
     through K against a stop-gradient target, so its loss is not a Lyapunov function: it more
     than doubles; with the predictor fixed at I (a gradient flow of ‖f − Zf‖²/4n) the loss never
     increases."""
@@ -236,11 +238,11 @@ def test_loss_rises_so_the_flow_is_not_a_gradient_flow():
 
 
 def test_trained_predictor_is_kernel_consistent_root_and_not_directpred_shape():
-    """Digest §4.3 (check 10), same run to t = 30: with a balanced start and eta_p = eta the
+    """docs/theory/asymmetric.md, same run to t = 30: with a balanced start and eta_p = eta the
     trained W_p stays on `W_pᵀW_p = alpha_p G` (to 1e-9, Tian Thm 1 with C = 0) and is close to
     the kernel-consistent predictor `(alpha_p G)^{1/2}`: exactly `W_p = Q (alpha_p G)^{1/2}` with
     Q orthogonal (polar factor, to 1e-8), and Q near I (relative distance < 5e-2: only W_p's
-    small antisymmetric part rotates it; 2.5e-2 on this kernel draw, 5e-3 on the digest's);
+    small antisymmetric part rotates it; 2.5e-2 on this kernel draw, 5e-3 on another);
     DirectPred's shape `c·C_s^{1/2}` (best c) misses W_p by more than 10% for this kernel."""
     K, m, ys = _parabola_run(t_end=30.0)
     f, Wp = np.asarray(ys.f[-1]), np.asarray(ys.aux["W_p"][-1])
@@ -298,12 +300,13 @@ def test_directpred_discrete_step_overwrites_predictor_every_freq_steps():
 
 
 # ---------------------------------------------------------------------------------------------
-# time mapping of the EMA (digest §4.1, check 11)
+# time mapping of the EMA (docs/theory/asymmetric.md)
 
 
 @pytest.mark.slow
 def test_discrete_steps_with_per_step_ema_converge_to_ode_at_first_order():
-    """Digest §4.4 (check 11): Euclidean BYOL by discrete steps in the official order (online
+    """docs/theory/asymmetric.md (time mapping): Euclidean BYOL by discrete steps in the official
+    order (online
     step, then the EMA with the new online function, m = 1 − lr·beta) against the ODE with
     beta = (1 − m)/lr = 0.4, at t = 10: the error falls ~10x per decade of lr (first order;
     ratio 8-12 asserted), lr 1e-2 (m = 0.996) vs 1e-3 (m = 0.9996)."""
@@ -329,7 +332,7 @@ def test_discrete_steps_with_per_step_ema_converge_to_ode_at_first_order():
 def test_cosine_forms_use_the_official_losses_and_conserve_row_norms_for_identity_kernel():
     """The cosine forms are the official losses of the online predictions against the partner
     target (methods.byol_loss / simsiam_loss); with W_p fixed and K = I the cosine force is
-    orthogonal to each row of f (digest §4.2g), so row norms are conserved along the flow (to the
+    orthogonal to each row of f (docs/theory/asymmetric.md), so row norms are conserved along the flow (to the
     integrator's 1e-9)."""
     r = np.random.default_rng(7)
     f0 = r.normal(size=(8, 3))

@@ -3,8 +3,8 @@
 small-logit linearisation (eigenvalues of the linear operator), and SwAV's exact anti-collapse
 property (uniform Sinkhorn codes on a collapsed embedding, Caron et al. 2020).
 
-Classification thresholds are the digest's (its numbers come from another random stream, so only
-the classes are asserted). Runs by the library's ode and gd solvers. float64 (conftest).
+Classification thresholds, not seed-specific magnitudes, are asserted (other random streams give
+other numbers). Runs by the library's ode and gd solvers. float64 (conftest).
 """
 
 import jax
@@ -55,7 +55,7 @@ def test_dino_collapse_modes_match_dino_sec53(case):
     per-sample targets with balanced classes (batch-mean entropy h̄ > 1.5 of ln 8 = 2.08, top-class
     share < 0.5: clustering, not collapse); without centring the targets are one-hot too but a
     dominant class takes a large share (h̄ < 0.6 ln k, top share > 3/k: the constant mode of K
-    wins, digest §4.5 — whether it takes every sample depends on the draw, 0.45-1.0 over seeds
+    wins, docs/theory/asymmetric.md — whether it takes every sample depends on the draw, 0.45-1.0 over seeds
     here); without sharpening (tau_t = tau_s) the targets go uniform (h > 0.9 ln k)."""
     K = _kernel(0)
     N, k = K.shape[0], 8
@@ -76,7 +76,8 @@ def test_dino_collapse_modes_match_dino_sec53(case):
                                                     (0.1, True)])
 @pytest.mark.slow
 def test_dino_small_logit_growth_equals_linear_operator_eigenvalue(teacher_temp, centering):
-    """Digest §4.5 (check 13): with teacher = student (stop-gradient) and the instantaneous centre,
+    """docs/theory/asymmetric.md (DINO linearisation): with teacher = student (stop-gradient)
+    and the instantaneous centre,
     small logits follow `df/dt = A f Π` (`methods.dino_linear_operator`). From 1e-6 logits the
     component of fΠ along A's top left eigenvector grows at A's top eigenvalue (relative error
     < 5%, the nonlinear remainder at ~1e-5 logits is far smaller); at tau_t = tau_s nothing grows
@@ -147,7 +148,7 @@ def test_dino_teacher_temperature_warmup_and_cosine_momentum():
 
 @pytest.mark.slow
 def test_swav_collapsed_state_has_uniform_codes_and_loss_at_least_ln_P():
-    """Caron et al. 2020 / digest §4.6: for a collapsed embedding (every row the same) the
+    """Caron et al. 2020 / docs/theory/asymmetric.md: for a collapsed embedding (every row the same) the
     per-view Sinkhorn codes are exactly uniform (|q − 1/P| < 1e-12) and the method's loss is at
     least ln P; a training run of the method from a generic start ends well below ln P with
     balanced codes (batch-mean code entropy > 0.8 ln P)."""

@@ -198,7 +198,7 @@ def test_sinkhorn_rows_exact_marginals_approximate_and_collapse_uniform_swav():
     """Caron et al. 2020 Sec. 3.1 with the official 3 iterations (B = 64, P = 30, d = 16, unit
     z and C, eps = 0.05): every sample's code sums to 1 (to 1e-12: the last normalisation is over
     samples); the prototype marginals `P·mean_b q` are NOT all 1 after 3 iterations (spread > 0.1;
-    the digest measured [0.635, 1.556]); for a collapsed z the codes are exactly uniform
+    [0.635, 1.556] in an independent numpy run); for a collapsed z the codes are exactly uniform
     (|q − 1/P| < 1e-12) and the loss is at least ln P (ln P + KL(U‖softmax(S/τ)))."""
     z = _unit(RNG.normal(size=(64, 16)))
     C = _unit(RNG.normal(size=(30, 16)))

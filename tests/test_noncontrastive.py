@@ -52,7 +52,7 @@ def test_balance_invariant_holds_for_unsymmetrised_predictor_tian_thm1():
 @pytest.mark.slow
 def test_balance_invariant_breaks_without_its_assumptions_tian_thm1(variant):
     """Thm 1 needs the same decay on both and the raw (unsymmetrised) W_p flow: with eta_p = 0.1
-    or a symmetrised flow the residual exceeds 1e-3 (the digest measured 0.16 and 0.25)."""
+    or a symmetrised flow the residual exceeds 1e-3 (0.16 and 0.25 in an independent numpy run)."""
     _, Ss, Sd, st = _check1_setup()
     kw = {"eta_p": 0.1} if variant == "eta_p_differs" else {"predictor": "symmetric"}
     model = T.LinearSSL(Ss, Sd, alpha_p=2.0, beta=0.4, eta=0.05, **kw)
@@ -91,7 +91,7 @@ def test_predictor_aligns_with_F_eigenspace_at_thm3_rate_tian_thm3():
     (checked on a 0.1-spaced grid; the grid minimum over-estimates the infimum slightly, hence
     the 1e-3 relative slack) and is below 1e-8 by t = 50; at t = 200 every eigenvalue of W_p
     is `p*_+ = (1 + sqrt(1 − 6·0.13))/3 = 0.48968` and every eigenvalue of F is `p*_+²`
-    (Eq. 16 on the parabola s = p²/alpha_p), to 1e-4 as in the digest."""
+    (Eq. 16 on the parabola s = p²/alpha_p), to 1e-4."""
     X = T.isotropic_views(jax.random.key(0), 16, 6, 0.5)
     Ss, Sd = T.view_moments(X)
     eta = 0.13
@@ -140,7 +140,7 @@ def test_aligned_full_matrices_follow_decoupled_eigen_odes_tian_eq11_12():
     """Tian Eqs. 11-12: from an aligned start (`W = U diag(.9,.5,.3,.1) Vᵀ`,
     `W_p = U diag(.5,.4,.2,.05) Uᵀ`; alpha_p = 2, eta = 0.05, tau = 1, σ² = 0.5) the eigenvalues
     of the full-matrix flow equal an independent scipy DOP853 integration of the scalar Eqs. 11-12
-    to 1e-8 on [0, 60] (both integrators at rtol ≤ 1e-11; the digest measured 7e-11)."""
+    to 1e-8 on [0, 60] (both integrators at rtol ≤ 1e-11; an independent numpy run measured 7e-11)."""
     X = T.isotropic_views(jax.random.key(1), 16, 6, 0.5)
     Ss, Sd = T.view_moments(X)
     U = np.linalg.qr(_gauss(7, (4, 4)))[0]
@@ -181,7 +181,7 @@ def test_fixed_points_match_eq16_by_hand():
     assert abs(float(T.certain_collapse_decay(tau=1.0, lambda_s=1.5)) - 1 / 6) < 1e-15
 
 
-# (p0, eta) -> {beta: collapsed?}; None is SimSiam (Tian App. D; digest table of check 6)
+# (p0, eta) -> {beta: collapsed?}; None is SimSiam (Tian App. D, Eq. 16, Obs. #10)
 _CELLS = [(0.3, 0.0, ()), (0.3, 0.01, ()), (0.3, 0.04, ()), (0.3, 0.1, (0.01,)),
           (0.3, 0.2, (None, 1.0, 0.1, 0.01)), (0.1, 0.0, ()), (0.1, 0.01, ()),
           (0.1, 0.04, (0.01,)), (0.1, 0.1, (None, 1.0, 0.1, 0.01))]

@@ -293,7 +293,7 @@ class Predictive(eqx.Module, Method):
         return self._loss_fn(state.f, self.predictor_of(state), self.target_of(state))
 
     def terms(self, state: State) -> dict:
-        """`loss`, and the diagnostics the digest logs (not summed): none are loss terms, so the
+        """`loss`, and the diagnostics worth logging (not summed): none are loss terms, so the
         dict holds the loss alone; see `diagnostics` for the predictor/target measures."""
         return {"loss": self.loss(state)}
 
