@@ -1,11 +1,12 @@
-"""Speed through structure (issue [F]): sslntk's eigen-reduced solver vs neural-tangents' peer.
+"""Speed through structure: sslntk's eigen-reduced solver vs neural-tangents' peer, and the cost
+of the public entry point.
 
 Problem: Barlow Twins (theory form, λ = 1) on noise-augmented digit views
 (`sslntk.data.digits`, globally standardised, source images drawn with replacement up to n = N/2,
 two views each with `gaussian_noise(0.5)`), 2-hidden-layer ReLU NTK (`kernels.ntk(mlp(depth=2))`),
 k = 16, α = 1e-3, `f0 = α · L ξ` with `L = chol(K_nngp + 1e-6·mean(diag)·I)`, ξ ~ N(0, I)
-(the infinite-width small-init law `f0 ~ N(0, α² K_nngp)`, DESIGN.md). Horizon 1.5 × the predicted
-16th step time `t_16 = ln(1/(γ_16 α²)) / (8 γ_16)` (stepwise digest §3, `c_16(0) ≈ γ_16 α²`), with
+(the infinite-width small-init law `f0 ~ N(0, α² K_nngp)`). Horizon 1.5 × the predicted
+16th step time `t_16 = ln(1/(γ_16 α²)) / (8 γ_16)` (Simon et al. 2023, §3, `c_16(0) ≈ γ_16 α²`), with
 γ from the contrastive decomposition; T = 100 saved times.
 
 Timed (float32, CPU, side by side in one process):
@@ -13,9 +14,9 @@ Timed (float32, CPU, side by side in one process):
   Prince on the full (2n, k) system, rtol = atol = 1.4e-8); the SECOND call is timed, over the
   whole horizon (from 2n = 4096 the compiling first call integrates 1e-3 of it, same shapes).
 * sslntk: `linalg.eigen_decomposition` (top-m contrastive eigenpairs, Krylov for N > 1024) +
-  `dynamics._eigen.solve_eigen` (second call, compiled), i.e. everything but the kernel.
+  the `dynamics.Eigen` solver (second call, compiled), i.e. everything but the kernel.
 * floor: the kernel time plus one top-m decomposition — what any kernel method must at least pay.
-Accuracy: both against a float64 tight-tolerance reference: the full ODE (`_ode.solve_ode`,
+Accuracy: both against a float64 tight-tolerance reference: the full ODE (`dynamics.Ode`,
 rtol 1e-10) for N ≤ 2048; for N = 8192 (a float64 full ODE takes hours here) the float64 eigen
 solve with m = 4·m_default and rtol 1e-10 — labelled in the output. Error = max_t |L − L_ref| /
 max(L_ref(t), 1e-2) (relative, floored at 1e-2 of one plateau step: at the end of the horizon
@@ -30,9 +31,16 @@ the 8 runs of seed 0, which span every α, ×4, labelled; `--sweep-loop-runs 32`
 accuracy: against the float64 eigen solve with m = 4·m_default (validated against the full float64
 ODE in the single-staircase rows).
 
+Public entry vs internal path (`--public`, sizes `--public-sizes 4096,8192`, float32): the
+public `dynamics.solve(K, loss, f0, ts)` with default options (input validation, the Lanczos PSD
+check, the "auto" choice, the STATIONARY check) beside the internal path, the same solver object
+called directly (`dynamics.choose_solver` once, then `solver.solve(K, method, state0, ts)`),
+compiled once, then `--rounds` interleaved rounds (public, internal, public, ...); the medians and
+their ratio public/internal are printed (target ≤ 1.15).
+
     python benchmarks/bench_dynamics.py [--sizes 512,2048,8192] [--quick] [--no-sweep]
         [--only-sweep] [--sweep-peer-runs 32] [--sweep-loop-runs 8] [--peer-horizon-frac 1.0]
-        [--m M] [--no-peer]
+        [--m M] [--no-peer] [--public [--public-sizes 4096,8192] [--rounds 5]]
 """
 
 from __future__ import annotations
@@ -46,9 +54,8 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)  # for the float64 reference; timed paths are float32
 
-from sslntk import data, kernels, linalg, losses  # noqa: E402
-from sslntk.dynamics import _eigen, _ode  # noqa: E402
-from sslntk.dynamics._sweep import solve_many  # noqa: E402
+from sslntk import data, dynamics, kernels, linalg, losses  # noqa: E402
+from sslntk.dynamics import _eigen, solve_many  # noqa: E402
 
 K_OUT = 16
 ALPHA = 1e-3
@@ -98,7 +105,43 @@ def peer(loss, K, f0, ts):
 
 def ours(K, loss, f0, ts, m, eig_method="auto"):
     dec = linalg.eigen_decomposition(K, m, "contrastive", method=eig_method)
-    return _eigen.solve_eigen(K, loss, f0, ts, decomposition=dec), dec
+    return dynamics.Eigen(decomposition=dec).solve(K, loss, loss.init(f0), ts), dec
+
+
+def public_vs_internal(N, rounds):
+    """Median wall time of the public `dynamics.solve` (defaults) and of the internal path (the
+    solver object it picks, called directly on the same inputs), interleaved rounds."""
+    print(f"\n== public vs internal, 2n = {N}, k = {K_OUT}, α = {ALPHA}, float32")
+    K, Kn, t_kernel = problem(N)
+    loss = losses.get("barlow_twins")
+    f0 = init(Kn, K_OUT, ALPHA, seed=0)
+    dec = linalg.eigen_decomposition(K, _eigen.default_m(K_OUT, N, "contrastive"), "contrastive")
+    g16 = float(dec.values[K_OUT - 1])
+    ts = jnp.linspace(0.0, 1.5 * np.log(1.0 / (g16 * ALPHA**2)) / (8 * g16), T_SAVE,
+                      dtype=jnp.float32)
+    solver, reason = dynamics.choose_solver(K, loss, f0, ts)
+    state0 = loss.init(f0)
+
+    def public():
+        return dynamics.solve(K, loss, f0, ts)
+
+    def internal():
+        return solver.solve(K, loss, state0, ts)
+
+    a, b = public(), internal()          # compile both
+    jax.block_until_ready((a, b))
+    assert a.method == solver.name and a.ok and b.ok, (a.method, a.status_name, b.status_name)
+    assert float(jnp.max(jnp.abs(a.loss - b.loss))) == 0.0
+    tp, ti = [], []
+    for _ in range(rounds):
+        tp.append(timed(public)[1])
+        ti.append(timed(internal)[1])
+    mp, mi = float(np.median(tp)), float(np.median(ti))
+    print(f"solver {solver.name!r} ({reason}); kernel {t_kernel:.1f}s")
+    print(f"public dynamics.solve: median {mp:.3f}s {np.round(tp, 3).tolist()}")
+    print(f"internal solver.solve: median {mi:.3f}s {np.round(ti, 3).tolist()}")
+    print(f"RATIO public/internal = {mp / mi:.3f} (target <= 1.15)")
+    return mp / mi
 
 
 def single(N, args):
@@ -125,13 +168,14 @@ def single(N, args):
     K64, f64 = K.astype(jnp.float64), f0.astype(jnp.float64)
     ts64 = ts.astype(jnp.float64)
     if N <= 2048:
-        ref, t_ref = timed(_ode.solve_ode, K64, loss, f64, ts64, rtol=1e-10)
+        ref, t_ref = timed(dynamics.solve, K64, loss, f64, ts64, dynamics.Ode(rtol=1e-10),
+                           check_psd=False)
         ref_name = "full ODE float64 rtol 1e-10"
     else:
         m_ref = 4 * m
         dec64 = linalg.eigen_decomposition(K64, m_ref, "contrastive")
-        ref, t_ref = timed(_eigen.solve_eigen, K64, loss, f64, ts64, decomposition=dec64,
-                           rtol=1e-10)
+        ref, t_ref = timed(dynamics.solve, K64, loss, f64, ts64,
+                           dynamics.Eigen(decomposition=dec64, rtol=1e-10), check_psd=False)
         ref_name = f"eigen float64 m={m_ref} rtol 1e-10 (full f64 ODE infeasible here)"
     print(f"reference: {ref_name} ({t_ref:.1f}s), status {ref.status_name}; L(0) = "
           f"{float(ref.loss[0]):.4g}, L(T) = {float(ref.loss[-1]):.3g}")
@@ -146,8 +190,8 @@ def single(N, args):
               f"floor = kernel {t_kernel:.2f}s + decomposition {t_dec:.2f}s")
         t_full = err_full = float("nan")
         if args.full_ode:   # sslntk's own full-system ODE (Tsit5), the peer's algorithm class
-            timed(_ode.solve_ode, K, loss, f0, ts * 1e-3)
-            full, t_full = timed(_ode.solve_ode, K, loss, f0, ts)
+            timed(dynamics.solve, K, loss, f0, ts * 1e-3, "ode", check_psd=False)
+            full, t_full = timed(dynamics.solve, K, loss, f0, ts, "ode", check_psd=False)
             err_full = traj_err(loss, full.f, ref.loss)
             print(f"sslntk full (2n, k) ODE: {t_full:.3f}s, status {full.status_name}, "
                   f"{int(full.n_steps)} steps, error {err_full:.2e} -> full/eigen "
@@ -198,7 +242,7 @@ def sweep(args, N=2048, n_seeds=4, n_alpha=8):
 
     def run_ours():
         d = linalg.eigen_decomposition(K, m, "contrastive")
-        return solve_many(K, loss, f0s, ts, decomposition=d)
+        return solve_many(K, loss, f0s, ts, decomposition=d, check_psd=False)
 
     _, t_cold = timed(run_ours)
     tr, t_ours = timed(run_ours)
@@ -232,8 +276,9 @@ def sweep(args, N=2048, n_seeds=4, n_alpha=8):
     errs_o, errs_p = [], []
     dec64 = linalg.eigen_decomposition(K.astype(jnp.float64), 4 * m, "contrastive")
     for i in sorted({0, len(fp) - 1}):
-        ref = _eigen.solve_eigen(K.astype(jnp.float64), loss, f0s[i].astype(jnp.float64),
-                                 ts.astype(jnp.float64), decomposition=dec64, rtol=1e-10)
+        ref = dynamics.solve(K.astype(jnp.float64), loss, f0s[i].astype(jnp.float64),
+                             ts.astype(jnp.float64), dynamics.Eigen(decomposition=dec64, rtol=1e-10),
+                             check_psd=False)
         errs_o.append(traj_err(loss, tr.f[i], ref.loss))
         errs_p.append(traj_err(loss, fp[i], ref.loss))
     print(f"loss error vs float64 eigen m={4 * m} rtol 1e-10 (runs 0 and {len(fp) - 1}): sslntk "
@@ -265,9 +310,19 @@ def main():
     ap.add_argument("--peer-horizon-frac", type=float, default=1.0,
                     help="at 2n >= 8192 time the peer on this fraction of the horizon and "
                          "extrapolate (labelled); 1.0 measures the whole horizon")
+    ap.add_argument("--public", action="store_true",
+                    help="only time the public dynamics.solve against the internal path")
+    ap.add_argument("--public-sizes", default="4096,8192")
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     sizes = [512] if args.quick else [int(s) for s in args.sizes.split(",")]
     print(f"devices: {jax.devices()}, float32")
+    if args.public:
+        ratios = {N: public_vs_internal(N, args.rounds)
+                  for N in (int(s) for s in args.public_sizes.split(","))}
+        print("\nsummary public/internal: " + ", ".join(f"2n = {N}: {r:.3f}"
+                                                       for N, r in ratios.items()))
+        return
     rows = [] if args.only_sweep else [single(N, args) for N in sizes]
     print("\nsummary (wall seconds; ratio = peer / sslntk; errors: max relative loss error)")
     print(f"{'2n':>6} {'kernel':>8} {'decomp':>8} {'sslntk':>8} {'peer':>9} {'ratio':>7} "

@@ -1,4 +1,4 @@
-"""Which diffrax solver for the kernel-regime ODE (`sslntk.dynamics._ode`)? Barlow Twins (λ = 1)
+"""Which diffrax solver for the kernel-regime ODE (`sslntk.dynamics.Ode`)? Barlow Twins (λ = 1)
 from small initialisation, float64, random PSD kernel with a prescribed contrastive spectrum.
 
 Prints, per spectrum and solver: accepted steps, right-hand-side evaluations (stages × steps, the
@@ -42,7 +42,7 @@ def main():
         f0 = alpha * jnp.asarray(rng.normal(size=(2 * n, k)))
         T = 1.3 * np.log(1 / alpha) / (4 * gam[-1])
         ts = jnp.linspace(0.0, T, 50)
-        ref = dynamics.solve(K, loss, f0, ts, method="ode", solver="dopri8", rtol=1e-11)
+        ref = dynamics.solve(K, loss, f0, ts, dynamics.Ode(integrator="dopri8", rtol=1e-11))
         g_ref = ref.f[-1] @ ref.f[-1].T
         print(f"== {label}, 2n = {2 * n}, k = {k}, alpha = {alpha:g}, T = {T:.1f}", flush=True)
         base = None
@@ -52,10 +52,10 @@ def main():
                                  ("kvaerno5", 7, dict(max_steps=5000))]:
             solver = name.split()[0]
             c0 = time.process_time()
-            tr = dynamics.solve(K, loss, f0, ts, method="ode", solver=solver, rtol=1e-8, **kw)
+            tr = dynamics.solve(K, loss, f0, ts, dynamics.Ode(integrator=solver, rtol=1e-8, **kw))
             compile_cpu = time.process_time() - c0
             t0 = time.perf_counter()
-            tr = dynamics.solve(K, loss, f0, ts, method="ode", solver=solver, rtol=1e-8, **kw)
+            tr = dynamics.solve(K, loss, f0, ts, dynamics.Ode(integrator=solver, rtol=1e-8, **kw))
             jax.block_until_ready(tr.f)
             wall = time.perf_counter() - t0
             err = float(jnp.linalg.norm(tr.f[-1] @ tr.f[-1].T - g_ref) / jnp.linalg.norm(g_ref))

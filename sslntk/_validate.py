@@ -1,6 +1,6 @@
 """Input validation shared by every public function: the one home of sslntk's input checks.
 
-Errors name the argument, what was expected and what was given (DESIGN.md, "Errors"). These run on
+Errors name the argument, what was expected and what was given (`docs/concepts.md`). These run on
 concrete arrays at the API boundary; under `jax.jit` tracing the value checks (NaN/inf, PSD) are
 skipped because values are unknown, while shape and dtype checks still apply.
 """
@@ -42,16 +42,20 @@ def as_float_array(name: str, x, *, ndim: int | Sequence[int] | None = None,
             exp = " or ".join(str(a) for a in allowed)
             raise ValueError(f"{name}: expected rank {exp}, got shape {tuple(arr.shape)}")
     if finite and is_concrete(arr) and arr.size and is_distributed(arr):
-        # a sharded array (issue [H]): a sharded reduction, never a host copy of the whole array
+        # a sharded array: a sharded reduction, never a host copy of the whole array
         from sslntk._sharding import to_host
 
         if not bool(to_host(_all_finite(arr))):
             raise ValueError(f"{name}: expected finite values, got NaN/inf entries")
         finite = False
-    # value checks in numpy: inside a jit trace even a concrete captured array would be staged
-    if finite and is_concrete(arr) and arr.size and not np.all(np.isfinite(np.asarray(arr))):
-        bad = int(np.sum(~np.isfinite(np.asarray(arr))))
-        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
+    # value checks evaluated now (`ensure_compile_time_eval`: inside a jit trace a concrete
+    # captured array would otherwise be staged), as one reduction where the array lives
+    if finite and is_concrete(arr) and arr.size:
+        with jax.ensure_compile_time_eval():
+            ok = bool(_all_finite(arr))
+        if not ok:
+            bad = int(np.sum(~np.isfinite(np.asarray(arr))))
+            raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
     return arr
 
 
@@ -69,6 +73,12 @@ def is_distributed(x) -> bool:
 @jax.jit
 def _all_finite(x):
     return jnp.all(jnp.isfinite(x))
+
+
+@jax.jit
+def _asymmetry(K):
+    """`(max |K − Kᵀ|, max |K|)`."""
+    return jnp.max(jnp.abs(K - K.T)), jnp.max(jnp.abs(K))
 
 
 def same_dtype(**arrays) -> jnp.dtype:
@@ -127,7 +137,7 @@ def square_kernel(name: str, K, *, sym_tol: float | None = None) -> jax.Array:
     from sslntk import _sharding
 
     layout = _sharding.layout_of(arr)
-    if layout is not None:   # row-sharded (issue [H]): probe-based checks, no host copy
+    if layout is not None:   # row-sharded: probe-based checks, no host copy
         _sharding.check_kernel(name, arr, layout, sym_tol)
         return arr
     if is_concrete(arr) and is_distributed(arr) and not arr.is_fully_replicated:
@@ -136,9 +146,13 @@ def square_kernel(name: str, K, *, sym_tol: float | None = None) -> jax.Array:
                          f"{arr.sharding}")
     if is_concrete(arr):
         tol = sym_tol if sym_tol is not None else 100 * float(jnp.finfo(arr.dtype).eps)
-        a = np.asarray(arr)
-        scale = float(np.max(np.abs(a))) if a.size else 1.0
-        asym = float(np.max(np.abs(a - a.T))) / (scale or 1.0) if a.size else 0.0
+        asym = 0.0
+        if arr.size:
+            # one fused reduction where K lives (a host copy and a strided numpy transpose cost
+            # seconds at N = 4096); evaluated now even when called while tracing a jit
+            with jax.ensure_compile_time_eval():
+                d, scale = (float(x) for x in _asymmetry(arr))
+            asym = d / (scale or 1.0)
         if asym > tol:
             raise ValueError(f"{name}: expected a symmetric kernel, got max |K - K^T|/max|K| = "
                              f"{asym:.3g} > {tol:.1g}")

@@ -14,8 +14,8 @@
 | `embedding_rms` | RMS of the embeddings (0: collapsed to zero, e.g. every ReLU died) | 0 | > 0 |
 
 Frames with NaN/inf embeddings (a failed run) give NaN. All-zero embeddings (an α = 0 start) give
-NaN ranks (`metrics` convention: undefined, not 0). Sources: `../shared/papers/jha2024_stability.md`
-(§3.1 estimators [RECON], §3.2 RankMe).
+NaN ranks (`metrics` convention: undefined, not 0). Sources: Jha et al. 2024 (§3.1 estimators, §3.2 RankMe);
+Garrido et al. 2023 (RankMe).
 
 `check_collapse(diag, threshold=...)` warns (`CollapseWarning`, a RuntimeWarning) when the
 embeddings at the last finite time are all zero, or their RankMe is below `threshold` (default

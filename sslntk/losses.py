@@ -45,7 +45,7 @@ def split_views(f: jax.Array) -> tuple[jax.Array, jax.Array]:
 def cross_correlation(f: jax.Array) -> jax.Array:
     """Symmetrised, uncentred cross-view correlation `C = (f_aᵀ f_b + f_bᵀ f_a) / (2n)`, `(k, k)`.
 
-    Stepwise digest §2 (C = W Γ Wᵀ for a linear model)."""
+    For a linear model `f = W x` this is `C = W Γ Wᵀ` (Simon et al. 2023, §2)."""
     fa, fb = split_views(f)
     n2 = f.shape[0]
     return (fa.T @ fb + fb.T @ fa) / n2
@@ -68,10 +68,11 @@ def _neg_trace(C: jax.Array, **_) -> jax.Array:
 
 
 def barlow_twins(f: jax.Array, lam=1.0) -> jax.Array:
-    """Barlow Twins, theory form (DESIGN.md): `L = Σ_i (C_ii − 1)² + λ Σ_{i≠j} C_ij²`,
-    `C = (f_aᵀ f_b + f_bᵀ f_a)/(2n)`. λ = 1 is the rotation-invariant case the stepwise theory solves
-    (then `L = ‖C − I‖_F²`, ∇_W L = 4 (C − I) W Γ, stepwise digest §2; in function space
-    `∇_f L = (2/n)·Z f (C − I)` at λ = 1). No centring, no standardisation (stepwise digest §10)."""
+    """Barlow Twins, theory form (Simon et al. 2023, §2; `docs/concepts.md`):
+    `L = Σ_i (C_ii − 1)² + λ Σ_{i≠j} C_ij²`, `C = (f_aᵀ f_b + f_bᵀ f_a)/(2n)`. λ = 1 is the
+    rotation-invariant case the stepwise theory solves (then `L = ‖C − I‖_F²`,
+    ∇_W L = 4 (C − I) W Γ, Simon et al. 2023 §2; in function space `∇_f L = (2/n)·Z f (C − I)` at
+    λ = 1). No centring, no standardisation (the form the stepwise theory solves)."""
     return _bt_from_c(cross_correlation(f), lam)
 
 
@@ -87,7 +88,7 @@ def _standardize(x: jax.Array, eps) -> jax.Array:
 
 
 def barlow_twins_standardized(f: jax.Array, lam=5e-3, eps=1e-5) -> jax.Array:
-    """Barlow Twins, practical form (Zbontar et al. 2021; stepwise digest §8 "Standard loss forms").
+    """Barlow Twins, practical form (Zbontar et al. 2021).
 
     Each view is standardised per embedding dimension over the batch, as `BatchNorm1d(affine=False)`
     in training mode does: `z_a = (f_a − mean_a) / sqrt(var_a + eps)` with the biased (1/n) batch
@@ -138,7 +139,7 @@ def _vicreg_terms(f, lam_inv=25.0, mu=25.0, nu=1.0, eps=1e-4, gamma=1.0, convent
 
 def vicreg(f: jax.Array, lam_inv=25.0, mu=25.0, nu=1.0, eps=1e-4, gamma=1.0,
            convention: str = "paper") -> jax.Array:
-    """VICReg (Bardes et al. 2022; stepwise digest §8), with `Z = f_a`, `Z' = f_b`, `d = k`:
+    """VICReg (Bardes et al. 2022), with `Z = f_a`, `Z' = f_b`, `d = k`:
 
         L = lam_inv · s(Z, Z') + mu · [v(Z) + v(Z')] + nu · [c(Z) + c(Z')]
         s(Z, Z') = (1/n) Σ_i ‖z_i − z'_i‖²                          (invariance)
@@ -164,7 +165,7 @@ SIMILARITIES = ("cosine", "dot")
 
 
 def simclr(f: jax.Array, temperature=0.5, similarity: str = "cosine") -> jax.Array:
-    """SimCLR / NT-Xent / InfoNCE (Chen et al. 2020; stepwise digest §8), over all 2n anchors:
+    """SimCLR / NT-Xent / InfoNCE (Chen et al. 2020), over all 2n anchors:
 
         s(u, v) = z_uᵀ z_v,  z_u = f_u/‖f_u‖ ("cosine", default) or z_u = f_u ("dot")
         ℓ_u = −s(u, p(u))/τ + log Σ_{v≠u} exp(s(u, v)/τ),    L = (1/2n) Σ_u ℓ_u
@@ -227,7 +228,7 @@ def _spectral_terms(f):
 def kernel_pca(f: jax.Array) -> jax.Array:
     """Kernel-PCA objective of the contrastive kernel: `L = −tr(C) = −(1/n) Σ_i f(a_i)ᵀ f(b_i)`.
 
-    Why this is the kernel-PCA objective BT reduces to (stepwise digest §6): write the outputs on the
+    Why this is the kernel-PCA objective BT reduces to (Simon et al. 2023, §6): write the outputs on the
     2n views as `f = K a` (RKHS coefficients `a`); then `tr(C) = tr(aᵀ K^Γ_XX a)` with
     `K^Γ_XX = K Z K / (2n)` the contrastive kernel, and the RKHS Gram of the k output functions is
     `aᵀ K a = fᵀ K⁻¹ f`. Maximising `tr(C)` over RKHS-orthonormal outputs (`fᵀ K⁻¹ f = I`) is kernel
@@ -235,7 +236,8 @@ def kernel_pca(f: jax.Array) -> jax.Array:
     `M = K^{1/2} Z K^{1/2} / (2n)`, the same subspace the BT (λ = 1) flow learns at infinite width from
     small initialisation (BT then whitens it to C = I; kernel PCA leaves it orthonormal).
 
-    Meaningful only with that constraint: use it with `dynamics.solve(..., method="constrained")`.
+    Meaningful only with that constraint: use it with the `constrained` solver
+    (`dynamics.solve(..., "constrained")`).
     Without the constraint it is unbounded below and the flow collapses to rank one (it is then
     Esser's naive loss, `naive` with `negatives="none"`, the same function of f).
     """
@@ -246,7 +248,7 @@ NEGATIVES = ("none", "shift")
 
 
 def naive(f: jax.Array, negatives: str = "none") -> jax.Array:
-    """Esser et al.'s naive dot-product SSL loss (Esser digest §1.3), unconstrained it collapses.
+    """Esser et al.'s naive dot-product SSL loss (Esser et al. 2024, §1.3), unconstrained it collapses.
 
     - `negatives="none"` (default): non-contrastive `L_N = −(1/n) Σ_i f(x_i)ᵀ f(x_i⁺) = −tr(C)`
       (`x_i = a_i`, `x_i⁺ = b_i`), i.e. `L = −Tr(Wᵀ M W)` with `M = Φ S_N Φᵀ`, `S_N = Z/(2n)`.
@@ -254,8 +256,8 @@ def naive(f: jax.Array, negatives: str = "none") -> jax.Array:
       the fixed derangement `π(i) = i + 1 mod n` (negative = the other view of the next sample).
 
     No constants. Under the plain flow `df/dt = −K ∇L` the embedding grows like `e^{2 λ_1 t}` and
-    becomes rank one (Esser digest §2: "trivial scalar representation"); under the orthogonality
-    constraint (`method="constrained"`) it converges to the top-k eigenspace (Esser digest §3).
+    becomes rank one (Esser et al. 2024, §2: a "trivial scalar representation"); under the orthogonality
+    constraint (the `constrained` solver) it converges to the top-k eigenspace (Esser et al. 2024, §3).
     """
     t = _naive_terms(f, negatives)
     return t["positive"] + t["negative"] if negatives == "shift" else t["positive"]

@@ -95,7 +95,8 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         "solarize", "standardize", "stl10", "unstandardize", "write_idx",
     ],
     "dynamics": [
-        "DIVERGED", "STATIONARY",
+        "ClosedForm", "Constrained", "DIVERGED", "Eigen", "GD", "INTEGRATORS", "Ode", "SOLVERS",
+        "STATIONARY", "Solver", "available_solvers", "choose_solver", "make_solver",
     ],
     "losses": [
         "BarlowTwins", "BarlowTwinsStandardized", "CONVENTIONS", "KernelPCA", "Naive", "SimCLR",

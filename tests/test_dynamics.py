@@ -89,7 +89,7 @@ def test_ode_matches_neural_tangents_reference(prob, name, consts, alpha, T):
 
 
 def test_ode_aligned_init_is_the_exact_logistic(prob):
-    """Stepwise digest §3/§6: f0 = K^{1/2} B_k diag(s0) stays aligned; eig C(t) = c_j(t) with
+    """Simon et al. 2023 §3/§6: f0 = K^{1/2} B_k diag(s0) stays aligned; eig C(t) = c_j(t) with
     c_j(t) = 1/(1 + (1/c_j(0) − 1) e^{−8 γ_j t}), c_j(0) = γ_j s_j²."""
     gam, s0 = prob["gam"][:K_DIM], np.array([1e-3, 2e-3, 3e-3])
     f0 = jnp.asarray(prob["Kh"] @ prob["B"][:, :K_DIM] * s0)
@@ -100,13 +100,13 @@ def test_ode_aligned_init_is_the_exact_logistic(prob):
     tr.raise_if_failed()
     c0 = gam * s0**2
     c = 1 / (1 + (1 / c0 - 1) * np.exp(-8 * gam * np.asarray(ts)[:, None]))
-    # digest check 2 reports 7e-12 with RK4; adaptive rtol 1e-11 leaves ~1e-9 over the run.
+    # the exact logistic agrees with RK4 to 7e-12; adaptive rtol 1e-11 leaves ~1e-9 over the run.
     assert np.abs(_bt_eigs(tr.f) - np.sort(c, axis=1)[:, ::-1]).max() < 1e-8
     assert abs(float(tr.loss[-1]) - np.sum((1 - c[-1]) ** 2)) < 1e-8
 
 
 def test_ode_float32(prob):
-    """The API accepts float32 (DESIGN.md "Precision"): default rtol 1e-5, result within 1e-3 of
+    """The API accepts float32: default rtol 1e-5, result within 1e-3 of
     the float64 solve (f32 round-off ~1e-7 amplified through the staircase plus the tolerance)."""
     f0, ft0 = 1e-2 * prob["g"], 1e-2 * prob["g_test"]
     ts = _ts(6.0)
@@ -135,7 +135,7 @@ def _crossing_times(eigs, ts, level=0.5):
 
 
 def test_gd_reproduces_flow_step_times(prob):
-    """Stepwise digest check 3: GD with learning rate η is slower than the flow by ≈ 2ηγ_j
+    """Simon et al. 2023: GD with learning rate η is slower than the flow by ≈ 2ηγ_j
     relative (the exponential phase grows by 1 + 4ηγ per step instead of e^{4ηγ}); within 2ηγ₁."""
     gam1 = prob["gam"][0]
     lr = 0.01 / gam1
@@ -182,7 +182,7 @@ def test_gd_rounds_times_and_validates_lr(prob, capfd):
 # ------------------------------------------------------------------------------ constrained
 
 def test_constrained_converges_to_top_k_eigenspace_on_manifold(prob):
-    """Esser digest §3 (checks 5, 10): RKHS-orthonormal flow of L = −tr C stays on fᵀK⁻¹f = I and
+    """Esser et al. 2024 §3: RKHS-orthonormal flow of L = −tr C stays on fᵀK⁻¹f = I and
     converges to span K^{1/2} B_k (top-k eigenvectors of M); final loss −Σ_{j≤k} γ_j."""
     K_np, gam = prob["K_np"], prob["gam"]
     gap = gam[K_DIM - 1] - gam[K_DIM]

@@ -1,4 +1,4 @@
-"""Eigen-reduced solver, top-m eigensolvers and sweeps (issue [F]); float64 (conftest).
+"""Eigen-reduced solver, top-m eigensolvers and sweeps; float64 (conftest).
 
 Kernel used throughout: an explicit random-ReLU-feature kernel on paired noisy views (PSD by
 construction, a decaying spectrum like an NTK's), built in numpy so these tests do not depend on
@@ -134,7 +134,7 @@ def test_decomposition_errors(setup):
 
 
 def _step_time(g_k, alpha):
-    # Stepwise digest §3: t_k ≈ ln(1/c_k(0)) / (8 γ_k), c_k(0) ≈ γ_k α² (f0 ~ α·N(0, K)).
+    # Simon et al. 2023 §3: t_k ≈ ln(1/c_k(0)) / (8 γ_k), c_k(0) ≈ γ_k α² (f0 ~ α·N(0, K)).
     return np.log(1.0 / (g_k * alpha**2)) / (8 * g_k)
 
 

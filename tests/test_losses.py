@@ -140,8 +140,8 @@ def test_bt_gradient_closed_form_function_space(f):
         assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-10
 
 
-def test_bt_gradient_linear_model_digest_check1():
-    # Stepwise digest check 1: C = W Γ Wᵀ and ∇_W ‖C − I‖² = 4 (C − I) W Γ (linear model f = W x).
+def test_bt_gradient_linear_model():
+    # Simon et al. 2023 §2: C = W Γ Wᵀ and ∇_W ‖C − I‖² = 4 (C − I) W Γ (linear model f = W x).
     rng = np.random.default_rng(1)
     n, m, d = 8, 5, 3
     X = rng.normal(size=(2 * n, m))
@@ -160,7 +160,7 @@ def test_rotation_invariance(f):
     for name in ("barlow_twins", "spectral", "kernel_pca", "simclr"):
         L = losses.get(name)
         assert _rel(L(fq), L(fj)) < 1e-12, name
-    # negative control: λ ≠ 1 is not rotation invariant (stepwise digest §3).
+    # negative control: λ ≠ 1 is not rotation invariant (Simon et al. 2023, §3).
     L = losses.get("barlow_twins", lam=0.1)
     assert _rel(L(fq), L(fj)) > 1e-3
 

@@ -201,16 +201,17 @@ def make_solver(solver, argname: str = "solver", **options) -> Solver:
     if not isinstance(solver, str):
         raise TypeError(f"{argname}: expected a solver name {available_solvers()} or a "
                         f"sslntk.dynamics.Solver, got {type(solver).__name__}")
-    V.choice(argname, solver, available_solvers())
+    if solver not in SOLVERS:
+        V.choice(argname, solver, available_solvers())
     return SOLVERS[solver].from_options(**options)
 
 
-def _solver_spec(solver, method, options: dict) -> tuple[object, str, dict]:
+def _solver_spec(solver, method, options: dict, default="auto") -> tuple[object, str, dict]:
     """(solver spec, its argument name, options) from the current and the former spelling
     (`method="ode"`, with the diffrax integrator then passed as `solver=`)."""
     if method is None:
         return solver, "solver", options
-    if isinstance(method, str) and not isinstance(solver, Solver) and solver != "auto":
+    if isinstance(method, str) and not isinstance(solver, Solver) and solver != default:
         if method not in _DIFFRAX_SOLVERS and method in SOLVERS:
             raise ValueError(f"solver: solver {method!r} has no integrator option, got "
                              f"solver={solver!r}")
@@ -260,8 +261,6 @@ def solve(K, loss, f0, ts, solver="auto", *, K_test_train=None, f0_test=None,
     semantics.
     """
     spec, argname, options = _solver_spec(solver, method, options)
-    if isinstance(spec, str) and spec != "auto":
-        V.choice(argname, spec, available_solvers() + ["auto"])
     inp = _common.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=check_psd)
     traj = _run(inp, spec, argname, options, progress=progress)
     return _post(traj, inp, record_terms=record_terms, diagnostics=diagnostics,
@@ -270,16 +269,17 @@ def solve(K, loss, f0, ts, solver="auto", *, K_test_train=None, f0_test=None,
 
 def _resolve(inp: _common.Inputs, spec, argname: str, options: dict) -> tuple[Solver, str]:
     """The solver object (and why) for validated inputs; refuses an unsupported method or K."""
+    reason = "requested"
     if isinstance(spec, str) and spec == "auto":
-        name, reason = _choose(inp.K, inp.method, inp.state0.f)
-        solver = make_solver(name, argname, **options)
-    else:
-        solver = make_solver(spec, argname, **options)
-        reason = "requested"
-    if _sharding.layout_of(inp.K) is not None and not solver.sharded:
-        raise ValueError(f"{argname}: {solver.name!r} does not support a row-sharded K (its kernel "
-                         f"work is dense); use one of "
+        spec, reason = _choose(inp.K, inp.method, inp.state0.f)
+    if isinstance(spec, str):
+        V.choice(argname, spec, available_solvers())
+    cls = spec if isinstance(spec, type) else SOLVERS.get(spec, type(spec))
+    if _sharding.layout_of(inp.K) is not None and not getattr(cls, "sharded", False):
+        raise ValueError(f"{argname}: {getattr(cls, 'name', spec)!r} does not support a "
+                         f"row-sharded K (its kernel work is dense); use one of "
                          f"{[n for n, c in SOLVERS.items() if c.sharded]} or an unsharded K")
+    solver = make_solver(spec, argname, **options)
     solver.check(inp.method, inp.state0)
     return solver, reason
 

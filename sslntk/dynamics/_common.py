@@ -35,7 +35,7 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 def mm(a, b, layout=None):
     """Matrix product at full float32 precision on accelerators (no TF32/bf16 passes); with a
-    `_sharding.RowLayout` (row-sharded `a`, issue [H]) a sharded product whose result is
+    `_sharding.RowLayout` (row-sharded `a`) a sharded product whose result is
     replicated (`_sharding.row_matmul`)."""
     if layout is not None:
         return _sharding.row_matmul(a, b, layout, precision=HIGHEST)

@@ -1,4 +1,4 @@
-"""Orthogonality-constrained (Stiefel / Grassmannian) kernel flow of Esser et al. (Esser digest §3).
+"""Orthogonality-constrained (Stiefel / Grassmannian) kernel flow of Esser et al. (2024), §3.
 
 State and constraint. Esser et al. constrain the trained layer, `WᵀW = I_k`, with `f(x) = Wᵀφ(x)`.
 In the kernel (random-feature / RKHS) model with W in the span of the training features this is

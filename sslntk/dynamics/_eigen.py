@@ -24,8 +24,8 @@ e.g. Barlow Twins), write `G = ∂L/∂C` (k×k, symmetric). Then `∇_f L = (2/
 
 — no `N`-sized work at all per step. With `A` the top-m generalised eigenvectors of
 `(Z K/N) a = γ a`, `aᵀKa = 1` (``kind="contrastive"``; `b = K^{1/2} a` are the eigenvectors of
-`M = K^{1/2} Z K^{1/2}/N`, stepwise digest §6) one has `S = Γ = diag(γ)`, `X = 0`, i.e.
-`dw/dt = −2 Γ w G`: the modes decouple exactly as in digest §3, every eigenspace of `M` is invariant
+`M = K^{1/2} Z K^{1/2}/N`, Simon et al. 2023 §6) one has `S = Γ = diag(γ)`, `X = 0`, i.e.
+`dw/dt = −2 Γ w G`: the modes decouple exactly as in Simon et al. §3, every eigenspace of `M` is invariant
 (with `f = K^{1/2}u`, `du/dt = −2 M u G`), and dropping the modes `j > m` is exact for the part of
 `f₀` in the kept span. The formulas above use the computed `S, X` (not their ideal values), so the
 reduced flow is the exact `K_m` flow even for inexact (Krylov, float32) eigenvectors.
@@ -143,7 +143,7 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
     the runs' own RMS error norms, so every run is held to the accuracy it would get alone; the
     steps are shared, so one stiff run slows its whole group. On CPU this costs what the vmap does
     (32 runs at 2n = 2048: 3.2 s vs 3.1 s). A run whose right-hand side turns non-finite is
-    frozen and flagged alone (status NONFINITE). A row-sharded K (`layout`, issue [H]) enters
+    frozen and flagged alone (status NONFINITE). A row-sharded K (`layout`) enters
     only through the one product `K Z R₀` of all runs at once (sharded, replicated result); the
     `(B, m, k)` state and everything else is replicated.
     """
@@ -390,13 +390,20 @@ class Eigen(DiffraxOptions, Solver):
 
 
 def solve_eigen(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False,
-                **options) -> Trajectory:
-    """Validate the inputs and run `Eigen(**options)` (`solver=` is accepted for `integrator=`)."""
+                validate: bool = True, **options) -> Trajectory:
+    """Run `Eigen(**options)` (`solver=` is accepted for `integrator=`), validating the inputs
+    first unless `validate=False` (the caller already did: then `loss` is a method and the arrays
+    are checked)."""
     if "solver" in options:
         options["integrator"] = options.pop("solver")
-    inp = C.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=False)
-    return Eigen.from_options(**options).solve(inp.K, inp.method, inp.state0, inp.ts,
-                                               K_test_train=inp.K_test_train, progress=progress)
+    if validate:
+        inp = C.validate_inputs(K, loss, f0, ts, K_test_train, f0_test, check_psd_=False)
+        K, method, state0, ts, K_test_train = inp
+    else:
+        method = _methods.as_method(loss)
+        state0 = method.init(f0, f0_test=f0_test)
+    return Eigen.from_options(**options).solve(K, method, state0, ts, K_test_train=K_test_train,
+                                               progress=progress)
 
 
 def solve_batch(K, method, F0, ts, dec, *, path, loss_batched, K_test_train=None, F0_test=None,

@@ -79,9 +79,9 @@ def solve_many(K, loss, f0s, ts, solver="eigen", *, K_test_train=None, f0s_test=
     """
     from sslntk import dynamics  # lazy: sslntk.dynamics imports this module
 
-    spec, argname, options = dynamics._solver_spec(solver, method, options)
-    if isinstance(spec, str):
-        V.choice(argname, spec, dynamics.available_solvers())
+    spec, argname, options = dynamics._solver_spec(solver, method, options, default="eigen")
+    if isinstance(spec, str) and spec not in dynamics.SOLVERS:
+        V.choice(argname, spec, dynamics.available_solvers())     # fail before any K work
     K = C.square(K)
     N = K.shape[0]
     as_list = isinstance(f0s, (list, tuple))
