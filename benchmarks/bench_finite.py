@@ -139,13 +139,14 @@ def main():
     loss = losses.get("barlow_twins")
     print(f"device: {jax.devices()[0].device_kind}, 2n = {x.shape[0]}, d = {x.shape[1]}, k = {k}")
 
-    def steps_per_s(train_fn, s0, extra):
-        # each step count once untimed first (compilation, caches), then the difference of the two
-        # timed runs: the per-step cost without compile or setup
+    def steps_per_s(train_fn, s0, extra, rounds=3):
+        # each step count once untimed first (compilation, caches), then the difference of the
+        # fastest of `rounds` timed runs of each: the per-step cost without compile or setup (the
+        # minimum, because on a shared machine the noise only ever adds time)
         _timed(lambda: train_fn(s0))
         _timed(lambda: train_fn(s0 + extra))
-        t0, _ = _timed(lambda: train_fn(s0))
-        t1, _ = _timed(lambda: train_fn(s0 + extra))
+        t0 = min(_timed(lambda: train_fn(s0))[0] for _ in range(rounds))
+        t1 = min(_timed(lambda: train_fn(s0 + extra))[0] for _ in range(rounds))
         if t1 <= t0:
             raise RuntimeError(f"timing: {s0 + extra} steps took no longer than {s0} ({t1:.4f}s "
                                f"vs {t0:.4f}s); raise `extra`")

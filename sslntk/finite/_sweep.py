@@ -226,7 +226,8 @@ def _default_method():
 def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *, alpha: float,
                 lr: float, steps: int, ts=None, x_test=None, out_dim: int = 4,
                 method: str | None = None, window: float | None = None, optimizer: str = "gd",
-                batch_size: int | None = None, vmap_seeds: bool = True, drift_points: int = 256,
+                batch_size: int | None = None, optimizer_options: dict | None = None,
+                vmap_seeds: bool = True, drift_points: int = 256,
                 solve_options: dict | None = None, checkpoint=None, linearized: bool = False,
                 progress: bool = True, param: str = "ntk", base_width: int | None = None,
                 reference: str | None = None, record_terms: bool = False) -> WidthSweep:
@@ -238,7 +239,8 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
         0..S−1) or a sequence of ints; network `(w, s)` is drawn from
         `fold_in(jax.random.key(s), w)`.
       alpha: small-init scale (`docs/how-to/finite-vs-kernel.md`). lr, steps, ts, optimizer,
-        batch_size: as `train` (the save grid is `lr·rint(ts/lr)`, shared with the kernel solve).
+        batch_size, optimizer_options: as `train` (the save grid is `lr·rint(ts/lr)`, shared
+        with the kernel solve).
       x_test: held-out inputs `(m, *in_shape)`. out_dim: embedding dimension k.
       method: kernel solver for `dynamics.solve`: default "gd" at the same `lr` when installed
         (isolates the finite-width effect from time discretisation), else "ode" (gradient flow;
@@ -274,6 +276,10 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
         raise ValueError(f"reference: the infinite-width NTK (kernels.ntk) is the limit of the NTK "
                          f"parametrisation only; with param={param!r} use reference='empirical'")
     pkw = dict(param=param, base_width=base_width)
+    if optimizer_options is not None and not isinstance(optimizer_options, dict):
+        raise TypeError(f"optimizer_options: expected a dict, got {type(optimizer_options).__name__}")
+    opt_tag = optimizer if not optimizer_options else \
+        f"{optimizer}{sorted(optimizer_options.items())!r}"
     tag_arch = (arch if param == "ntk" and reference == "infinite"
                 else f"{arch!r}|{param}|{base_width}|{reference}")
     if not isinstance(arch, kernels.Arch) and not (reference == "empirical"
@@ -332,7 +338,7 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
             if cfile is not None and cfile.exists():
                 z = _io.load_npz(cfile)
                 if (z["seeds"].tolist() == seeds and np.array_equal(z["ts"], tgrid)
-                        and str(z["tag"]) == _tag(tag_arch, loss, alpha, lr, optimizer, method, x)
+                        and str(z["tag"]) == _tag(tag_arch, loss, alpha, lr, opt_tag, method, x)
                         and (not linearized or "dev_net_lin" in z)
                         and (not record_terms or any(n.startswith("terms_") for n in z))):
                     for name in _FIELDS:
@@ -352,7 +358,8 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
             # the lr·ρ warning concerns GD vs the gradient FLOW; a "gd" kernel solve at the same
             # lr is discrete on both sides, so there is nothing to warn about.
             kw = dict(lr=lr, steps=steps, optimizer=optimizer, batch_size=batch_size, ts=tgrid,
-                      x_test=xt, progress=False, check_lr=method != "gd")
+                      x_test=xt, progress=False, check_lr=method != "gd",
+                      optimizer_options=optimizer_options)
             f_net, ft_net, l_net, trained, rate, st_net, fs_net = _train_seeds(
                 models, x, loss, keys, kw, vmap_seeds)
             f_lin = None
@@ -420,7 +427,7 @@ def width_sweep(arch: kernels.Arch, views, loss, widths: Sequence[int], seeds, *
                 arrays = {n: res[n][-1] for n in _FIELDS if res[n][-1] is not None}
                 _io.atomic_write_npz(cfile, seeds=np.array(seeds), ts=tgrid,
                                      seconds=np.array(seconds[-1]),
-                                     tag=np.array(_tag(tag_arch, loss, alpha, lr, optimizer, method,
+                                     tag=np.array(_tag(tag_arch, loss, alpha, lr, opt_tag, method,
                                                        x)), **arrays, **new_terms)
             prog.update(1, width=w, dev=float(np.max(res["dev_train"][-1][:, tgrid <= window])))
     arr = {n: (None if any(a is None for a in res[n]) else np.stack(res[n])) for n in _FIELDS}
