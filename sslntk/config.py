@@ -269,6 +269,23 @@ KIND_SECTIONS = {
             "fd_eps": Key(1e-4, POS, "relative step of the finite-difference check"),
         },
     },
+    "stability": {   # sslntk.stability (asymmetric methods): six methods + ablations, phases
+        "stability": {
+            "k": Key(4, integer(1, 256), "embedding dimension"),
+            "alpha": Key(0.1, POS, "initial scale: f0 ~ N(0, alpha^2 K_nngp)"),
+            "t_end": Key(1000.0, POS, "final time (lr x steps)"), "lr": Key(0.02, POS, "gd step"),
+            "n_times": Key(21, integer(2, 100000), "saved times"),
+            "eta": Key(0.01, NONNEG, "weight decay of BYOL/SimSiam per unit time"),
+            "ema_rate": Key(0.4, NONNEG), "alpha_p": Key(1.0, POS), "teacher_temp": Key(0.04, POS),
+            "center_rate": Key(5.0, NONNEG), "n_prototypes": Key(10, integer(1)),
+            "form": Key("euclidean", one_of("euclidean", "cosine")),
+            "ablations": Key(True, boolean),
+            "ema_rates": Key([0.01, 0.1, 1.0], list_of(POS, increasing=True)),
+            "weight_decays": Key([0.0, 0.04, 0.1, 0.2], list_of(NONNEG, increasing=True)),
+            "teacher_temps": Key([0.04, 0.1], list_of(POS, increasing=True)),
+            "center_rates": Key([0.0, 5.0], list_of(NONNEG, increasing=True)),
+        },
+    },
 }
 
 KINDS = tuple(KIND_SECTIONS)

@@ -656,3 +656,10 @@ def run_downstream(rd: RunDir, cfg: dict, progress: bool):
 
 
 KINDS["downstream"] = run_downstream
+def run_stability(rd: RunDir, cfg: dict, progress: bool):   # the runner lives in sslntk.stability
+    from sslntk import stability
+
+    return stability.run_stability(rd, cfg, progress)
+
+
+KINDS["stability"] = run_stability

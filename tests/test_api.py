@@ -112,6 +112,11 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
     "methods": [
         "GradientFlow", "KernelOp", "Method", "MomentForm", "State", "StepwiseForm", "as_method",
         "as_state", "method_label", "require",
+        # asymmetric methods (BYOL, SimSiam, DirectPred, DINO, SwAV)
+        "byol_loss", "byol_momentum", "cosine_schedule", "dino_center", "dino_loss",
+        "dino_teacher_temperature", "simsiam_loss", "sinkhorn", "swap_views", "swav_loss",
+        "BYOL", "DINO", "DirectPred", "EMARate", "KernelPredictor", "Predictive", "SimSiam",
+        "SwAV", "dino_linear_operator", "rkhs_gram",
     ],
     "finite": [
         "AugmentedPrediction", "AugmentedResult", "CoordCheck", "GradientStep", "KernelMotion",
@@ -119,9 +124,17 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         "augmented_kernel_prediction",
         "coord_check", "kernel_alignment", "kernel_drift", "kernel_prediction", "learning_rate",
         "make_optimizer", "output_space_ntk", "pooled_views", "resnet", "train_augmented",
+        # asymmetric methods at finite width
+        "MethodRule", "OutputSpaceKernelOp", "method_prediction", "train_method",
     ],
     "theory": [
         "staircase",   # the stepwise module; `theory.stepwise` is now the function
+        # asymmetric methods: linear-network theory (Tian et al. 2021)
+        "COLLAPSE_TOL", "LinearSSL", "LinearState", "LinearTrajectory", "ModeSystem",
+        "ModeTrajectory", "PREDICTORS", "alignment_operator", "balance_residual",
+        "certain_collapse_decay", "classify_modes", "directpred_predictor", "fixed_points",
+        "isotropic_views", "kernel_consistent_predictor", "mode_rates", "noncontrastive",
+        "simulate_linear", "simulate_mode", "view_moments",
     ],
     "metrics": [
         "BELOW_THRESHOLD", "LEARNED", "NO_RISE", "STEP_REASONS", "STEP_THRESHOLD", "Steps",

@@ -18,7 +18,8 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 def test_all_three_notebooks_exist():
     names = [p.stem for p in NOTEBOOKS]
-    assert names == ["01_stepwise_barlow_twins", "02_finite_vs_ntk", "03_collapse"]
+    assert names == ["01_stepwise_barlow_twins", "02_finite_vs_ntk", "03_collapse",
+                     "04_asymmetric_stability"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

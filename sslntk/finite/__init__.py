@@ -33,6 +33,12 @@ linearisation), Yang & Hu 2021 (Tensor Programs IV/V: μP), Simon et al. 2023 (s
 `docs/how-to/finite-vs-kernel.md`, `docs/concepts.md`.
 """
 
+from sslntk.finite._asymmetric import (  # noqa: F401
+    MethodRule,
+    OutputSpaceKernelOp,
+    method_prediction,
+    train_method,
+)
 from sslntk.finite._augmented_prediction import (  # noqa: F401
     AugmentedPrediction,
     augmented_kernel_prediction,

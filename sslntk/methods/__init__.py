@@ -19,6 +19,18 @@ counterparts) or a whole `vector_field`. See `docs/concepts.md`.
     -2.0
 """
 
+from sslntk.methods._asym_losses import (  # the official losses of the asymmetric methods
+    byol_loss,
+    byol_momentum,
+    cosine_schedule,
+    dino_center,
+    dino_loss,
+    dino_teacher_temperature,
+    simsiam_loss,
+    sinkhorn,
+    swap_views,
+    swav_loss,
+)
 from sslntk.methods._base import (
     GradientFlow,
     KernelOp,
@@ -31,6 +43,21 @@ from sslntk.methods._base import (
     method_label,
     require,
 )
+from sslntk.methods._dino import DINO, dino_linear_operator
+from sslntk.methods._ema import EMARate
+from sslntk.methods._predictive import (
+    BYOL,
+    DirectPred,
+    KernelPredictor,
+    Predictive,
+    SimSiam,
+    rkhs_gram,
+)
+from sslntk.methods._swav import SwAV
 
 __all__ = ["Method", "State", "KernelOp", "GradientFlow", "MomentForm", "StepwiseForm",
            "as_method", "as_state", "method_label", "require"]
+__all__ += ["byol_loss", "byol_momentum", "cosine_schedule", "dino_center", "dino_loss",
+            "dino_teacher_temperature", "simsiam_loss", "sinkhorn", "swap_views", "swav_loss",
+            "EMARate", "Predictive", "BYOL", "SimSiam", "DirectPred", "KernelPredictor",
+            "rkhs_gram", "DINO", "dino_linear_operator", "SwAV"]
