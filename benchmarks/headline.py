@@ -169,7 +169,7 @@ def row_finite(rounds: int, steps: int = 20) -> dict:
     from flax import nnx
 
     sys.path.insert(0, str(HERE))
-    from bench_finite import _PlainResNet   # the practitioner's loop the ratio is against
+    from bench_finite import _PlainResNet  # the practitioner's loop the ratio is against
 
     n, width, k, lr = 128, 64, 16, 1e-3
     ds = data.load("digits", n=n, dtype=jnp.float32)

@@ -64,7 +64,7 @@ def _kernel(seed, const=0.5, ridge=0.05, n=30):
     return K
 
 
-def _sqrtm(K):
+def sqrtm_psd(K):
     lam, U = np.linalg.eigh(K)
     return (U * np.sqrt(np.clip(lam, 0, None))) @ U.T
 
@@ -127,7 +127,7 @@ def test_frozen_predictor_growth_rate_is_top_eigenvalue_of_linearised_operator()
     K = _kernel(0)
     N = K.shape[0]
     Z = _Z(N)
-    Kh = _sqrtm(K)
+    Kh = sqrtm_psd(K)
     lam_sym = np.linalg.eigvalsh(0.5 * Kh @ (Z - 0.5 * np.eye(N)) @ Kh / N)[-1]
     A = 0.5 * K @ (Z - 0.5 * np.eye(N)) / N
     ev, W = np.linalg.eig(A.T)    # left eigenvectors of A
@@ -199,7 +199,7 @@ def test_top_growth_function_is_the_centre_mode_for_relu_like_kernels():
     for const in (0.0, 0.5):
         K = _kernel(0, const=const)
         N = K.shape[0]
-        Kh = _sqrtm(K)
+        Kh = sqrtm_psd(K)
         lam, V = np.linalg.eigh(0.5 * Kh @ (_Z(N) - 0.5 * np.eye(N)) @ Kh / N)
         u = Kh @ V[:, -1]
         cos = abs(u.sum()) / (np.linalg.norm(u) * np.sqrt(N))
@@ -216,7 +216,7 @@ def _parabola_run(seed=3, t_end=6.0, predictor="trained"):
     N = K.shape[0]
     f0 = 0.05 * np.linalg.cholesky(K) @ np.random.default_rng(seed).normal(size=(N, 3))
     G0 = np.asarray(M.rkhs_gram(K, f0))
-    Wp0 = _sqrtm(2.0 * G0)   # on the parabola: balance constant C = 0
+    Wp0 = sqrtm_psd(2.0 * G0)   # on the parabola: balance constant C = 0
     m = M.SimSiam(alpha_p=2.0, eta=0.01, predictor=predictor)
     ts = np.linspace(0.0, t_end, 31)
     ys = _ode(m, m.init(jnp.asarray(f0), predictor0=jnp.asarray(Wp0)), K, ts)
@@ -249,11 +249,11 @@ def test_trained_predictor_is_kernel_consistent_root_and_not_directpred_shape():
     G = np.asarray(M.rkhs_gram(K, f))
     scale = np.linalg.norm(Wp.T @ Wp)
     assert np.linalg.norm(Wp.T @ Wp - 2.0 * G) < 1e-9 * max(scale, 1.0)
-    root = _sqrtm(2.0 * G)
+    root = sqrtm_psd(2.0 * G)
     Q = Wp @ np.linalg.inv(root)
     assert np.linalg.norm(Q.T @ Q - np.eye(3)) < 1e-8
     assert np.linalg.norm(Wp - root) / np.linalg.norm(Wp) < 5e-2
-    Cs_h = _sqrtm(f.T @ f / f.shape[0])
+    Cs_h = sqrtm_psd(f.T @ f / f.shape[0])
     c = np.sum(Wp * Cs_h) / np.sum(Cs_h * Cs_h)
     assert np.linalg.norm(Wp - c * Cs_h) / np.linalg.norm(Wp) > 0.1
     # and the KernelPredictor method carries that Gram exactly: its W_p = (alpha_p G)^{1/2}

@@ -403,11 +403,11 @@ def test_auto_block_size_bounds_memory():
     b_mlp = K_.auto_block_size(K_.mlp(depth=2), (1, 64))
     assert 8 <= b_cnn < 128 and b_cnn % 8 == 0
     assert b_mlp == 2048
-    per_pair = _assembly._PAIR_ARRAYS * (10 * 10) ** 2 * 4
+    per_pair = _assembly.PAIR_ARRAYS * (10 * 10) ** 2 * 4
     assert b_cnn**2 * per_pair <= K_.BLOCK_MEMORY_BUDGET
     # flatten: only the pixel diagonal per pair, so far larger blocks (32×32 images: 144)
     b_flat = K_.auto_block_size(K_.cnn(depth=2, readout="flatten"), (1, 32, 32, 3))
-    assert b_flat**2 * _assembly._PAIR_ARRAYS * 34 * 34 * 4 <= K_.BLOCK_MEMORY_BUDGET
+    assert b_flat**2 * _assembly.PAIR_ARRAYS * 34 * 34 * 4 <= K_.BLOCK_MEMORY_BUDGET
     assert b_flat >= 128
 
 

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslntk import _validate as V
-from sslntk.data._pytree import _pytree
+from sslntk.data._pytree import pytree_class
 
 
-def _sqrtm(M: np.ndarray) -> np.ndarray:
+def sqrtm_psd(M: np.ndarray) -> np.ndarray:
     """Symmetric PSD square root (round-off negative eigenvalues set to 0)."""
     w, Q = np.linalg.eigh(M)
     return (Q * np.sqrt(np.clip(w, 0, None))) @ Q.T
@@ -48,7 +48,7 @@ def _apply_jit(aug: Augmentation, key, x):
     return aug._apply(key, x)
 
 
-@_pytree(data=("strength", "cov_sqrt"))
+@pytree_class(data=("strength", "cov_sqrt"))
 @dataclass(frozen=True, eq=False)
 class GaussianNoise(Augmentation):
     """Additive Gaussian noise `x + strength · ε L`, `ε ~ N(0, I)` per sample over its flattened
@@ -98,7 +98,7 @@ def gaussian_noise(strength: float = 0.1, cov=None) -> GaussianNoise:
         if np.ndim(cov) == 1:
             L = jnp.asarray(np.sqrt(np.diag(C)), dtype=jnp.asarray(cov).dtype)
         else:
-            L = jnp.asarray(_sqrtm(C), dtype=jnp.asarray(cov).dtype)
+            L = jnp.asarray(sqrtm_psd(C), dtype=jnp.asarray(cov).dtype)
     return GaussianNoise(strength=strength, cov_sqrt=L)
 
 
@@ -136,7 +136,7 @@ def shift(x, shifts, padding: str = "zeros") -> jax.Array:
     return jnp.einsum("njw,niwc->nijc", Tx, out)
 
 
-@_pytree(data=("strength",), static=("padding",))
+@pytree_class(data=("strength",), static=("padding",))
 @dataclass(frozen=True, eq=False)
 class Translate(Augmentation):
     """Random translation of images `(N, H, W, C)` by `strength · u` pixels per axis, `u ~ U[-1, 1]²`
@@ -164,7 +164,7 @@ def translate(strength: float = 1.0, padding: str = "zeros") -> Translate:
     return Translate(strength=strength, padding=padding)
 
 
-@_pytree(data=("strength", "temperature"), static=("hard",))
+@pytree_class(data=("strength", "temperature"), static=("hard",))
 @dataclass(frozen=True, eq=False)
 class Mask(Augmentation):
     """Random masking: each pixel (images `(N, H, W, C)`: one mask per pixel shared by the channels)
@@ -218,7 +218,7 @@ def mask(strength: float = 0.1, temperature: float = 0.1, hard: bool = False) ->
     return Mask(strength=strength, temperature=temperature, hard=hard)
 
 
-@_pytree(data=("brightness", "contrast"))
+@pytree_class(data=("brightness", "contrast"))
 @dataclass(frozen=True, eq=False)
 class Jitter(Augmentation):
     """Brightness/contrast jitter per sample: `x' = (x − x̄)(1 + contrast · u₁) + x̄ + brightness · u₂`,
@@ -246,7 +246,7 @@ def jitter(brightness: float = 0.1, contrast: float = 0.1) -> Jitter:
     return Jitter(brightness=brightness, contrast=contrast)
 
 
-@_pytree(data=("augs",))
+@pytree_class(data=("augs",))
 @dataclass(frozen=True, eq=False)
 class Compose(Augmentation):
     """Apply `augs` left to right; augmentation i draws from `jax.random.split(key, len(augs))[i]`.
@@ -288,7 +288,7 @@ def compose(*augs) -> Compose:
     return Compose(augs=tuple(augs))
 
 
-@_pytree(data=("a", "b"))
+@pytree_class(data=("a", "b"))
 @dataclass(frozen=True, eq=False)
 class ViewPair:
     """Different augmentations for the two views (the asymmetric BYOL / Barlow Twins recipes):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslntk import _validate as V
-from sslntk.data._augment import Augmentation, GaussianNoise, _sqrtm
+from sslntk.data._augment import Augmentation, GaussianNoise, sqrtm_psd
 from sslntk.data._views import Views, make_views
 
 
@@ -92,7 +92,7 @@ def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
     return images, target
 
 
-def _balanced_counts(n: int, available: np.ndarray) -> np.ndarray:
+def balanced_counts(n: int, available: np.ndarray) -> np.ndarray:
     """Split n as evenly as possible over classes, capped by what each class has."""
     counts = np.zeros_like(available)
     remaining = n
@@ -157,7 +157,7 @@ def digits(n: int | None = None, *, classes: Sequence[int] | None = None,
         if key is not None:
             pool = pool[np.asarray(jax.random.permutation(key, len(pool)))]
         available = np.array([np.sum(target[pool] == c) for c in classes])
-        counts = _balanced_counts(n, available)
+        counts = balanced_counts(n, available)
         take = np.zeros(len(pool), bool)
         for c, k in zip(classes, counts, strict=True):
             take[np.flatnonzero(target[pool] == c)[:k]] = True
@@ -301,10 +301,10 @@ def spiked(n: int = 512, *, key, spikes: Sequence[float] | None = None, dim: int
         B0_ = np.eye(d) if B0 is None else V.covariance("B0", B0, d)
     B_ = s**2 * B0_
     z = jax.random.normal(key, (n, d), jnp.float64 if dt.itemsize > 4 else jnp.float32)
-    X = np.asarray(z, dtype=np.float64) @ _sqrtm(A_)
+    X = np.asarray(z, dtype=np.float64) @ sqrtm_psd(A_)
     v1 = np.linalg.eigh(A_)[1][:, -1]
     y = (X @ v1 > 0).astype(np.int32)
-    aug = GaussianNoise(strength=s, cov_sqrt=jnp.asarray(_sqrtm(B0_), dtype=dt))
+    aug = GaussianNoise(strength=s, cov_sqrt=jnp.asarray(sqrtm_psd(B0_), dtype=dt))
     return Dataset(name="spiked", x=jnp.asarray(X, dtype=dt), y=jnp.asarray(y), image_shape=None,
                    n_classes=2, A=jnp.asarray(A_, dtype=dt), B=jnp.asarray(B_, dtype=dt),
                    augmentation=aug,

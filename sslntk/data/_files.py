@@ -35,7 +35,7 @@ import numpy as np
 
 from sslntk import _validate as V
 from sslntk.data import _download, _formats
-from sslntk.data._datasets import Dataset, _balanced_counts
+from sslntk.data._datasets import Dataset, balanced_counts
 
 FormatError = _formats.FormatError
 
@@ -270,7 +270,7 @@ def select(labels: np.ndarray | None, n_total: int, classes, n, key) -> np.ndarr
     if labels is None:
         return pool[:n]
     lab = labels[pool]
-    counts = _balanced_counts(n, np.array([np.sum(lab == c) for c in classes]))
+    counts = balanced_counts(n, np.array([np.sum(lab == c) for c in classes]))
     take = np.zeros(len(pool), bool)
     for c, k in zip(classes, counts, strict=True):
         take[np.flatnonzero(lab == c)[:k]] = True

@@ -40,7 +40,7 @@ import numpy as np
 
 from sslntk import _validate as V
 from sslntk.data._augment import Augmentation
-from sslntk.data._pytree import _pytree
+from sslntk.data._pytree import pytree_class
 
 GATES = ("straight_through", "expected")
 ORDERS = ("random", "fixed")
@@ -232,7 +232,7 @@ def _crop_box(aug, u, H, W):
     return jnp.stack([u[2] * (H - h), u[3] * (W - w), h, w])
 
 
-@_pytree(data=("scale", "ratio"))
+@pytree_class(data=("scale", "ratio"))
 @dataclass(frozen=True, eq=False)
 class RandomResizedCrop(_Image):
     """Random resized crop to the input size (see the module docstring): area fraction in `scale`,
@@ -261,7 +261,7 @@ def random_resized_crop(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> RandomResize
                              ratio=V.interval("ratio", ratio, lower=0.0))
 
 
-@_pytree(data=("p",), static=("gate",))
+@pytree_class(data=("p",), static=("gate",))
 @dataclass(frozen=True, eq=False)
 class HorizontalFlip(_Image):
     """Mirror left–right with probability `p`."""
@@ -284,7 +284,7 @@ def horizontal_flip(p=0.5, gate="straight_through") -> HorizontalFlip:
     return HorizontalFlip(p=p, gate=gate)
 
 
-@_pytree(data=("p",), static=("gate",))
+@pytree_class(data=("p",), static=("gate",))
 @dataclass(frozen=True, eq=False)
 class RandomGrayscale(_Image):
     """Replace an RGB image by its luma (repeated over the channels) with probability `p`."""
@@ -307,7 +307,7 @@ def random_grayscale(p=0.2, gate="straight_through") -> RandomGrayscale:
     return RandomGrayscale(p=p, gate=gate)
 
 
-@_pytree(data=("brightness", "contrast", "saturation", "hue", "p"), static=("order", "gate"))
+@pytree_class(data=("brightness", "contrast", "saturation", "hue", "p"), static=("order", "gate"))
 @dataclass(frozen=True, eq=False)
 class ColorJitter(_Image):
     """torchvision `ColorJitter(brightness, contrast, saturation, hue)` applied with probability
@@ -368,7 +368,7 @@ def color_jitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8, o
                        p=p, order=order, gate=gate)
 
 
-@_pytree(data=("sigma", "p"), static=("kernel_size", "gate"))
+@pytree_class(data=("sigma", "p"), static=("kernel_size", "gate"))
 @dataclass(frozen=True, eq=False)
 class GaussianBlur(_Image):
     """Gaussian blur with σ uniform in `sigma` (pixels), `kernel_size` taps (None: 10 % of the
@@ -414,7 +414,7 @@ def gaussian_blur(sigma=(0.1, 2.0), p=0.5, kernel_size=None, gate="straight_thro
                         gate=gate)
 
 
-@_pytree(data=("p", "threshold"), static=("gate",))
+@pytree_class(data=("p", "threshold"), static=("gate",))
 @dataclass(frozen=True, eq=False)
 class Solarize(_Image):
     """Solarisation `x → x if x < threshold else 1 − x` (BYOL; torchvision `RandomSolarize` on
@@ -442,7 +442,7 @@ def solarize(p=0.2, threshold=0.5, gate="straight_through") -> Solarize:
     return Solarize(p=p, threshold=threshold, gate=gate)
 
 
-@_pytree(data=("scale", "shift"))
+@pytree_class(data=("scale", "shift"))
 @dataclass(frozen=True, eq=False)
 class Affine(Augmentation):
     """Deterministic `x · scale + shift` (`scale`, `shift` broadcast against one sample, e.g. `(C,)`

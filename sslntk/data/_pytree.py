@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import jax
 
 
-def _pytree(data: Sequence[str], static: Sequence[str] = ()):
+def pytree_class(data: Sequence[str], static: Sequence[str] = ()):
     data, static = tuple(data), tuple(static)
 
     def register(cls):

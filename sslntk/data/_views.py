@@ -12,10 +12,10 @@ import jax.numpy as jnp
 
 from sslntk import _validate as V
 from sslntk.data._augment import Augmentation, ViewPair, compose
-from sslntk.data._pytree import _pytree
+from sslntk.data._pytree import pytree_class
 
 
-@_pytree(data=("a", "b"), static=("feature_ndim",))
+@pytree_class(data=("a", "b"), static=("feature_ndim",))
 @dataclass(frozen=True, eq=False)
 class Views:
     """Two augmented views of `n` source samples.

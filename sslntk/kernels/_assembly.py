@@ -14,7 +14,7 @@ kernel on 2n = 8192 digits views takes seconds; a depth-2 CNN with global averag
 images needs 2 · 64² dual-activation evaluations per pair of views (~5.8k pairs per CPU-second:
 2n = 2048 in 6 CPU-minutes), with the flatten readout 2 · H·W (32×32×3 images: ~21k pairs per
 CPU-second, 2n = 2048 in 100 CPU-seconds). Memory stays bounded by
-the block size either way (`_pair_entries`: the pixel-pixel covariance, or its diagonal).
+the block size either way (`pair_entries`: the pixel-pixel covariance, or its diagonal).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ BACKENDS = ("sslntk", "neural_tangents")
 GETS = ("ntk", "nngp")
 
 # Peak memory (bytes) that one block's intermediates may use; block sizes are derived from it with
-# a per-pair footprint of `_PAIR_ARRAYS` copies of the padded pixel-pixel covariance. Conservative:
+# a per-pair footprint of `PAIR_ARRAYS` copies of the padded pixel-pixel covariance. Conservative:
 # `benchmarks/bench_kernels.py` measured ~420 MiB of peak RSS (compilation included) for the 48-row
 # blocks this gives a depth-2 CNN on 8×8 images (estimate 737 MB), plus the (2n)² output.
 BLOCK_MEMORY_BUDGET = 768 * 2**20
-_PAIR_ARRAYS = 8
+PAIR_ARRAYS = 8
 _MAX_BLOCK = 2048
 _MIN_BLOCK = 8
 
@@ -202,7 +202,7 @@ def _check_inputs(arch, x1, x2, dtype):
     return x1, x2
 
 
-def _pair_entries(arch: Arch, shape: tuple[int, ...]) -> int:
+def pair_entries(arch: Arch, shape: tuple[int, ...]) -> int:
     """Entries of the (padded) per-pair covariance: `((H + fh − 1)(W + fw − 1))²` for a CNN with
     global average pooling, its pixel diagonal `(H + fh − 1)(W + fw − 1)` with the flatten readout."""
     if arch.kind == "mlp":
@@ -215,7 +215,7 @@ def _pair_entries(arch: Arch, shape: tuple[int, ...]) -> int:
 def auto_block_size(arch: Arch, shape: tuple[int, ...], dtype=jnp.float32) -> int:
     """The block size `ntk`/`nngp` use for examples of `shape` (`(N, ...)`; N is ignored): the
     largest multiple of 8 in [8, 2048] whose block intermediates fit `BLOCK_MEMORY_BUDGET`."""
-    per_pair = _PAIR_ARRAYS * _pair_entries(arch, tuple(shape)) * np.dtype(dtype).itemsize
+    per_pair = PAIR_ARRAYS * pair_entries(arch, tuple(shape)) * np.dtype(dtype).itemsize
     b = int(math.isqrt(BLOCK_MEMORY_BUDGET // per_pair))
     return int(min(_MAX_BLOCK, max(_MIN_BLOCK, b - b % 8)))
 

@@ -35,12 +35,12 @@ from sslntk.kernels._reference import nt_block
 def tiles(arch: Arch, shape, dtype, R: int, N2: int, block_size: int | None,
           budget: int) -> tuple[int, int]:
     """(rows, columns) of one tile of a device's `(R, N2)` block."""
-    from sslntk.kernels._assembly import _PAIR_ARRAYS, _pair_entries, auto_block_size
+    from sslntk.kernels._assembly import PAIR_ARRAYS, auto_block_size, pair_entries
 
     b = block_size or auto_block_size(arch, tuple(shape), dtype)
     br = min(R, b)
     if block_size is None:
-        per_pair = _PAIR_ARRAYS * _pair_entries(arch, tuple(shape)) * np.dtype(dtype).itemsize
+        per_pair = PAIR_ARRAYS * pair_entries(arch, tuple(shape)) * np.dtype(dtype).itemsize
         bc = max(b, (budget // per_pair) // br)
     else:
         bc = block_size
