@@ -52,7 +52,7 @@ One concept per private module (the public names are re-exported here):
 * `_augment`: the augmentation pytrees and their constructors, `shift`, the name registry.
 * `_views`: `Views` and `make_views`.
 * `_datasets`: `Dataset`, the built-in loaders and `load` / `datasets`.
-* `pytree_class`: the pytree registration the augmentations and `Views` share.
+* `_pytree`: `pytree_class`, the pytree registration the augmentations and `Views` share.
 Input checks (keys, dtypes, batches, covariances) live in `sslntk._validate`.
 """
 
