@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslntk import _validate as V
-from sslntk.theory import _checks as C
+from sslntk.theory import checks as C
 from sslntk.theory import landscape as L
 
 __all__ = ["PhaseDiagram", "phase_diagram", "MODELS", "X_AXES"]
@@ -126,10 +126,10 @@ def _grid(As, Ss, gammas, tau, init, lr, steps, warmup, *, model):
 
     def cell(A, S, gamma):
         if model == "one_layer":
-            res = L._gd_m1(init, A, S, tau, gamma, lr, steps)
+            res = L.gd_m1_steps(init, A, S, tau, gamma, lr, steps)
             Vm = res.params
         else:
-            res = L._gd_m2(init, A, S, tau, gamma, lr, steps, warmup)
+            res = L.gd_m2_steps(init, A, S, tau, gamma, lr, steps, warmup)
             Vm = res.params[0] @ res.params[1]
         ev = jnp.linalg.eigvalsh(Vm @ S @ Vm.T)[::-1]
         return ev, res.loss, res.grad_norm, Vm

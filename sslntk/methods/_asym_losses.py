@@ -132,7 +132,7 @@ def byol_momentum(step, *, base=0.996, total_steps):
 # DINO
 
 
-def _dino(student, teacher, center, tau_s, tau_t):
+def dino_objective(student, teacher, center, tau_s, tau_t):
     q = jax.lax.stop_gradient(jax.nn.softmax((teacher - center) / tau_t, axis=-1))
     logp = jax.nn.log_softmax(student / tau_s, axis=-1)
     # two global crops: teacher crop iq supervises the student's other crop; mean of 2 terms
@@ -165,7 +165,7 @@ def dino_loss(student, teacher, center=None, *, student_temp=0.1, teacher_temp=0
         raise ValueError(f"center: expected shape ({K},) or (1, {K}), got {center.shape}")
     V.positive_float("student_temp", student_temp)
     V.positive_float("teacher_temp", teacher_temp)
-    return _dino(student, teacher, center, student_temp, teacher_temp)
+    return dino_objective(student, teacher, center, student_temp, teacher_temp)
 
 
 def dino_center(center, teacher, *, momentum=0.9):
@@ -216,7 +216,7 @@ def cosine_schedule(step, *, base, final, total_steps, warmup_steps=0, start_war
 # SwAV
 
 
-def _sinkhorn(scores, epsilon, n_iters):
+def sinkhorn_log(scores, epsilon, n_iters):
     # main_swav.py distributed_sinkhorn, in log space (exp(s/0.05) overflows float32 for |s| > 4.4):
     # Q = exp(s/eps)ᵀ (P, B); Q /= ΣQ; n_iters × [Q /= rowsum; Q /= P; Q /= colsum; Q /= B];
     # return (B·Q)ᵀ
@@ -247,20 +247,20 @@ def sinkhorn(scores, *, epsilon=0.05, n_iters=3):
     scores = V.as_float_array("scores", scores, ndim=2)
     V.positive_float("epsilon", epsilon)
     n_iters = V.positive_int("n_iters", n_iters, minimum=0)
-    return jax.lax.stop_gradient(_sinkhorn(scores, epsilon, n_iters))
+    return jax.lax.stop_gradient(sinkhorn_log(scores, epsilon, n_iters))
 
 
-def _normalize_rows(x):
+def normalize_rows(x):
     # torch.nn.functional.normalize(x, dim=1, p=2): x / max(‖x‖, 1e-12)
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _swav(f, prototypes, temperature, epsilon, n_iters):
+def swav_objective(f, prototypes, temperature, epsilon, n_iters):
     n = f.shape[0] // 2
-    S = _normalize_rows(f) @ prototypes.T
+    S = normalize_rows(f) @ prototypes.T
     # codes per crop over its own batch of n (crops_for_assign = [0, 1])
-    q = jax.lax.stop_gradient(jnp.concatenate([_sinkhorn(S[:n], epsilon, n_iters),
-                                               _sinkhorn(S[n:], epsilon, n_iters)]))
+    q = jax.lax.stop_gradient(jnp.concatenate([sinkhorn_log(S[:n], epsilon, n_iters),
+                                               sinkhorn_log(S[n:], epsilon, n_iters)]))
     logp = jax.nn.log_softmax(S / temperature, axis=-1)
     # subloss of crop i: −mean_b Σ q_i log p_v over the other crop v; averaged over i
     return jnp.mean(jnp.sum(-swap_views(q) * logp, axis=-1))
@@ -294,4 +294,4 @@ def swav_loss(f, prototypes, *, temperature=0.1, epsilon=0.05, n_iters=3):
     V.positive_float("temperature", temperature)
     V.positive_float("epsilon", epsilon)
     n_iters = V.positive_int("n_iters", n_iters, minimum=0)
-    return _swav(f, C, temperature, epsilon, n_iters)
+    return swav_objective(f, C, temperature, epsilon, n_iters)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from sslntk import _validate as V
-from sslntk.methods._asym_losses import _dino, swap_views
+from sslntk.methods._asym_losses import dino_objective, swap_views
 from sslntk.methods._base import Method, State
 from sslntk.methods._ema import TARGET_INITS, as_rate, init_target
 
@@ -138,7 +138,7 @@ class DINO(eqx.Module, Method):
         tau_t = self.teacher_temperature(state.aux["t"])
         teacher = jax.lax.stop_gradient(self.teacher_of(state))
         center = jax.lax.stop_gradient(self.center_of(state))
-        return jax.grad(_dino)(state.f, teacher, center, self.student_temp, tau_t)
+        return jax.grad(dino_objective)(state.f, teacher, center, self.student_temp, tau_t)
 
     def vector_field(self, t, state: State, apply_K) -> State:
         g = self.force(state)
@@ -180,7 +180,7 @@ class DINO(eqx.Module, Method):
     # ---- objective and diagnostics ----
     def loss(self, state: State) -> jax.Array:
         tau_t = self.teacher_temperature(state.aux["t"])
-        return _dino(state.f, self.teacher_of(state), self.center_of(state), self.student_temp,
+        return dino_objective(state.f, self.teacher_of(state), self.center_of(state), self.student_temp,
                      tau_t)
 
     def diagnostics(self, state: State) -> dict:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from sslntk import _validate as V
-from sslntk.methods._asym_losses import _normalize_rows, _sinkhorn, _swav
+from sslntk.methods._asym_losses import normalize_rows, sinkhorn_log, swav_objective
 from sslntk.methods._base import Method, State
 
 
@@ -90,12 +90,12 @@ class SwAV(eqx.Module, Method):
             if C.shape != (self.n_prototypes, d):
                 raise ValueError(f"prototypes0: expected shape {(self.n_prototypes, d)}, got "
                                  f"{tuple(C.shape)}")
-        aux = {"t": jnp.zeros((), f0.dtype), "prototypes": _normalize_rows(C)}
+        aux = {"t": jnp.zeros((), f0.dtype), "prototypes": normalize_rows(C)}
         return State(f=f0, aux=aux, f_test=None if f0_test is None else
                      V.as_float_array("f0_test", f0_test, ndim=2))
 
     def _loss(self, f, C):
-        return _swav(f, C, self.temperature, self.epsilon, self.n_iters)
+        return swav_objective(f, C, self.temperature, self.epsilon, self.n_iters)
 
     def force(self, state: State) -> jax.Array:
         C = jax.lax.stop_gradient(state.aux["prototypes"])
@@ -120,7 +120,7 @@ class SwAV(eqx.Module, Method):
         g = self.force(state)
         C = state.aux["prototypes"]
         gC = jax.grad(self._loss, argnums=1)(state.f, C)
-        C_new = _normalize_rows(C - jnp.where(t >= self.freeze_time, lr * self.prototype_rate * gC,
+        C_new = normalize_rows(C - jnp.where(t >= self.freeze_time, lr * self.prototype_rate * gC,
                                               0.0))
         f_new = (1.0 - lr * self.eta) * state.f - lr * apply_K(g)
         aux = {"t": t + lr, "prototypes": C_new}
@@ -135,6 +135,6 @@ class SwAV(eqx.Module, Method):
     def codes(self, state: State) -> jax.Array:
         """Sinkhorn codes `q (2n, P)` of each view (computed per view over its own batch)."""
         n = state.f.shape[0] // 2
-        S = _normalize_rows(state.f) @ state.aux["prototypes"].T
-        return jnp.concatenate([_sinkhorn(S[:n], self.epsilon, self.n_iters),
-                                _sinkhorn(S[n:], self.epsilon, self.n_iters)])
+        S = normalize_rows(state.f) @ state.aux["prototypes"].T
+        return jnp.concatenate([sinkhorn_log(S[:n], self.epsilon, self.n_iters),
+                                sinkhorn_log(S[n:], self.epsilon, self.n_iters)])

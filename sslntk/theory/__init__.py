@@ -10,8 +10,8 @@
   imbalance (Ziyin et al. 2023).
 - `noncontrastive`: linear-network dynamics of BYOL / SimSiam / DirectPred (Tian et al. 2021):
   Lemma 1 ODEs, one-mode systems, fixed points p*±, collapse classification, DirectPred.
-- `_checks` (private): the symmetric / PSD / sign / Stiefel checks and `sym_sqrt` that `collapse`,
-  `landscape` and `sslntk.phase` share.
+- `checks`: the symmetric / PSD / sign / Stiefel checks and `sym_sqrt` that `collapse`,
+  `landscape` and `sslntk.phase` share (a public module: `sslntk.phase` is outside the package).
 
 The submodules' public names are also re-exported here (`sslntk.theory.m2_thresholds`, ...).
 """

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslntk import _validate as V
-from sslntk.theory import _checks as C
+from sslntk.theory import checks as C
 
 __all__ = [
     "pair_matrix",

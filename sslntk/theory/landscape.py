@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslntk import _validate as V
-from sslntk.theory import _checks as C
+from sslntk.theory import checks as C
 
 __all__ = [
     "view_covariance",
@@ -526,13 +526,13 @@ def _m2_grad(p, A, S, tau, gamma):
     return (_mm(GV, W.T) + 2 * gamma * U, _mm(U.T, GV) + 2 * gamma * W)
 
 
-def _gd_m1(W0, A, S, tau, gamma, lr, steps):
+def gd_m1_steps(W0, A, S, tau, gamma, lr, steps):
     """GD on L1 with the hand-written gradient (tested against autodiff); vmappable."""
     return _gd_core(lambda W: _m1_loss(W, A, S, tau, gamma), W0, lr, steps,
                     lambda W: _m1_grad(W, A, S, tau, gamma))
 
 
-def _gd_m2(p0, A, S, tau, gamma, lr, steps, warmup=(0, 0.0)):
+def gd_m2_steps(p0, A, S, tau, gamma, lr, steps, warmup=(0, 0.0)):
     return _gd_core(lambda p: _m2_loss(p[0], p[1], A, S, tau, gamma), p0, lr, steps,
                     lambda p: _m2_grad(p, A, S, tau, gamma), warmup)
 
@@ -550,8 +550,8 @@ def _checked(res: GDResult, who: str, lr) -> GDResult:
     return res
 
 
-_gd_m1_jit = jax.jit(_gd_m1)      # `steps` is traced: new step counts do not recompile
-_gd_m2_jit = jax.jit(_gd_m2)
+_gd_m1_jit = jax.jit(gd_m1_steps)      # `steps` is traced: new step counts do not recompile
+_gd_m2_jit = jax.jit(gd_m2_steps)
 
 
 @partial(jax.jit, static_argnames=("loss_fn",))

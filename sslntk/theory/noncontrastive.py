@@ -44,7 +44,7 @@ import numpy as np
 
 from sslntk import _validate as V
 from sslntk._status import FAILED, MAX_STEPS, NONFINITE, SUCCESS, Outcome
-from sslntk.theory import _checks as C
+from sslntk.theory import checks as C
 
 __all__ = [
     "LinearState",
