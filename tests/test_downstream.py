@@ -191,3 +191,24 @@ def test_config_rejects_bad_probe_kind():
 
     with pytest.raises(config.ConfigError, match="probe.kinds"):
         config.validate({"kind": "downstream", "probe": {"kinds": ["svm"]}})
+
+
+def test_width_sweep_collects_finite_curves():
+    n, m = 8, 24
+    ds = sk.load("digits", n=n + m, key=jax.random.PRNGKey(0), dtype=jnp.float64)
+    x, y = ds.flat, np.asarray(ds.y)
+    views = sk.make_views(x[:n], data.gaussian_noise(0.3), jax.random.PRNGKey(1))
+    arch = sk.mlp(depth=1, activation="erf")
+    kw = dict(lr=0.1, steps=20, ts=np.linspace(0, 2.0, 3), check_lr=False)
+    ws = downstream.width_sweep(arch, views, "barlow_twins", x, y[:n], y[n:], [16, 64], 1,
+                                alpha=0.1, out_dim=2, probes=("ridge",), **kw)
+    assert ws.acc_net["ridge"].shape == (2, 1, 3) and ws.gap["ridge"].shape == (2, 1)
+    assert np.all(ws.status_net == 0) and np.all(ws.status_kernel == 0)
+    # the same as one finite_curve with the network of key 0 at width 64
+    net = finite.network(arch, 64, 2, key=jax.random.key(0), alpha=0.1, dtype=jnp.float64)
+    c = downstream.finite_curve(net, views, "barlow_twins", x, y[:n], y[n:], arch=arch,
+                                probes=("ridge",), **kw)
+    np.testing.assert_array_equal(ws.acc_net["ridge"][1, 0], np.asarray(c.net.accuracy["ridge"]))
+    np.testing.assert_array_equal(ws.acc_kernel["ridge"][1, 0],
+                                  np.asarray(c.kernel.accuracy["ridge"]))
+    assert ws.summary()["ridge"]["gap_mean"][1] == pytest.approx(c.gap["ridge"])

@@ -91,8 +91,8 @@ def test_knn_equals_numpy(k, T):
     assert res.ok
 
 
-@pytest.mark.parametrize("name", ["ridge", "logistic", "knn"])
-def test_vmap_over_times_equals_loop(name):
+@pytest.mark.parametrize("name", ["ridge", "knn", pytest.param("logistic", marks=pytest.mark.slow)])
+def test_vmap_over_times_equals_loop(name):   # logistic: two L-BFGS compiles, ~90 s loaded
     x, y = _blobs(m=100, k=4, C=3, seed=2)
     xs = np.stack([x * (1 + 0.3 * t) + 0.2 * t * np.sin(3 * x) for t in range(2)])   # (T, m, k)
     probe = probes.get(name)
