@@ -43,8 +43,14 @@ machine without ever forming the ``(2n, 2n)`` kernel, in ``O(N·l)`` memory (``N
 
 Cost (digits views, depth-2 ReLU MLP NTK, float32): ``l·N`` kernel entries for the Nyström factor,
 ``N²/2`` for the exact pass (the upper block triangle; the dominant cost at 2n = 131072),
-``O(N l²)``
-flops, and ``O(N (l + b_rows))`` memory (:func:`memory_plan`; checked before anything runs).
+``O(N l²)`` flops, and ``O(N (l + b_rows))`` memory (:func:`memory_plan`; checked before anything
+runs). Measured on a busy shared 2-core machine (``benchmarks/bench_lowrank.py``): 2n = 131072,
+l = 1024, m = 64: 19 min (exact pass 12.6 min), peak RSS 3.4 GiB, the 16-step staircase complete;
+2n = 16384, l = 2048 against the dense route: step times within 0.17 %, top-16 eigenvalues within
+1.2e-3 (relative), certified radius (``exact_radius=True``) ≤ 3.4e-2 relative and ≥ the error.
+The one-pass radius is loose where the Nyström trace error ``τ`` is large (noise-augmented views:
+ρ/θ ≈ 5 at 2n = 131072, l = 1024), so it certifies little there; ``exact_radius`` costs a second
+pass.
 
 :func:`solve` integrates the eigen-reduced Barlow-Twins-type flow on such a decomposition without
 a dense kernel (see there). See ``docs/how-to/choose-a-solver.md``.
