@@ -141,6 +141,10 @@ def test_toy_method_ode_and_gd_match_independent_references(prob):
     assert np.max(np.abs(got - ref)) < 1e-7 * np.max(np.abs(ref))
     np.testing.assert_allclose(tr.loss, jax.vmap(losses.get("barlow_twins"))(tr.f), rtol=1e-12)
     assert tr.method == "ode" and tr.aux.shape == tr.f.shape
+    # the start may also be given as the method's own State (same compiled solve)
+    tr2 = dynamics.solve(K, meth, meth.init(f0, f0_test=ft0), jnp.asarray(ts), "ode",
+                         K_test_train=Ktx, rtol=1e-10)
+    np.testing.assert_array_equal(_pack(tr2), _pack(tr))
 
     lr, every = 0.05, 10
     tr = dynamics.solve(K, meth, f0, jnp.asarray(ts[:3] * 0 + np.arange(3) * every * lr), "gd",
