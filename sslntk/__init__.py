@@ -1,6 +1,6 @@
 """sslntk: simulate how self-supervised learning trains wide neural networks, in JAX.
 
-Modules (data flows one way, DESIGN.md): data → kernels → losses → dynamics / theory → metrics;
+Modules (data flows one way, `docs/concepts.md`): data → kernels → losses → dynamics / theory → metrics;
 finite (networks) beside them; experiments / cli / plots on top. The most used names are
 re-exported here and imported on first use (so `import sslntk` stays fast):
 

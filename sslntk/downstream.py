@@ -514,7 +514,7 @@ def run_downstream(rd, cfg: dict, progress: bool):
     stepwise theory's step times and the kernel-PCA plateaus), vs k (t → ∞), for finite networks of
     several widths from the same f0, and vs augmentation strength with the gradient of the probe
     loss checked against central finite differences. Returns ``(headline, lines, arrays)``."""
-    from sslntk import data, experiments, kernels
+    from sslntk import data, kernels
     from sslntk.theory import stepwise
 
     d, dyn, fin, st_cfg = cfg["data"], cfg["dynamics"], cfg["finite"], cfg["strength"]
@@ -541,8 +541,8 @@ def run_downstream(rd, cfg: dict, progress: bool):
     def kernel_part():
         K_all, Kn_all = kernels.ntk_and_nngp(arch, jnp.concatenate([flat, x_eval]),
                                              progress=progress)
-        f0_all = experiments.initial_function(Kn_all, k, dyn["alpha"],
-                                              jax.random.fold_in(seed, 3))
+        f0_all = kernels.initial_function(Kn_all, k, dyn["alpha"],
+                                          jax.random.fold_in(seed, 3))
         return {"K_all": K_all, "f0_all": f0_all}
 
     kp = rd.part("kernel", kernel_part)

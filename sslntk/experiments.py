@@ -103,14 +103,6 @@ def views_and_kernels(cfg, *, noise=None, progress: bool = False):
     return views, X, K, K_nngp
 
 
-def initial_function(K_nngp, k, alpha, key):
-    """f₀ ~ N(0, α² K_nngp ⊗ I_k) over all rows of `K_nngp` (DESIGN.md "Small initialisation")."""
-    N = K_nngp.shape[0]
-    jitter = 1e-10 * jnp.trace(K_nngp) / N
-    L = jnp.linalg.cholesky(K_nngp + jitter * jnp.eye(N, dtype=K_nngp.dtype))
-    return alpha * (L @ jax.random.normal(key, (N, k), K_nngp.dtype))
-
-
 def _finite_or_none(v):
     """JSON-friendly list: NaN/inf (a mode without a step time) become null."""
     return [float(x) if np.isfinite(x) else None for x in np.asarray(v, dtype=float)]
@@ -139,6 +131,7 @@ def _finite_prefix_steps(spectra, ts, threshold=None):
 
 def run_staircase(rd: RunDir, cfg: dict, progress: bool) -> dict:
     from sslntk import diagnostics, dynamics, explain, losses, metrics
+    from sslntk.kernels import initial_function
     from sslntk.theory import staircase
 
     dyn = cfg["dynamics"]
@@ -313,6 +306,7 @@ def hypergradient_outcome(cfg: dict):
     loss at the horizon). Every stage is JAX, so `jax.grad(outcome)` is exact.
     """
     from sslntk import dynamics, losses
+    from sslntk.kernels import initial_function
     from sslntk.theory import staircase
 
     dyn, hg = cfg["dynamics"], cfg["hypergradient"]
@@ -336,6 +330,7 @@ def hypergradient_outcome(cfg: dict):
 
 
 def run_hypergradient(rd: RunDir, cfg: dict, progress: bool):
+    from sslntk.kernels import initial_function
     from sslntk.theory import staircase
 
     hg, dyn = cfg["hypergradient"], cfg["dynamics"]

@@ -234,6 +234,7 @@ def run_stability(rd, cfg: dict, progress: bool):
     import jax.numpy as jnp
 
     from sslntk import experiments as E
+    from sslntk import kernels
 
     st = cfg["stability"]
     n = cfg["data"]["n"]
@@ -242,7 +243,7 @@ def run_stability(rd, cfg: dict, progress: bool):
     _, _, K, Kn = E.views_and_kernels(cfg, progress=progress)
     K, Kn = K[:N, :N], Kn[:N, :N]
     key = jax.random.PRNGKey(cfg["seed"])
-    f0 = E.initial_function(Kn, k, st["alpha"], jax.random.fold_in(key, 3))
+    f0 = kernels.initial_function(Kn, k, st["alpha"], jax.random.fold_in(key, 3))
     ts = jnp.linspace(0.0, st["t_end"], st["n_times"]).astype(K.dtype)
     suite = method_suite(k=k, eta=st["eta"], ema_rate=st["ema_rate"], alpha_p=st["alpha_p"],
                          teacher_temp=st["teacher_temp"], center_rate=st["center_rate"],

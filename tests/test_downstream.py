@@ -11,7 +11,7 @@ import pytest
 
 import sslntk as sk
 from sslntk import data, downstream, finite, kernels, probes, theory
-from sslntk.experiments import initial_function
+from sslntk.kernels import initial_function
 
 
 def _se(a, m):

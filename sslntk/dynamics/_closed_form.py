@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import warnings
 
 import jax
@@ -70,11 +69,9 @@ from sslntk import methods as _methods
 from sslntk.dynamics import _common as C
 from sslntk.dynamics._solver import Solver
 from sslntk.dynamics._trajectory import FAILED, SUCCESS, Trajectory
+from sslntk.theory import staircase as _sw
 
 __all__ = ["ClosedForm", "solve_closed_form"]
-
-# The module, not the function `sslntk.theory.stepwise` that the package re-exports under its name.
-_sw = importlib.import_module("sslntk.theory.staircase")
 
 _HI = jax.lax.Precision.HIGHEST
 
