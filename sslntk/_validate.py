@@ -321,11 +321,11 @@ def psd_tolerance(N: int, dtype, lam_max: float) -> float:
     return max(int(N), 10) * float(jnp.finfo(dtype).eps) * max(float(lam_max), 0.0)
 
 
-def psd_error(name: str, lam_min: float, lam_max: float, tol: float, *,
-              how: str = "estimated by Lanczos") -> ValueError:
-    """The one message for a kernel that is not positive semi-definite (every entry point)."""
+def psd_error(name: str, lam_min: float, lam_max: float, tol: float) -> ValueError:
+    """The one message for a kernel that is not positive semi-definite, the same at every entry
+    point whether `lam_min` comes from Lanczos, a diagonal entry or an exact decomposition."""
     return ValueError(f"{name}: expected a positive semi-definite kernel, got smallest eigenvalue "
-                      f"{lam_min:.3g} ({how}; largest {lam_max:.3g}; round-off tolerance "
+                      f"{lam_min:.3g} (largest {lam_max:.3g}; round-off tolerance "
                       f"{tol:.3g} = max(N, 10)·eps·λ_max)")
 
 
@@ -370,7 +370,7 @@ def psd_kernel(name: str, K, *, steps: int = PSD_LANCZOS_STEPS) -> float | None:
     if not np.isfinite(lo) or lo < -tol:
         raise psd_error(name, lo, hi, tol)
     if d_min < -tol:
-        raise psd_error(name, d_min, hi, tol, how="a diagonal entry; λ_min ≤ min K_ii")
+        raise psd_error(name, d_min, hi, tol)      # a PSD matrix has λ_min ≤ min K_ii
     return min(lo, d_min)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from sslntk import _status, _validate, dynamics, losses, methods
+from sslntk import _status, _validate, dynamics, kernels, losses, methods, theory
 
 N_HALF, K_DIM, M_TEST = 4, 2, 3
 
@@ -196,8 +196,9 @@ def test_plain_callable_through_solve_matches_named_loss(prob):
 
 
 def test_non_psd_kernel_is_refused_with_one_message(prob):
-    """K − 2I (λ_min(K) < 2 here) is refused by `solve` and `solve_many` with the message of
-    `_validate.psd_kernel` (the one PSD rule)."""
+    """K − 2I (λ_min(K) < 2 here) is refused by `solve`, `solve_many`, `theory.stepwise` and the
+    initial-function sampler with the message of `_validate.psd_kernel` (the one PSD rule; at
+    2n = 8 the Lanczos estimate is the exact λ_min, so even the printed value agrees)."""
     K = jnp.asarray(prob["K"]) - 2.0 * jnp.eye(prob["K"].shape[0])
     assert np.linalg.eigvalsh(np.asarray(K))[0] < -0.1
     f0 = jnp.asarray(prob["f0"])
@@ -212,6 +213,28 @@ def test_non_psd_kernel_is_refused_with_one_message(prob):
         with pytest.raises(ValueError) as e:
             dynamics.solve_many(K, "barlow_twins", f0[None], [0.0, 1.0], solver)
         assert str(e.value) == msg
+    with pytest.raises(ValueError) as e:
+        theory.stepwise(K, f0, K_DIM)
+    assert str(e.value) == msg
+    with pytest.raises(ValueError) as e:
+        kernels.initial_function(K, K_DIM, 1e-3, jax.random.PRNGKey(0))
+    assert str(e.value) == msg.replace("K:", "K_nngp:", 1)      # the sampler's argument name
+
+
+def test_plain_callable_through_finite_train():
+    """The same plain callable is a loss of `finite.train` too: it trains a network exactly as the
+    named loss does (same arithmetic)."""
+    from sslntk import data, finite
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
+    views = data.make_views(x, data.gaussian_noise(0.3), jax.random.PRNGKey(1))
+    bt = losses.get("barlow_twins")
+    net = finite.network(kernels.mlp(1, "erf"), 16, 2, key=jax.random.PRNGKey(2), alpha=0.5)
+    runs = [finite.train(net, views, loss, lr=0.02, steps=5, progress=False)
+            for loss in (lambda f: bt(f), bt)]
+    assert runs[0].ok and runs[1].ok
+    np.testing.assert_allclose(runs[0].loss, runs[1].loss, rtol=1e-12)
+    assert float(runs[0].loss[-1]) < float(runs[0].loss[0])
 
 
 def test_lanczos_psd_estimate_against_eigvalsh():

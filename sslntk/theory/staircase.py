@@ -283,7 +283,7 @@ def _checked_modes(K, m: int):
         lo, hi = float(lam[-1]), float(lam[0])
         tol = V.psd_tolerance(K.shape[0], K.dtype, hi)
         if not np.isfinite(lo) or lo < -tol:
-            raise V.psd_error("K", lo, hi, tol, how="exact, from the eigendecomposition")
+            raise V.psd_error("K", lo, hi, tol)         # exact, from the eigendecomposition
     return r.values[:m], r.coef[:, :m], r.lift[:, :m]
 
 
