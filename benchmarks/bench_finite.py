@@ -69,13 +69,14 @@ class _PlainResNet(nnx.Module):
         return self.out(h)
 
 
-def bench_resnet():
-    n, width, k = (32, 16, 8) if QUICK else (128, 64, 16)
+def resnet_step_times(n=128, width=64, k=16, extra=40, rounds=5):
+    """Per-step seconds of `finite.train` and of the plain NNX + optax loop on the same ResNet,
+    `rounds` interleaved rounds (arrays), and the stacked views' shape."""
     ds = data.load("digits", n=n, dtype=jnp.float32)
     views = data.make_views(ds.x, data.gaussian_noise(0.3), jax.random.key(0))
     x = views.stacked
     loss = losses.get("vicreg")
-    lr, extra, rounds = 1e-3, (100 if QUICK else 40), 5
+    lr = 1e-3
     m = finite.network(finite.resnet(2, norm="layer"), width, k, key=jax.random.key(1),
                        in_shape=x.shape[1:], param="standard", projector=1)
 
@@ -111,8 +112,14 @@ def bench_resnet():
     for _ in range(rounds):                  # interleaved, so drifts of machine load hit both
         a.append(per_step(ours))
         b.append(per_step(plain))
-    a, b = np.array(a), np.array(b)
-    print(f"ResNet (2 blocks, LayerNorm, width {width}, projector, 2n = {x.shape[0]}, 8x8x1, "
+    return np.array(a), np.array(b), tuple(x.shape)
+
+
+def bench_resnet():
+    n, width, k = (32, 16, 8) if QUICK else (128, 64, 16)
+    extra, rounds = (100 if QUICK else 40), 5
+    a, b, shape = resnet_step_times(n, width, k, extra, rounds)
+    print(f"ResNet (2 blocks, LayerNorm, width {width}, projector, 2n = {shape[0]}, 8x8x1, "
           f"k = {k}, SGD momentum, {rounds} interleaved rounds of {extra} steps): sslntk train "
           f"{np.median(a) * 1e3:.2f} ms/step, plain NNX+optax loop {np.median(b) * 1e3:.2f} "
           f"ms/step -> ratio {np.median(a / b):.3f} median over rounds (range "

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sslntk
-from sslntk import data, dynamics, finite, kernels, linalg, losses
+from sslntk import data, dynamics, kernels, linalg, losses
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -164,52 +164,17 @@ def row_kernels(rounds: int, N: int = 2048) -> dict:
 
 
 def row_finite(rounds: int, steps: int = 20) -> dict:
-    """Per-step time, difference of two run lengths (compile and setup cancel)."""
-    import optax
-    from flax import nnx
-
+    """Per-step time of a ResNet step, `finite.train` vs the plain NNX + optax loop
+    (`bench_finite.resnet_step_times`: the difference of two run lengths, so compile and setup
+    cancel), interleaved rounds, median."""
     sys.path.insert(0, str(HERE))
-    from bench_finite import _PlainResNet  # the practitioner's loop the ratio is against
+    from bench_finite import resnet_step_times
 
-    n, width, k, lr = 128, 64, 16, 1e-3
-    ds = data.load("digits", n=n, dtype=jnp.float32)
-    views = data.make_views(ds.x, data.gaussian_noise(0.3), jax.random.key(0))
-    x = views.stacked
-    loss = losses.get("vicreg")
-    m = finite.network(finite.resnet(2, norm="layer"), width, k, key=jax.random.key(1),
-                       in_shape=x.shape[1:], param="standard", projector=1)
-
-    def ours(s):
-        return finite.train(m, views, loss, lr=lr, steps=s, optimizer="momentum",
-                            ts=[0.0, lr * s], progress=False, check_lr=False).f
-
-    plain_model = _PlainResNet(x.shape[-1], width, 2, k, nnx.Rngs(1))
-
-    @nnx.jit
-    def step(model, opt, xb):
-        g = nnx.grad(lambda mm: loss(mm(xb)))(model)
-        opt.update(model, g)
-
-    def plain(s):
-        model = nnx.clone(plain_model)
-        opt = nnx.Optimizer(model, optax.sgd(lr, momentum=0.9), wrt=nnx.Param)
-        for _ in range(s):
-            step(model, opt, x)
-        return nnx.state(model, nnx.Param)
-
-    def per_step(fn):
-        return (timed(lambda: fn(2 + steps))[0] - timed(lambda: fn(2))[0]) / steps
-
-    for fn in (ours, plain):
-        fn(2), fn(2 + steps)
-    a, b = [], []
-    for _ in range(rounds):
-        a.append(per_step(ours))
-        b.append(per_step(plain))
-    ra = np.array(a) / np.array(b)
-    return {"row": f"finite ResNet step width {width} 2n={x.shape[0]}", "ours_s": float(np.median(a)),
-            "peer_s": float(np.median(b)), "ratio": float(1.0 / np.median(ra)),
-            "ours_over_peer": float(np.median(ra))}
+    width = 64
+    a, b, shape = resnet_step_times(128, width, 16, steps, rounds)
+    return {"row": f"finite ResNet step width {width} 2n={shape[0]}", "ours_s": float(np.median(a)),
+            "peer_s": float(np.median(b)), "ratio": float(1.0 / np.median(a / b)),
+            "ours_over_peer": float(np.median(a / b))}
 
 
 FRESH = r"""

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from sslntk import _validate as V
 from sslntk.methods._asym_losses import dino_objective, swap_views
 from sslntk.methods._base import Method, State
-from sslntk.methods._ema import TARGET_INITS, as_rate, init_target
+from sslntk.methods._ema import TARGET_INITS, as_rate, init_target, with_test_points
 
 CENTERINGS = ("ema", "instant", "none")
 
@@ -168,14 +168,8 @@ class DINO(eqx.Module, Method):
         if self.ema is not None:
             m = 1.0 - lr * self.ema(t)
             new["teacher"] = m * aux["teacher"] + (1 - m) * f_new
-        if state.f_test is None:
-            return State(f=f_new, aux=new)
-        ft_new = (1.0 - lr * self.eta) * state.f_test - lr * apply_K.test(g)
-        at = None
-        if self.ema is not None:
-            m = 1.0 - lr * self.ema(t)
-            at = m * state.aux_test + (1 - m) * ft_new
-        return State(f=f_new, aux=new, f_test=ft_new, aux_test=at)
+        ft_new = None if state.f_test is None else (1.0 - lr * self.eta) * state.f_test - lr * apply_K.test(g)
+        return with_test_points(state, f_new, new, ft_new, self.ema, lr, t)
 
     # ---- objective and diagnostics ----
     def loss(self, state: State) -> jax.Array:

@@ -81,3 +81,19 @@ def init_target(name: str, how: str, f0, target0):
     raise ValueError(f"target0: {name} was built with target_init='independent', which needs the "
                      f"independent network's initial outputs: call init(f0, target0=...) "
                      f"(same shape as f0), got none")
+
+
+def with_test_points(state, f_new, aux_new, ft_new, ema, lr, t):
+    """The stepped `State`: online `f_new (2n, k)` and aux on the views; at test points (when the
+    state carries them) the online `ft_new (m, k)` and, with an EMA rate, the target following it
+    by one EMA step `m·target + (1 − m)·ft_new`, `m = 1 − lr·ema(t)` (the official order: online
+    step first, then the EMA update)."""
+    from sslntk.methods._base import State
+
+    if state.f_test is None:
+        return State(f=f_new, aux=aux_new)
+    at = None
+    if ema is not None:
+        m = 1.0 - lr * ema(t)
+        at = m * state.aux_test + (1 - m) * ft_new
+    return State(f=f_new, aux=aux_new, f_test=ft_new, aux_test=at)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from sslntk import _validate as V
 from sslntk.methods._asym_losses import swap_views
 from sslntk.methods._base import Method, State
-from sslntk.methods._ema import TARGET_INITS, EMARate, as_rate, init_target
+from sslntk.methods._ema import TARGET_INITS, EMARate, as_rate, init_target, with_test_points
 
 FORMS = ("euclidean", "cosine")
 PREDICTORS = ("trained", "symmetric", "fixed", "identity", "directpred", "kernel")
@@ -279,14 +279,8 @@ class Predictive(eqx.Module, Method):
             # exact: (f_new)ᵀK⁺(f_new) with f_new = decay·f − lr·K g
             new["G"] = (decay ** 2 * aux["G"] - decay * lr * (g.T @ f + f.T @ g)
                         + lr ** 2 * g.T @ Kg)
-        if state.f_test is None:
-            return State(f=f_new, aux=new)
-        ft_new = decay * state.f_test - lr * apply_K.test(g)
-        at = None
-        if self.ema is not None:
-            m = 1.0 - lr * self.ema(t)
-            at = m * state.aux_test + (1 - m) * ft_new
-        return State(f=f_new, aux=new, f_test=ft_new, aux_test=at)
+        ft_new = None if state.f_test is None else decay * state.f_test - lr * apply_K.test(g)
+        return with_test_points(state, f_new, new, ft_new, self.ema, lr, t)
 
     # ---- objective ----
     def loss(self, state: State) -> jax.Array:
