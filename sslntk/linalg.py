@@ -170,7 +170,7 @@ def contrastive_eigenpairs(K, *, rcond: float | None = None,
       kernel_eigh: optional ``(λ (2n,) descending, U (2n, 2n))``, the eigendecomposition of the
         symmetrised K, to reuse.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> r = contrastive_eigenpairs(jnp.eye(4))     # K = I: M = Z/4, γ = ±1/4
         >>> [round(float(g), 3) for g in r.values]

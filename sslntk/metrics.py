@@ -567,8 +567,15 @@ def _stability(z, normalize):
 #: the spectrum.
 STEP_THRESHOLD = 0.5
 
-#: Reason codes of `Steps.reason` (index into `STEP_REASONS`).
-LEARNED, BELOW_THRESHOLD, NO_RISE, UNDEFINED = 0, 1, 2, 3
+# Reason codes of `Steps.reason` (index into `STEP_REASONS`).
+#: the mode crossed: its step time is finite
+LEARNED = 0
+#: not learned: the final value is below the threshold
+BELOW_THRESHOLD = 1
+#: not learned: at or above half its final value from the first saved time (no step seen)
+NO_RISE = 2
+#: undefined: the final value is not finite
+UNDEFINED = 3
 STEP_REASONS = (
     "learned",
     "not learned: final value below the threshold",
