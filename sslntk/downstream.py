@@ -9,7 +9,7 @@ time (`sslntk.probes`) turns the trajectory into an accuracy curve. For Barlow T
 small initialisation the representation is learned one eigenmode of the contrastive kernel at a
 time (Simon et al. 2023), so the accuracy rises in steps at the predicted step times, and the
 plateau after step j is the accuracy of the top-j eigenfunctions — the kernel-PCA representation
-``g_1..g_j`` of `sslntk.theory.stepwise.final_embedding`; `limit_curve` gives that accuracy as a
+``g_1..g_j`` of `sslntk.theory.final_embedding`; `limit_curve` gives that accuracy as a
 function of k (the t → ∞ limit for k output dimensions).
 
 - `probe_embeddings`: the probes on ``f_eval (T, m, k)``.
@@ -170,12 +170,12 @@ class LimitCurve:
 def limit_curve(K, K_eval_train, y_fit, y_test, ks: Sequence[int], probes=DEFAULT_PROBES, *,
                 n_classes=None) -> LimitCurve:
     """Accuracy of the α → 0, t → ∞ Barlow Twins (λ = 1) representation with k outputs, for each
-    k in ``ks``: ``f(x) = k_X(x)ᵀ A_k Γ_k^{-1/2}`` (`theory.stepwise.final_embedding`, identity
+    k in ``ks``: ``f(x) = k_X(x)ᵀ A_k Γ_k^{-1/2}`` (`theory.final_embedding`, identity
     output rotation) on the evaluation points, probed as `kernel_curve` does.
 
     The plateau of the staircase after step j equals the k = j value here (the unlearned
     directions are still O(α) there; see docs/theory/downstream.md)."""
-    from sslntk.theory import stepwise
+    from sslntk.theory import staircase as stepwise
 
     ks = [V.positive_int("ks[i]", int(k)) for k in ks]
     if not ks:
@@ -380,7 +380,7 @@ def strength_objective(x_train, x_eval, y_fit, y_test, augmentation, arch, k: in
 
     data ``x_train (n, ...)`` → views ``make_views(x_train, augmentation(s), key)`` → NTK of
     ``arch`` over ``[views; x_eval]`` → top-k kernel-PCA embedding of the evaluation points
-    (`theory.stepwise.final_embedding`) → features standardised on the fit rows → ridge fit with
+    (`theory.final_embedding`) → features standardised on the fit rows → ridge fit with
     the fixed ``λ`` (`probes.ridge_fit`) → mean squared error on the test rows (``probes.Ridge``'s
     loss). Every stage is JAX, so ``jax.grad(loss)(s)`` is exact (away from degenerate spectra).
 
@@ -389,7 +389,7 @@ def strength_objective(x_train, x_eval, y_fit, y_test, augmentation, arch, k: in
       arch: `kernels.Arch`; k: number of modes; key: `jax.random` key of the view draw.
     """
     from sslntk import data, kernels
-    from sslntk.theory import stepwise
+    from sslntk.theory import staircase as stepwise
 
     y_fit, y_test = _labels(y_fit, y_test)
     m_fit = y_fit.shape[0]
@@ -515,7 +515,7 @@ def run_downstream(rd, cfg: dict, progress: bool):
     several widths from the same f0, and vs augmentation strength with the gradient of the probe
     loss checked against central finite differences. Returns ``(headline, lines, arrays)``."""
     from sslntk import data, kernels
-    from sslntk.theory import stepwise
+    from sslntk.theory import staircase as stepwise
 
     d, dyn, fin, st_cfg = cfg["data"], cfg["dynamics"], cfg["finite"], cfg["strength"]
     lc = cfg["loss"]

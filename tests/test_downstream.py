@@ -88,7 +88,7 @@ def test_plateaus_line_up_with_step_times(staircase):
 
 
 def test_limit_curve_matches_final_embedding_probe(staircase):
-    """limit_curve's value at k is the probe on theory.stepwise.final_embedding's test rows."""
+    """limit_curve's value at k is the probe on theory.final_embedding's test rows."""
     lim = staircase["lim"]
     assert lim.accuracy["ridge"].shape == (staircase["k"],)
     assert np.all(np.diff(lim.gammas) <= 1e-12)          # descending spectrum

@@ -7,7 +7,7 @@ The method must have the structure `stepwise_form` (Barlow Twins in its theory f
 any other method is refused with an error naming it.
 
 One dense eigendecomposition of the contrastive problem ``(Z K / 2n) a = γ a``, ``aᵀ K a = 1``
-(`sslntk.theory.stepwise.contrastive_modes`, all N = 2n modes), then the curves at any times in
+(`sslntk.theory.contrastive_modes`, all N = 2n modes), then the curves at any times in
 closed form (no time stepping; cost O(N³) once + O(T N² k)). Theory and derivations:
 `sslntk.theory.stepwise` and Simon et al. (2023), §3–§6.
 
