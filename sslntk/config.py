@@ -29,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sslntk.kernels import ACTIVATIONS
-
 
 class ConfigError(ValueError):
     """A config key is missing, unknown, or has a bad value."""
@@ -92,6 +90,14 @@ def one_of(*choices):
         if isinstance(v, bool) or v not in choices:
             _fail(key, f"one of {toml_value(list(choices))}", v)
     return check
+
+
+def activation(key, v):
+    """One of `sslntk.kernels.ACTIVATIONS` (imported when a config is checked, not when this module
+    is: `sslntk list` and config errors speak before JAX starts)."""
+    from sslntk.kernels import ACTIVATIONS
+
+    one_of(*ACTIVATIONS)(key, v)
 
 
 def list_of(item_check, *, min_len=1, increasing=False):
@@ -161,7 +167,7 @@ COMMON = {
     "arch": {
         "kind": Key("mlp", one_of("mlp", "cnn")),
         "depth": Key(2, integer(1, 16)),
-        "activation": Key("relu", one_of(*ACTIVATIONS)),
+        "activation": Key("relu", activation),
         "W_std": Key(1.0, POS),
         "b_std": Key(0.0, NONNEG),
     },
@@ -228,7 +234,7 @@ KIND_SECTIONS = {
             "blocks": Key(2, integer(1, 16), "residual blocks"),
             "width": Key(64, integer(1), "channels"),
             "norm": Key("none", one_of("none", "layer", "batch")),
-            "activation": Key("relu", one_of(*ACTIVATIONS)),
+            "activation": Key("relu", activation),
         },
         "finite": {
             "lr": Key(0.05, POS, "full-batch GD learning rate (the prediction uses the same)"),

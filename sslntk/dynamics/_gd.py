@@ -135,7 +135,8 @@ class GD(Solver):
             x = np.asarray(ts, np.float64) / float(lr)
             steps_np = np.rint(x).astype(np.int64)
             off = float(np.max(np.abs(x - steps_np)))
-            if off > 1e-6:
+            # ts / lr carries the round-off of the times' dtype: ~eps·(t/lr) steps in float32
+            if off > max(1e-6, 16 * float(jnp.finfo(dtype).eps) * float(np.max(np.abs(x)))):
                 warnings.warn(f"solver 'gd': ts are not multiples of lr={float(lr):g} (up to "
                               f"{off:.3g} steps off); rounded to the nearest step, Trajectory.ts "
                               f"holds the times reached", stacklevel=3)
