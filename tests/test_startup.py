@@ -70,11 +70,14 @@ print(json.dumps({'dir': jax.config.jax_compilation_cache_dir, 'hits': len(hits)
 def test_second_process_loads_compiled_programs_from_the_cache(tmp_path):
     env = {"SSLNTK_CACHE_DIR": str(tmp_path / "cache")}
     first = _fresh(_SOLVE, env)
-    assert first["dir"] == str(tmp_path / "cache") and first["hits"] == 0
-    stored = list((tmp_path / "cache").iterdir())
+    assert first["dir"] == str(tmp_path / "cache")
+    stored = list((tmp_path / "cache").glob("*-cache"))     # one file per compiled program
     assert len(stored) >= 3                         # kernel, solve and friends were written
     second = _fresh(_SOLVE, env)
-    assert second["hits"] >= 3 and second["loss"] == first["loss"]   # same program, same numbers
+    # the first process may already hit an entry it wrote itself (one program compiled twice);
+    # the second loads every program the first compiled
+    assert second["hits"] >= first["hits"] + 3 and second["hits"] >= len(stored) // 2
+    assert second["loss"] == first["loss"]          # the same programs give the same numbers
 
 
 @pytest.mark.parametrize("env", [{"SSLNTK_CACHE_DIR": "off"}, "user"])
