@@ -126,6 +126,7 @@ ADDED = {  # names added since, each by an issue that documents it ([H], [I], [J
         "make_optimizer", "output_space_ntk", "pooled_views", "resnet", "train_augmented",
         # asymmetric methods at finite width
         "MethodRule", "OutputSpaceKernelOp", "method_prediction", "train_method",
+        "train_method_augmented", "MLPPredictor", "DINOHead", "PredictorHeadRule", "DINOHeadRule",
     ],
     "theory": [
         "staircase",   # the stepwise module; `theory.stepwise` is now the function

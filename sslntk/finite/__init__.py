@@ -23,7 +23,9 @@ rules, save points, checkpoints, failure replay), `_outcome` (status codes from 
 post-hoc records), `_train` (`train`, `train_batched`), `_augtrain` (training on fresh views each
 step), `_rate` (the GD step-size check), `_ntk` (the empirical NTK), `_sweep` (width sweeps and the
 width exponent fit), `_param` (parametrisations), `_resnet` (the ResNet spec and module), `_optim`
-(optimisers and schedules), `_coord` (μP coordinate check), `_kernel_prediction` (any model's
+(optimisers and schedules), `_coord` (μP coordinate check), `_asymmetric` (BYOL / SimSiam /
+DirectPred / DINO / SwAV: `train_method`, `train_method_augmented`, `method_prediction`), `_heads`
+(`MLPPredictor`, `DINOHead`), `_head_rules` (their step rules), `_kernel_prediction` (any model's
 empirical-NTK prediction, kernel drift), `_augmented_prediction` (the kernel-side counterpart of
 `train_augmented`: pooled draws, the augmentation-averaged kernel), `_loop` (device `fori_loop` or
 host-stepped training loops).
@@ -38,6 +40,7 @@ from sslntk.finite._asymmetric import (  # noqa: F401
     OutputSpaceKernelOp,
     method_prediction,
     train_method,
+    train_method_augmented,
 )
 from sslntk.finite._augmented_prediction import (  # noqa: F401
     AugmentedPrediction,
@@ -47,6 +50,8 @@ from sslntk.finite._augmented_prediction import (  # noqa: F401
 from sslntk.finite._augtrain import AugmentedResult, train_augmented  # noqa: F401
 from sslntk.finite._coord import CoordCheck, coord_check  # noqa: F401
 from sslntk.finite._engine import GradientStep, StepRule  # noqa: F401
+from sslntk.finite._head_rules import DINOHeadRule, PredictorHeadRule  # noqa: F401
+from sslntk.finite._heads import DINOHead, MLPPredictor  # noqa: F401
 from sslntk.finite._kernel_prediction import (  # noqa: F401
     KernelMotion,
     KernelPrediction,

@@ -31,7 +31,12 @@ import optax
 from sslntk import _validate as V
 from sslntk import methods as _methods
 from sslntk.finite._engine import StepRule
-from sslntk.finite._inputs import stacked_inputs
+from sslntk.finite._head_rules import DINOHeadRule, PredictorHeadRule
+from sslntk.finite._heads import DINOHead, MLPPredictor
+from sslntk.finite._inputs import param_dtype, stacked_inputs
+from sslntk.finite._network import Linearized, Network, network
+from sslntk.finite._optim import make_optimizer
+from sslntk.finite._state import embeddings, split_trainable
 
 _TARGET_KEYS = ("target", "teacher")
 
@@ -64,7 +69,9 @@ class MethodRule(StepRule):
       lr: the training learning rate (the EMA / centre / predictor rates per unit time become
         per-step factors `1 − lr·rate`, as in the function-space `step`).
       aux0: the method's initial auxiliary state (`method.init(f0, ...).aux`); its target /
-        teacher entry is replaced by a target network copied from the online one.
+        teacher entry is replaced by a target network.
+      target0: the target network's initial parameters (a pytree like the online ones), or None
+        for a copy of the online network (`train_method` builds it from `target_init`).
 
     State: `(optimiser state, target parameters or None, aux)`.
     """
@@ -72,9 +79,11 @@ class MethodRule(StepRule):
     method: Any
     lr: float
     aux0: Any
+    target0: Any = None
 
     def __repr__(self):   # the checkpoint fingerprint: the method and its constants
-        return f"MethodRule({self.method!r}, lr={self.lr!r})"
+        return (f"MethodRule({self.method!r}, lr={self.lr!r}, "
+                f"target={'copy' if self.target0 is None else 'given'})")
 
     def init(self, params, tx):
         aux = dict(self.aux0)
@@ -82,7 +91,7 @@ class MethodRule(StepRule):
         target = None
         if key is not None:
             aux.pop(key)
-            target = params       # copy-initialised target network
+            target = params if self.target0 is None else self.target0
         return tx.init(params), target, aux
 
     def _state(self, params, target, aux, embed):
@@ -115,31 +124,44 @@ class MethodRule(StepRule):
         return self.method.loss(self._state(params, target, aux, embed))
 
 
-def train_method(model, views, method, *, lr: float, steps: int, key=None, init_options=None,
-                 **train_options):
-    """Train `model` with an asymmetric `method` (BYOL, SimSiam, DirectPred, DINO, SwAV) by
-    `finite.train`; the method's auxiliaries start from the network's own initial embeddings
-    `f0 = model(views)` (`method.init(f0, key, **init_options)`), the target network is a copy.
+def _target_params(model, method, target_key):
+    """The target network's initial parameters for `method.target_init` (None: a copy)."""
+    how = getattr(method, "target_init", getattr(method, "teacher_init", "copy"))
+    if how == "copy" or getattr(method, "ema", None) is None:
+        return None
+    if isinstance(method, _methods.DINO):
+        raise ValueError("method: finite-width DINO copies the teacher at init (official); got "
+                         f"teacher_init={how!r}")
+    if isinstance(model, Linearized) or not isinstance(model, Network) or model.alpha != 1.0:
+        raise ValueError(f"method: target_init={how!r} at finite width needs a plain "
+                         f"finite.network with alpha=1 (a zero or independently drawn target is "
+                         f"outside the linearisation around the online init, and the small-init "
+                         f"offset would shift its output); got {type(model).__name__} with "
+                         f"alpha={getattr(model, 'alpha', None)}")
+    _, params, _ = split_trainable(model)
+    if how == "zero":     # Tian et al.'s W_a(0) = 0: zero parameters, zero output
+        return jax.tree.map(jnp.zeros_like, params)
+    if target_key is None:
+        raise ValueError("target_key: target_init='independent' draws the target network with "
+                         "its own jax.random key (official BYOL); got none")
+    V.check_key("target_key", target_key)
+    other = network(model.arch, model.width, model.out_dim, key=target_key,
+                    in_shape=model.in_shape, dtype=model.dtype, param=model.param,
+                    base_width=model.base_width, projector=model.projector)
+    return split_trainable(other)[1]
 
-    Args:
-      model: a `finite.network(...)` / `finite.linearize(...)`.
-      views: stacked inputs `(2n, ...)` or `Views`.
-      method: a `sslntk.methods` asymmetric method.
-      lr, steps: as `finite.train` (t = lr·steps). key: for the method's init (SwAV prototypes).
-      init_options: extra `method.init` keywords (e.g. `predictor0`).
-      train_options: passed to `finite.train` (ts, optimizer, optimizer_options, progress, ...).
 
-    Returns: the `finite.TrainResult`; `rule_state = (optimiser state, target parameters, aux)`.
+def _head_tx(optimizer, lr, steps, optimizer_options, ratio):
+    """The head's optimiser: the network's (by name, without μP groups, or the given optax
+    transformation) with its updates scaled by the learning-rate ratio."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        base = optimizer
+    else:
+        base = make_optimizer(optimizer, lr, steps, **(optimizer_options or {}))
+    return optax.chain(base, optax.scale(float(ratio)))
 
-    Example:
-      >>> import jax
-      >>> from sslntk import finite, kernels, methods
-      >>> m = finite.network(kernels.mlp(1, "erf"), 64, 2, key=jax.random.key(0), in_shape=(3,))
-      >>> x = jax.random.normal(jax.random.key(1), (8, 3))
-      >>> r = finite.train_method(m, x, methods.SimSiam(), lr=0.1, steps=5, progress=False)
-    """
-    from sslntk.finite._train import train
 
+def _check_method(method, head):
     if not isinstance(method, _methods.Method):
         raise TypeError(f"method: expected a sslntk.methods method (BYOL, SimSiam, DirectPred, "
                         f"DINO, SwAV), got {type(method).__name__}")
@@ -147,15 +169,131 @@ def train_method(model, views, method, *, lr: float, steps: int, key=None, init_
         raise ValueError("method: the kernel-consistent predictor needs the kernel's "
                          "pseudo-inverse and runs in the kernel regime only; got "
                          f"{method.label}")
-    if getattr(method, "target_init", getattr(method, "teacher_init", "copy")) != "copy":
-        raise ValueError("method: finite-width training copies the target network at init "
-                         "(target_init='copy'); got another initialisation")
-    V.positive_float("lr", lr)
-    x = stacked_inputs(views, model)
+    if head is None:
+        return
+    if isinstance(head, MLPPredictor):
+        if not (isinstance(method, _methods.Predictive) and method.predictor == "trained"):
+            raise ValueError(f"head: an MLPPredictor replaces the trained linear predictor of "
+                             f"BYOL / SimSiam (predictor='trained'); got {method.label} with "
+                             f"predictor={getattr(method, 'predictor', None)!r}")
+    elif isinstance(head, DINOHead):
+        if not isinstance(method, _methods.DINO):
+            raise ValueError(f"head: a DINOHead goes with methods.DINO, got {method.label}")
+    else:
+        raise TypeError(f"head: expected a finite.MLPPredictor or finite.DINOHead, got "
+                        f"{type(head).__name__}")
+
+
+def _rule(model, x, method, lr, steps, key, init_options, head, head_key, target_key,
+          optimizer, optimizer_options):
+    """The step rule of `train_method` / `train_method_augmented` (f0 on the views `x`)."""
+    target0 = _target_params(model, method, target_key)
+    if head is not None:
+        hk = jax.random.key(0) if head_key is None else head_key
+        V.check_key("head_key", hk)
+        head0 = head.init(hk, model.out_dim, param_dtype(model))
+        if isinstance(head, MLPPredictor):
+            return PredictorHeadRule(method, float(lr), head, head0,
+                                     _head_tx(optimizer, lr, steps, optimizer_options,
+                                              method.alpha_p), target0)
+        return DINOHeadRule(method, float(lr), head, head0,
+                            _head_tx(optimizer, lr, steps, optimizer_options, 1.0))
     f0 = jnp.asarray(model(x))
-    state0 = method.init(f0, key, **(init_options or {}))
-    rule = MethodRule(method, float(lr), state0.aux)
+    opts = dict(init_options or {})
+    if target0 is not None and isinstance(method, _methods.Predictive):
+        graphdef, _, rest = split_trainable(model)
+        opts.setdefault("target0", embeddings(graphdef, target0, rest, x))
+    state0 = method.init(f0, key, **opts)
+    return MethodRule(method, float(lr), state0.aux, target0)
+
+
+def train_method(model, views, method, *, lr: float, steps: int, key=None, init_options=None,
+                 head=None, head_key=None, target_key=None, **train_options):
+    """Train `model` with an asymmetric `method` (BYOL, SimSiam, DirectPred, DINO, SwAV) by
+    `finite.train`; the method's auxiliaries start from the network's own initial embeddings
+    `f0 = model(views)` (`method.init(f0, key, **init_options)`).
+
+    Args:
+      model: a `finite.network(...)` / `finite.linearize(...)`.
+      views: stacked inputs `(2n, ...)` or `Views`.
+      method: a `sslntk.methods` asymmetric method.
+      lr, steps: as `finite.train` (t = lr·steps). key: for the method's init (SwAV prototypes).
+      init_options: extra `method.init` keywords (e.g. `predictor0`).
+      head: None (the method's own predictor / raw logits), a `finite.MLPPredictor` (BYOL /
+        SimSiam with `predictor="trained"`: the predictor is that MLP, trained at
+        `method.alpha_p × lr` by the same optimiser; `PredictorHeadRule`) or a `finite.DINOHead`
+        (DINO's projection head on student and EMA teacher; `DINOHeadRule`). head_key: the
+        head's init key (default `jax.random.key(0)`).
+      target_key: the key of the independently drawn target network (`target_init=
+        "independent"`, official BYOL). The target network starts as a copy of the online one
+        ("copy"), at zero parameters ("zero", Tian et al.'s `W_a(0) = 0`) or as an independent
+        draw of the same architecture ("independent"); the last two need a plain network with
+        alpha = 1.
+      train_options: passed to `finite.train` (ts, optimizer, optimizer_options, progress, ...).
+
+    Returns: the `finite.TrainResult`; `rule_state`: `(optimiser state, target parameters,
+    aux)` without a head; the head rules' state dicts (`head` holds the trained head) with one.
+
+    Example:
+      >>> import jax
+      >>> from sslntk import finite, kernels, methods
+      >>> m = finite.network(kernels.mlp(1, "erf"), 64, 2, key=jax.random.key(0), in_shape=(3,))
+      >>> x = jax.random.normal(jax.random.key(1), (8, 3))
+      >>> r = finite.train_method(m, x, methods.SimSiam(), lr=0.1, steps=5, progress=False)
+      >>> r = finite.train_method(m, x, methods.SimSiam(form="cosine"), lr=0.1, steps=5,
+      ...                         head=finite.MLPPredictor(hidden=32), progress=False)
+    """
+    from sslntk.finite._train import train
+
+    _check_method(method, head)
+    V.positive_float("lr", lr)
+    steps = V.positive_int("steps", steps)
+    x = stacked_inputs(views, model)
+    rule = _rule(model, x, method, lr, steps, key, init_options, head, head_key, target_key,
+                 train_options.get("optimizer", "gd"), train_options.get("optimizer_options"))
     return train(model, x, rule, lr=lr, steps=steps, **train_options)
+
+
+def train_method_augmented(model, x, augment, method, *, key, lr: float, steps: int,
+                           init_options=None, head=None, head_key=None, target_key=None,
+                           eval_views=None, **train_options):
+    """`train_method` on fresh augmentations: at every step a NEW pair of views of (a minibatch
+    of) the source samples `x (n, *in_shape)` (`finite.train_augmented`, view source
+    `FreshViews`: `augment(ka, x_b), augment(kb, x_b)` with keys from `fold_in(key, step)`). The
+    method's auxiliaries start from `f0` on the fixed evaluation views (`eval_views`, default one
+    draw with `fold_in(key, 2**31 − 1)`), where the records are taken too.
+
+    Args: as `train_method`, plus `augment` (a `sslntk.data` augmentation or a jittable
+    `augment(key, x) -> x`), `key` (views and minibatches), `eval_views`, and `train_options`
+    for `finite.train_augmented` (optimizer (default "sgd": plain SGD on each step's views),
+    batch_size, optimizer_options, ts, checkpoint, progress, loop).
+
+    Returns: the `finite.AugmentedResult` (`rule_state` as `train_method`'s).
+
+    Example:
+      >>> import jax
+      >>> from sslntk import data, finite, kernels, methods
+      >>> m = finite.network(kernels.mlp(1, "erf"), 64, 2, key=jax.random.key(0), in_shape=(3,))
+      >>> x = jax.random.normal(jax.random.key(1), (8, 3))
+      >>> r = finite.train_method_augmented(m, x, data.gaussian_noise(0.3), methods.BYOL(),
+      ...                                   key=jax.random.key(2), lr=0.1, steps=5, progress=False)
+    """
+    from sslntk.finite._augtrain import check_eval_views, check_source_samples, train_augmented
+
+    _check_method(method, head)
+    V.check_key("key", key)
+    V.positive_float("lr", lr)
+    steps = V.positive_int("steps", steps)
+    x = check_source_samples(x, model)
+    if not callable(augment):
+        raise TypeError(f"augment: expected a sslntk.data augmentation or a callable (key, x) -> x,"
+                        f" got {type(augment).__name__}")
+    eval_views, xe = check_eval_views(eval_views, x, augment, key)
+    rule = _rule(model, xe, method, lr, steps, None if head is not None else key, init_options,
+                 head, head_key, target_key, train_options.get("optimizer", "sgd"),
+                 train_options.get("optimizer_options"))
+    return train_augmented(model, x, augment, rule, key=key, lr=lr, steps=steps,
+                           eval_views=eval_views, **train_options)
 
 
 class OutputSpaceKernelOp:
@@ -218,4 +356,5 @@ def method_prediction(model, views, method, *, lr: float, steps: int, save_every
     return ts, f
 
 
-__all__ = ["MethodRule", "train_method", "OutputSpaceKernelOp", "method_prediction"]
+__all__ = ["MethodRule", "train_method", "train_method_augmented", "OutputSpaceKernelOp",
+           "method_prediction"]

@@ -133,6 +133,14 @@ class DINO(eqx.Module, Method):
         tau_t = self.teacher_temperature(state.aux["t"])
         return jax.nn.softmax((self.teacher_of(state) - self.center_of(state)) / tau_t, axis=-1)
 
+    def cross_entropy(self, student, teacher, center, t) -> jax.Array:
+        """DINO's loss of student logits `(2n, K)` against teacher logits `(2n, K)` (gradient
+        stopped) with centre `center (K,)` and the teacher temperature at time `t`
+        (`teacher_temperature(t)`): `−mean_r ⟨softmax((teacher[Zr] − c)/tau_t),
+        log softmax(student_r/tau_s)⟩` (main_dino.py `DINOLoss`, two global crops)."""
+        return dino_objective(student, teacher, center, self.student_temp,
+                              self.teacher_temperature(t))
+
     # ---- dynamics ----
     def force(self, state: State) -> jax.Array:
         tau_t = self.teacher_temperature(state.aux["t"])

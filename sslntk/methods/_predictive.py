@@ -204,6 +204,15 @@ class Predictive(eqx.Module, Method):
     def target_of(self, state: State) -> jax.Array:
         return state.f if self.ema is None else state.aux["target"]
 
+    def prediction_loss(self, p, target) -> jax.Array:
+        """The method's loss of predictions `p (2n, k)` (any predictor's output: `f W_pᵀ`, or a
+        finite-width MLP head's) against the target / projection `target (2n, k)` of the partner
+        views (each row `r` against `target[Zr]`), the gradient stopped at the target unless
+        `stop_gradient=False`: Euclidean `(1/2N)‖p − Z target‖²`, BYOL's `(1/n)Σ‖p̂_r − ŷ_r‖²`
+        or SimSiam's `−mean cos`."""
+        y = swap_views(jax.lax.stop_gradient(target) if self.stop_gradient else target)
+        return _objective(self.kind, self.form, p, y)
+
     # ---- dynamics ----
     def _loss_fn(self, f, Wp, target):
         y = swap_views(jax.lax.stop_gradient(target) if self.stop_gradient else target)
