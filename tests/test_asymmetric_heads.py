@@ -245,3 +245,64 @@ def test_dino_head_two_steps_equal_official_update_order():
         for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
             np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-13)
     assert float(jnp.max(jnp.abs(c))) > 1e-3          # the centre was used in step 2
+
+
+# ------------------------------------------------------------------------------------------------
+# fresh augmentations and non-copy targets
+
+
+def test_fresh_views_every_step_are_the_ones_trained_on():
+    """`train_method_augmented` (SimSiam, Euclidean, frozen predictor 0.5·I, GD) takes its two
+    steps on the FreshViews pairs of steps 0 and 1 (new augmentations each step): equal to
+    two hand-written SGD steps on those views (1e-10), and not to two steps on the first pair."""
+    src = jax.random.normal(jax.random.key(9), (6, 3), F64)
+    aug = data.gaussian_noise(0.3)
+    key, lr, net = jax.random.key(11), 0.2, _net()
+    method = M.SimSiam(predictor="fixed", p0=0.5)
+    r = finite.train_method_augmented(net, src, aug, method, key=key, lr=lr, steps=2,
+                                      optimizer="gd", ts=[0.0, 2 * lr], progress=False)
+    assert r.ok
+    source = finite._engine.FreshViews(augment=aug)
+    v0, v1 = (source.views(s, key, src, None)[0] for s in (0, 1))
+    assert float(jnp.max(jnp.abs(v0 - v1))) > 0.1                # new views at step 1
+
+    def step(th, v):
+        def loss(a):
+            f = _fwd(a, v)
+            return jnp.sum((0.5 * f - _swap(jax.lax.stop_gradient(f))) ** 2) / (2 * f.shape[0])
+        return jax.tree.map(lambda a, g: a - lr * g, th, jax.grad(loss)(th))
+
+    fresh = step(step(net.theta, v0), v1)
+    fixed = step(step(net.theta, v0), v0)
+    gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+              zip(jax.tree.leaves(fresh), jax.tree.leaves(fixed), strict=True))
+    for a, b in zip(jax.tree.leaves(r.model.theta), jax.tree.leaves(fresh), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    assert gap > 1e-6
+
+
+@pytest.mark.parametrize("how", ["zero", "independent"])
+def test_non_copy_target_network_is_used_from_step_0(how):
+    """BYOL (Euclidean, predictor 0.5·I, EMA rate 0.5) with a target network at zero parameters
+    (Tian et al.'s W_a(0) = 0) or drawn independently (official BYOL, `target_key`): the loss at
+    step 0 is the method's loss against THAT target's outputs (zero, or the independent
+    network's), which differs from the online copy's; after one step the target parameters are
+    m ξ₀ + (1 − m) θ₁ with ξ₀ the chosen start (1e-12)."""
+    x, net, lr = _views(), _net(), 0.2
+    method = M.BYOL(ema=0.5, target_init=how)
+    other = finite.network(ARCH, 16, 3, key=jax.random.key(7), in_shape=(3,), dtype=F64)
+    xi0 = ([(jnp.zeros_like(W), jnp.zeros_like(b)) for W, b in net.theta] if how == "zero"
+           else other.theta)
+    r = finite.train_method(net, x, method, lr=lr, steps=1, target_key=jax.random.key(7),
+                            ts=[0.0, lr], progress=False, check_lr=False)
+    assert r.ok
+    f0, y0 = _fwd(net.theta, x), _fwd(xi0, x)
+    expect = jnp.sum((0.5 * f0 - _swap(y0)) ** 2) / (2 * f0.shape[0])
+    np.testing.assert_allclose(r.loss[0], expect, rtol=1e-12)
+    copy = jnp.sum((0.5 * f0 - _swap(f0)) ** 2) / (2 * f0.shape[0])
+    assert abs(float(expect - copy)) > 1e-3 * float(copy)
+    m = 1 - lr * 0.5
+    target = _layers(r.rule_state[1])
+    for a, b, c in zip(jax.tree.leaves(target), jax.tree.leaves(xi0),
+                       jax.tree.leaves(r.model.theta), strict=True):
+        np.testing.assert_allclose(a, m * b + (1 - m) * c, rtol=1e-12, atol=1e-14)
