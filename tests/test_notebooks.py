@@ -13,7 +13,7 @@ from nbclient import NotebookClient
 
 # plotting cells per notebook (each must show its figure)
 FIGURE_CELLS = {"01_stepwise_barlow_twins": 2, "02_finite_vs_ntk": 2, "03_collapse": 2,
-                "04_asymmetric_stability": 0}   # 04 prints its tables (figures: the CLI run)
+                "04_asymmetric_stability": 2}
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
