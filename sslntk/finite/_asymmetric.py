@@ -12,7 +12,11 @@ regime (a linearised network) this is exactly the function-space method's `step`
 network's empirical NTK, because the target network's output is then the EMA of the online outputs.
 
 `train_method(model, views, method, lr=..., steps=...)` builds the rule from the network's own
-initial embeddings `f0` (copy-initialised target network) and runs `finite.train`.
+initial embeddings `f0` and runs `finite.train`; the target network starts as a copy of the online
+one, at zero parameters or as an independent draw (`method.target_init`). With `head=` the
+predictor is an MLP (`finite.MLPPredictor`) or DINO gets its projection head (`finite.DINOHead`),
+trained beside the network (`finite._head_rules`). `train_method_augmented` runs the same rules on
+a new pair of augmented views every step (`finite.train_augmented`, view source `FreshViews`).
 
 Weight decay: the function-space `eta·f` term is exact only for models linear in their parameters
 with f(0) = 0; at finite width pass `optimizer_options={"weight_decay": ...}` instead (the rule
