@@ -76,7 +76,8 @@ class MLPPredictor(Head):
     Args:
       hidden: hidden width (official: 4096 BYOL, 512 SimSiam).
       param: "ntk" or "standard" (module table).
-      bias: whether the layers have biases (SimSiam's first layer has none; BYOL's do).
+      bias: whether the layers have biases (`b1`, `b2` in the parameters; BYOL's have them,
+        SimSiam's first layer has none).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -102,10 +103,11 @@ class MLPPredictor(Head):
     def init(self, key, in_dim: int, dtype=jnp.float32) -> dict:
         k1, k2 = jax.random.split(key)
         h = self.hidden
-        return {"W1": _draw(self.param, k1, (in_dim, h), math.sqrt(2.0), dtype),
-                "b1": jnp.zeros((h,), dtype),
-                "W2": _draw(self.param, k2, (h, in_dim), 1.0, dtype),
-                "b2": jnp.zeros((in_dim,), dtype)}
+        params = {"W1": _draw(self.param, k1, (in_dim, h), math.sqrt(2.0), dtype),
+                  "W2": _draw(self.param, k2, (h, in_dim), 1.0, dtype)}
+        if self.bias:
+            params.update(b1=jnp.zeros((h,), dtype), b2=jnp.zeros((in_dim,), dtype))
+        return params
 
     def apply(self, params: dict, f: jax.Array) -> jax.Array:
         b1 = params["b1"] if self.bias else 0.0
