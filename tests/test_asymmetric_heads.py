@@ -110,7 +110,7 @@ def test_mlp_predictor_trains_simsiam_with_momentum_and_records_the_head():
     the trained head, which moved), and the recorded loss at the end is the method's loss of
     the trained head on the trained network."""
     x, net, lr = _views(), _net(), 0.1
-    head = finite.MLPPredictor(hidden=8, param="standard", bias=False)
+    head = finite.MLPPredictor(hidden=8, param="standard", bias=(False, True))   # SimSiam's
     method = M.SimSiam(alpha_p=2.0, form="cosine")
     r = finite.train_method(net, x, method, lr=lr, steps=6, head=head, optimizer="momentum",
                             ts=[0.0, 0.3, 0.6], progress=False)
@@ -118,7 +118,7 @@ def test_mlp_predictor_trains_simsiam_with_momentum_and_records_the_head():
     h0 = head.init(jax.random.key(0), 3, F64)
     h = r.rule_state["head"]
     assert float(jnp.linalg.norm(h["W1"] - h0["W1"])) > 1e-4
-    assert "b1" not in h and "b2" not in h           # bias=False: no bias parameters
+    assert "b1" not in h and "b2" in h               # no first-layer bias parameter
     f = _fwd(r.model.theta, x)
     np.testing.assert_allclose(r.loss[-1], method.prediction_loss(head.apply(h, f), f),
                                rtol=1e-10)
@@ -138,6 +138,8 @@ def test_heads_validate_their_arguments():
     x, net = _views(), _net()
     with pytest.raises(ValueError, match="hidden"):
         finite.MLPPredictor(hidden=0)
+    with pytest.raises(TypeError, match="bias"):
+        finite.MLPPredictor(bias=(True,))
     with pytest.raises(ValueError, match="param"):
         finite.DINOHead(param="mup")
     with pytest.raises(TypeError, match="head"):

@@ -6,7 +6,7 @@ predictor and DINO's projection head. A head is a small frozen spec (`MLPPredict
 
 - `MLPPredictor(hidden, param)`: `Linear(k → hidden) → ReLU → Linear(hidden → k)`, the BYOL /
   SimSiam predictor (deepmind-research byol/utils/networks.py `MLP`: Linear → BatchNorm → ReLU →
-  Linear; facebookresearch/simsiam simsiam/builder.py: `Linear(dim, pred_dim, bias=False) →
+  Linear(bias=False); facebookresearch/simsiam simsiam/builder.py: `Linear(dim, pred_dim, bias=False) →
   BatchNorm1d → ReLU → Linear(pred_dim, dim)`) WITHOUT the BatchNorm: BatchNorm couples the
   samples of a batch, so a network with it has no per-example tangent kernel and no kernel-regime
   counterpart; the rest of sslntk is BatchNorm-free for the same reason (docs/theory/asymmetric.md).
@@ -76,8 +76,9 @@ class MLPPredictor(Head):
     Args:
       hidden: hidden width (official: 4096 BYOL, 512 SimSiam).
       param: "ntk" or "standard" (module table).
-      bias: whether the layers have biases (`b1`, `b2` in the parameters; BYOL's have them,
-        SimSiam's first layer has none).
+      bias: whether the two layers have biases (`b1`, `b2` in the parameters): a bool for
+        both, or a pair. Official: BYOL `(True, False)` (deepmind-research byol/utils/
+        networks.py `MLP`), SimSiam `(False, True)`.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -89,13 +90,15 @@ class MLPPredictor(Head):
 
     hidden: int = 64
     param: str = "ntk"
-    bias: bool = True
+    bias: bool | tuple = True
 
     def __post_init__(self):
         V.positive_int("hidden", self.hidden)
         V.choice("param", self.param, HEAD_PARAMS)
-        if not isinstance(self.bias, bool):
-            raise TypeError(f"bias: expected a bool, got {self.bias!r}")
+        b = (self.bias, self.bias) if isinstance(self.bias, bool) else self.bias
+        if not (isinstance(b, tuple) and len(b) == 2 and all(isinstance(v, bool) for v in b)):
+            raise TypeError(f"bias: expected a bool or a pair of bools, got {self.bias!r}")
+        object.__setattr__(self, "bias", b)
 
     def out_dim(self, in_dim: int) -> int:
         return in_dim
@@ -105,13 +108,15 @@ class MLPPredictor(Head):
         h = self.hidden
         params = {"W1": _draw(self.param, k1, (in_dim, h), math.sqrt(2.0), dtype),
                   "W2": _draw(self.param, k2, (h, in_dim), 1.0, dtype)}
-        if self.bias:
-            params.update(b1=jnp.zeros((h,), dtype), b2=jnp.zeros((in_dim,), dtype))
+        if self.bias[0]:
+            params["b1"] = jnp.zeros((h,), dtype)
+        if self.bias[1]:
+            params["b2"] = jnp.zeros((in_dim,), dtype)
         return params
 
     def apply(self, params: dict, f: jax.Array) -> jax.Array:
-        b1 = params["b1"] if self.bias else 0.0
-        b2 = params["b2"] if self.bias else 0.0
+        b1 = params["b1"] if self.bias[0] else 0.0
+        b2 = params["b2"] if self.bias[1] else 0.0
         h = jax.nn.relu(_linear(self.param, params["W1"], b1, f, math.sqrt(2.0)))
         return _linear(self.param, params["W2"], b2, h, 1.0)
 
