@@ -20,8 +20,9 @@ Order of one step (the official code's):
 The head's parameters are trained by the same optax optimiser as the network (a separate
 optimiser state; its updates scaled by the learning-rate ratio), so for `optimizer="gd"` the
 head moves at `ratio × lr`. Weight decay: `optimizer_options` (the methods' `eta`, `eta_p` are
-function-space constants and are not used here). Not modelled: DINO's frozen last layer in the
-first epoch, multi-crop, BatchNorm. See docs/theory/asymmetric.md.
+function-space constants and are not used here). DINO's last layer can be frozen at first
+(`DINOHead(freeze_last_layer=...)`, official: one epoch). Not modelled: multi-crop, BatchNorm.
+See docs/theory/asymmetric.md.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ import optax
 from sslntk.finite._engine import StepRule
 
 sg = jax.lax.stop_gradient
+
+
+def _split_last(head):
+    """DINO head parameters as (MLP body, last layer `v`/`g`)."""
+    last = ("v", "g")
+    return ({k: v for k, v in head.items() if k not in last},
+            {k: v for k, v in head.items() if k in last})
 
 
 def _ema(m, target, new):
@@ -108,8 +116,12 @@ class DINOHeadRule(StepRule):
 
     Attributes: method, lr, head, head0 (the student head's initial parameters), head_tx.
 
-    State: `{"opt", "head", "head_opt", "teacher": (network params, head params) or None,
-    "center": (K,), "t"}`.
+    State: `{"opt", "head", "head_opt": {"body", "last"}, "teacher": (network params, head
+    params) or None, "center": (K,), "t"}`. The last layer (`v`, and `g` when trainable) has its
+    own optimiser state: while `t < head.freeze_last_layer` it is not updated at all, as
+    main_dino.py's `cancel_gradients_last_layer` (its gradient set to None, so PyTorch's optimiser
+    skips it, Adam's per-parameter step count included). A learning-rate schedule of the
+    optimiser therefore starts for the last layer when it is released.
     """
 
     method: Any
@@ -125,7 +137,9 @@ class DINOHeadRule(StepRule):
         K = self.head.n_prototypes
         dt = jnp.result_type(jax.tree.leaves(params)[0])
         teacher = None if self.method.ema is None else (params, self.head0)   # copy (official)
-        return {"opt": tx.init(params), "head": self.head0, "head_opt": self.head_tx.init(self.head0),
+        body, last = _split_last(self.head0)
+        return {"opt": tx.init(params), "head": self.head0,
+                "head_opt": {"body": self.head_tx.init(body), "last": self.head_tx.init(last)},
                 "teacher": teacher, "center": jnp.zeros((K,), dt), "t": jnp.zeros((), dt)}
 
     def logits(self, params, head, embed):
@@ -160,8 +174,18 @@ class DINOHeadRule(StepRule):
             new_center = mc * state["center"] + (1 - mc) * jnp.mean(teacher, axis=0)
         u, opt = tx.update(gp, state["opt"], params)
         params_new = optax.apply_updates(params, u)
-        uh, hopt = self.head_tx.update(gh, state["head_opt"], state["head"])
-        head = optax.apply_updates(state["head"], uh)
+        (gb, gl), (hb, hl) = _split_last(gh), _split_last(state["head"])
+        ub, ob = self.head_tx.update(gb, state["head_opt"]["body"], hb)
+        hb = optax.apply_updates(hb, ub)
+
+        def release(args):
+            g, o, h = args
+            u, o = self.head_tx.update(g, o, h)
+            return optax.apply_updates(h, u), o
+
+        hl, ol = jax.lax.cond(t < self.head.freeze_last_layer, lambda a: (a[2], a[1]), release,
+                              (gl, state["head_opt"]["last"], hl))
+        head, hopt = {**hb, **hl}, {"body": ob, "last": ol}
         tstate = state["teacher"]
         if tstate is not None:
             tstate = _ema(1.0 - self.lr * self.method.ema(t), tstate, (params_new, head))

@@ -135,6 +135,9 @@ class DINOHead(Head):
         Linear to the bottleneck). norm_last_layer: official True.
       param: "ntk" or "standard" (module table); init_std: the "standard" weights' std
         (DINO's `trunc_normal_(std=.02)`, truncated at ±2 absolute as timm's).
+      freeze_last_layer: the last layer is not updated for `t < freeze_last_layer` (units of
+        lr × steps; main_dino.py `--freeze_last_layer`, one epoch by default there; 0: never
+        frozen). A training option of the head, applied by `finite.DINOHeadRule`.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -152,12 +155,14 @@ class DINOHead(Head):
     norm_last_layer: bool = True
     param: str = "standard"
     init_std: float = 0.02
+    freeze_last_layer: float = 0.0
 
     def __post_init__(self):
         for nm in ("hidden", "bottleneck", "n_prototypes", "nlayers"):
             V.positive_int(nm, getattr(self, nm))
         V.choice("param", self.param, HEAD_PARAMS)
         V.positive_float("init_std", self.init_std)
+        V.positive_float("freeze_last_layer", self.freeze_last_layer, allow_zero=True)
         if not isinstance(self.norm_last_layer, bool):
             raise TypeError(f"norm_last_layer: expected a bool, got {self.norm_last_layer!r}")
 
