@@ -81,12 +81,12 @@ SYMMETRY_TILE = 128
 
 @functools.partial(jax.jit, static_argnames=("tile",))
 def _asymmetry(K, *, tile=SYMMETRY_TILE):
-    """`(max |K − Kᵀ|, max |K|)` in one pass over K: the tile pairs `(K_IJ, K_JI)`, `I ≤ J`, of a
-    `tile × tile` grid (the last tile row/column clamped to end at N, overlapping its neighbour:
-    harmless for a maximum), each compared as `K_IJ − K_JIᵀ` while both sit in cache. NaN/inf
-    entries make both results non-finite (the maximum propagates NaN), so this is also the
-    finiteness check. A whole-matrix `K − K.T` costs ~2.5× more on CPU (a strided transposed read
-    of all of K)."""
+    """`(max |K − Kᵀ|, max |K|, Σ |K − Kᵀ|)` in one pass over K: the tile pairs `(K_IJ, K_JI)`,
+    `I ≤ J`, of a `tile × tile` grid (the last tile row/column clamped to end at N, overlapping
+    its neighbour: harmless for a maximum), each compared as `K_IJ − K_JIᵀ` while both sit in
+    cache. Every entry enters the sum (`K_ii − K_ii` too), so a NaN/inf entry makes it non-finite:
+    the finiteness check (a non-finite sum of finite entries, an overflow, is told apart by the
+    caller). A whole-matrix `K − K.T` costs ~2× more on CPU (a strided transposed read of K)."""
     N = K.shape[0]
     t = min(int(tile), N)
     nb = -(-N // t)
@@ -94,15 +94,17 @@ def _asymmetry(K, *, tile=SYMMETRY_TILE):
     starts = jnp.asarray(np.minimum(pairs * t, N - t))
 
     def body(p, c):
-        asym, mx = c
+        asym, mx, tot = c
         i, j = starts[p, 0], starts[p, 1]
         A = jax.lax.dynamic_slice(K, (i, j), (t, t))
         B = jax.lax.dynamic_slice(K, (j, i), (t, t))
-        asym = jnp.maximum(asym, jnp.max(jnp.abs(A - B.T)))
-        return asym, jnp.maximum(mx, jnp.maximum(jnp.max(jnp.abs(A)), jnp.max(jnp.abs(B))))
+        D = jnp.abs(A - B.T)
+        mx = jnp.maximum(mx, jnp.maximum(jnp.max(jnp.abs(A)), jnp.max(jnp.abs(B))))
+        # XLA's CPU max drops NaN, a sum does not (and an isfinite reduction costs 4× the pass)
+        return jnp.maximum(asym, jnp.max(D)), mx, tot + jnp.sum(D)
 
     z = jnp.zeros((), K.dtype)
-    return jax.lax.fori_loop(0, len(pairs), body, (z, z))
+    return jax.lax.fori_loop(0, len(pairs), body, (z, z, z))
 
 
 def same_dtype(**arrays) -> jnp.dtype:
@@ -180,11 +182,12 @@ def square_kernel(name: str, K, *, sym_tol: float | None = None) -> jax.Array:
             # one tiled pass where K lives (a host copy and a strided numpy transpose cost
             # seconds at N = 4096); evaluated now even when called while tracing a jit
             with jax.ensure_compile_time_eval():
-                d, scale = (float(x) for x in _asymmetry(arr))
-            if not (np.isfinite(d) and np.isfinite(scale)):
+                d, scale, total = (float(x) for x in _asymmetry(arr))
+            if not (np.isfinite(total) and np.isfinite(scale)):
                 with jax.ensure_compile_time_eval():
                     bad = int(jnp.sum(~jnp.isfinite(arr)))
-                raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
+                if bad:
+                    raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
             asym = d / (scale or 1.0)
         if asym > tol:
             raise ValueError(f"{name}: expected a symmetric kernel, got max |K - K^T|/max|K| = "

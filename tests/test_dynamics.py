@@ -449,3 +449,34 @@ def test_reference_peer_under_jit_and_vmap(prob):
     for i in range(2):
         np.testing.assert_allclose(out[i], kernels.reference_gradient_descent(bt, K, f0s[i], ts)[0],
                                    rtol=1e-10, atol=1e-13)
+
+
+def test_symmetry_and_finiteness_in_one_tiled_pass():
+    """`_validate.square_kernel` reads a dense K once in tiles (`_asymmetry`, the last tile clamped
+    to end at N): at 2n = 150 (two tiles of 128, overlapping) an asymmetric entry anywhere,
+    including the clamped region and the tiles' overlap, is found with the rule of the whole-matrix
+    reference `max|K − Kᵀ| / max|K| > 100·eps` (numpy), and a NaN or inf is reported as
+    non-finite with its count."""
+    from sslntk import _validate
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((150, 5))
+    K = X @ X.T
+    K = 0.5 * (K + K.T)
+    assert _validate.square_kernel("K", jnp.asarray(K)) is not None
+    eps = np.finfo(np.float64).eps
+    for (i, j) in [(0, 149), (149, 0), (3, 5), (140, 139), (127, 128), (149, 148), (100, 30)]:
+        for size in (1e-3, 1e-12):                # far above / below 100·eps relative
+            Kp = K.copy()
+            Kp[i, j] += size * np.abs(K).max()
+            ref = np.abs(Kp - Kp.T).max() / np.abs(Kp).max() > 100 * eps
+            if ref:
+                with pytest.raises(ValueError, match="K: expected a symmetric kernel"):
+                    _validate.square_kernel("K", jnp.asarray(Kp))
+            else:
+                _validate.square_kernel("K", jnp.asarray(Kp))
+    for bad in (np.nan, np.inf):
+        Kp = K.copy()
+        Kp[149, 140] = bad
+        with pytest.raises(ValueError, match="K: expected finite values, got 1 NaN/inf"):
+            _validate.square_kernel("K", jnp.asarray(Kp))
