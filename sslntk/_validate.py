@@ -376,9 +376,10 @@ def ritz_values(K, *, block: int = PSD_BLOCK, steps: int = PSD_BLOCK_STEPS
 
     The space is `span{Q₁, K Q₁, …, K^{s−1} Q₁}` for a fixed random `(N, b)` start `Q₁`
     (`b = min(block, N)`, `s = min(steps, N // b)`), built by block Lanczos with full
-    re-orthogonalisation (block Gram–Schmidt twice, "twice is enough", then QR); K enters only
-    through the `s` products `K @ (N, b)` (BLAS-3: `s` passes over K, where a single-vector
-    Lanczos of the same dimension streams K `b·s` times). Rayleigh–Ritz is done on the host in
+    re-orthogonalisation (block Gram–Schmidt, then whitening of the small Gram, twice: "twice is
+    enough"; `_orthonormal_block`); K enters only through the `s` products `K @ (N, b)` (BLAS-3:
+    `s` passes over K, where a single-vector Lanczos of the same dimension streams K `b·s`
+    times). Rayleigh–Ritz is done on the host in
     float64 on the pencil `(QᵀKQ, QᵀQ)`, keeping only the directions of the computed basis whose
     Gram eigenvalue is at least 1/2 (numerically independent ones), so the θ are Rayleigh
     quotients of vectors of the space and interlace the spectrum of the symmetric part of K
