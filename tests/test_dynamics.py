@@ -449,3 +449,38 @@ def test_reference_peer_under_jit_and_vmap(prob):
     for i in range(2):
         np.testing.assert_allclose(out[i], kernels.reference_gradient_descent(bt, K, f0s[i], ts)[0],
                                    rtol=1e-10, atol=1e-13)
+
+
+def test_symmetry_and_finiteness_in_one_tiled_pass():
+    """`_validate.square_kernel` reads a dense K once in tiles (`_asymmetry`, the last tile clamped
+    to end at N): at 2n = tile + 22 (two overlapping tiles per axis) an asymmetric entry anywhere,
+    in the first tile, the clamped one or their overlap, is found with the rule of the
+    whole-matrix reference `max|K − Kᵀ| / max|K| > 100·eps` (numpy), and a NaN or inf is reported
+    as non-finite with its count."""
+    from sslntk import _validate
+
+    t = _validate.SYMMETRY_TILE
+    N = t + 22
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((N, 5))
+    K = X @ X.T
+    K = 0.5 * (K + K.T)
+    assert _validate.square_kernel("K", jnp.asarray(K)) is not None
+    eps = np.finfo(np.float64).eps
+    for (i, j) in [(0, N - 1), (N - 1, 0), (3, 5), (N - 10, N - 11), (t - 1, t), (N - 1, N - 2),
+                   (t - 30, 30), (15, t + 5)]:
+        for size in (1e-3, 1e-15):                # far above / below 100·eps = 2.2e-14 relative
+            Kp = K.copy()
+            Kp[i, j] += size * np.abs(K).max()
+            ref = np.abs(Kp - Kp.T).max() / np.abs(Kp).max() > 100 * eps
+            assert ref == (size > 1e-6)
+            if ref:
+                with pytest.raises(ValueError, match="K: expected a symmetric kernel"):
+                    _validate.square_kernel("K", jnp.asarray(Kp))
+            else:
+                _validate.square_kernel("K", jnp.asarray(Kp))
+    for bad in (np.nan, np.inf):
+        Kp = K.copy()
+        Kp[N - 1, t - 2] = bad
+        with pytest.raises(ValueError, match="K: expected finite values, got 1 NaN/inf"):
+            _validate.square_kernel("K", jnp.asarray(Kp))

@@ -434,3 +434,61 @@ def test_grad_wrt_kernel_through_moment_path(setup):
         fd = (mean_loss(h, exact) - mean_loss(-h, exact)) / (2 * h)
         assert np.isfinite(float(g))
         assert float(g) == pytest.approx(float(fd), rel=1e-5, abs=1e-9)
+
+
+# ------------------------------------------------------------------ the PSD rule's block Krylov
+
+
+def _psd_cases():
+    """Kernels with their exact (float64) spectra: PSD ones, K − 2I (many negative eigenvalues),
+    a tiny isolated negative eigenvalue (−1e-3·λ_max along K's bottom eigenvector, the hardest
+    case for a Krylov method: it sits under the bulk near 0), one at round-off level, a rank-3
+    kernel (the Krylov space breaks down after one block) and the identity (an invariant start)."""
+    from sslntk import _validate
+
+    K = _kernel(_views(n=40))                               # 2n = 80, decaying spectrum
+    w, U = np.linalg.eigh(K)
+    lmax = w[-1]
+    u0 = U[:, 0]
+    tol = _validate.psd_tolerance(80, np.float64, lmax)
+    X3 = np.random.default_rng(4).standard_normal((80, 3))
+    return tol, {
+        "K": K,
+        "K-2I": K - 2.0 * np.eye(80),
+        "tiny negative": K - (w[0] + 1e-3 * lmax) * np.outer(u0, u0),
+        "round-off negative": K - (w[0] + 1e-2 * tol) * np.outer(u0, u0),
+        "rank 3": X3 @ X3.T,
+        "identity": np.eye(80),
+    }
+
+
+def test_block_krylov_ritz_values_interlace_the_spectrum():
+    """`_validate.ritz_values` (the PSD check's block Krylov space) against numpy's float64
+    `eigvalsh`: Cauchy interlacing λ_i ≤ θ_i ≤ λ_{i+N−d} for every Ritz value (so θ_min ≥ λ_min:
+    a refusal is a proof), to 1e-10·λ_max (float64 round-off of products of 80 terms, ~1e-14, with
+    margin); and `psd_kernel` refuses exactly the kernels whose smallest eigenvalue is below the
+    round-off tolerance, with a λ_min estimate that bounds the true one from above."""
+    from sslntk import _validate
+
+    tol, cases = _psd_cases()
+    for name, K in cases.items():
+        lam = np.linalg.eigvalsh(K)
+        theta, d = _validate.ritz_values(jnp.asarray(K))
+        n, m = len(lam), len(theta)
+        slack = 1e-10 * max(abs(lam[-1]), 1.0)
+        assert 1 <= m <= _validate.PSD_BLOCK * _validate.PSD_BLOCK_STEPS, name
+        assert np.all(theta >= lam[:m] - slack), name
+        assert np.all(theta <= lam[n - m:] + slack), name
+        np.testing.assert_allclose(d, np.diag(K), rtol=0, atol=0)
+        if lam[0] < -tol:
+            with pytest.raises(ValueError, match="positive semi-definite") as e:
+                _validate.psd_kernel("K", jnp.asarray(K))
+            hi = max(theta[-1], d.max())           # the message quotes the Ritz λ_min estimate
+            assert str(e.value) == str(_validate.psd_error(
+                "K", theta[0], hi, _validate.psd_tolerance(n, np.float64, hi))), name
+        else:
+            est = _validate.psd_kernel("K", jnp.asarray(K))
+            assert est >= lam[0] - slack, name
+    # the hard case is resolved (not just bounded): the Krylov space finds the isolated −1e-3·λ_max
+    theta, _ = _validate.ritz_values(jnp.asarray(cases["tiny negative"]))
+    assert theta[0] < -0.5e-3 * np.linalg.eigvalsh(cases["K"])[-1]

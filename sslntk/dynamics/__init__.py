@@ -33,8 +33,8 @@ Outside jit, `solve` and `solve_many` warn (RuntimeWarning) when a run did not s
 `traj.raise_if_failed()` to turn that into an error.
 
 Validation happens once, here: shapes, dtypes, times, and positive semi-definiteness of K
-(`sslntk._validate.psd_kernel`: a few Lanczos steps, O(N²); skipped for traced K) — the solvers
-trust their inputs. Jit/vmap/grad: `solve` is traceable. Array arguments (K, f0, ts, test arrays)
+(`sslntk._validate.psd_kernel`: a few block Lanczos products, O(N²); skipped for traced K) — the
+solvers trust their inputs. Jit/vmap/grad: `solve` is traceable. Array arguments (K, f0, ts, test arrays)
 and numeric method constants may be traced; string/int options (the solver, `max_steps`, loss
 names and string options, `progress`) are static. Value checks (PSD, NaN, ordering) run only on
 concrete inputs.
@@ -229,10 +229,10 @@ def solve(K, loss, f0, ts, solver="auto", *, K_test_train=None, f0_test=None,
 
     Args:
       K: `(2n, 2n)` kernel over the stacked views `[a_1..a_n, b_1..b_n]` (NTK of one output),
-        symmetric PSD (checked when concrete: symmetry to round-off, PSD with a few Lanczos steps,
-        `sslntk._validate.psd_kernel`, O(N²); `check_psd=False` skips the latter). A row-sharded K
-        (`kernels.ntk(..., mesh=mesh)`) works with the "eigen" and "ode" solvers: its products run
-        where its row blocks live, the small arrays are replicated on its mesh, K is never
+        symmetric PSD (checked when concrete: symmetry to round-off, PSD with a few block Lanczos
+        steps, `sslntk._validate.psd_kernel`, O(N²); `check_psd=False` skips the latter). A
+        row-sharded K (`kernels.ntk(..., mesh=mesh)`) works with the "eigen" and "ode" solvers:
+        its products run where its row blocks live, the small arrays are replicated on its mesh, K is never
         gathered. f0 must be unsharded or on K's mesh. A `sslntk.lowrank.LowRankKernel` (2n too
         large for a dense K: `lowrank.kernel(arch, views)`) runs the "eigen" solver on its
         certified decomposition (`lowrank.solve`).

@@ -59,8 +59,9 @@ class Inputs(NamedTuple):
 
 
 def check_psd(K: jax.Array, name: str = "K") -> float | None:
-    """The PSD rule of every sslntk entry point (`sslntk._validate.psd_kernel`: a few Lanczos
-    steps, O(N²), no dense decomposition); returns the estimate of λ_min (None when traced)."""
+    """The PSD rule of every sslntk entry point (`sslntk._validate.psd_kernel`: a few block
+    Lanczos steps, O(N²), no dense decomposition); returns the estimate of λ_min (None when
+    traced)."""
     return V.psd_kernel(name, K)
 
 

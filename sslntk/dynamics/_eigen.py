@@ -360,13 +360,16 @@ class Eigen(DiffraxOptions, Solver):
         self.resolved_kind(method)
 
     def decompose(self, K, method, k: int) -> EigenDecomposition:
-        """The decomposition this solver uses for `K` (the given one, checked, or a new one)."""
+        """The decomposition this solver uses for `K` (the given one, checked, or a new one).
+        `K` is trusted (solvers are called behind `dynamics.solve`, which checked it once), so it
+        is not checked again here (`linalg.trusted_eigen_decomposition`)."""
         N = K.shape[0]
         dec = self.decomposition
         if dec is None:
             kind = self.resolved_kind(method)
-            dec = linalg.eigen_decomposition(K, default_m(k, N, kind) if self.m is None else self.m,
-                                             kind, method=self.eig_method, key=self.key)
+            dec = linalg.trusted_eigen_decomposition(
+                K, default_m(k, N, kind) if self.m is None else self.m, kind,
+                method=self.eig_method, key=self.key)
         return dec
 
     def solve(self, K, method, state0, ts, *, K_test_train=None, progress=False,

@@ -132,8 +132,9 @@ def solve_many(K, loss, f0s, ts, solver="eigen", *, K_test_train=None, f0s_test=
         m_dec = _eigen.default_m(max(ks), N, kind) if solver_obj.m is None else solver_obj.m
         if m_dec > N:
             raise ValueError(f"m: expected m <= 2n = {N}, got m={m_dec}")
-        dec = linalg.eigen_decomposition(K, m_dec, kind, method=solver_obj.eig_method,
-                                         key=solver_obj.key)
+        # K was checked above (once): the trusted entry does not read it again for the check
+        dec = linalg.trusted_eigen_decomposition(K, m_dec, kind, method=solver_obj.eig_method,
+                                                 key=solver_obj.key)
         solver_obj = solver_obj.replace(decomposition=dec)
     if isinstance(solver_obj, _eigen.Eigen) and solver_obj.decomposition.kind == "contrastive" \
             and method0.moment_form is not None:
