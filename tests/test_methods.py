@@ -238,8 +238,9 @@ def test_plain_callable_through_finite_train():
 
 
 def test_lanczos_psd_estimate_against_eigvalsh():
-    """`psd_kernel`'s Lanczos λ_min estimate is an upper bound on the true λ_min (Ritz values
-    interlace) and, for an RBF kernel with 24 steps, within 1e-3·λ_max of it (float64 eigvalsh)."""
+    """`psd_kernel`'s block-Krylov λ_min estimate is an upper bound on the true λ_min (Ritz values
+    interlace) and, for an RBF kernel with the default Krylov dimension, within 1e-3·λ_max of it
+    (float64 eigvalsh)."""
     rng = np.random.default_rng(2)
     X = rng.normal(size=(60, 3))
     K = np.exp(-0.5 * np.sum((X[:, None] - X[None]) ** 2, -1))
