@@ -8,6 +8,10 @@ export PYTHONUNBUFFERED := 1
 # Python: a version or a path; empty takes the newest supported one found (tools/find_python).
 PYTHON ?=
 PYTEST_ARGS ?=
+# The suite runs on every core (pytest-xdist, one file per worker at a time: module fixtures are
+# built once); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 VENV := $(if $(PYTHON),.venv-$(notdir $(PYTHON)),.venv)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 RUN = $$(command -v uv || echo "$(UV)") run --frozen
@@ -28,10 +32,10 @@ demo: setup
 	$(RUN) sslntk demo --out demo_out
 
 test: setup
-	$(RUN) pytest -q $(PYTEST_ARGS)
+	$(RUN) pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-all: setup
-	SSLNTK_HYPOTHESIS=long $(RUN) pytest -q -m "" $(PYTEST_ARGS)
+	SSLNTK_HYPOTHESIS=long $(RUN) pytest -q -m "" $(XDIST) $(PYTEST_ARGS)
 
 # The headline table (minutes): every row a ratio against the peer, measured side by side;
 # JSON + PNG under benchmarks/results/.

@@ -29,7 +29,11 @@ TIMEOUT = 900   # seconds, per subprocess (a loaded shared 2-core machine; ~1 mi
 
 def _env(devices: int) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # the suite's other XLA flags (tests/conftest.py) stay: the workers' numbers are compared with
+    # this process's to 1e-8
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("JAX_PLATFORMS", None)
     env["JAX_PLATFORMS"] = "cpu"
