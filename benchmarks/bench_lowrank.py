@@ -17,15 +17,18 @@ Problem (as `bench_scale.py`): Barlow Twins (theory form, λ = 1), k = 16, α = 
 
 `lowrank_row(N) -> dict` runs (b) in this process (for a headline table).
 
-Measured once on the shared 2-core machine while it was busy (load ~13; the lead reruns quietly):
-(a) 2n = 16384, l = 2048: dense kernel 109 s + Krylov 331 s + solve 85 s; low-rank decomposition
-232 s (exact radius pass included) + solve 20 s; step times max rel. diff 1.65e-3; loss curve max
-|diff| 1.08e-2 (over the whole curve, steep parts included); eigenvalues 1.17e-3 rel.; certified
-ρ/θ ≤ 3.4e-2, ≥ the measured error for all 16. (b) 2n = 131072, l = 1024: 1160 s (diagonal 9,
-landmarks 132, modes 243, exact pass 754, bound 17, solve 5), 16/16 steps, status success, peak
-RSS 3.37 GiB (plan 3.02 GiB plus the 0.46 GiB interpreter base).
+Measured on the 2-core CPU machine. (a) quiet (load 1.7), 2n = 16384, l = 3072: dense kernel
+13.2 s + Krylov 8.3 s + solve 1.9 s; low-rank decomposition 54.1 s (diagonal 2.5, Nyström 10.5,
+modes 19.3, exact pass 11.3, bound 8.8; exact radius pass included) + solve 6.9 s; step times max
+rel. diff 1.31e-3; loss curve max |diff| 8.54e-3 (over the whole curve, steep parts included);
+eigenvalues 9.8e-4 rel.; certified ρ/θ ≤ 3.1e-2, ≥ the measured error for all 16; the tail bound
+‖K − EEᵀ‖₂ ≤ 2.39e3 is loose (dense estimate 28.1). With l = 2048 (busy, load ~13) the loss
+curve missed its target: max |diff| 1.08e-2, step times 1.65e-3, eigenvalues 1.17e-3.
+(b) busy, 2n = 131072, l = 1024: 1160 s (diagonal 9, landmarks 132, modes 243, exact pass 754,
+bound 17, solve 5), 16/16 steps, status success, peak RSS 3.37 GiB (plan 3.02 GiB plus the
+0.46 GiB interpreter base).
 
-    python benchmarks/bench_lowrank.py [--compare 16384] [--big 131072] [--landmarks 2048]
+    python benchmarks/bench_lowrank.py [--compare 16384] [--big 131072] [--landmarks 3072]
         [--big-landmarks 1024] [--landmark-methods rpcholesky,uniform] [--no-compare] [--no-big]
 """
 
@@ -139,7 +142,8 @@ def compare(N: int, landmarks: int, exact_radius: bool = True,
     X, f0 = _problem(N)
     arch = kernels.mlp(depth=2)
     bt = losses.get("barlow_twins")
-    print(f"== (a) 2n = {N}: low-rank (l = {landmarks}) vs dense (busy machine)", flush=True)
+    print(f"== (a) 2n = {N}: low-rank (l = {landmarks}) vs dense (load {os.getloadavg()[0]:.2f})",
+          flush=True)
     K, t_k = _timed(kernels.ntk, arch, X)
     dref, t_d = _timed(linalg.eigen_decomposition, K, M, "contrastive")
     ts = _horizon(float(dref.values[K_OUT - 1]), T_SAVE)
@@ -187,7 +191,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--compare", type=int, default=16384)
     ap.add_argument("--big", type=int, default=131072)
-    ap.add_argument("--landmarks", type=int, default=2048, help="landmarks of (a)")
+    ap.add_argument("--landmarks", type=int, default=3072, help="landmarks of (a)")
     ap.add_argument("--big-landmarks", type=int, default=1024, help="landmarks of (b)")
     ap.add_argument("--landmark-methods", default="rpcholesky",
                     help="comma-separated: rpcholesky,uniform (compared in (a))")
@@ -202,7 +206,8 @@ def main() -> None:
         print(json.dumps(compare(a.compare, a.landmarks,
                                  methods=tuple(a.landmark_methods.split(",")))))
     if not a.no_big:
-        print(f"== (b) 2n = {a.big}: low-rank staircase (fresh process, busy machine)", flush=True)
+        print(f"== (b) 2n = {a.big}: low-rank staircase (fresh process, load "
+              f"{os.getloadavg()[0]:.2f})", flush=True)
         p = subprocess.run([sys.executable, __file__, "--child", str(a.big), "--landmarks",
                             str(a.big_landmarks)], env=dict(os.environ, SSLNTK_PROGRESS="line"),
                            stdout=subprocess.PIPE, text=True)   # phases' lines go to stderr
