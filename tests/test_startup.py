@@ -88,3 +88,23 @@ def test_cache_off_or_users_own_setting_is_respected(tmp_path, env):
     out = _fresh(_SOLVE, env)
     assert out["dir"] == env.get("JAX_COMPILATION_CACHE_DIR")       # None when off
     assert not (tmp_path / "ours").exists()
+
+
+def test_prune_deletes_the_oldest_entries_down_to_the_cap(tmp_path):
+    """`prune` keeps the newest entries within `max_bytes` and removes each entry's atime file
+    with it; sslntk does not set JAX's own size cap (it rescans the folder on every write)."""
+    for i in range(6):                                  # entry i written at time 1000 + i
+        p = tmp_path / f"jit_f{i}-{i:064x}-cache"
+        p.write_bytes(b"x" * 100)
+        (tmp_path / f"jit_f{i}-{i:064x}-atime").write_bytes(b"t")
+        os.utime(p, (1000 + i, 1000 + i))
+    assert _cache.prune(tmp_path, max_bytes=350) == 3
+    left = sorted(p.name[:6] for p in tmp_path.glob("*-cache"))
+    assert left == ["jit_f3", "jit_f4", "jit_f5"]
+    assert len(list(tmp_path.glob("*-atime"))) == 3
+    assert _cache.prune(tmp_path, max_bytes=350) == 0
+    out = _fresh("import json, sslntk, jax; print(json.dumps("
+                 "{'cap': jax.config.jax_compilation_cache_max_size}))",
+                 {"SSLNTK_CACHE_DIR": str(tmp_path / "c")})
+    assert out["cap"] == -1                             # JAX's default: no cap, no rescans
+    assert (tmp_path / "c" / ".sslntk-pruned").exists()     # the daily prune ran (and is stamped)
