@@ -24,9 +24,10 @@ rel. diff 1.31e-3; loss curve max |diff| 8.54e-3 (over the whole curve, steep pa
 eigenvalues 9.8e-4 rel.; certified ρ/θ ≤ 3.1e-2, ≥ the measured error for all 16; the tail bound
 ‖K − EEᵀ‖₂ ≤ 2.39e3 is loose (dense estimate 28.1). With l = 2048 (busy, load ~13) the loss
 curve missed its target: max |diff| 1.08e-2, step times 1.65e-3, eigenvalues 1.17e-3.
-(b) busy, 2n = 131072, l = 1024: 1160 s (diagonal 9, landmarks 132, modes 243, exact pass 754,
-bound 17, solve 5), 16/16 steps, status success, peak RSS 3.37 GiB (plan 3.02 GiB plus the
-0.46 GiB interpreter base).
+(b) quiet (load 1.3), 2n = 131072, l = 1024: 196 s (diagonal 0.8, Nyström 11.8, modes 13.5, exact
+pass 158.5, bound 8.5, solve 2.6), 16/16 steps, status success, peak RSS 3.34 GiB (plan 3.14 GiB
+plus the 0.33 GiB interpreter base); with 1024 landmarks the certified radii are loose (ρ/θ ≤ 5.2
+over the top 16) and give no step-time bound.
 
     python benchmarks/bench_lowrank.py [--compare 16384] [--big 131072] [--landmarks 3072]
         [--big-landmarks 1024] [--landmark-methods rpcholesky,uniform] [--no-compare] [--no-big]
