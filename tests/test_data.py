@@ -183,7 +183,7 @@ def test_gaussian_mixture_separation_and_covariance_statistics():
 
 
 def test_gaussian_mixture_weights_imbalance_law():
-    # Ziyin digest §4.2: two classes at fractions p, 1-p: a_e = sigma_w^2 + p(1-p) delta^2.
+    # Ziyin et al. 2023: two classes at fractions p, 1-p: a_e = sigma_w^2 + p(1-p) delta^2.
     ds = D.load("gaussian_mixture", n=100, separation=2.0, within_std=np.sqrt(0.1),
                 weights=[0.1, 0.9], dim=3, key=KEY, dtype=jnp.float64)
     np.testing.assert_array_equal(ds.info["counts"], [10, 90])
@@ -226,7 +226,7 @@ def test_gaussian_mixture_requires_key():
 
 
 # --------------------------------------------------------------------------------------------------
-# spiked linear model (Ziyin digest §1.1)
+# spiked linear model (Ziyin et al. 2023)
 # --------------------------------------------------------------------------------------------------
 
 def gaussian_moment_se(S, n):

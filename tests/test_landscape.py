@@ -1,7 +1,7 @@
-"""sslntk.theory.landscape against the Ziyin digest's numbered checks (ziyin2023_landscape.md §6).
+"""sslntk.theory.landscape against the results of Ziyin et al. (2023).
 
 References: Monte-Carlo over `sslntk.data` samples (checks 1, 2, 14), autodiff Hessians (3), full-batch
-GD of the models (4–7, 9–11, 13–15; converged when ||grad|| < 1e-10), bisection (8), and the digest's
+GD of the models (4–7, 9–11, 13–15; converged when ||grad|| < 1e-10), bisection (8), and the reference
 tabulated numbers. float64 (conftest).
 """
 
@@ -72,7 +72,7 @@ def test_check2_infonce_expansion_small_weights_only():
     small, se = _infonce_mc(0.05 * W0, A, B, 1.0, 2)
     formula = float(L.infonce_quartic(0.05 * W0, A, B, 1.0))
     assert abs(small - formula) <= max(0.02 * abs(formula), 4 * se), (small, se, formula)
-    # once ||WΣWᵀ||/τ is O(1) the expansion must fail (digest: "about 2x" at its scale 0.3);
+    # once ||WΣWᵀ||/τ is O(1) the expansion must fail ("about 2x" at scale 0.3);
     # measured here: agrees to 1.4% at ||WΣWᵀ||_2 = 1, MC 2.86 vs formula 4.80 at 4
     Wl = 2 * W0 / np.sqrt(np.linalg.norm(W0 @ (A + B) @ W0.T, 2))      # ||WΣWᵀ||_2 = 4
     large, se_l = _infonce_mc(Wl, A, B, 1.0, 3, anchors=4_000)
@@ -96,7 +96,7 @@ def test_check3_origin_hessian():
 def test_check4_m1_closed_form_commuting():
     A, B = np.diag(A3), np.diag(B3)
     sol = L.m1_solution(A, B, TAU3, G3, 4)
-    # the digest's numbers are rounded to 6 decimals
+    # the reference numbers are rounded to 6 decimals
     np.testing.assert_allclose(np.diag(np.asarray(sol.M)), [0.160681, 0.056, 0.204082, 0],
                                atol=5e-7)
     np.testing.assert_allclose(np.asarray(sol.view_variances), [0.369565, 0.142857, 0.14, 0],
