@@ -51,12 +51,23 @@ def as_float_array(name: str, x, *, ndim: int | Sequence[int] | None = None,
     # value checks evaluated now (`ensure_compile_time_eval`: inside a jit trace a concrete
     # captured array would otherwise be staged), as one reduction where the array lives
     if finite and is_concrete(arr) and arr.size:
-        with jax.ensure_compile_time_eval():
-            ok = bool(_all_finite(arr))
+        ok = bool(evaluated(_all_finite, arr))
         if not ok:
             bad = int(np.sum(~np.isfinite(np.asarray(arr))))
             raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
     return arr
+
+
+def evaluated(fn, *args):
+    """`fn(*args)` for concrete `args`, as concrete arrays even when called while a jit is being
+    traced (a concrete array captured by the traced function). Only then is the call repeated under
+    `jax.ensure_compile_time_eval`: outside a trace that mode would run the traced body's constant
+    sub-expressions as separate small programs (a fresh process loads each one)."""
+    out = fn(*args)
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(out)):
+        with jax.ensure_compile_time_eval():
+            out = fn(*args)
+    return out
 
 
 def is_distributed(x) -> bool:
@@ -183,11 +194,9 @@ def square_kernel(name: str, K, *, sym_tol: float | None = None) -> jax.Array:
         if arr.size:
             # one tiled pass where K lives (a host copy and a strided numpy transpose cost
             # seconds at N = 4096); evaluated now even when called while tracing a jit
-            with jax.ensure_compile_time_eval():
-                d, scale, total = (float(x) for x in _asymmetry(arr))
+            d, scale, total = (float(x) for x in evaluated(_asymmetry, arr))
             if not (np.isfinite(total) and np.isfinite(scale)):
-                with jax.ensure_compile_time_eval():
-                    bad = int(jnp.sum(~jnp.isfinite(arr)))
+                bad = int(np.sum(~np.isfinite(np.asarray(arr))))
                 if bad:
                     raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
             asym = d / (scale or 1.0)

@@ -273,6 +273,7 @@ def _k_orthonormalize(Kmm, Y, Q_prev, P_prev, cut):
 
 @partial(jax.jit, static_argnames=("m", "kind", "block", "depth", "krylov", "layout"))
 def _krylov(K, key, *, m, kind, block, depth, krylov, layout=None):
+    key = _subkeys(key)[0]
     N = K.shape[0]
     Kmm = lambda X: _sharding.row_matmul(K, X, layout)   # K @ X where K's row blocks live
     dtype = K.dtype
@@ -348,8 +349,9 @@ def _dense(K, *, m, kind):
 
 @partial(jax.jit, static_argnames=("iters", "block", "layout"))
 def _tail_norm(K, E, key, *, iters=12, block=8, layout=None):
-    """‖K − E Eᵀ‖₂ by block power iteration (the remainder is PSD, so the estimate is from below)."""
-    X = jax.random.normal(key, (K.shape[0], block), K.dtype)
+    """‖K − E Eᵀ‖₂ by block power iteration (the remainder is PSD, so the estimate is from below),
+    floored at 0."""
+    X = jax.random.normal(_subkeys(key)[1], (K.shape[0], block), K.dtype)
     Kmm = lambda X: _sharding.row_matmul(K, X, layout)
 
     def body(X, _):
@@ -360,7 +362,13 @@ def _tail_norm(K, E, key, *, iters=12, block=8, layout=None):
     X, _ = jax.lax.scan(body, jnp.linalg.qr(X)[0], None, length=iters)
     Y = Kmm(X) - E @ (E.T @ X)
     S = X.T @ Y
-    return jnp.max(jnp.linalg.eigvalsh(0.5 * (S + S.T)))
+    return jnp.maximum(jnp.max(jnp.linalg.eigvalsh(0.5 * (S + S.T))), 0.0)
+
+
+def _subkeys(key):
+    """The decomposition's two keys `(Krylov start, tail estimate)` from the user's `key` (None:
+    `PRNGKey(0)`), derived inside each compiled program (no small eager programs per call)."""
+    return jax.random.split(jax.random.PRNGKey(0) if key is None else key)
 
 
 @partial(jax.jit, static_argnames=("layout",))
@@ -466,8 +474,6 @@ def trusted_eigen_decomposition(K, m: int, kind: str = "contrastive", *, method:
     if kind == "contrastive" and (N % 2 or N < 4):
         raise ValueError(f"K: the contrastive kind needs stacked views [a_1..a_n, b_1..b_n] with an "
                          f"even size N = 2n >= 4, got N={N}")
-    if key is None:
-        key = jax.random.PRNGKey(0)
     layout = _sharding.layout_of(K)
     if memory_limit is not None:
         memory_limit = V.positive_int("memory_limit", memory_limit)
@@ -478,10 +484,9 @@ def trusted_eigen_decomposition(K, m: int, kind: str = "contrastive", *, method:
                              "(or 'auto', which picks it for a sharded K) or 'subspace'")
         if method == "auto":
             method = "krylov"
-        key = _sharding.place(key, layout)
+        key = _sharding.place(jax.random.PRNGKey(0) if key is None else key, layout)
     if method == "auto":
         method = "eigh" if N <= DENSE_MAX_N else "krylov"
-    k_eig, k_tail = jax.random.split(key)
     if method == "eigh":
         vals, A, E, res = _dense(K, m=m, kind=kind)
     else:
@@ -495,20 +500,20 @@ def trusted_eigen_decomposition(K, m: int, kind: str = "contrastive", *, method:
             d = max(0, min(d, N // b - 1))            # the Krylov space cannot exceed N
         opts = dict(m=m, kind=kind, block=b, depth=d, krylov=(method == "krylov"), layout=layout)
         if layout is None:
-            vals, A, E, res = _krylov(K, k_eig, **opts)
+            vals, A, E, res = _krylov(K, key, **opts)
         else:   # compiled first: its memory_analysis() is checked before it runs
             vals, A, E, res = _sharding.checked_call(
                 f"eigen_decomposition ({method}, N = {N}, m = {m}, sharded over "
-                f"{layout.describe()})", _krylov, (K, k_eig), opts, layout, memory_limit)
+                f"{layout.describe()})", _krylov, (K, key), opts, layout, memory_limit)
     if m < N and tail_iters > 0:
-        tail = _tail_norm(K, E, k_tail, iters=int(tail_iters), layout=layout)
+        tail = _tail_norm(K, E, key, iters=int(tail_iters), layout=layout)
     else:
         tail = jnp.zeros((), K.dtype)
         if layout is not None:
             tail = _sharding.place(tail, layout)
     trace = _trace(K, layout=layout)
     return EigenDecomposition(values=vals, vectors=A, lift=E, trace=trace,
-                              tail_norm=jnp.maximum(tail, 0.0), residual=res, kind=kind,
+                              tail_norm=tail, residual=res, kind=kind,
                               method=method)
 
 

@@ -352,7 +352,7 @@ def stationary(inp: _common.Inputs, *, batched: bool = False, loss_batched: bool
     if not (_concrete(state0) and _concrete(method)):
         return None
     try:        # on the host: f0 may be replicated over a mesh (sharded K) that jit cannot see
-        host = jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)), state0)
+        host = jax.tree_util.tree_map(np.asarray, state0)
     except Exception:   # noqa: BLE001  not addressable from this process (multi-process)
         return None
     loss_axis = 0 if batched and loss_batched else None

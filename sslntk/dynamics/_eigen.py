@@ -66,6 +66,7 @@ import functools
 import diffrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sslntk import _sharding, linalg
 from sslntk import _validate as V
@@ -108,33 +109,46 @@ def moment_loss(method, Cm: jax.Array) -> jax.Array:
 
 def _check_moment_loss(method, f0) -> None:
     """On concrete inputs, confirm that a method with a ``moment_form`` really is a function of `C`
-    alone (a wrong structure would make the moment path silently wrong)."""
+    alone (a wrong structure would make the moment path silently wrong): `loss(f)` against
+    `ℓ(C(f))` at `f₀` and at a random probe of the same scale, in one compiled program."""
     if not (V.is_concrete(f0)
             and all(V.is_concrete(c) for c in jax.tree_util.tree_leaves(method))):
         return
-    loss = method.potential
-    N = f0.shape[0]
-    probe = f0 + jnp.std(f0) * jax.random.normal(jax.random.PRNGKey(1), f0.shape, f0.dtype)
-    scale = max(1.0, float(jnp.sqrt(jnp.mean(probe**2))))
-    probe = probe / scale
-    for f in (f0, probe):
-        Cf = f.T @ pair_flip(f) / N
-        a, b = float(loss(f)), float(moment_loss(method, 0.5 * (Cf + Cf.T)))
-        tol = 1e3 * float(jnp.finfo(f0.dtype).eps) * max(1.0, abs(a))
-        if not abs(a - b) <= tol:
+    pairs = jax.device_get(_moment_gap(method, f0))          # ((2,), (2,)): loss(f), ℓ(C(f))
+    tol = 1e3 * float(jnp.finfo(f0.dtype).eps)
+    for a, b in zip(*(map(float, x) for x in pairs)):
+        if not abs(a - b) <= tol * max(1.0, abs(a)):
             raise ValueError(f"method: {_methods.method_label(method)} has a moment_form "
                              f"(cross_moment_only) but is not a function of C = fᵀZf/2n alone "
                              f"(loss(f) = {a:.6g}, ℓ(C(f)) = {b:.6g}); use decomposition kind "
                              f"'kernel'")
 
 
+@jax.jit
+def _moment_gap(method, f0):
+    """`(loss(f), ℓ(C(f)))` for `f = f₀` and a random probe `f₀ + std(f₀)·ξ` scaled to RMS ≤ 1,
+    each `(2,)` (one program instead of ~30 eager ones: a fresh process loads each separately)."""
+    N = f0.shape[0]
+    probe = f0 + jnp.std(f0) * jax.random.normal(jax.random.PRNGKey(1), f0.shape, f0.dtype)
+    probe = probe / jnp.maximum(1.0, jnp.sqrt(jnp.mean(probe**2)))
+
+    def pair(f):
+        Cf = f.T @ pair_flip(f) / N
+        return method.potential(f), moment_loss(method, 0.5 * (Cf + Cf.T))
+
+    (a0, b0), (a1, b1) = pair(f0), pair(probe)
+    return jnp.stack([a0, a1]), jnp.stack([b0, b1])
+
+
 @functools.partial(jax.jit, static_argnames=("path", "solver", "max_steps", "adjoint", "progress",
-                                             "has_dt0", "loss_batched", "layout"))
+                                             "has_dt0", "loss_batched", "layout", "single"))
 def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, path, solver,
-          max_steps, adjoint, progress, has_dt0, loss_batched, layout=None):
+          max_steps, adjoint, progress, has_dt0, loss_batched, layout=None, single=False):
     """B runs on one decomposition: `F0 (B, 2n, k)`, `F0t (B, p, k)` or None; `atol` a scalar
     shared by the runs or None for `atol_b = rtol·RMS(w₀_b)` per run; the loss constants carry a
-    leading B axis when `loss_batched`. Returns a batched `Trajectory`.
+    leading B axis when `loss_batched`. Returns a batched `Trajectory`. `single`: one run given
+    without the B axis (`F0 (2n, k)`, `F0t (p, k)`), returned without it (added and dropped inside
+    the program: a fresh process would otherwise load a small program per array).
 
     ONE diffrax solve of the stacked `(B, m, k)` state (`solve_eigen` is the case B = 1): one
     loop of large array operations rather than a `jax.vmap` of adaptive loops (a batched
@@ -147,6 +161,9 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
     only through the one product `K Z R₀` of all runs at once (sharded, replicated result); the
     `(B, m, k)` state and everything else is replicated.
     """
+    if single:
+        F0 = F0[None]
+        F0t = None if F0t is None else F0t[None]
     B, N, k = F0.shape
     dtype = F0.dtype
     A, E = dec.vectors, dec.lift
@@ -234,8 +251,9 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
         return C.finish("eigen", lo, ts, _methods.State(f=f_b, f_test=ft_b), st_b, out.n_steps,
                         reached=out.reached, bound=bound_b, L=L)
 
-    return jax.vmap(finish, in_axes=(0, None if f_test is None else 0, 0, 0, 0, 0, la))(
+    out = jax.vmap(finish, in_axes=(0, None if f_test is None else 0, 0, 0, 0, 0, la))(
         fs, f_test, Ws, jnp.moveaxis(cs, 1, 0) * sc[:, None], status, AUX, loss)
+    return jax.tree_util.tree_map(lambda x: x[0], out) if single else out
 
 
 def _worst_run_norm(tree) -> jax.Array:
@@ -379,17 +397,16 @@ class Eigen(DiffraxOptions, Solver):
             self.check(method, state0)
         f0 = state0.f
         N, k = f0.shape
-        dec = _check_decomposition(self.decompose(K, method, k), N, self.m, k, f0.dtype)
-        path = "moment" if (dec.kind == "contrastive" and method.moment_form is not None) \
-            else "lift"
-        if path == "moment":
+        path = "moment" if (self.resolved_kind(method) == "contrastive"
+                            and method.moment_form is not None) else "lift"
+        if path == "moment":   # before the decomposition: it waits for its own small program only
             _check_moment_loss(method, f0)
+        # dispatched, not waited for: `solve_batch` traces the flow while the decomposition runs
+        dec = _check_decomposition(self.decompose(K, method, k), N, self.m, k, f0.dtype)
         f0_test = state0.f_test
-        out = solve_batch(K, method, f0[None], ts, dec, path=path, loss_batched=False,
-                          K_test_train=K_test_train,
-                          F0_test=None if f0_test is None else f0_test[None], progress=progress,
-                          **self.diffrax_kwargs())
-        return jax.tree_util.tree_map(lambda x: x[0], out)
+        return solve_batch(K, method, f0, ts, dec, path=path, loss_batched=False,
+                           K_test_train=K_test_train, F0_test=f0_test, progress=progress,
+                           single=True, **self.diffrax_kwargs())
 
 
 def solve_eigen(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=False,
@@ -411,12 +428,15 @@ def solve_eigen(K, loss, f0, ts, *, K_test_train=None, f0_test=None, progress=Fa
 
 def solve_batch(K, method, F0, ts, dec, *, path, loss_batched, K_test_train=None, F0_test=None,
                 progress=False, solver="tsit5", rtol=None, atol=None, dt0=None,
-                max_steps=DEFAULT_MAX_STEPS, pcoeff=0.0, icoeff=1.0, adjoint=None) -> Trajectory:
+                max_steps=DEFAULT_MAX_STEPS, pcoeff=0.0, icoeff=1.0, adjoint=None,
+                single=False) -> Trajectory:
     """B validated runs `F0 (B, 2n, k)` on one checked decomposition → a batched `Trajectory`
-    (one joint solve, see `_core`); default `atol_b = rtol·RMS(Aᵀ f0_b)` per run."""
+    (one joint solve, see `_core`); default `atol_b = rtol·RMS(Aᵀ f0_b)` per run. `single`: one
+    run `F0 (2n, k)` (`F0_test (p, k)`) → an unbatched `Trajectory`."""
     rtol = C.default_rtol(F0.dtype) if rtol is None else rtol
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    as_t = lambda x: jnp.asarray(x, F0.dtype)
+    # host scalars (numpy) for the options: converted on the way in, not by a program each
+    as_t = lambda x: x.astype(F0.dtype) if isinstance(x, jax.Array) else np.asarray(x, F0.dtype)
     layout = _sharding.layout_of(K)
     if layout is not None:
         _check_dec_mesh(dec, layout)
@@ -427,7 +447,7 @@ def solve_batch(K, method, F0, ts, dec, *, path, loss_batched, K_test_train=None
                  None if atol is None else as_t(atol),
                  as_t(0.0 if dt0 is None else dt0), as_t(pcoeff), as_t(icoeff), path=path,
                  solver=solver, max_steps=max_steps, adjoint=adjoint, progress=bool(progress),
-                 has_dt0=dt0 is not None, loss_batched=loss_batched, layout=layout)
+                 has_dt0=dt0 is not None, loss_batched=loss_batched, layout=layout, single=single)
 
 
 def _check_dec_mesh(dec: EigenDecomposition, layout) -> None:
