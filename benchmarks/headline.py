@@ -220,23 +220,32 @@ def fresh(N: int, t_end: float, cache: str) -> dict:
     return res
 
 
-def rows_fresh() -> list[dict]:
+def rows_fresh(rounds: int = 3) -> list[dict]:
+    """The fresh-process rows: one process on an empty cache, then `rounds` interleaved rounds of
+    (2n = 512 warm cache, 2n = 2048 warm cache), medians (a single fresh process varies by ±20 %
+    on a shared 2-core machine)."""
+    med = lambda rs, key: float(np.median([r[key] for r in rs]))
     with tempfile.TemporaryDirectory() as cache:
         t_end = float(horizon(problem(512)[1], ALPHA)[-1])
-        empty = fresh(512, t_end, cache)
-        warm = fresh(512, t_end, cache)
         t_end2 = float(horizon(problem(2048)[1], ALPHA)[-1])
-        fresh(2048, t_end2, cache)
-        big = fresh(2048, t_end2, cache)
+        empty = fresh(512, t_end, cache)
+        fresh(2048, t_end2, cache)                 # fills the cache for 2n = 2048
+        warm, big = [], []
+        for _ in range(max(1, rounds)):
+            warm.append(fresh(512, t_end, cache))
+            big.append(fresh(2048, t_end2, cache))
+    first, again = med(big, "first_solve_s"), med(big, "warm_solve_s")
     return [
         {"row": "fresh process to 2n=512 staircase, empty cache", "ours_s": empty["process_s"],
          **{f"detail_{k}": v for k, v in empty.items()}},
-        {"row": "fresh process to 2n=512 staircase, warm cache", "ours_s": warm["process_s"],
-         "target": "<= 4 s", **{f"detail_{k}": v for k, v in warm.items()}},
-        {"row": "2n=2048 first solve (warm cache) vs repeated", "ours_s": big["first_solve_s"],
-         "warm_s": big["warm_solve_s"],
-         "target_s": 1.5 * big["warm_solve_s"] + 1.0,
-         "meets": big["first_solve_s"] <= 1.5 * big["warm_solve_s"] + 1.0},
+        {"row": "fresh process to 2n=512 staircase, warm cache", "ours_s": med(warm, "process_s"),
+         "target": "<= 4 s", "meets": med(warm, "process_s") <= 4.0, "rounds": len(warm),
+         "all_s": [r["process_s"] for r in warm],
+         **{f"detail_{k}": med(warm, k) for k in warm[0]}},
+        {"row": "2n=2048 first solve (warm cache) vs repeated", "ours_s": first, "warm_s": again,
+         "target_s": 1.5 * again + 1.0, "meets": first <= 1.5 * again + 1.0, "rounds": len(big),
+         "all_first_s": [r["first_solve_s"] for r in big],
+         "all_warm_s": [r["warm_solve_s"] for r in big]},
     ]
 
 
@@ -273,7 +282,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def table(rows: list[dict]) -> str:
     lines = [f"{'row':48s} {'sslntk s':>10s} {'peer s':>10s} {'peer/sslntk':>12s}  notes"]
     for r in rows:
-        notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+        notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else
+                          f"{k}=[{', '.join(f'{x:.2f}' for x in v)}]" if isinstance(v, list) else
+                          f"{k}={v}"
                           for k, v in r.items()
                           if k not in ("row", "ours_s", "peer_s", "ratio", "N")
                           and not k.startswith("detail_"))
@@ -318,7 +329,7 @@ def main(argv=None) -> dict:
         for fn in (row_sweep, row_kernels, row_finite):
             rows.append(fn(rounds))
             print(table(rows[-1:]), flush=True)
-        rows.extend(rows_fresh())
+        rows.extend(rows_fresh(rounds))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
