@@ -114,9 +114,9 @@ def _check_moment_loss(method, f0) -> None:
     if not (V.is_concrete(f0)
             and all(V.is_concrete(c) for c in jax.tree_util.tree_leaves(method))):
         return
-    pairs = jax.device_get(_moment_gap(method, f0))          # ((2,), (2,)): loss(f), ℓ(C(f))
+    losses, moments = jax.device_get(_moment_gap(method, f0))   # (2,) each: loss(f), ℓ(C(f))
     tol = 1e3 * float(jnp.finfo(f0.dtype).eps)
-    for a, b in zip(*(map(float, x) for x in pairs)):
+    for a, b in zip(map(float, losses), map(float, moments), strict=True):
         if not abs(a - b) <= tol * max(1.0, abs(a)):
             raise ValueError(f"method: {_methods.method_label(method)} has a moment_form "
                              f"(cross_moment_only) but is not a function of C = fᵀZf/2n alone "
