@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslntk import dynamics, linalg, losses
+from sslntk import dynamics, linalg, losses, methods
 from sslntk.dynamics import _eigen, _ode
 from sslntk.dynamics._sweep import solve_many
 
@@ -357,6 +357,30 @@ def test_float32_path(setup):
 
 # ------------------------------------------------------------------------------------------------
 # Bad inputs and the method rule
+
+
+class _WrongMomentForm(methods.GradientFlow):
+    """Barlow Twins plus a term in `f_aᵀf_a` (not a function of C) that claims BT's moment form."""
+
+    @property
+    def moment_form(self):
+        return methods.MomentForm(of_moment=lambda C: jnp.sum((C - jnp.eye(C.shape[0])) ** 2))
+
+
+def test_a_false_moment_form_is_refused_before_the_solve(setup):
+    """The eigen solver's moment path trusts `moment_form`; a method whose loss is not a function of
+    C alone must be refused (naming the method) instead of being solved wrongly. The loss gap is
+    ‖f_a‖²-sized here, far above the 1e3·eps tolerance; the honest loss passes the same check."""
+    K = setup["K"]
+    f0 = _f0(K, 4, 1e-1)
+    ts = jnp.linspace(0.0, 1.0, 3)
+    n = K.shape[0] // 2
+    bt = losses.get("barlow_twins")
+    wrong = _WrongMomentForm(lambda f: bt(f) + jnp.sum(f[:n] ** 2))
+    with pytest.raises(ValueError, match="is not a function of C"):
+        _eigen.solve_eigen(K, wrong, f0, ts)
+    honest = _WrongMomentForm(lambda f: bt(f))
+    assert _eigen.solve_eigen(K, honest, f0, ts).ok
 
 
 def test_solver_errors(setup):
