@@ -50,8 +50,9 @@ satisfies the true flow up to the defect `δ(t) = ΔK ∇L(g(t))`.
   integrated defect: a rigorous bound when the true flow is non-expansive (`‖e‖' ≤ ‖δ‖`, e.g. near
   a stable minimum of a convex-in-f loss), and a first-order (Gronwall factor 1) ESTIMATE otherwise.
 
-Integration: diffrax (``_common.integrate``: adaptive explicit RK, default Tsit5, NaN guard,
-`RecursiveCheckpointAdjoint` so `jax.grad` works) on the `(m, k)` state plus the bound scalar. The
+Integration: diffrax (``_common.integrate``: adaptive explicit RK, default Tsit5, NaN guard;
+`RecursiveCheckpointAdjoint` when the inputs are traced, so `jax.grad` works, else the faster-to-
+compile `ForwardMode`: ``_common.default_adjoint``) on the `(m, k)` state plus the bound scalar. The
 reduced system has the same fastest rate as the full one (the top eigenpair is kept) and is not
 stiffer; its cost per step is `O(m²k)` (moment) or `O(N m k)` (lift) instead of `O(N² k)`.
 Measured speed-ups against neural-tangents' `predict.gradient_descent` are in
@@ -434,7 +435,8 @@ def solve_batch(K, method, F0, ts, dec, *, path, loss_batched, K_test_train=None
     (one joint solve, see `_core`); default `atol_b = rtol·RMS(Aᵀ f0_b)` per run. `single`: one
     run `F0 (2n, k)` (`F0_test (p, k)`) → an unbatched `Trajectory`."""
     rtol = C.default_rtol(F0.dtype) if rtol is None else rtol
-    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    if adjoint is None:
+        adjoint = C.default_adjoint((K, method, F0, ts, dec, K_test_train, F0_test, rtol, atol))
     # host scalars (numpy) for the options: converted on the way in, not by a program each
     as_t = lambda x: x.astype(F0.dtype) if isinstance(x, jax.Array) else np.asarray(x, F0.dtype)
     layout = _sharding.layout_of(K)

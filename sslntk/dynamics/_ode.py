@@ -36,7 +36,9 @@ the evaluations on well-separated spectra at tight tolerance (`solver="dopri8"`)
 problems. Non-smooth losses (VICReg's variance hinge) can enter a sliding mode at the kink, where
 every adaptive solver crawls; use the `GD` solver there.
 
-Gradients: `adjoint=diffrax.RecursiveCheckpointAdjoint()` (the default) differentiates the
+Gradients: `adjoint=diffrax.RecursiveCheckpointAdjoint()` (the default whenever the inputs are
+traced, e.g. under `jax.grad`; a call on concrete arrays, which nothing can differentiate
+afterwards, runs `diffrax.ForwardMode()`: `_common.default_adjoint`) differentiates the
 discretised solve exactly (discretise-then-optimise; binomial checkpointing with log(max_steps)
 checkpoints of the state, O(n log n) backward time for n steps), so `jax.grad` of any scalar
 outcome w.r.t. K, f0 (hence α) and the loss constants works; it requires a finite `max_steps`.
@@ -100,7 +102,7 @@ class Ode(DiffraxOptions, Solver):
         state0 = _methods.as_state(state0)
         traced, static = C.diffrax_settings(
             state0.f, atol_scale=C.atol_scale(state0.f), progress=progress,
-            **self.diffrax_kwargs())
+            arrays=(K, method, state0, ts, K_test_train), **self.diffrax_kwargs())
         return _core(K, method, state0, ts, K_test_train, **traced, **static,
                      layout=_sharding.layout_of(K))
 
