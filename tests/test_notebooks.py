@@ -2,7 +2,7 @@
 The notebooks assert their own headline numbers (step times vs theory, gradients vs finite
 differences, deviation shrinking with width, collapse to rank one), and every cell that draws
 shows its figure (an `image/png` output): importing sslntk must not switch matplotlib's backend
-away from the notebook's inline one."""
+away from the notebook's inline one. Nothing reaches stderr: no warning at the small sizes either."""
 
 import re
 from pathlib import Path
@@ -17,7 +17,7 @@ FIGURE_CELLS = {"01_stepwise_barlow_twins": 2, "02_finite_vs_ntk": 2, "03_collap
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
-def test_all_three_notebooks_exist():
+def test_all_four_notebooks_exist():
     names = [p.stem for p in NOTEBOOKS]
     assert names == ["01_stepwise_barlow_twins", "02_finite_vs_ntk", "03_collapse",
                      "04_asymmetric_stability"]
@@ -33,6 +33,10 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+    # warnings (e.g. GD's lr·ρ step-size check, CollapseWarning) reach a notebook as stderr text
+    stderr = [o["text"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert not stderr, stderr
     drawing = [(i, c) for i, c in enumerate(nb.cells)
                if c.cell_type == "code" and _DRAWS.search(c.source)]
     assert len(drawing) == FIGURE_CELLS[path.stem], [i for i, _ in drawing]

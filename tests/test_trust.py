@@ -142,6 +142,27 @@ def test_3_data_limits_checked_before_any_work_one_line_exit_2(extra, match, tmp
     assert not out.exists()                       # nothing computed, nothing written
 
 
+# the same limits written in the config file itself (no --set): a file is the common way in
+BAD_FILES = [
+    ({"data": {"classes": [3, 42]}}, "data.classes"),
+    ({"data": {"n": 4, "n_test": 8}, "dynamics": {"k": 200}}, "dynamics.k"),
+    ({"data": {"n": 1700, "n_test": 200}}, "data.n"),             # digits has 1797 images
+]
+
+
+def test_3_data_limits_in_the_toml_file_one_line_exit_2_nothing_written(tmp_path, capsys):
+    for i, (bad, key) in enumerate(BAD_FILES):
+        d = {**TINY_STAIRCASE, **{t: {**TINY_STAIRCASE.get(t, {}), **v} for t, v in bad.items()}}
+        cfg = _write_toml(tmp_path / f"bad{i}.toml", d)
+        out = tmp_path / f"out{i}"
+        out.mkdir()                                   # an existing, empty output directory
+        assert cli.main(["run", str(cfg), "--out", str(out)]) == 2, bad
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"'{key}'" in err and "Traceback" not in err, err
+        assert sorted(p.name for p in out.iterdir()) == [], bad   # no config.json, parts or lock
+
+
 def test_3_bad_files_and_out_paths_one_line(tmp_path, capsys):
     cfg = _write_toml(tmp_path / "c.toml", TINY_PHASE)
     latin1 = tmp_path / "latin1.toml"
