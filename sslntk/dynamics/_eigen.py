@@ -64,7 +64,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
