@@ -162,7 +162,9 @@ def row_diagonal(K, layout: RowLayout | None):
 
 
 def row_trace(K, layout: RowLayout | None):
-    return jnp.sum(row_diagonal(K, layout)) if layout is not None else jnp.trace(K)
+    """`tr K`, replicated: the sum of the diagonal read alone (`jnp.trace` reads all of K on CPU:
+    0.15 s at N = 8192)."""
+    return jnp.sum(row_diagonal(K, layout))
 
 
 def place(x, layout: RowLayout):
