@@ -75,6 +75,7 @@ from sslntk.dynamics import _common as C
 from sslntk.dynamics._solver import DEFAULT_MAX_STEPS, DiffraxOptions, Solver
 from sslntk.dynamics._trajectory import NONFINITE, SUCCESS, Trajectory
 from sslntk.linalg import EigenDecomposition, pair_flip
+from sslntk.losses import cross_correlation
 
 __all__ = ["Eigen", "default_m", "solve_eigen", "solve_batch", "PATHS"]
 
@@ -128,13 +129,11 @@ def _check_moment_loss(method, f0) -> None:
 def _moment_gap(method, f0):
     """`(loss(f), ℓ(C(f)))` for `f = f₀` and a random probe `f₀ + std(f₀)·ξ` scaled to RMS ≤ 1,
     each `(2,)` (one program instead of ~30 eager ones: a fresh process loads each separately)."""
-    N = f0.shape[0]
     probe = f0 + jnp.std(f0) * jax.random.normal(jax.random.PRNGKey(1), f0.shape, f0.dtype)
     probe = probe / jnp.maximum(1.0, jnp.sqrt(jnp.mean(probe**2)))
 
     def pair(f):
-        Cf = f.T @ pair_flip(f) / N
-        return method.potential(f), moment_loss(method, 0.5 * (Cf + Cf.T))
+        return method.potential(f), moment_loss(method, cross_correlation(f))
 
     (a0, b0), (a1, b1) = pair(f0), pair(probe)
     return jnp.stack([a0, a1]), jnp.stack([b0, b1])
