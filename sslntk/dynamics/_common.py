@@ -298,13 +298,12 @@ def default_adjoint(arrays) -> diffrax.AbstractAdjoint:
 
 
 def diffrax_settings(f0, *, atol_scale, solver, rtol, atol, dt0, max_steps, pcoeff, icoeff,
-                     adjoint, progress, arrays=None) -> tuple[dict, dict]:
+                     adjoint, progress, arrays) -> tuple[dict, dict]:
     """Validate the options shared by the diffrax-based solvers (`ode`, `constrained`) and split
     them into traced arrays (`rtol`, `atol`, `dt0`, `pcoeff`, `icoeff`: changing them does not
     recompile) and static ones (`solver`, `max_steps`, `adjoint`, `progress`, `has_dt0`).
-    `atol=None` → `rtol · atol_scale`; `adjoint=None` → `default_adjoint((f0, arrays))`, or
-    `RecursiveCheckpointAdjoint()` when `arrays` is None (a wrapped solver such as `_Retracted`,
-    which diffrax's `ForwardMode` cannot rewrite)."""
+    `atol=None` → `rtol · atol_scale`; `adjoint=None` → `default_adjoint((f0, arrays))`
+    (`arrays`: every other array the solve reads)."""
     max_steps = V.positive_int("max_steps", max_steps)
     rtol = default_rtol(f0.dtype) if rtol is None else V.positive_float("rtol", rtol)
     atol = rtol * atol_scale if atol is None else V.positive_float("atol", atol)
@@ -315,8 +314,7 @@ def diffrax_settings(f0, *, atol_scale, solver, rtol, atol, dt0, max_steps, pcoe
     traced = dict(rtol=as_t(rtol), atol=as_t(atol), dt0=as_t(0.0 if dt0 is None else dt0),
                   pcoeff=as_t(pcoeff), icoeff=as_t(icoeff))
     static = dict(solver=solver, max_steps=max_steps, progress=bool(progress),
-                  adjoint=adjoint if adjoint is not None else diffrax.RecursiveCheckpointAdjoint()
-                  if arrays is None else default_adjoint((f0, arrays)),
+                  adjoint=default_adjoint((f0, arrays)) if adjoint is None else adjoint,
                   has_dt0=dt0 is not None)
     return traced, static
 

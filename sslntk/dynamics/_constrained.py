@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,9 +140,14 @@ class Constrained(DiffraxOptions, Solver):
             raise ValueError("K: solver 'constrained' needs a positive-definite kernel (the "
                              "constraint is fᵀK⁻¹f = I), but its Cholesky factorisation failed; "
                              "add a small ridge (K + εI)")
-        # no `arrays`: the retracting wrapper keeps the checkpointed loop (see diffrax_settings)
+        options = self.diffrax_kwargs()
+        if options["adjoint"] is None:
+            # the checkpointed loop always: diffrax's ForwardMode cannot rewrite the retracting
+            # wrapper around the integrator (`_common.default_adjoint` would pick it)
+            options["adjoint"] = diffrax.RecursiveCheckpointAdjoint()
         traced, static = C.diffrax_settings(state0.f, atol_scale=1.0, progress=progress,
-                                            **self.diffrax_kwargs())
+                                            arrays=(K, method, state0, ts, K_test_train),
+                                            **options)
         return _core(K, method, state0.f, ts, K_test_train, state0.f_test, **traced, **static)
 
 
