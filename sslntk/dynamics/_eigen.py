@@ -51,8 +51,8 @@ satisfies the true flow up to the defect `δ(t) = ΔK ∇L(g(t))`.
   a stable minimum of a convex-in-f loss), and a first-order (Gronwall factor 1) ESTIMATE otherwise.
 
 Integration: diffrax (``_common.integrate``: adaptive explicit RK, default Tsit5, NaN guard;
-`RecursiveCheckpointAdjoint` when the inputs are traced, so `jax.grad` works, else the faster-to-
-compile `ForwardMode`: ``_common.default_adjoint``) on the `(m, k)` state plus the bound scalar. The
+`RecursiveCheckpointAdjoint` when the inputs are traced, so `jax.grad` works, else the lighter
+`ForwardMode`: ``_common.default_adjoint``) on the `(m, k)` state plus the bound scalar. The
 reduced system has the same fastest rate as the full one (the top eigenpair is kept) and is not
 stiffer; its cost per step is `O(m²k)` (moment) or `O(N m k)` (lift) instead of `O(N² k)`.
 Measured speed-ups against neural-tangents' `predict.gradient_descent` are in

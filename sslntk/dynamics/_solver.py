@@ -90,7 +90,7 @@ class DiffraxOptions:
       pcoeff, icoeff: PID coefficients (defaults 0, 1: the classic I-controller).
       adjoint: diffrax adjoint (default: `RecursiveCheckpointAdjoint()` when the inputs are
         traced — `jax.grad` through the solve differentiates the discretised solve exactly — and
-        `ForwardMode()` on concrete inputs, which compiles in about half the time).
+        `ForwardMode()` on concrete inputs, which traces and lowers faster).
     """
 
     integrator: Any = "tsit5"
