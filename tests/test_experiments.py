@@ -19,7 +19,7 @@ TINY = {
     "width_sweep": {"kind": "width_sweep", "data": {"n": 8, "n_test": 4},
                     "arch": {"depth": 1},
                     "dynamics": {"k": 2, "n_times": 6, "alpha": 0.1},
-                    "finite": {"widths": [32, 128], "seeds": 2, "lr": 0.05, "steps": 40}},
+                    "finite": {"widths": [32, 128], "seeds": 2, "lr": 0.035, "steps": 56}},
     "phase_diagram": {"kind": "phase_diagram", "phase": {"model": "one_layer", "grid": 5}},
     "hypergradient": {"kind": "hypergradient", "data": {"n": 12, "n_test": 0},
                       "dynamics": {"k": 2}},

@@ -50,7 +50,7 @@ satisfies the true flow up to the defect `δ(t) = ΔK ∇L(g(t))`.
   integrated defect: a rigorous bound when the true flow is non-expansive (`‖e‖' ≤ ‖δ‖`, e.g. near
   a stable minimum of a convex-in-f loss), and a first-order (Gronwall factor 1) ESTIMATE otherwise.
 
-Integration: diffrax (``_common.integrate``: adaptive explicit RK, default Tsit5, NaN guard;
+Integration: ``_common.integrate`` (adaptive explicit RK, default Tsit5, NaN guard;
 `RecursiveCheckpointAdjoint` when the inputs are traced, so `jax.grad` works, else the lighter
 `ForwardMode`: ``_common.default_adjoint``) on the `(m, k)` state plus the bound scalar. The
 reduced system has the same fastest rate as the full one (the top eigenpair is kept) and is not
@@ -194,39 +194,15 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
         KZR = jnp.zeros((B, 1, 1), dtype)
     W0, R0, AUX = jax.vmap(prep)(F0, KZR)
     rate = 2.0 * kappa / N
-    gradC = jax.grad(moment_loss, argnums=1)
-    gradL = jax.grad(lambda lo, f: lo.potential(f), argnums=1)
-
-    def cross_moment(w, aux):
-        X, Cr, _ = aux
-        Sw = S @ w
-        Cm = w.T @ (Sw + 2.0 * X)                     # sym(wᵀ(Sw + 2X)) = wᵀSw + wᵀX + Xᵀw
-        return Sw + X, 0.5 * (Cm + Cm.T) + Cr
-
-    def rhs(w, b, aux, r0, lo):                       # one run, in its own units
-        if moment:
-            SwX, Cm = cross_moment(w, aux)
-            G = gradC(lo, Cm)
-            G = 0.5 * (G + G.T)
-            defect = jnp.sqrt(jnp.maximum(jnp.sum(G * (aux[2] @ G)), 0.0))
-            return -2.0 * SwX @ G, defect + rate * _spectral_norm_bound(G) * b
-        g = gradL(lo, r0 + E @ w)
-        Etg = E.T @ g
-        return -Etg, kappa * jnp.sqrt(jnp.sum((g - A @ Etg) ** 2))
-
     la = 0 if loss_batched else None
     # (B,) the runs' units s_b = atol_b / rtol
     sc = jax.vmap(C.atol_scale)(W0) if atol is None else jnp.full((B,), atol / rtol, dtype)
     sc = jax.lax.stop_gradient(sc).astype(dtype)
     sc3 = sc[:, None, None]
+    consts = (sc, S if moment else None, AUX, R0, loss, A, E, kappa, rate)
 
     def vf(t, y, args):
-        U, c, _ = y
-        dW, db = jax.vmap(rhs, in_axes=(0, 0, 0, 0, la))(U * sc3, c * sc, AUX, R0, loss)
-        dU, dc = dW / sc3, db / sc
-        ok = jnp.all(jnp.isfinite(dU), axis=(1, 2)) & jnp.isfinite(dc)
-        return (jnp.where(ok[:, None, None], dU, 0.0), jnp.where(ok, dc, 0.0),
-                jnp.where(ok, 0.0, 1.0).astype(dtype))
+        return _field(y[0], y[1], *consts, moment=moment, la=la)
 
     y0 = (W0 / sc3, jnp.zeros((B,), dtype), jnp.zeros((B,), dtype))
     out = C.integrate(vf, y0, ts, None, solver=solver, rtol=rtol, atol=rtol,
@@ -245,7 +221,7 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
     def finish(f_b, ft_b, w_b, bound_b, st_b, aux_b, lo):
         # moment path: the loss from the reduced C (exactly C of the lifted f, without the
         # 2n-term float32 sums that alone put ~2e-4 of round-off on BT's loss near its plateaus)
-        L = jax.vmap(lambda w: moment_loss(lo, cross_moment(w, aux_b)[1]))(w_b) if moment \
+        L = jax.vmap(lambda w: moment_loss(lo, _cross_moment(S, w, aux_b)[1]))(w_b) if moment \
             else None
         return C.finish("eigen", lo, ts, _methods.State(f=f_b, f_test=ft_b), st_b, out.n_steps,
                         reached=out.reached, bound=bound_b, L=L)
@@ -253,6 +229,42 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
     out = jax.vmap(finish, in_axes=(0, None if f_test is None else 0, 0, 0, 0, 0, la))(
         fs, f_test, Ws, jnp.moveaxis(cs, 1, 0) * sc[:, None], status, AUX, loss)
     return jax.tree_util.tree_map(lambda x: x[0], out) if single else out
+
+
+def _cross_moment(S, w, aux):
+    """`(S w + X, C)` of one run: `w (m, k)`, `aux = (X, C_r, H)`; `C = wᵀSw + wᵀX + Xᵀw + C_r`
+    (the moment path's cross-moment, see the module docstring), symmetrised."""
+    X, Cr, _ = aux
+    Sw = S @ w
+    Cm = w.T @ (Sw + 2.0 * X)                     # sym(wᵀ(Sw + 2X)) = wᵀSw + wᵀX + Xᵀw
+    return Sw + X, 0.5 * (Cm + Cm.T) + Cr
+
+
+@functools.partial(jax.jit, static_argnames=("moment", "la"))
+def _field(U, c, sc, S, AUX, R0, loss, A, E, kappa, rate, *, moment, la):
+    """The reduced flow of `_core`'s B runs in their own units: `U (B, m, k)`, `c (B,)` (bound)
+    → `(dU, dc, flag)`; a run whose derivative is non-finite gets zeros and `flag = 1`. Jitted so
+    that the integrator's two traces of it (first stage, loop body) share one."""
+    sc3 = sc[:, None, None]
+    gradC = jax.grad(moment_loss, argnums=1)
+    gradL = jax.grad(lambda lo, f: lo.potential(f), argnums=1)
+
+    def rhs(w, b, aux, r0, lo):                       # one run, in its own units
+        if moment:
+            SwX, Cm = _cross_moment(S, w, aux)
+            G = gradC(lo, Cm)
+            G = 0.5 * (G + G.T)
+            defect = jnp.sqrt(jnp.maximum(jnp.sum(G * (aux[2] @ G)), 0.0))
+            return -2.0 * SwX @ G, defect + rate * _spectral_norm_bound(G) * b
+        g = gradL(lo, r0 + E @ w)
+        Etg = E.T @ g
+        return -Etg, kappa * jnp.sqrt(jnp.sum((g - A @ Etg) ** 2))
+
+    dW, db = jax.vmap(rhs, in_axes=(0, 0, 0, 0, la))(U * sc3, c * sc, AUX, R0, loss)
+    dU, dc = dW / sc3, db / sc
+    ok = jnp.all(jnp.isfinite(dU), axis=(1, 2)) & jnp.isfinite(dc)
+    return (jnp.where(ok[:, None, None], dU, 0.0), jnp.where(ok, dc, 0.0),
+            jnp.where(ok, 0.0, 1.0).astype(U.dtype))
 
 
 def _worst_run_norm(tree) -> jax.Array:

@@ -84,13 +84,17 @@ class DiffraxOptions:
         "kvaerno3/4/5") or an adaptive diffrax solver instance.
       rtol, atol: PID controller tolerances (None: rtol 1e-8 in float64 / 1e-5 in float32, atol
         from rtol and the state's scale, see each solver).
-      dt0: initial step (None: diffrax chooses from the tolerances).
+      dt0: initial step (None: 0.01, as `diffrax.diffeqsolve` takes it; the controller then
+        grows the step by up to 10× per accepted step).
       max_steps: step budget (default 100_000); running out gives status MAX_STEPS and NaN at the
         times not reached.
       pcoeff, icoeff: PID coefficients (defaults 0, 1: the classic I-controller).
       adjoint: diffrax adjoint (default: `RecursiveCheckpointAdjoint()` when the inputs are
         traced — `jax.grad` through the solve differentiates the discretised solve exactly — and
-        `ForwardMode()` on concrete inputs, which traces and lowers faster).
+        `ForwardMode()` on concrete inputs, which traces and lowers faster). Under these two, the
+        explicit integrators run in sslntk's own loop (`_rk`: the same steps as `diffeqsolve`,
+        traced in a fraction of the time); any other adjoint or an implicit integrator goes
+        through `diffrax.diffeqsolve`.
     """
 
     integrator: Any = "tsit5"
