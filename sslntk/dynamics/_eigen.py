@@ -192,11 +192,11 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
         KZR = jnp.moveaxis(_sharding.row_matmul(K, ZR, layout).reshape(N, B, k), 1, 0)
     else:
         KZR = jnp.zeros((B, 1, 1), dtype)
-    W0, R0, AUX = jax.vmap(prep)(F0, KZR)
+    W0, R0, AUX = _over_runs(prep, B)(F0, KZR)
     rate = 2.0 * kappa / N
     la = 0 if loss_batched else None
     # (B,) the runs' units s_b = atol_b / rtol
-    sc = jax.vmap(C.atol_scale)(W0) if atol is None else jnp.full((B,), atol / rtol, dtype)
+    sc = _over_runs(C.atol_scale, B)(W0) if atol is None else jnp.full((B,), atol / rtol, dtype)
     sc = jax.lax.stop_gradient(sc).astype(dtype)
     sc3 = sc[:, None, None]
     consts = (sc, S if moment else None, AUX, R0, loss, A, E, kappa, rate)
@@ -226,9 +226,24 @@ def _core(K, loss, F0, ts, K_tx, F0t, dec, rtol, atol, dt0, pcoeff, icoeff, *, p
         return C.finish("eigen", lo, ts, _methods.State(f=f_b, f_test=ft_b), st_b, out.n_steps,
                         reached=out.reached, bound=bound_b, L=L)
 
-    out = jax.vmap(finish, in_axes=(0, None if f_test is None else 0, 0, 0, 0, 0, la))(
+    out = _over_runs(finish, B, (0, None if f_test is None else 0, 0, 0, 0, 0, la))(
         fs, f_test, Ws, jnp.moveaxis(cs, 1, 0) * sc[:, None], status, AUX, loss)
     return jax.tree_util.tree_map(lambda x: x[0], out) if single else out
+
+
+def _over_runs(f, B: int, in_axes=0):
+    """`jax.vmap(f, in_axes)` over the B runs, or for B = 1 `f` on the one run with the axis added
+    back to its outputs (the same program without batching rules: less to trace and lower)."""
+    if B != 1:
+        return jax.vmap(f, in_axes=in_axes)
+
+    def one(*args):
+        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+        args = [a if ax is None else jax.tree_util.tree_map(lambda x: x[0], a)
+                for a, ax in zip(args, axes, strict=True)]
+        return jax.tree_util.tree_map(lambda x: x[None], f(*args))
+
+    return one
 
 
 def _cross_moment(S, w, aux):
@@ -260,7 +275,7 @@ def _field(U, c, sc, S, AUX, R0, loss, A, E, kappa, rate, *, moment, la):
         Etg = E.T @ g
         return -Etg, kappa * jnp.sqrt(jnp.sum((g - A @ Etg) ** 2))
 
-    dW, db = jax.vmap(rhs, in_axes=(0, 0, 0, 0, la))(U * sc3, c * sc, AUX, R0, loss)
+    dW, db = _over_runs(rhs, U.shape[0], (0, 0, 0, 0, la))(U * sc3, c * sc, AUX, R0, loss)
     dU, dc = dW / sc3, db / sc
     ok = jnp.all(jnp.isfinite(dU), axis=(1, 2)) & jnp.isfinite(dc)
     return (jnp.where(ok[:, None, None], dU, 0.0), jnp.where(ok, dc, 0.0),
