@@ -145,3 +145,49 @@ def test_the_eigen_and_ode_solvers_give_diffeqsolves_answer():
         assert int(a.n_steps) == int(b.n_steps)
         np.testing.assert_allclose(a.f, b.f, rtol=0, atol=1e-11 * float(jnp.max(jnp.abs(b.f))))
         np.testing.assert_allclose(a.loss, b.loss, rtol=1e-10, atol=1e-14)
+
+
+def test_a_retraction_after_every_step_is_what_diffeqsolve_does_with_the_wrapper():
+    """Flow on the unit sphere (a rotation plus a pull towards e₁, leaving the sphere at O(h^p) per
+    step), projected back after every step: `_rk.run(retract=...)` against `diffeqsolve` with the
+    solvers' retracting wrapper (`_common._Retracted`): same steps, same values, on the sphere."""
+    from sslntk.dynamics._common import _Retracted
+
+    W = jnp.array([[0.0, 1.0, 0.3], [-1.0, 0.0, 0.5], [-0.3, -0.5, 0.0]])
+    e1 = jnp.array([1.0, 0.0, 0.0])
+    vf = lambda t, y: W @ y + 0.4 * (e1 - jnp.dot(e1, y) * y)
+    retract = lambda y: y / jnp.linalg.norm(y)
+    y = jnp.array([0.0, 0.6, 0.8])
+    ts = jnp.linspace(0.0, 8.0, 17)
+    ctrl = diffrax.PIDController(rtol=1e-6, atol=1e-8)
+    for adjoint in (diffrax.ForwardMode(), diffrax.RecursiveCheckpointAdjoint()):
+        ours = _rk.run(vf, y, ts, solver=diffrax.Tsit5(), controller=ctrl, dt0=None,
+                       max_steps=4096, adjoint=adjoint, retract=retract)
+        ref = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, a: vf(t, y)),
+                                  _Retracted(diffrax.Tsit5(), retract), t0=0.0, t1=ts[-1],
+                                  dt0=None, y0=y, saveat=diffrax.SaveAt(ts=ts),
+                                  stepsize_controller=ctrl, max_steps=4096,
+                                  adjoint=diffrax.RecursiveCheckpointAdjoint(), throw=False)
+        assert int(ours.n_steps) == int(ref.stats["num_accepted_steps"]) > 5
+        assert int(ours.n_rejected) == int(ref.stats["num_rejected_steps"])
+        assert max_rel_gap(ours.ys, ref.ys) < 1e-11
+    # saved points are the unprojected interpolant's (the constrained solver retracts them again)
+    np.testing.assert_allclose(jnp.linalg.norm(ours.ys, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_constrained_solver_keeps_its_constraint_and_refuses_other_adjoints():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((20, 6))
+    K = jnp.asarray(X @ X.T / 6 + 0.2 * np.eye(20))
+    f0 = jnp.asarray(rng.standard_normal((20, 3)))
+    ts = jnp.linspace(0.0, 5.0, 11)
+    a = dynamics.solve(K, "kernel_pca", f0, ts, solver="constrained")
+    b = dynamics.solve(K, "kernel_pca", f0, ts,
+                       solver=dynamics.Constrained(adjoint=diffrax.RecursiveCheckpointAdjoint()))
+    assert a.status_name == b.status_name == "success"
+    assert int(a.n_steps) == int(b.n_steps) > 3
+    np.testing.assert_allclose(a.f, b.f, rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(b.f))))
+    G = jnp.einsum("tik,ij,tjl->tkl", a.f, jnp.linalg.inv(K), a.f)
+    np.testing.assert_allclose(G, jnp.broadcast_to(jnp.eye(3), G.shape), atol=1e-12)
+    with pytest.raises(TypeError, match="adjoint: solver 'constrained'"):
+        dynamics.Constrained(adjoint=diffrax.DirectAdjoint())

@@ -218,7 +218,7 @@ def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps,
               adjoint, progress: bool | str, retract=None, norm=None) -> Integrated:
     """Integrate `dy/dt = vector_field(t, y, args)` from t = 0 and save at `ts`: with `_rk.run`
     when it runs the integrator under `adjoint` exactly as diffrax would (explicit tableaux under
-    `ForwardMode` / `RecursiveCheckpointAdjoint`, no retraction), else `diffrax.diffeqsolve`.
+    `ForwardMode` / `RecursiveCheckpointAdjoint`), else `diffrax.diffeqsolve`.
 
     Non-finite detection: the vector field is guarded. When any entry of `vector_field(t, y)` is
     NaN/inf the derivative is replaced by 0 and a scalar flag (extra state, d(flag)/dt = 1) rises.
@@ -251,17 +251,22 @@ def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps,
     else:
         meter = None
     y0 = (y0, jnp.zeros((), dtype))
-    if retract is None and _rk.runs(inner, adjoint):
+    if retract is not None:
+        retract_state = lambda y: (retract(y[0]), y[1])
+    if _rk.runs(inner, adjoint):
         # the same steps as diffeqsolve's, traced in a fraction of the time (`_rk`)
         r = _rk.run(lambda t, y: guarded(t, y, args), y0, ts, solver=inner,
                     controller=controller, dt0=dt0, max_steps=max_steps, adjoint=adjoint,
-                    meter=meter)
+                    meter=meter, retract=None if retract is None else retract_state)
         (ys, flag), done, n_steps, saved = r.ys, r.finished, r.n_steps, r.reached
         failed = ~done
         result_max_steps = ~done
     else:
         if retract is not None:
-            inner = _Retracted(inner, lambda y: (retract(y[0]), y[1]))
+            inner = _Retracted(inner, retract_state)
+            if isinstance(adjoint, diffrax.ForwardMode):
+                # ForwardMode's loop cannot rewrite the retracting wrapper: the checkpointed one
+                adjoint = diffrax.RecursiveCheckpointAdjoint()
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(guarded), inner, t0=jnp.zeros((), ts.dtype), t1=ts[-1], dt0=dt0,
             y0=y0, args=args, saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller,

@@ -25,8 +25,8 @@ contrastive kernel, with `tan θ_max(t) ≤ tan θ_max(0)·e^{−2(γ_k − γ_{
 Start: `f0` is mapped onto the manifold by the RKHS QR retraction `h0 = qf(L⁻¹ f0)` (Q factor with
 positive diag R); `Trajectory.f[0]` (at t = 0) is that point, not `f0` — only span(f0) is kept.
 
-Integration: diffrax adaptive solver (default Tsit5, tolerances as for `ode`) wrapped so that every
-step end point is retracted back onto `hᵀh = I` by the Cholesky-QR retraction
+Integration: the adaptive explicit RK of `ode` (default Tsit5, same tolerances; `_common.integrate`)
+with every step end point retracted back onto `hᵀh = I` by the Cholesky-QR retraction
 `Y ↦ Y R⁻¹, YᵀY = RᵀR` (Esser §3.2's qf; projection methods keep the order of the wrapped RK
 method, and one Cholesky-QR of a point O(tol) away from the manifold is orthonormal to O(eps)).
 Saved points (dense interpolation between steps) are retracted again. `‖hᵀh − I‖ = ‖fᵀK⁻¹f − I‖`
@@ -122,10 +122,19 @@ class Constrained(DiffraxOptions, Solver):
     Any method with a `potential` (the gradient flow of a scalar function of f: Riemannian
     gradient by autodiff); needs a positive-definite K (Cholesky) and k ≤ 2n with f0 of full column
     rank. Options (`DiffraxOptions`) as for `Ode`; default `atol = rtol` (the state is O(1) on the
-    manifold).
+    manifold); `adjoint` None, `diffrax.ForwardMode()` or `diffrax.RecursiveCheckpointAdjoint()`
+    (the loops that retract after every step).
     """
 
     name = "constrained"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.adjoint is not None and not isinstance(
+                self.adjoint, (diffrax.ForwardMode, diffrax.RecursiveCheckpointAdjoint)):
+            raise TypeError(f"adjoint: solver 'constrained' retracts after every step, which only "
+                            f"diffrax.ForwardMode() and diffrax.RecursiveCheckpointAdjoint() "
+                            f"support; got {type(self.adjoint).__name__}")
 
     def check(self, method, state0) -> None:
         _methods.require(method, "potential", "constrained")
@@ -141,10 +150,6 @@ class Constrained(DiffraxOptions, Solver):
                              "constraint is fᵀK⁻¹f = I), but its Cholesky factorisation failed; "
                              "add a small ridge (K + εI)")
         options = self.diffrax_kwargs()
-        if options["adjoint"] is None:
-            # the checkpointed loop always: diffrax's ForwardMode cannot rewrite the retracting
-            # wrapper around the integrator (`_common.default_adjoint` would pick it)
-            options["adjoint"] = diffrax.RecursiveCheckpointAdjoint()
         traced, static = C.diffrax_settings(state0.f, atol_scale=1.0, progress=progress,
                                             arrays=(K, method, state0, ts, K_test_train),
                                             **options)

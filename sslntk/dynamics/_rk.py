@@ -24,8 +24,10 @@ given times — `run` is the same algorithm written out once:
 The loop is `equinox.internal.while_loop`, `kind="lax"` (forward mode; what `diffrax.ForwardMode`
 runs) or `kind="checkpointed"` (reverse mode, binomial checkpointing; what
 `diffrax.RecursiveCheckpointAdjoint` runs), with the saved values as in-place buffers.
-`tests/test_rk.py` checks that every explicit integrator takes the same steps as `diffeqsolve`
-and saves the same values to round-off, and that gradients agree.
+`retract` projects every step's end point back onto a manifold (the constrained solver), as
+diffrax's retracting solver wrapper in `_common` does. `tests/test_rk.py` checks that every
+explicit integrator, with and without a retraction, takes the same steps as `diffeqsolve` and
+saves the same values to round-off, and that gradients agree.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def _dot(coeffs, ks):
 
 
 def run(vf, y0, ts, *, solver, controller: diffrax.PIDController, dt0, max_steps: int,
-        adjoint, meter=None) -> Run:
+        adjoint, meter=None, retract=None) -> Run:
     """Integrate `dy/dt = vf(t, y)` from `t = 0` to `ts[-1]` and save at `ts` (`(T,)`, sorted).
 
     Args:
@@ -83,6 +85,10 @@ def run(vf, y0, ts, *, solver, controller: diffrax.PIDController, dt0, max_steps
       adjoint: `diffrax.ForwardMode()` (a plain loop) or `diffrax.RecursiveCheckpointAdjoint()`
         (a checkpointed loop that `jax.grad` can go through; its `checkpoints` are used).
       meter: a diffrax progress meter (`init`/`step`/`close`), or None.
+      retract: None, or `y -> y` mapping every step's end point back onto a manifold (projection
+        method, Hairer–Lubich–Wanner, Geometric Numerical Integration, §IV.4). The error estimate
+        and the interpolant stay the unprojected step's, and the first stage is evaluated afresh
+        at every (projected) start point instead of reusing the last stage of the step before.
     """
     tab = solver.tableau
     dtype = jax.tree_util.tree_leaves(y0)[0].dtype
@@ -93,7 +99,7 @@ def run(vf, y0, ts, *, solver, controller: diffrax.PIDController, dt0, max_steps
     A = jnp.asarray(rows, dtype)
     c = jnp.asarray([0.0] + list(tab.c), tdt)
     b_sol, b_err = jnp.asarray(tab.b_sol, dtype), jnp.asarray(tab.b_error, dtype)
-    fsal = bool(tab.fsal)
+    fsal = bool(tab.fsal) and retract is None     # a projected end point has no stage to reuse
     first = 1 if fsal else 0
     term = diffrax.ODETerm(lambda t, y, args: vf(t, y))
     error_order = solver.error_order(term)
@@ -153,8 +159,9 @@ def run(vf, y0, ts, *, solver, controller: diffrax.PIDController, dt0, max_steps
         tprev, tnext, y, f0, inv_prev, out, j, n_ok, n_bad, mstate = st
         h = tnext - tprev
         y1, y_err, ks, f1 = step(tprev, y, h, f0)
+        y_end = y1 if retract is None else retract(y1)
         y_err = _tmap(lambda e: jnp.where(jnp.isnan(e), jnp.inf, e), y_err)
-        err = error(y, y1, y_err)
+        err = error(y, y_end, y_err)
         keep = err < 1
         inv = jax.lax.stop_gradient(1 / jnp.asarray(err))
         factor = jnp.clip(controller.safety * inv**coeff1 * inv_prev**coeff2,
@@ -183,7 +190,7 @@ def run(vf, y0, ts, *, solver, controller: diffrax.PIDController, dt0, max_steps
         sel = lambda a, b: _tmap(lambda u, v: jnp.where(keep, u, v), a, b)
         if meter is not None:
             mstate = meter.step(mstate, tp / t1)
-        return (tp, tn, sel(y1, y), sel(f1, f0) if fsal else f0,
+        return (tp, tn, sel(y_end, y), sel(f1, f0) if fsal else f0,
                 jnp.where(keep, inv, inv_prev), out, j, n_ok + keep, n_bad + (~keep), mstate)
 
     init = (t0, tnext, y0, f0, one, out0, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
