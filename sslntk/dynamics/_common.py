@@ -258,9 +258,8 @@ def integrate(vector_field, y0, ts, args, *, solver, rtol, atol, dt0, max_steps,
         r = _rk.run(lambda t, y: guarded(t, y, args), y0, ts, solver=inner,
                     controller=controller, dt0=dt0, max_steps=max_steps, adjoint=adjoint,
                     meter=meter, retract=None if retract is None else retract_state)
-        (ys, flag), done, n_steps, saved = r.ys, r.finished, r.n_steps, r.reached
-        failed = ~done
-        result_max_steps = ~done
+        (ys, flag), n_steps, saved = r.ys, r.n_steps, r.reached
+        failed = result_max_steps = ~r.finished      # the loop's only way to stop early
     else:
         if retract is not None:
             inner = _Retracted(inner, retract_state)

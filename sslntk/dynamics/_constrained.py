@@ -149,10 +149,9 @@ class Constrained(DiffraxOptions, Solver):
             raise ValueError("K: solver 'constrained' needs a positive-definite kernel (the "
                              "constraint is fᵀK⁻¹f = I), but its Cholesky factorisation failed; "
                              "add a small ridge (K + εI)")
-        options = self.diffrax_kwargs()
         traced, static = C.diffrax_settings(state0.f, atol_scale=1.0, progress=progress,
                                             arrays=(K, method, state0, ts, K_test_train),
-                                            **options)
+                                            **self.diffrax_kwargs())
         return _core(K, method, state0.f, ts, K_test_train, state0.f_test, **traced, **static)
 
 
